@@ -1,0 +1,262 @@
+"""The run config: typed pydantic models, validated at load, with every error reported at once.
+
+Flow: YAML file -> `--set a.b=c` overrides -> `load_config` -> `RunConfig`. Unknown keys are rejected
+with their dotted path and the closest valid name. Relative data paths are resolved against the
+directory of the config file, so a config works from any working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from thawing.errors import ConfigError
+
+SPLITS = ("train", "dev", "test")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name: str = "sentence-transformers/all-MiniLM-L6-v2"
+    max_length: int | None = Field(None, gt=0)
+    pooling: Literal["mean", "cls", "last"] | None = None  # None: the model's own pooling
+    normalize: bool | None = None  # None: the model's own Normalize module decides
+    prompt: str | None = None
+    trust_remote_code: bool = False
+
+
+class SplitPaths(_Strict):
+    train: str
+    dev: str | None = None
+    test: str | None = None
+
+
+class HeadConfig(_Strict):
+    type: Literal["linear", "mlp"] = "linear"
+    hidden_size: int = Field(256, gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class TaskConfig(_Strict):
+    type: Literal["classification", "token-classification"]
+    data: SplitPaths
+    format: Literal["auto", "jsonl", "csv", "tsv", "conll", "hf"] = "auto"
+    text_field: str = "text"
+    label_field: str = "label"
+    tokens_field: str = "tokens"
+    tags_field: str = "tags"
+    tag_scheme: str = "IOB2"
+    labels: list[str] | None = None
+    limit: dict[Literal["train", "dev", "test"], int] = Field(default_factory=dict)
+    dev_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    prompt: str | None = None
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    loss_weight: float = Field(1.0, ge=0.0)
+
+    @field_validator("tag_scheme")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        from thawing.data.tags import TAG_SCHEMES
+
+        if value.upper() not in TAG_SCHEMES:
+            raise ValueError(f"unknown tag scheme '{value}'; choose one of {', '.join(TAG_SCHEMES)}")
+        return value.upper()
+
+
+class LearningRates(_Strict):
+    heads: float = Field(2.0e-3, gt=0)
+    encoder: float = Field(2.0e-5, gt=0)
+    projection: float | None = Field(None, gt=0)  # None: same as heads
+
+
+class SamplingConfig(_Strict):
+    strategy: Literal["proportional", "round_robin", "temperature"] = "proportional"
+    temperature: float = Field(2.0, gt=0)
+
+
+class TrainConfig(_Strict):
+    batch_size: int = Field(32, gt=0)
+    epochs: float = Field(3, gt=0)
+    lr: LearningRates = Field(default_factory=LearningRates)
+    seed: int = 0
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    warmup: float = Field(0.1, ge=0)  # < 1: a fraction of the stage's steps; >= 1: steps
+    lr_schedule: Literal["constant", "linear", "cosine", "slanted_triangular"] = "linear"
+    eval_every: int | Literal["epoch"] = "epoch"
+    eval_batch_size: int = Field(64, gt=0)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class StageRates(_Strict):
+    heads: float | None = Field(None, gt=0)
+    encoder: float | None = Field(None, gt=0)  # the top trainable layer's rate; lower layers decay
+    projection: float | None = Field(None, gt=0)
+
+
+class EarlyStopping(_Strict):
+    patience: int | None = Field(None, gt=0)  # evaluations without gain before stopping; None: never
+    min_delta: float = Field(0.0, ge=0)
+    metric: str | None = None  # None: the run's selection score; else "task/metric" or a metric name
+
+
+class StageConfig(_Strict):
+    """One stage of a plan: which groups train, how fast, for how long, and when to stop."""
+
+    name: str
+    train: list[str] = Field(default_factory=list)  # selectors, see freezing.py; [] = nothing trains
+    epochs: float = Field(1, ge=0)
+    lr: StageRates = Field(default_factory=StageRates)  # unset rates fall back to train.lr
+    layer_decay: float = Field(1.0, gt=0, le=1)
+    warmup: float | None = Field(None, ge=0)
+    lr_schedule: Literal["constant", "linear", "cosine", "slanted_triangular"] | None = None
+    eval_every: int | Literal["epoch"] | None = None
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    restore_best: bool = True
+    optional: bool = False
+
+
+class CacheConfig(_Strict):
+    enabled: Union[bool, Literal["auto"]] = "auto"
+    dir: str | None = None  # None: ~/.cache/thawing
+    max_gb: float = Field(4.0, gt=0)
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tasks: dict[str, TaskConfig]
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    freeze: list[str] = Field(default_factory=list)
+    schedule: list[StageConfig] | str | None = None  # None: one stage from `freeze` and `train`
+    run_optional: bool = False  # also run stages marked optional
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    selection_metric: str | None = None  # None: mean of each task's primary metric
+
+    @model_validator(mode="after")
+    def _check_tasks(self) -> "RunConfig":
+        if not self.tasks:
+            raise ValueError("at least one task is needed under 'tasks'")
+        return self
+
+    @field_validator("freeze")
+    @classmethod
+    def _known_freeze(cls, values: list[str]) -> list[str]:
+        allowed = ("all", "encoder", "heads", "projection")
+        for v in values:
+            if v not in allowed and not v.startswith("head:"):
+                raise ValueError(f"unknown freeze target '{v}'; choose from {', '.join(allowed)} or head:<task>")
+        return values
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config, apply `a.b=c` overrides, validate, and resolve data paths.
+
+    Raises:
+        ConfigError: listing every problem at once, each with its dotted path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    for item in overrides or []:
+        apply_override(raw, item)
+    config = parse_config(raw, source=str(path))
+    return resolve_paths(config, path.parent)
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a config dict, turning pydantic's errors into one readable `ConfigError`."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors()]
+        raise ConfigError(f"{source}: {len(lines)} problem(s):\n  " + "\n  ".join(lines)) from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`1e-4`, `true`, `[a, b]`)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key.sub=value")
+    key, value = item.split("=", 1)
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
+    """Make relative data paths relative to the config's directory (hub names are left alone)."""
+    for task in config.tasks.values():
+        if task.format == "hf":
+            continue
+        for split in SPLITS:
+            value = getattr(task.data, split)
+            if value is not None and not Path(value).is_absolute():
+                candidate = (base / value).resolve()
+                # A path that exists relative to the working directory wins, so `--set` works as typed.
+                if not Path(value).exists():
+                    setattr(task.data, split, str(candidate))
+    return config
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML, as written to a run directory."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        hint = _closest(err["loc"])
+        return f"{loc}: unknown key" + (f" (did you mean '{hint}'?)" if hint else "")
+    if err["type"] == "missing":
+        return f"{loc}: required key is missing"
+    return f"{loc}: {err['msg']}"
+
+
+def _closest(loc: tuple) -> str | None:
+    """The valid key nearest to the unknown last element of `loc`, walking the model tree."""
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:  # a dict key such as a task name
+            continue
+        model = _model_of(field.annotation)
+    names = list(getattr(model, "model_fields", {}))
+    match = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.5)
+    return match[0] if match else None
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,107 @@
+"""Tokenize examples once, then batch them by length with dynamic padding.
+
+`Features` hold one task split as token ids plus labels. Token-classification labels sit on each
+word's first sub-token (-100 elsewhere, so the loss ignores them); `word_starts` remembers those
+positions so predictions map back to words.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from thawing.model.encoder import Encoder
+
+IGNORE = -100  # cross-entropy's ignore_index
+
+
+@dataclass
+class Features:
+    """One task split, tokenized. `labels[i]` is a class id, or a per-token list for token tasks."""
+
+    input_ids: list[list[int]]
+    labels: list
+    word_starts: list[list[int]] = field(default_factory=list)  # token tasks: first sub-token per word
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+
+def featurize_texts(encoder: Encoder, texts: Sequence[str], labels: Sequence[int] | None, prompt: str | None) -> Features:
+    """Tokenize sentences for a classification task (labels may be None when predicting)."""
+    ids = encoder.token_ids(texts, prompt)
+    return Features(ids, list(labels) if labels is not None else [IGNORE] * len(ids))
+
+
+def featurize_words(
+    encoder: Encoder, sentences: Sequence[Sequence[str]], tags: Sequence[Sequence[int]] | None, prompt: str | None
+) -> Features:
+    """Tokenize pre-split words for a token task, labelling each word on its first sub-token.
+
+    A prompt is prepended as extra words that carry no label. Words cut off by `max_length` get no
+    sub-token; their predictions count as "O" at evaluation (see `evaluate.py`).
+    """
+    prefix = prompt.split() if prompt else []
+    words = [prefix + list(s) for s in sentences]
+    if encoder.do_lower_case:
+        words = [[w.lower() for w in s] for s in words]
+    enc = encoder.tokenizer(words, is_split_into_words=True, truncation=True, max_length=encoder.max_length)
+    out = Features([], [], [])
+    for row, ids in enumerate(enc["input_ids"]):
+        word_ids = enc.word_ids(row)
+        labels, starts, previous = [IGNORE] * len(ids), [], None
+        for pos, word in enumerate(word_ids):
+            if word is not None and word != previous and word >= len(prefix):
+                starts.append(pos)
+                if tags is not None:
+                    labels[pos] = tags[row][word - len(prefix)]
+            previous = word
+        out.input_ids.append(ids)
+        out.labels.append(labels)
+        out.word_starts.append(starts)
+    return out
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, group: int = 50) -> list[list[int]]:
+    """Shuffled batches of similar-length examples, so padding is small but order stays random.
+
+    Examples are shuffled, cut into mega-batches of `group` batches, sorted by length inside each,
+    split into batches, and the batches shuffled again.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches: list[list[int]] = []
+    span = batch_size * group
+    for start in range(0, len(order), span):
+        mega = sorted(order[start : start + span], key=lambda i: lengths[i], reverse=True)
+        batches += [mega[i : i + batch_size] for i in range(0, len(mega), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Batches in order of length (longest first), for evaluation and prediction."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(encoder: Encoder, features: Features, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Pad the chosen examples to their longest member: input_ids, attention_mask, labels."""
+    batch = encoder.pad([features.input_ids[i] for i in indices])
+    labels = [features.labels[i] for i in indices]
+    if labels and isinstance(labels[0], list):  # token labels: pad with IGNORE on the same side as ids
+        width = batch["input_ids"].shape[1]
+        left = encoder.tokenizer.padding_side == "left"
+        padded = [([IGNORE] * (width - len(x)) + x) if left else (x + [IGNORE] * (width - len(x))) for x in labels]
+        batch["labels"] = torch.tensor(padded, dtype=torch.long)
+    else:
+        batch["labels"] = torch.tensor(labels, dtype=torch.long)
+    return batch

@@ -1,0 +1,237 @@
+"""Read data files into records that remember their source line, so every error can point at it.
+
+Formats: JSON Lines, CSV, TSV, CoNLL (one token per line) and Hugging Face datasets (a directory
+written by `save_to_disk`, or a hub name). Every problem the user can fix raises `InputError` with
+the file and, where there is one, the 1-based line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from thawing.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+Row = tuple[int, dict]
+"""A record with its 1-based source line (CoNLL: the sentence's first token; HF: row index + 1)."""
+
+FORMATS = ("jsonl", "csv", "tsv", "conll", "hf")
+_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",
+             ".conll": "conll", ".iob": "conll", ".bio": "conll"}
+# Our split names -> the names a Hugging Face DatasetDict may use for them, in order of preference.
+_HF_SPLITS = {"train": ("train",), "dev": ("dev", "validation"), "test": ("test",)}
+
+
+def detect_format(path: str | Path, fmt: str = "auto") -> str:
+    """Resolve `auto` to a concrete format from the path's suffix (a directory is a HF dataset).
+
+    Raises:
+        InputError: If the file does not exist or its suffix is not a supported one.
+    """
+    if fmt != "auto":
+        if fmt not in FORMATS:
+            raise InputError(f"unknown format '{fmt}'; choose one of auto, {', '.join(FORMATS)}", path=path)
+        return fmt
+    path = Path(path)
+    if path.is_dir():
+        return "hf"
+    if not path.exists():
+        raise InputError("file not found", path=path)
+    found = _SUFFIXES.get(path.suffix.lower())
+    if found is None:
+        supported = ", ".join(_SUFFIXES) + " or a saved Hugging Face dataset directory"
+        raise InputError(f"cannot tell the format from suffix '{path.suffix}'; supported: {supported}", path=path)
+    return found
+
+
+def read_rows(path: str | Path, fmt: str = "auto", split: str | None = None) -> list[Row]:
+    """Read a data file (or HF dataset) into `(line, record)` pairs.
+
+    Args:
+        path: A file, a `save_to_disk` directory, or (format `hf`) a hub dataset name.
+        fmt: One of `auto`, `jsonl`, `csv`, `tsv`, `conll`, `hf`.
+        split: For HF datasets with several splits: `train`, `dev` (or `validation`) or `test`.
+
+    Returns:
+        The records in file order; CoNLL records are `{"tokens": [...], "tags": [...]}`.
+
+    Raises:
+        InputError: For a missing, unreadable or malformed input, naming the file and line.
+    """
+    fmt = detect_format(path, fmt)
+    if fmt == "hf":
+        return _read_hf(path, split)
+    text = _read_text(Path(path))
+    reader = {"jsonl": _parse_jsonl, "csv": _parse_csv, "tsv": _parse_csv, "conll": _parse_conll}[fmt]
+    rows = reader(text, path, "\t" if fmt == "tsv" else ",")
+    logger.debug("read %d rows from %s (%s)", len(rows), path, fmt)
+    return rows
+
+
+def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
+    """Read the texts to embed: `.txt` one per line (blank lines skipped), or one field of each row.
+
+    Raises:
+        InputError: For a missing file or field, a non-string text, or no texts at all.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        texts = [line.rstrip("\n") for line in io.StringIO(_read_text(path), newline=None) if line.strip()]
+    elif suffix in (".jsonl", ".json", ".csv", ".tsv"):
+        texts = []
+        for line, record in read_rows(path, _SUFFIXES[suffix]):
+            if text_field not in record:
+                raise InputError("missing field", path=path, line=line, field=text_field)
+            value = record[text_field]
+            if not isinstance(value, str):
+                raise InputError(f"expected a string, got {type(value).__name__}", path=path, line=line,
+                                 field=text_field)
+            texts.append(value)
+    else:
+        raise InputError(f"unsupported suffix '{path.suffix}' for texts; use .txt, .jsonl, .json, .csv or .tsv",
+                         path=path)
+    if not texts:
+        raise InputError("no texts in input", path=path)
+    return texts
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 (a BOM is dropped); a decode error names the line it is on."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError("file not found", path=path) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, expected a file", path=path) from None
+    except PermissionError:
+        raise InputError("cannot read file: permission denied", path=path) from None
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror or exc}", path=path) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"not UTF-8 text (byte {data[exc.start]:#04x})", path=path, line=line) from None
+
+
+def _parse_jsonl(text: str, path: str | Path, _delimiter: str) -> list[Row]:
+    rows: list[Row] = []
+    for number, line in enumerate(io.StringIO(text, newline=None), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"not valid JSON: {exc.msg} (column {exc.colno})", path=path, line=number) from None
+        if not isinstance(record, dict):
+            raise InputError(f"expected a JSON object, got {type(record).__name__}", path=path, line=number)
+        rows.append((number, record))
+    return rows
+
+
+def _parse_csv(text: str, path: str | Path, delimiter: str) -> list[Row]:
+    # TSV is read without quote handling: NLP TSVs (GLUE, SST) carry bare '"' inside texts, which
+    # csv's quoting would treat as the start of a multi-line field.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    rows: list[Row] = []
+    header: list[str] | None = None
+    try:
+        while True:
+            start = reader.line_num + 1  # a quoted field may span lines; report where the row starts
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            if not fields:  # a blank line
+                continue
+            if header is None:
+                header = fields
+                duplicates = sorted({name for name in header if header.count(name) > 1})
+                if duplicates:
+                    raise InputError(f"duplicate column(s) in header: {', '.join(duplicates)}", path=path, line=start)
+                continue
+            if len(fields) != len(header):
+                raise InputError(f"expected {len(header)} fields as in the header, found {len(fields)}",
+                                 path=path, line=start)
+            rows.append((start, dict(zip(header, fields))))
+    except csv.Error as exc:
+        raise InputError(f"malformed {kind}: {exc}", path=path,
+                         line=reader.line_num) from None
+    return rows
+
+
+def _parse_conll(text: str, path: str | Path, _delimiter: str) -> list[Row]:
+    rows: list[Row] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    first = 0
+    for number, line in enumerate(io.StringIO(text, newline=None), start=1):
+        columns = line.split()
+        if not columns or columns[0] == "-DOCSTART-":
+            if tokens:
+                rows.append((first, {"tokens": tokens, "tags": tags}))
+                tokens, tags = [], []
+            continue
+        if len(columns) < 2:
+            raise InputError(f"expected a token and a tag separated by whitespace, found one column: {line.strip()!r}",
+                             path=path, line=number)
+        if not tokens:
+            first = number
+        tokens.append(columns[0])
+        tags.append(columns[-1])
+    if tokens:
+        rows.append((first, {"tokens": tokens, "tags": tags}))
+    return rows
+
+
+def _read_hf(path: str | Path, split: str | None) -> list[Row]:
+    import datasets  # slow to import; only HF inputs need it
+
+    try:
+        if Path(path).is_dir():
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            loaded = datasets.load_dataset(str(path))
+    except (FileNotFoundError, ValueError, ConnectionError) as exc:
+        raise InputError(f"cannot load Hugging Face dataset: {exc}", path=path) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        wanted = split or "train"
+        names = _HF_SPLITS.get(wanted, (wanted,))
+        name = next((n for n in names if n in loaded), None)
+        if name is None:
+            raise InputError(f"no '{wanted}' split (tried {', '.join(names)}); the dataset has "
+                             f"{', '.join(loaded) or 'no splits'}", path=path)
+        loaded = loaded[name]
+    decoders = {col: _label_names(feature) for col, feature in loaded.features.items()}
+    decoders = {col: fn for col, fn in decoders.items() if fn is not None}
+    rows: list[Row] = []
+    for index, record in enumerate(loaded.to_list()):
+        for col, decode in decoders.items():
+            record[col] = decode(record[col])
+        rows.append((index + 1, record))
+    return rows
+
+
+def _label_names(feature: Any) -> Any:
+    """A function turning ClassLabel ids (or lists of them) into their names, so tags read as text."""
+    import datasets
+
+    def name_of(label: datasets.ClassLabel, value: Any) -> Any:
+        # Ids outside the names (e.g. -1 for unlabeled test rows) stay as they are and fail later.
+        return label.names[value] if isinstance(value, int) and 0 <= value < label.num_classes else value
+
+    if isinstance(feature, datasets.ClassLabel):
+        return lambda value: name_of(feature, value)
+    inner = getattr(feature, "feature", None)
+    if isinstance(inner, datasets.ClassLabel):
+        return lambda values: [name_of(inner, v) for v in values] if isinstance(values, list) else values
+    return None

@@ -1,0 +1,48 @@
+"""Errors that the CLI turns into a clear message and exit code 2.
+
+Anything the user can fix (a bad file, a bad config, a model name that cannot be found) raises a
+`ThawingError`; everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ThawingError(Exception):
+    """Base class for user-facing errors; the CLI prints the message and exits with `exit_code`."""
+
+    exit_code = 2
+
+
+class InputError(ThawingError):
+    """Bad input data. The message names the file, the line (1-based) and the field where known.
+
+    Example:
+        >>> str(InputError("not valid JSON", path="train.jsonl", line=3))
+        'train.jsonl, line 3: not valid JSON'
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.path, self.line, self.field = path, line, field
+        where = [str(path)] if path is not None else []
+        if line is not None:
+            where.append(f"line {line}")
+        if field is not None:
+            where.append(f"field '{field}'")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+class ConfigError(ThawingError):
+    """An invalid config; the message lists every problem found, one per line."""
+
+
+class ModelNotFoundError(ThawingError):
+    """A model name that resolves to nothing; the message lists every place that was tried."""

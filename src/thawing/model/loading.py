@@ -1,0 +1,179 @@
+"""Load and save encoders the way their authors meant: sentence-transformers layout (Transformer,
+Pooling, Dense, Normalize modules) where there is one, a plain transformers model otherwise.
+
+`save_encoder` writes sentence-transformers layout, so `SentenceTransformer(path)` loads a thawing
+model as is and gives the same embeddings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from thawing.errors import ThawingError
+from thawing.model.encoder import Dense, Encoder
+from thawing.model.pooling import ST_POOLING_KEYS, pooling_from_st_config
+from thawing.model.resolve import resolve_model
+
+log = logging.getLogger(__name__)
+
+ST_TRANSFORMER = "sentence_transformers.models.Transformer"
+ST_POOLING = "sentence_transformers.models.Pooling"
+ST_DENSE = "sentence_transformers.models.Dense"
+ST_NORMALIZE = "sentence_transformers.models.Normalize"
+
+
+def load_encoder(
+    name: str,
+    *,
+    max_length: int | None = None,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+    trust_remote_code: bool = False,
+) -> Encoder:
+    """Load an encoder by directory or hub id.
+
+    Args:
+        name: a directory or hub id; see `resolve_model`.
+        max_length: overrides the model's own maximum sequence length.
+        pooling: overrides the model's pooling ("mean", "cls", "last", "max"); plain transformers
+            models default to mean pooling.
+        normalize: overrides whether embeddings are L2-normalized.
+        trust_remote_code: allow the model's own modeling code (`auto_map` in config.json).
+
+    Raises:
+        ThawingError: for custom code without `trust_remote_code`, or an unsupported layout.
+    """
+    root = resolve_model(name)
+    modules = _read_json(root / "modules.json") if (root / "modules.json").is_file() else None
+    layout = _parse_modules(root, modules)
+    _check_remote_code(layout["transformer"], name, trust_remote_code)
+
+    backbone = AutoModel.from_pretrained(layout["transformer"], trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(layout["transformer"], trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:  # decoder tokenizers often lack one; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    st_cfg = layout["st_config"]
+    return Encoder(
+        backbone,
+        tokenizer,
+        pooling=pooling or layout["pooling"],
+        projection=nn.Sequential(*[_load_dense(p) for p in layout["dense"]]) if layout["dense"] else None,
+        normalize=layout["normalize"] if normalize is None else normalize,
+        max_length=max_length or st_cfg.get("max_seq_length") or _default_max_length(backbone, tokenizer),
+        do_lower_case=bool(st_cfg.get("do_lower_case", False)),
+    )
+
+
+def _parse_modules(root: Path, modules: list[dict] | None) -> dict:
+    """Read a sentence-transformers modules.json into paths and options (plain models: defaults)."""
+    layout = {"transformer": root, "pooling": "mean", "dense": [], "normalize": False, "st_config": {}}
+    if modules is None:
+        log.info("%s has no modules.json: a plain transformers model, mean pooling", root)
+        return layout
+    for module in modules:
+        kind, path = module["type"], root / module.get("path", "")
+        if kind.endswith(".Transformer"):
+            layout["transformer"] = path
+            cfg = path / "sentence_bert_config.json"
+            layout["st_config"] = _read_json(cfg) if cfg.is_file() else {}
+        elif kind.endswith(".Pooling"):
+            layout["pooling"] = pooling_from_st_config(_read_json(path / "config.json"))
+        elif kind.endswith(".Dense"):
+            layout["dense"].append(path)
+        elif kind.endswith(".Normalize"):
+            layout["normalize"] = True
+        else:
+            raise ThawingError(f"{root / 'modules.json'}: unsupported sentence-transformers module '{kind}'")
+    return layout
+
+
+def _check_remote_code(path: Path, name: str, trust_remote_code: bool) -> None:
+    config = _read_json(path / "config.json") if (path / "config.json").is_file() else {}
+    if config.get("auto_map") and not trust_remote_code:
+        raise ThawingError(
+            f"model '{name}' ships its own modeling code (auto_map in {path / 'config.json'}). "
+            "Set model.trust_remote_code: true (or --trust-remote-code) to run it. "
+            "NovaSearch/stella_en_1.5B_v5 needs it for its bidirectional attention: loading it "
+            "without that code silently builds a causal model whose embeddings are different."
+        )
+
+
+def _load_dense(path: Path) -> Dense:
+    cfg = _read_json(path / "config.json")
+    dense = Dense(cfg["in_features"], cfg["out_features"], cfg.get("bias", True), _activation(cfg))
+    weights = path / "model.safetensors"
+    state = load_file(weights) if weights.is_file() else torch.load(path / "pytorch_model.bin", weights_only=True)
+    dense.load_state_dict(state)
+    return dense
+
+
+def _activation(cfg: dict) -> nn.Module:
+    name = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")
+    module_name, _, cls_name = name.rpartition(".")
+    if not module_name.startswith("torch.nn"):  # never import arbitrary code named in a config file
+        raise ThawingError(f"unsupported Dense activation '{name}': only torch.nn modules are allowed")
+    return getattr(importlib.import_module(module_name), cls_name)()
+
+
+def _default_max_length(backbone: nn.Module, tokenizer) -> int:
+    limits = [getattr(backbone.config, "max_position_embeddings", None), tokenizer.model_max_length]
+    return int(min(x for x in limits if x and x < 1_000_000) if any(limits) else 512)
+
+
+def _read_json(path: Path) -> dict | list:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ThawingError(f"{path}: cannot read model file: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+
+def save_encoder(encoder: Encoder, path: str | Path) -> Path:
+    """Write `encoder` in sentence-transformers layout under `path` (which must not exist yet)."""
+    path = Path(path)
+    path.mkdir(parents=True)
+    encoder.backbone.save_pretrained(path, safe_serialization=True)
+    encoder.tokenizer.save_pretrained(path)
+    _write_json(path / "sentence_bert_config.json", {"max_seq_length": encoder.max_length, "do_lower_case": encoder.do_lower_case})
+    modules = [{"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER}]
+    pooling = {key: mode == encoder.pooling for mode, key in ST_POOLING_KEYS.items()}
+    pooling.update(word_embedding_dimension=encoder.hidden_size, pooling_mode_mean_sqrt_len_tokens=False)
+    _write_json(path / "1_Pooling" / "config.json", pooling)
+    modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": ST_POOLING})
+    for dense in encoder.projection or []:
+        idx = len(modules)
+        folder = path / f"{idx}_Dense"
+        act = dense.activation
+        _write_json(
+            folder / "config.json",
+            {
+                "in_features": dense.linear.in_features,
+                "out_features": dense.linear.out_features,
+                "bias": dense.linear.bias is not None,
+                "activation_function": f"{type(act).__module__}.{type(act).__name__}",
+            },
+        )
+        save_file({k: v.detach().contiguous().cpu() for k, v in dense.state_dict().items()}, folder / "model.safetensors")
+        modules.append({"idx": idx, "name": str(idx), "path": folder.name, "type": ST_DENSE})
+    if encoder.normalize:
+        idx = len(modules)
+        (path / f"{idx}_Normalize").mkdir()
+        modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Normalize", "type": ST_NORMALIZE})
+    _write_json(path / "modules.json", modules)
+    return path
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")

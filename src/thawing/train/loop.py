@@ -1,0 +1,275 @@
+"""The training loop: runs a stage plan over a multi-task model. The only loop in thawing.
+
+`train(config)` prepares everything (input errors surface before a run directory exists), then for
+each stage: set what trains, build a fresh optimizer over exactly that, step through task-sampled
+batches, evaluate, stop on plateau, restore the best state. The plan stops when a stage does not
+beat the best score so far. Progress goes to an optional `events(name, payload)` callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+
+from thawing.config import RunConfig
+from thawing.data.batching import collate, length_grouped_batches
+from thawing.data.sampling import task_order
+from thawing.freezing import apply_trainable, encoder_frozen, parameter_table, set_frozen_modes
+from thawing.metrics import selection_score
+from thawing.model.groups import parameter_groups
+from thawing.model.heads import centroid_init
+from thawing.model.loading import save_encoder
+from thawing.run_dir import RunDir
+from thawing.train.evaluate import CachedSplit, cached_batch, compute_cached, score, task_logits
+from thawing.train.schedule import lr_multiplier, warmup_steps
+from thawing.train.setup import Prepared, prepare
+from thawing.train.stages import Stage, build_plan
+
+log = logging.getLogger(__name__)
+Events = Callable[[str, dict], None]
+
+
+@dataclass
+class Context:
+    """The mutable state of one run, passed explicitly."""
+
+    prep: Prepared
+    run: RunDir
+    accelerator: Accelerator
+    events: Events
+    groups: dict
+    step: int = 0  # optimizer updates over the whole plan
+    trained_heads: set[str] = field(default_factory=set)
+
+    @property
+    def model(self):
+        return self.prep.model
+
+    @property
+    def cfg(self) -> RunConfig:
+        return self.prep.config
+
+
+def train(config: RunConfig, run_dir: str | None = None, events: Events | None = None, run_optional: bool | None = None) -> RunDir:
+    """Train per the config's plan and write a complete run directory. Returns it."""
+    prep = prepare(config)
+    groups = parameter_groups(prep.model)
+    plan = build_plan(config, groups, run_optional)  # selector errors surface before the run dir exists
+    accelerator = Accelerator(
+        mixed_precision=config.train.mixed_precision, cpu=config.train.device == "cpu", gradient_accumulation_steps=1
+    )
+    prep.model.to(accelerator.device)
+    run = RunDir.create(config.name, run_dir)
+    run.write_config(config)
+    ctx = Context(prep, run, accelerator, events or (lambda name, payload: None), groups)
+
+    best = -math.inf
+    summaries = []
+    for stage in plan:
+        summary = run_stage(ctx, stage, best)
+        summaries.append(summary)
+        run.write_json("stages.json", summaries)
+        if summary["best_score"] is not None and summary["best_score"] > best + stage.min_delta or best == -math.inf:
+            best = summary["best_score"] if summary["best_score"] is not None else best
+        else:
+            summary["stopped"] += "; plan stopped: stage did not beat the best so far"
+            run.write_json("stages.json", summaries)
+            ctx.events("plan_stop", {"stage": stage.name, "score": summary["best_score"], "best": best})
+            break
+
+    run.save_final(ctx.model, save_encoder)
+    results = final_results(ctx)
+    run.write_json("results.json", results)
+    ctx.events("results", results)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- stage
+
+
+def run_stage(ctx: Context, stage: Stage, plan_best: float) -> dict:
+    """Run one stage; returns its summary. Leaves the model in the stage's best (or plan's best) state."""
+    started = time.perf_counter()
+    model, cfg = ctx.model, ctx.cfg
+    apply_trainable(ctx.groups, stage.trainable)
+    table = parameter_table(ctx.groups, stage.trainable)
+    params = [p for g in stage.trainable for _, p in ctx.groups[g]]
+    use_cache = encoder_frozen(stage.trainable) and cfg.cache.enabled is not False
+    ctx.events("stage_start", {"stage": stage.name, "table": table, "lrs": stage.lrs, "cached": use_cache})
+    snapshot = _snapshot(params)  # the plan's best so far, if this stage fails to beat it
+
+    model.train()
+    set_frozen_modes(model, stage.trainable)
+    cache = _build_cache(ctx) if use_cache else {}
+    summary = {"stage": stage.name, "trainable_params": sum(p.numel() for p in params), "cached": use_cache}
+
+    if not params or stage.epochs == 0:
+        _centroid_heads(ctx, cache)
+        result = _evaluate(ctx, stage, 0.0, cache)
+        summary.update(best_score=result, best_step=ctx.step, epochs_run=0, stopped="no training (frozen)")
+    else:
+        summary.update(_fit(ctx, stage, params, cache))
+        ctx.trained_heads |= {g.split(":", 1)[1] for g in stage.trainable if g.startswith("head:")}
+
+    if summary["best_score"] is not None and plan_best != -math.inf and summary["best_score"] <= plan_best + stage.min_delta:
+        _restore(params, snapshot)
+    summary["wall_s"] = round(time.perf_counter() - started, 2)
+    ctx.events("stage_end", summary)
+    return summary
+
+
+def _fit(ctx: Context, stage: Stage, params: list, cache: dict) -> dict:
+    cfg, model, acc = ctx.cfg, ctx.model, ctx.accelerator
+    bs = cfg.train.batch_size
+    active = _active_tasks(ctx, stage)
+    train_sets = {t: ctx.prep.features[t]["train"] for t in active}
+    per_epoch = {t: math.ceil(len(f) / bs) for t, f in train_sets.items()}
+    micro_total = max(1, round(stage.epochs * sum(per_epoch.values())))
+    updates = math.ceil(micro_total / cfg.train.grad_accum)
+    warm = warmup_steps(stage.warmup, updates)
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for _, p in ctx.groups[g]], "lr": stage.lrs[g], "initial_lr": stage.lrs[g], "name": g} for g in stage.trainable],
+        weight_decay=cfg.train.weight_decay,
+    )
+    best, best_step, best_state, evals_without_gain = -math.inf, ctx.step, None, 0
+    eval_every = stage.eval_every
+    micro, update, stopped, epoch = 0, 0, "completed", 0
+    while micro < micro_total and stopped == "completed":
+        seed = zlib.crc32(f"{cfg.train.seed}/{stage.name}/{epoch}".encode())  # hash() of str varies per process
+        order = task_order(per_epoch, cfg.train.sampling.strategy, cfg.train.sampling.temperature, seed)
+        batches = {t: iter(length_grouped_batches(f.lengths, bs, seed + i)) for i, (t, f) in enumerate(train_sets.items())}
+        for task in order:
+            if micro >= micro_total:
+                break
+            loss = _loss(ctx, task, next(batches[task]), cache)
+            acc.backward(loss / cfg.train.grad_accum)
+            micro += 1
+            if micro % cfg.train.grad_accum and micro < micro_total:
+                continue
+            for group in optimizer.param_groups:  # a pure function of the step: no scheduler state
+                group["lr"] = group["initial_lr"] * lr_multiplier(update, updates, warm, stage.lr_schedule)
+            if cfg.train.grad_clip:
+                acc.clip_grad_norm_(params, cfg.train.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            update += 1
+            ctx.step += 1
+            ctx.events("step", {"stage": stage.name, "update": update, "total": updates, "loss": loss.item()})
+            at_epoch_end = micro % sum(per_epoch.values()) == 0 or micro >= micro_total
+            due = at_epoch_end if eval_every == "epoch" else (update % int(eval_every) == 0 or micro >= micro_total)
+            if not due:
+                continue
+            current = _evaluate(ctx, stage, micro / sum(per_epoch.values()), cache)
+            if current > best + stage.min_delta or best == -math.inf:
+                best, best_step, best_state, evals_without_gain = current, ctx.step, _snapshot(params), 0
+            else:
+                evals_without_gain += 1
+                if stage.patience and evals_without_gain >= stage.patience:
+                    stopped = f"plateau: no gain of {stage.min_delta} in {stage.patience} evaluations"
+                    break
+        epoch += 1
+    if stage.restore_best and best_state is not None:
+        _restore(params, best_state)
+    return {
+        "best_score": best if best != -math.inf else None,
+        "best_step": best_step,
+        "epochs_run": round(micro / sum(per_epoch.values()), 3),
+        "updates": update,
+        "stopped": stopped,
+    }
+
+
+def _loss(ctx: Context, task: str, indices: list[int], cache: dict) -> torch.Tensor:
+    model, device = ctx.model, ctx.accelerator.device
+    with ctx.accelerator.autocast():
+        if task in cache:
+            features, labels = cached_batch(cache[task]["train"], indices, device)
+            logits = model.heads[task](features)
+        else:
+            batch = collate(model.encoder, ctx.prep.features[task]["train"], indices)
+            labels = batch["labels"].to(device)
+            logits = model(task, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    return model.loss(task, logits, labels) * model.specs[task].loss_weight
+
+
+def _active_tasks(ctx: Context, stage: Stage) -> list[str]:
+    """Tasks whose loss reaches a trainable parameter; the others would only cost time."""
+    trainable = set(stage.trainable)
+    encoder_trains = any(g.startswith(("layers.", "embeddings", "norm")) for g in trainable)
+    return [
+        t
+        for t, spec in ctx.model.specs.items()
+        if f"head:{t}" in trainable or encoder_trains or (spec.type == "classification" and "projection" in trainable)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def _evaluate(ctx: Context, stage: Stage, epoch: float, cache: dict, split: str = "dev") -> float:
+    results = {}
+    for task, spec in ctx.model.specs.items():
+        cached = cache.get(task, {}).get(split)
+        logits = task_logits(ctx.model, task, ctx.prep.features[task][split], ctx.cfg.train.eval_batch_size, ctx.accelerator.device, cached)
+        results[task] = score(spec, logits, ctx.prep.gold[task][split])
+        ctx.run.log_metrics({"stage": stage.name, "step": ctx.step, "epoch": round(epoch, 3), "split": split, "task": task, "metrics": results[task]})
+    value = _score(ctx, results, stage.metric)
+    ctx.run.log_metrics({"stage": stage.name, "step": ctx.step, "epoch": round(epoch, 3), "split": split, "task": "*", "metrics": {"score": value}})
+    ctx.events("eval", {"stage": stage.name, "step": ctx.step, "epoch": epoch, "split": split, "results": results, "score": value})
+    return value
+
+
+def _score(ctx: Context, results: dict, metric: str | None) -> float:
+    return selection_score(results, {t: s.type for t, s in ctx.model.specs.items()}, metric)
+
+
+def final_results(ctx: Context) -> dict:
+    """Metrics of the final model on each task's test split, or dev where there is no test."""
+    model = ctx.model
+    model.eval()
+    tasks, splits = {}, {}
+    for task, spec in model.specs.items():
+        split = "test" if "test" in ctx.prep.features[task] else "dev"
+        logits = task_logits(model, task, ctx.prep.features[task][split], ctx.cfg.train.eval_batch_size, ctx.accelerator.device)
+        tasks[task], splits[task] = score(spec, logits, ctx.prep.gold[task][split]), split
+    return {"tasks": tasks, "score": _score(ctx, tasks, ctx.cfg.selection_metric), "splits": splits}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _build_cache(ctx: Context) -> dict[str, dict[str, CachedSplit]]:
+    """Frozen encoder: every example's features once, reused by every epoch and evaluation."""
+    ctx.events("cache", {"message": "computing frozen-encoder features once"})
+    bs, device = ctx.cfg.train.eval_batch_size, ctx.accelerator.device
+    return {
+        task: {split: compute_cached(ctx.model, task, feats, bs, device) for split, feats in splits.items() if split != "test"}
+        for task, splits in ctx.prep.features.items()
+    }
+
+
+def _centroid_heads(ctx: Context, cache: dict) -> None:
+    """Heads that no stage has trained become nearest-centroid classifiers: no gradient step."""
+    for task, head in ctx.model.heads.items():
+        if task in ctx.trained_heads or task not in cache:
+            continue
+        train = cache[task]["train"]
+        keep = train.labels >= 0
+        centroid_init(head, train.features[keep].to(ctx.accelerator.device), train.labels[keep].to(ctx.accelerator.device))
+
+
+def _snapshot(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in params]
+
+
+@torch.no_grad()
+def _restore(params: list[torch.nn.Parameter], state: list[torch.Tensor]) -> None:
+    for p, saved in zip(params, state):
+        p.copy_(saved)

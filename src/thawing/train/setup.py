@@ -1,0 +1,72 @@
+"""Everything a run needs, built from a config before a run directory exists: tasks (all input errors
+surface here, before any training), the encoder, the multi-task model, tokenized features."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from thawing.config import RunConfig
+from thawing.data.batching import Features, featurize_texts, featurize_words
+from thawing.data.tasks import Example, TaskData, load_tasks
+from thawing.model.loading import load_encoder
+from thawing.model.multitask import MultiTaskModel, TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    config: RunConfig
+    tasks: dict[str, TaskData]
+    model: MultiTaskModel
+    features: dict[str, dict[str, Features]]  # task -> split -> features
+    gold: dict[str, dict[str, list]]  # task -> split -> labels (class ids or per-word tag ids)
+
+
+def task_prompt(config: RunConfig, task: str) -> str | None:
+    return config.tasks[task].prompt or config.model.prompt
+
+
+def featurize(model: MultiTaskModel, task: str, examples: list[Example], labelled: bool = True) -> Features:
+    """Tokenize one split of a task with the encoder's tokenizer and the task's prompt."""
+    spec = model.specs[task]
+    if spec.type == "classification":
+        labels = [e.label for e in examples] if labelled else None
+        return featurize_texts(model.encoder, [e.text for e in examples], labels, spec.prompt)
+    tags = [e.label for e in examples] if labelled else None
+    return featurize_words(model.encoder, [e.tokens for e in examples], tags, spec.prompt)
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Load data (failing early on bad input), the encoder and the heads, and tokenize every split."""
+    torch.manual_seed(config.train.seed)
+    tasks = load_tasks(config.tasks, seed=config.train.seed)
+    encoder = load_encoder(
+        config.model.name,
+        max_length=config.model.max_length,
+        pooling=config.model.pooling,
+        normalize=config.model.normalize,
+        trust_remote_code=config.model.trust_remote_code,
+    )
+    specs = {
+        name: TaskSpec(
+            type=data.type,
+            labels=data.labels,
+            head=config.tasks[name].head.model_dump(),
+            prompt=task_prompt(config, name),
+            tag_scheme=config.tasks[name].tag_scheme,
+            loss_weight=config.tasks[name].loss_weight,
+        )
+        for name, data in tasks.items()
+    }
+    torch.manual_seed(config.train.seed)  # heads start the same whatever the encoder's loading consumed
+    model = MultiTaskModel(encoder, specs)
+    features = {t: {s: featurize(model, t, ex) for s, ex in d.splits.items()} for t, d in tasks.items()}
+    gold = {t: {s: [e.label for e in ex] for s, ex in d.splits.items()} for t, d in tasks.items()}
+    for t, d in tasks.items():
+        sizes = ", ".join(f"{s} {len(ex)}" for s, ex in d.splits.items())
+        log.info("task %s (%s, %d labels): %s%s", t, d.type, len(d.labels), sizes, " (dev carved from train)" if d.dev_from_train else "")
+    return Prepared(config, tasks, model, features, gold)

@@ -1,0 +1,147 @@
+"""A stage plan as data: which groups train in each stage, the learning rate of every group, how long,
+and when to stop. `build_plan` turns the config (a `schedule` list, a preset name, or the simple
+`freeze` scenario) into resolved `Stage`s that `thawing plan` prints and the loop runs.
+
+Adam moments are reset at every stage boundary: each stage builds a fresh optimizer over exactly the
+parameters it trains. That keeps the rule "every parameter that trains is in the optimizer, with this
+stage's rate" true by construction, and a newly thawed layer does not inherit stale moments.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from thawing.config import RunConfig, StageConfig
+from thawing.errors import ConfigError
+from thawing.freezing import layer_names, select_groups, trainable_from_freeze
+from thawing.train.schedule import layer_learning_rates
+
+
+@dataclass
+class Stage:
+    """A resolved stage: group names and their learning rates."""
+
+    name: str
+    trainable: list[str]
+    lrs: dict[str, float]
+    epochs: float
+    warmup: float
+    lr_schedule: str
+    eval_every: int | str
+    patience: int | None = None
+    min_delta: float = 0.0
+    metric: str | None = None
+    restore_best: bool = True
+    optional: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def preset(name: str, num_layers: int) -> list[StageConfig]:
+    """The named plans. "Top" and "more" layers scale with depth: MiniLM (6) 2 and 6, stella (28) 3 and 14."""
+    top = 2 if num_layers <= 12 else 3
+    more = min(num_layers, max(num_layers // 2, 6))
+    plateau = {"patience": 2, "min_delta": 0.001}
+    stages = {
+        "frozen": [StageConfig(name="frozen", train=[], epochs=0)],
+        "heads": [StageConfig(name="heads", train=["heads"], epochs=4, lr={"heads": 2e-3}, early_stopping=plateau)],
+        "full": [StageConfig(name="full", train=["all"], epochs=4, lr={"heads": 1e-3, "encoder": 3e-5}, early_stopping=plateau)],
+        "progressive": [
+            StageConfig(name="heads", train=["heads"], epochs=4, lr={"heads": 2e-3}, early_stopping=plateau),
+            StageConfig(
+                name="top", train=["heads", "projection", f"layers[-{top}:]"], epochs=2,
+                lr={"heads": 5e-4, "encoder": 5e-5}, early_stopping=plateau,
+            ),
+            StageConfig(
+                name="discriminative", train=["heads", "projection", f"layers[-{more}:]"], epochs=2,
+                lr={"heads": 3e-4, "encoder": 5e-5}, layer_decay=0.8, early_stopping=plateau,
+            ),
+            StageConfig(
+                name="full", train=["all"], epochs=1, lr={"heads": 1e-4, "encoder": 1e-5},
+                early_stopping=plateau, optional=True,
+            ),
+        ],
+    }
+    if name not in stages:
+        raise ConfigError(f"schedule: unknown preset '{name}'; choose one of {', '.join(stages)}")
+    return stages[name]
+
+
+def stage_configs(config: RunConfig, num_layers: int) -> list[StageConfig]:
+    """The stage list the config asks for, before resolution."""
+    if isinstance(config.schedule, str):
+        return preset(config.schedule, num_layers)
+    if config.schedule is not None:
+        return list(config.schedule)
+    name = "frozen" if "all" in config.freeze else "train"
+    return [StageConfig(name=name, train=["all"] + [f"-{f}" for f in config.freeze], epochs=0 if name == "frozen" else config.train.epochs)]
+
+
+def group_rates(trainable: list[str], groups: "OrderedDict[str, list]", cfg: StageConfig, config: RunConfig) -> dict[str, float]:
+    """Learning rate of every trainable group: heads, projection, and encoder groups with layer decay.
+
+    The top trainable layer (and the final norm above it) gets the encoder rate; each trainable
+    layer below gets `layer_decay` times the one above; embeddings sit one step below the lowest.
+    """
+    heads = cfg.lr.heads or config.train.lr.heads
+    projection = cfg.lr.projection or config.train.lr.projection or heads
+    encoder = cfg.lr.encoder or config.train.lr.encoder
+    ladder = [g for g in ["embeddings"] + layer_names(groups) if g in trainable]
+    rates = layer_learning_rates(ladder, encoder, cfg.layer_decay) if ladder else {}
+    out = {}
+    for group in trainable:
+        if group.startswith("head:"):
+            out[group] = heads
+        elif group == "projection":
+            out[group] = projection
+        elif group in rates:
+            out[group] = rates[group]
+        else:  # norm, pooler: they sit on top of the stack
+            out[group] = encoder
+    return out
+
+
+def build_plan(config: RunConfig, groups: "OrderedDict[str, list]", run_optional: bool | None = None) -> list[Stage]:
+    """Resolve the config's stages against the model's groups. Optional stages run only when asked."""
+    run_optional = config.run_optional if run_optional is None else run_optional
+    plan = []
+    for cfg in stage_configs(config, len(layer_names(groups))):
+        trainable = select_groups(cfg.train, groups) if cfg.train else []
+        stage = Stage(
+            name=cfg.name,
+            trainable=trainable,
+            lrs=group_rates(trainable, groups, cfg, config),
+            epochs=cfg.epochs,
+            warmup=config.train.warmup if cfg.warmup is None else cfg.warmup,
+            lr_schedule=cfg.lr_schedule or config.train.lr_schedule,
+            eval_every=cfg.eval_every or config.train.eval_every,
+            patience=cfg.early_stopping.patience,
+            min_delta=cfg.early_stopping.min_delta,
+            metric=cfg.early_stopping.metric or config.selection_metric,
+            restore_best=cfg.restore_best,
+            optional=cfg.optional,
+        )
+        if not stage.optional or run_optional:
+            plan.append(stage)
+    if not plan:
+        raise ConfigError("schedule: no stage to run (all are optional; pass --full or run_optional: true)")
+    return plan
+
+
+def plan_summary(plan: list[Stage], groups: "OrderedDict[str, list]") -> dict:
+    """The JSON form of `thawing plan --json`."""
+    sizes = {name: sum(p.numel() for _, p in members) for name, members in groups.items()}
+    return {
+        "stages": [
+            {
+                "name": stage.name,
+                "epochs": stage.epochs,
+                "trainable_params": sum(sizes[g] for g in stage.trainable),
+                "groups": [{"name": g, "params": sizes[g], "lr": stage.lrs[g]} for g in stage.trainable],
+            }
+            for stage in plan
+        ]
+    }
+
+
+__all__ = ["Stage", "build_plan", "plan_summary", "preset", "trainable_from_freeze"]
