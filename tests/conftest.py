@@ -47,7 +47,7 @@ def _save_st(hf_dir: Path, out: Path, pooling: str, dense: tuple[int, int] | Non
 
     Transformer, Pooling, Dense, Normalize = _st_modules()
     transformer = Transformer(str(hf_dir), max_seq_length=max_len)
-    modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), pooling_mode=pooling)]
+    modules = [transformer, Pooling(transformer.auto_model.config.hidden_size, pooling_mode=pooling)]
     if dense is not None:
         torch.manual_seed(1)
         modules.append(Dense(dense[0], dense[1], activation_function=torch.nn.Identity()))

@@ -22,6 +22,14 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+@app.callback()
+def _setup() -> None:
+    """Multi-task fine-tuning of sentence encoders."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # thawing shows its own progress; weight-loading bars are noise
+
+
 def _check_output(path: Path, overwrite: bool) -> None:
     """Fail before any work if `path` cannot be written, so no work is wasted and nothing half-written."""
     if path.exists() and not overwrite:
@@ -63,6 +71,198 @@ def embed(
     except OSError as exc:
         raise InputError(f"cannot write output: {exc.strerror}", path=output) from exc
     console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {output}")
+
+
+def _metrics_table(title: str, results: dict[str, dict[str, float]], score: float | None = None):
+    from rich.table import Table
+
+    metrics = sorted({m for r in results.values() for m in r})
+    table = Table(title=title, title_justify="left")
+    table.add_column("task")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for task, r in results.items():
+        table.add_row(task, *[f"{r[m]:.4f}" if m in r else "" for m in metrics])
+    if score is not None:
+        table.caption = f"score {score:.4f}"
+    return table
+
+
+class _TrainPrinter:
+    """Turns the loop's events into a progress bar, a parameter table per stage and a metrics table per evaluation."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(), console=console, transient=True,
+        )
+        self.bar = None
+
+    def __call__(self, name: str, p: dict) -> None:
+        from rich.table import Table
+
+        if name == "stage_start":
+            table = Table(title=f"stage '{p['stage']}'" + (" (frozen encoder: features computed once)" if p["cached"] else ""), title_justify="left")
+            for col in ("group", "params", "trainable", "lr"):
+                table.add_column(col, justify="right" if col != "group" else "left")
+            for row in p["table"]:
+                lr = p["lrs"].get(row["group"])
+                table.add_row(row["group"], f"{row['params']:,}", "yes" if row["trainable"] else "frozen", f"{lr:.2e}" if lr else "")
+            console.print(table)
+        elif name == "step":
+            if self.bar is None:
+                self.progress.start()
+                self.bar = self.progress.add_task(f"{p['stage']}", total=p["total"], loss=p["loss"])
+            self.progress.update(self.bar, completed=p["update"], loss=p["loss"])
+        elif name == "eval":
+            console.print(_metrics_table(f"{p['stage']} step {p['step']} epoch {p['epoch']:.2f} ({p['split']})", p["results"], p["score"]))
+        elif name in ("stage_end", "results"):
+            self.stop()
+            if name == "stage_end":
+                console.print(f"stage '{p['stage']}': best {p['best_score']} at step {p['best_step']}, {p['stopped']}, {p['wall_s']}s", highlight=False, markup=False)
+            else:
+                splits = ", ".join(sorted(set(p["splits"].values())))
+                console.print(_metrics_table(f"final model ({splits})", p["tasks"], p["score"]))
+        elif name == "plan_stop":
+            console.print(f"plan stopped: stage '{p['stage']}' scored {p['score']:.4f}, not better than {p['best']:.4f}", markup=False)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.progress.stop()
+            self.bar = None
+            self.progress = type(self.progress)(*self.progress.columns, console=console, transient=True)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="YAML config."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=2 (repeatable)."),
+    run_dir: Optional[Path] = typer.Option(None, help="Write the run here instead of runs/<name>-<timestamp>."),
+    full: bool = typer.Option(False, "--full", help="Also run stages marked optional (full fine-tuning)."),
+) -> None:
+    """Train a multi-task model; prints the run directory on its last line."""
+    from thawing.config import load_config
+    from thawing.train.loop import train as run_training
+
+    cfg = load_config(config, set_)
+    printer = _TrainPrinter()
+    try:
+        run = run_training(cfg, run_dir=str(run_dir) if run_dir else None, events=printer, run_optional=full or None)
+    finally:
+        printer.stop()
+    print(run.path)
+
+
+@app.command()
+def plan(
+    config: Path = typer.Argument(..., help="YAML config."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    full: bool = typer.Option(False, "--full", help="Include optional stages."),
+) -> None:
+    """Show each stage's trainable groups, parameter counts and learning rates, without training."""
+    import json
+
+    from rich.table import Table
+
+    from thawing.config import load_config
+    from thawing.model.groups import parameter_groups
+    from thawing.data.tasks import load_tasks
+    from thawing.train.setup import build_model
+    from thawing.train.stages import build_plan, plan_summary
+
+    cfg = load_config(config, set_)
+    model = build_model(cfg, load_tasks(cfg.tasks, seed=cfg.train.seed))
+    groups = parameter_groups(model)
+    summary = plan_summary(build_plan(cfg, groups, full or None), groups)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    for stage in summary["stages"]:
+        table = Table(title=f"stage '{stage['name']}': {stage['epochs']} epochs, {stage['trainable_params']:,} trainable parameters", title_justify="left")
+        for col in ("group", "params", "lr"):
+            table.add_column(col, justify="left" if col == "group" else "right")
+        for g in stage["groups"]:
+            table.add_row(g["name"], f"{g['params']:,}", f"{g['lr']:.2e}")
+        Console().print(table)
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    split: str = typer.Option("test", help="Split to evaluate: train, dev or test."),
+    data: list[str] = typer.Option([], "--data", help="Evaluate a task on another file: --data task=path (repeatable)."),
+    output: Optional[Path] = typer.Option(None, help="Also write the metrics to this JSON file."),
+) -> None:
+    """Evaluate a trained run on a split of its tasks' data, or on other files."""
+    import json
+
+    from thawing.api import load
+    from thawing.config import load_config
+    from thawing.data.tasks import load_split, load_task
+
+    if output is not None:
+        _check_output(output, overwrite=False)
+    cfg = load_config(run_dir / "config.yaml")
+    overrides = dict(_split_pair(item) for item in data)
+    model = load(run_dir)
+    unknown = set(overrides) - set(model.tasks)
+    if unknown:
+        raise InputError(f"--data names unknown task(s) {', '.join(sorted(unknown))}; tasks: {', '.join(model.tasks)}")
+    results = {}
+    for task, spec in model.tasks.items():
+        task_cfg = cfg.tasks[task].model_copy(update={"labels": spec.labels})  # ids as the model knows them
+        if task in overrides:
+            examples = load_split(task_cfg, split, overrides[task], spec.labels)
+        else:  # the run's own data, with a carved dev split carved again exactly as in training
+            examples = load_task(task, task_cfg, seed=cfg.train.seed).splits.get(split)
+        if not examples:
+            console.print(f"task '{task}' has no {split} split; skipped (give --data {task}=FILE)", markup=False)
+            continue
+        results[task] = model.evaluate(task, examples)
+    Console().print(_metrics_table(f"{run_dir} ({split})", results))
+    if output is not None:
+        from thawing.atomic import write_text
+
+        write_text(output, json.dumps({"split": split, "tasks": results}, indent=2) + "\n")
+
+
+def _split_pair(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise InputError(f"--data '{item}' must look like task=path")
+    task, path = item.split("=", 1)
+    return task, path
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    input: Path = typer.Option(..., "--input", "-i", help="Texts: .txt (one per line), .jsonl, .csv or .tsv."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write one JSON line per input."),
+    task: Optional[str] = typer.Option(None, help="Only this task (default: every task)."),
+    text_field: str = typer.Option("text", help="Field holding the text in .jsonl/.csv/.tsv input."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output file."),
+) -> None:
+    """Predict labels and probabilities (or entity spans) for each input text."""
+    import json
+
+    from thawing.api import load
+    from thawing.atomic import atomic_path
+    from thawing.data.readers import read_texts
+
+    _check_output(output, overwrite)
+    texts = read_texts(input, text_field=text_field)
+    model = load(run_dir)
+    predictions = model.predict(texts, task=task)
+    if task:
+        predictions = {task: predictions}
+    with atomic_path(output) as tmp:
+        with open(tmp, "w") as fh:
+            for i, text in enumerate(texts):
+                fh.write(json.dumps({"text": text, **{t: rows[i] for t, rows in predictions.items()}}) + "\n")
+    console.print(f"wrote {len(texts)} predictions to {output}")
 
 
 def main() -> None:

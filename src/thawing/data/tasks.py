@@ -218,3 +218,8 @@ def _carve_dev(train: list[Example], fraction: float, seed: int, path: str) -> t
     random.Random(seed).shuffle(order)
     dev = set(order[:k])
     return [ex for i, ex in enumerate(train) if i not in dev], [ex for i, ex in enumerate(train) if i in dev]
+
+
+def load_split(cfg: TaskConfig, split: str, path: str, labels: list[str]) -> list[Example]:
+    """Read one split against a fixed label set (a trained model's), e.g. for `thawing evaluate`."""
+    return _encode(cfg, _read_split(cfg, split, path), labels, path)

@@ -262,6 +262,7 @@ def _centroid_heads(ctx: Context, cache: dict) -> None:
             continue
         train = cache[task]["train"]
         keep = train.labels >= 0
+        ctx.model.specs[task].head["type"] = "linear"  # centroids live in a linear head (see centroid_init)
         centroid_init(head, train.features[keep].to(ctx.accelerator.device), train.labels[keep].to(ctx.accelerator.device))
 
 

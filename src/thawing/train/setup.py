@@ -3,7 +3,6 @@ surface here, before any training), the encoder, the multi-task model, tokenized
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -13,8 +12,6 @@ from thawing.data.batching import Features, featurize_texts, featurize_words
 from thawing.data.tasks import Example, TaskData, load_tasks
 from thawing.model.loading import load_encoder
 from thawing.model.multitask import MultiTaskModel, TaskSpec
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,10 +37,8 @@ def featurize(model: MultiTaskModel, task: str, examples: list[Example], labelle
     return featurize_words(model.encoder, [e.tokens for e in examples], tags, spec.prompt)
 
 
-def prepare(config: RunConfig) -> Prepared:
-    """Load data (failing early on bad input), the encoder and the heads, and tokenize every split."""
-    torch.manual_seed(config.train.seed)
-    tasks = load_tasks(config.tasks, seed=config.train.seed)
+def build_model(config: RunConfig, tasks: dict[str, TaskData]) -> MultiTaskModel:
+    """The encoder named by the config plus one freshly initialised head per task (seeded)."""
     encoder = load_encoder(
         config.model.name,
         max_length=config.model.max_length,
@@ -63,10 +58,14 @@ def prepare(config: RunConfig) -> Prepared:
         for name, data in tasks.items()
     }
     torch.manual_seed(config.train.seed)  # heads start the same whatever the encoder's loading consumed
-    model = MultiTaskModel(encoder, specs)
+    return MultiTaskModel(encoder, specs)
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Load data (failing early on bad input), the encoder and the heads, and tokenize every split."""
+    torch.manual_seed(config.train.seed)
+    tasks = load_tasks(config.tasks, seed=config.train.seed)
+    model = build_model(config, tasks)
     features = {t: {s: featurize(model, t, ex) for s, ex in d.splits.items()} for t, d in tasks.items()}
     gold = {t: {s: [e.label for e in ex] for s, ex in d.splits.items()} for t, d in tasks.items()}
-    for t, d in tasks.items():
-        sizes = ", ".join(f"{s} {len(ex)}" for s, ex in d.splits.items())
-        log.info("task %s (%s, %d labels): %s%s", t, d.type, len(d.labels), sizes, " (dev carved from train)" if d.dev_from_train else "")
     return Prepared(config, tasks, model, features, gold)

@@ -1,0 +1,179 @@
+"""The training loop on tiny random encoders: freezing scenarios, stages, determinism, the run directory.
+
+Run: `.venv/bin/python -m pytest -q tests/test_train.py`
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from thawing.api import load
+from thawing.config import parse_config
+from thawing.model.groups import parameter_groups
+from thawing.model.loading import load_encoder
+from thawing.train.loop import train
+from toy import toy_config
+
+
+def _run(model_dir, tmp_path, name="run", head_dropout=None, **extra):
+    raw = toy_config(model_dir, tmp_path, **extra)
+    if head_dropout is not None:
+        for task in raw["tasks"].values():
+            task["head"] = {"dropout": head_dropout}
+    config = parse_config(raw)
+    return train(config, run_dir=str(tmp_path / name))
+
+
+def _encoder_state(path) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in load_encoder(str(path)).state_dict().items()}
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_run_directory_is_complete(tiny_bert_dir, tmp_path):
+    run = _run(tiny_bert_dir, tmp_path)
+    for name in ("config.yaml", "metrics.jsonl", "results.json", "stages.json", "final/heads.safetensors",
+                 "final/labels.json", "final/tasks.json", "final/encoder/modules.json"):
+        assert (run.path / name).is_file(), name
+    results = json.loads((run.path / "results.json").read_text())
+    assert set(results["tasks"]) == {"sentiment", "qtype", "ner"}
+    assert results["splits"] == {"sentiment": "dev", "qtype": "test", "ner": "dev"}
+    assert set(results["tasks"]["ner"]) >= {"precision", "recall", "f1"}
+    assert set(results["tasks"]["qtype"]) >= {"accuracy", "macro_f1"}
+    lines = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert {"stage", "step", "epoch", "split", "task", "metrics"} <= set(lines[0])
+    assert json.loads((run.path / "final/labels.json").read_text())["sentiment"] == ["negative", "positive"]
+
+
+def test_final_encoder_loads_in_sentence_transformers(tiny_bert_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    run = _run(tiny_bert_dir, tmp_path)
+    texts = ["who won the game ?", "the delivery was late"]
+    ours = load(run.path).encode(texts)
+    theirs = SentenceTransformer(str(run.encoder_dir), device="cpu").encode(texts)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert np.abs(ours - load_encoder(str(tiny_bert_dir)).encode(texts)).max() > 1e-4  # it did train
+
+
+def test_same_seed_same_metrics(tiny_qwen2_dir, tmp_path):
+    first = _run(tiny_qwen2_dir, tmp_path, name="a")
+    second = _run(tiny_qwen2_dir, tmp_path, name="b")
+    assert (first.path / "metrics.jsonl").read_text() == (second.path / "metrics.jsonl").read_text()
+    assert first.read_json("results.json") == second.read_json("results.json")
+
+
+def test_frozen_all_makes_no_gradient_step_and_beats_chance(tiny_bert_dir, tmp_path):
+    run = _run(tiny_bert_dir, tmp_path, freeze=["all"])
+    assert _changed(_encoder_state(tiny_bert_dir), _encoder_state(run.encoder_dir)) == set()
+    stages = run.read_json("stages.json")
+    assert stages[0]["stopped"] == "no training (frozen)" and stages[0]["epochs_run"] == 0
+    assert not any(line.get("event") == "step" for line in run.read_metrics())
+    # The sentiment head is the nearest-centroid classifier of the training embeddings.
+    from toy import NEGATIVE, POSITIVE
+
+    encoder = load_encoder(str(tiny_bert_dir))
+    centroids = np.stack([encoder.encode(NEGATIVE).mean(0), encoder.encode(POSITIVE).mean(0)])
+    heads = load_file(str(run.final / "heads.safetensors"))
+    np.testing.assert_allclose(heads["sentiment.net.1.weight"].numpy(), centroids, atol=1e-5)
+    np.testing.assert_allclose(heads["sentiment.net.1.bias"].numpy(), -0.5 * (centroids**2).sum(1), atol=1e-5)
+    assert set(run.read_json("results.json")["tasks"]) == {"sentiment", "qtype", "ner"}
+
+
+def test_frozen_encoder_trains_only_heads(tiny_qwen2_dir, tmp_path):
+    run = _run(tiny_qwen2_dir, tmp_path, freeze=["encoder", "projection"])
+    assert _changed(_encoder_state(tiny_qwen2_dir), _encoder_state(run.encoder_dir)) == set()
+    assert run.read_json("stages.json")[0]["cached"] is True
+
+
+def test_frozen_head_stays_bit_identical_while_encoder_learns(tiny_bert_dir, tmp_path):
+    reference = _run(tiny_bert_dir, tmp_path, name="ref", freeze=["all"], train={"seed": 0})
+    frozen_head = _run(tiny_bert_dir, tmp_path, name="frozen", freeze=["head:sentiment"], train={"seed": 0})
+    # Heads start from the same seeded init in both runs; the frozen one must not move at all.
+    init = parse_config(toy_config(tiny_bert_dir, tmp_path / "init"))
+    from thawing.train.setup import prepare
+
+    start = {k: v.clone() for k, v in prepare(init).model.heads["sentiment"].state_dict().items()}
+    saved = load_file(str(frozen_head.final / "heads.safetensors"))
+    for key, value in start.items():
+        assert torch.equal(saved[f"sentiment.{key}"], value), key
+    assert _changed(_encoder_state(tiny_bert_dir), _encoder_state(frozen_head.encoder_dir))  # the encoder learned
+    assert reference.path.is_dir()
+    # The frozen head's task is still evaluated.
+    assert any(x["task"] == "sentiment" for x in frozen_head.read_metrics())
+
+
+def test_cached_and_uncached_heads_training_agree(tiny_bert_dir, tmp_path):
+    # Head dropout off: a token head's dropout mask has another shape on cached (words, H) features
+    # than on padded (B, T, H) states, so the random streams would differ, legitimately.
+    cached = _run(tiny_bert_dir, tmp_path, name="c", head_dropout=0.0, freeze=["encoder"], cache={"enabled": True})
+    naive = _run(tiny_bert_dir, tmp_path, name="n", head_dropout=0.0, freeze=["encoder"], cache={"enabled": False})
+    assert cached.read_json("stages.json")[0]["cached"] and not naive.read_json("stages.json")[0]["cached"]
+    a, b = cached.read_json("results.json"), naive.read_json("results.json")
+    assert a["tasks"].keys() == b["tasks"].keys()
+    for task in a["tasks"]:
+        for metric, value in a["tasks"][task].items():
+            assert value == pytest.approx(b["tasks"][task][metric], abs=1e-6), (task, metric)
+    heads_a, heads_b = load_file(str(cached.final / "heads.safetensors")), load_file(str(naive.final / "heads.safetensors"))
+    for key in heads_a:
+        torch.testing.assert_close(heads_a[key], heads_b[key], atol=1e-5, rtol=1e-4)
+
+
+def test_each_stage_updates_exactly_its_groups_at_its_rates(tiny_qwen2_dir, tmp_path):
+    """One update per stage, Adam, no warm-up or decay: each trained group moves by about its LR."""
+    stages = [
+        {"name": "heads", "train": ["heads"], "epochs": 0.1, "lr": {"heads": 1e-2}},
+        {"name": "top", "train": ["head:qtype", "layers[-1:]"], "epochs": 0.1, "lr": {"heads": 3e-3, "encoder": 1e-3}},
+        {"name": "deep", "train": ["layers[-3:]", "projection"], "epochs": 0.1, "lr": {"heads": 2e-3, "encoder": 1e-3}, "layer_decay": 0.5},
+    ]
+    config = parse_config(toy_config(tiny_qwen2_dir, tmp_path, tasks=("qtype",), schedule=stages,
+                                     train={"batch_size": 16, "warmup": 0, "lr_schedule": "constant", "weight_decay": 0.0}))
+    from thawing.train.setup import prepare
+    from thawing.train import loop
+
+    # Run stage by stage, checking which parameters moved and by how much.
+    prep = prepare(config)
+    groups = parameter_groups(prep.model)
+    plan = loop.build_plan(config, groups)
+    from accelerate import Accelerator
+    from thawing.run_dir import RunDir
+
+    ctx = loop.Context(prep, RunDir.create("t", tmp_path / "run"), Accelerator(cpu=True), lambda n, p: None, groups)
+    expected = {
+        "heads": {"head:qtype": 1e-2},
+        "top": {"head:qtype": 3e-3, "layers.2": 1e-3, "norm": 1e-3},
+        "deep": {"layers.0": 2.5e-4, "layers.1": 5e-4, "layers.2": 1e-3, "norm": 1e-3, "projection": 2e-3},
+    }
+    for stage in plan:
+        before = {g: [p.detach().clone() for _, p in members] for g, members in groups.items()}
+        stage.restore_best = False  # keep the single update, whatever dev says
+        loop._fit(ctx, stage, [p for g in stage.trainable for _, p in groups[g]], {})
+        moved = {}
+        for g, members in groups.items():
+            delta = max((p.detach() - b).abs().max().item() for (_, p), b in zip(members, before[g]))
+            if delta > 0:
+                moved[g] = delta
+        assert set(moved) == set(expected[stage.name]), stage.name
+        for g, lr in expected[stage.name].items():
+            assert moved[g] == pytest.approx(lr, rel=0.05), (stage.name, g)
+
+
+def test_plateau_stops_a_stage_and_the_plan(tiny_bert_dir, tmp_path):
+    stages = [
+        {"name": "warm", "train": ["heads"], "epochs": 3, "lr": {"heads": 5e-2}},
+        # A learning rate this small cannot beat the first stage, so the plan stops after it.
+        {"name": "tiny", "train": ["heads"], "epochs": 6, "lr": {"heads": 1e-9}, "early_stopping": {"patience": 1}},
+        {"name": "never", "train": ["all"], "epochs": 1},
+    ]
+    run = _run(tiny_bert_dir, tmp_path, tasks=("sentiment",), schedule=stages)
+    summary = run.read_json("stages.json")
+    assert [s["stage"] for s in summary] == ["warm", "tiny"]
+    assert summary[1]["stopped"].startswith("plateau") and "plan stopped" in summary[1]["stopped"]
+    assert summary[1]["epochs_run"] < 6
