@@ -16,6 +16,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test touches the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Each test gets its own feature cache, so no test reads another's (or the user's) entries."""
+    monkeypatch.setenv("THAWING_CACHE", str(tmp_path / "thawing-cache"))
+
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
 

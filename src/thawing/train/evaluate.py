@@ -25,6 +25,19 @@ class CachedSplit:
     labels: torch.Tensor
     offsets: list[int] | None = None
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"features": self.features.numpy()}  # labels are not cached: the key covers inputs only
+        if self.offsets is not None:
+            arrays["offsets"] = np.asarray(self.offsets, dtype=np.int64)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], feats: Features) -> "CachedSplit":
+        """Rebuild from a disk-cache entry (memory-mapped copy-on-write: read lazily, never written back),
+        with labels from the current data."""
+        offsets = arrays["offsets"].tolist() if "offsets" in arrays else None
+        return cls(torch.from_numpy(arrays["features"]), _flat_labels(feats, offsets is not None), offsets)
+
     def rows(self, indices: list[int]) -> torch.Tensor:
         if self.offsets is None:
             return torch.as_tensor(indices)
@@ -35,7 +48,7 @@ class CachedSplit:
 def compute_cached(model: MultiTaskModel, task: str, feats: Features, batch_size: int, device) -> CachedSplit:
     """Run the frozen encoder once over a split (eval mode, no gradients)."""
     token_task = model.specs[task].type != "classification"
-    chunks, labels, offsets = [], [], [0]
+    chunks, offsets = [], [0]
     for idx in sorted_batches(feats.lengths, batch_size):
         batch = collate(model.encoder, feats, idx)
         out = model.features(task, batch["input_ids"].to(device), batch["attention_mask"].to(device)).float()
@@ -50,14 +63,20 @@ def compute_cached(model: MultiTaskModel, task: str, feats: Features, batch_size
         stacked = torch.cat([c for _, c in chunks])
         features = torch.empty_like(stacked)
         features[order] = stacked
-        return CachedSplit(features, torch.as_tensor(feats.labels))
+        return CachedSplit(features, _flat_labels(feats, False))
     by_sentence = {idx[0]: states for idx, states in chunks}
     rows = []
     for i in range(len(feats)):
         rows.append(by_sentence[i])
         offsets.append(offsets[-1] + len(by_sentence[i]))
-        labels += [feats.labels[i][p] for p in feats.word_starts[i]]
-    return CachedSplit(torch.cat(rows), torch.as_tensor(labels, dtype=torch.long), offsets)
+    return CachedSplit(torch.cat(rows), _flat_labels(feats, True), offsets)
+
+
+def _flat_labels(feats: Features, token_task: bool) -> torch.Tensor:
+    """Class ids, or for token tasks the tag of every word start, sentence after sentence."""
+    if not token_task:
+        return torch.as_tensor(feats.labels, dtype=torch.long)
+    return torch.as_tensor([feats.labels[i][p] for i in range(len(feats)) for p in feats.word_starts[i]], dtype=torch.long)
 
 
 def _word_positions(feats: Features, i: int, width: int, model: MultiTaskModel) -> list[int]:

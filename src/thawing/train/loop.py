@@ -246,13 +246,30 @@ def final_results(ctx: Context) -> dict:
 
 
 def _build_cache(ctx: Context) -> dict[str, dict[str, CachedSplit]]:
-    """Frozen encoder: every example's features once, reused by every epoch and evaluation."""
-    ctx.events("cache", {"message": "computing frozen-encoder features once"})
+    """Frozen encoder: every example's features once, from the disk cache when an earlier stage or run
+    with the same weights, settings and inputs computed them."""
+    from thawing.cache import FeatureStore, entry_key, fingerprint
+
+    store = FeatureStore(ctx.cfg.cache.dir)
+    encoder = ctx.model.encoder
+    weights = fingerprint(encoder)
+    settings = {"pooling": encoder.pooling, "normalize": encoder.normalize, "version": 1}
     bs, device = ctx.cfg.train.eval_batch_size, ctx.accelerator.device
-    return {
-        task: {split: compute_cached(ctx.model, task, feats, bs, device) for split, feats in splits.items() if split != "test"}
-        for task, splits in ctx.prep.features.items()
-    }
+    out: dict[str, dict[str, CachedSplit]] = {}
+    for task, splits in ctx.prep.features.items():
+        out[task] = {}
+        for split, feats in splits.items():
+            if split == "test":
+                continue
+            key = entry_key(weights, {**settings, "type": ctx.model.specs[task].type}, [feats.input_ids, feats.word_starts])
+            arrays = store.load(key)
+            if arrays is None:
+                ctx.events("cache", {"task": task, "split": split, "examples": len(feats)})
+                arrays = compute_cached(ctx.model, task, feats, bs, device).to_arrays()
+                store.save(key, arrays)
+                log.info("cached %s/%s: %d examples, %.1f MB at %s", task, split, len(feats), store.size_bytes(key) / 1e6, store.path(key))
+            out[task][split] = CachedSplit.from_arrays(arrays, feats)
+    return out
 
 
 def _centroid_heads(ctx: Context, cache: dict) -> None:
