@@ -72,7 +72,8 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     hf = root / "hf"
     hf.mkdir()
     (hf / "vocab.txt").write_text("\n".join(_vocab()) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(hf / "vocab.txt"), do_lower_case=True)
+    # from_pretrained reads vocab.txt the same way in transformers 4 and 5 (their constructors differ)
+    tokenizer = BertTokenizerFast.from_pretrained(str(hf), do_lower_case=True)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(_vocab()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

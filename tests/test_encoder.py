@@ -41,6 +41,12 @@ def test_prompt_is_prefixed_like_sentence_transformers(tiny_qwen2_dir):
     assert np.abs(ours - encoder.encode(SENTENCES)).max() > 1e-3  # the prompt really changed something
 
 
+def test_tiny_tokenizers_know_their_words(tiny_bert_dir, tiny_qwen2_dir):
+    for path in (tiny_bert_dir, tiny_qwen2_dir):
+        tokenizer = load_encoder(str(path)).tokenizer
+        assert tokenizer.unk_token_id not in tokenizer(SENTENCES[0])["input_ids"]
+
+
 def test_layouts_are_read(tiny_bert_dir, tiny_qwen2_dir):
     bert = load_encoder(str(tiny_bert_dir))
     assert (bert.pooling, bert.normalize, bert.projection, bert.max_length) == ("mean", True, None, 48)

@@ -125,6 +125,11 @@ class _TrainPrinter:
             else:
                 splits = ", ".join(sorted(set(p["splits"].values())))
                 console.print(_metrics_table(f"final model ({splits})", p["tasks"], p["score"]))
+        elif name == "cache":
+            if "message" in p:
+                console.print(f"cache: {p['message']}", markup=False, highlight=False)
+            else:
+                console.print(f"cache: computing frozen features for {p['task']}/{p['split']} ({p['examples']} examples)", markup=False)
         elif name == "plan_stop":
             console.print(f"plan stopped: stage '{p['stage']}' scored {p['score']:.4f}, not better than {p['best']:.4f}", markup=False)
 

@@ -128,8 +128,9 @@ class StageConfig(_Strict):
 
 class CacheConfig(_Strict):
     enabled: Union[bool, Literal["auto"]] = "auto"
-    dir: str | None = None  # None: ~/.cache/thawing
-    max_gb: float = Field(4.0, gt=0)
+    dir: str | None = None  # None: $THAWING_CACHE or ~/.cache/thawing
+    max_gb: float = Field(4.0, gt=0)  # memory budget of the boundary cache; above it, no cache
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # boundary states; auto: bf16 on GPU, fp32 on CPU
 
 
 class RunConfig(_Strict):

@@ -7,6 +7,7 @@ sentence-transformers layout live in `loading.py`.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Iterator, Sequence
 
@@ -158,21 +159,32 @@ class Encoder(nn.Module):
             >>> vectors.shape
             (2, 384)
         """
-        was_training = self.training
-        self.eval()
         ids = self.token_ids(texts, prompt)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = np.empty((len(ids), self.embedding_size), dtype=np.float32)
         if show_progress is None:
             show_progress = len(ids) >= 2048 and sys.stderr.isatty()
         device = self.device
-        for start in _progress(range(0, len(order), batch_size), show_progress, "Encoding"):
-            chunk = order[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in self.pad([ids[i] for i in chunk]).items()}
-            sentence = self.pool(self.token_states(**batch), batch["attention_mask"])
-            out[chunk] = sentence.float().cpu().numpy()
-        self.train(was_training)
+        with evaluating(self):
+            for start in _progress(range(0, len(order), batch_size), show_progress, "Encoding"):
+                chunk = order[start : start + batch_size]
+                batch = {k: v.to(device) for k, v in self.pad([ids[i] for i in chunk]).items()}
+                sentence = self.pool(self.token_states(**batch), batch["attention_mask"])
+                out[chunk] = sentence.float().cpu().numpy()
         return out
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside the block; afterwards every submodule gets back its own flag, so parts that a
+    stage froze (and put in eval mode) stay in eval mode, which `module.train()` would undo."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes.items():
+            m.training = training
 
 
 def _progress(items: range, enabled: bool, label: str) -> Iterator[int]:

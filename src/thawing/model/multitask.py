@@ -56,6 +56,15 @@ class MultiTaskModel(nn.Module):
         """Logits: (B, C) for classification, (B, T, C) for token classification."""
         return self.heads[task](self.features(task, input_ids, attention_mask))
 
+    def forward_from(self, task: str, first: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits from cached hidden states entering layer `first` (only the layers above run)."""
+        from thawing.model.boundary import top_states
+
+        states = top_states(self.encoder, first, hidden, attention_mask)
+        if self.specs[task].type == "classification":
+            return self.heads[task](self.encoder.pool(states, attention_mask))
+        return self.heads[task](states)
+
     def loss(self, task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over labelled items (sub-tokens after the first are ignored)."""
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE)

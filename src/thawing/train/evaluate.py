@@ -10,6 +10,7 @@ import torch
 
 from thawing.data.batching import IGNORE, Features, collate, sorted_batches
 from thawing.metrics import classification_metrics, token_metrics
+from thawing.model.encoder import evaluating
 from thawing.model.multitask import MultiTaskModel, TaskSpec
 
 
@@ -88,9 +89,7 @@ def _word_positions(feats: Features, i: int, width: int, model: MultiTaskModel) 
 def task_logits(model: MultiTaskModel, task: str, feats: Features, batch_size: int, device, cached: CachedSplit | None = None) -> list[np.ndarray]:
     """Logits per example: (C,) for classification, (words, C) for token tasks, in input order."""
     head = model.heads[task]
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         if cached is not None:
             logits = head(cached.features.to(device)).float().cpu().numpy()
             if cached.offsets is None:
@@ -106,8 +105,6 @@ def task_logits(model: MultiTaskModel, task: str, feats: Features, batch_size: i
                 else:
                     out[i] = logits[row, _word_positions(feats, i, logits.shape[1], model)]
         return out  # type: ignore[return-value]
-    finally:
-        model.train(was_training)
 
 
 def score(spec: TaskSpec, logits: list[np.ndarray], gold: list) -> dict[str, float]:

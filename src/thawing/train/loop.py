@@ -27,6 +27,8 @@ from thawing.model.groups import parameter_groups
 from thawing.model.heads import centroid_init
 from thawing.model.loading import save_encoder
 from thawing.run_dir import RunDir
+from thawing.train.boundary_cache import BoundaryCache, cache_dtype, estimate_bytes, first_trainable_layer, usable
+from thawing.train.boundary_cache import build as build_boundary
 from thawing.train.evaluate import CachedSplit, cached_batch, compute_cached, score, task_logits
 from thawing.train.schedule import lr_multiplier, warmup_steps
 from thawing.train.setup import Prepared, prepare
@@ -108,14 +110,18 @@ def run_stage(ctx: Context, stage: Stage, plan_best: float) -> dict:
     model.train()
     set_frozen_modes(model, stage.trainable)
     cache = _build_cache(ctx) if use_cache else {}
+    boundary = {} if use_cache or not params else _build_boundary(ctx, stage)
     summary = {"stage": stage.name, "trainable_params": sum(p.numel() for p in params), "cached": use_cache}
+    if boundary:
+        first = next(iter(boundary.values())).first
+        summary.update(boundary_cache=f"layers.{first}", boundary_cache_mb=round(sum(b.nbytes for b in boundary.values()) / 1e6, 1))
 
     if not params or stage.epochs == 0:
         _centroid_heads(ctx, cache)
         result = _evaluate(ctx, stage, 0.0, cache)
         summary.update(best_score=result, best_step=ctx.step, epochs_run=0, stopped="no training (frozen)")
     else:
-        summary.update(_fit(ctx, stage, params, cache))
+        summary.update(_fit(ctx, stage, params, cache, boundary))
         ctx.trained_heads |= {g.split(":", 1)[1] for g in stage.trainable if g.startswith("head:")}
 
     if summary["best_score"] is not None and plan_best != -math.inf and summary["best_score"] <= plan_best + stage.min_delta:
@@ -125,7 +131,7 @@ def run_stage(ctx: Context, stage: Stage, plan_best: float) -> dict:
     return summary
 
 
-def _fit(ctx: Context, stage: Stage, params: list, cache: dict) -> dict:
+def _fit(ctx: Context, stage: Stage, params: list, cache: dict, boundary: dict | None = None) -> dict:
     cfg, model, acc = ctx.cfg, ctx.model, ctx.accelerator
     bs = cfg.train.batch_size
     active = _active_tasks(ctx, stage)
@@ -148,7 +154,7 @@ def _fit(ctx: Context, stage: Stage, params: list, cache: dict) -> dict:
         for task in order:
             if micro >= micro_total:
                 break
-            loss = _loss(ctx, task, next(batches[task]), cache)
+            loss = _loss(ctx, task, next(batches[task]), cache, boundary or {})
             acc.backward(loss / cfg.train.grad_accum)
             micro += 1
             if micro % cfg.train.grad_accum and micro < micro_total:
@@ -186,12 +192,17 @@ def _fit(ctx: Context, stage: Stage, params: list, cache: dict) -> dict:
     }
 
 
-def _loss(ctx: Context, task: str, indices: list[int], cache: dict) -> torch.Tensor:
+def _loss(ctx: Context, task: str, indices: list[int], cache: dict, boundary: dict) -> torch.Tensor:
     model, device = ctx.model, ctx.accelerator.device
     with ctx.accelerator.autocast():
-        if task in cache:
+        if task in cache:  # frozen encoder: the head reads features computed once
             features, labels = cached_batch(cache[task]["train"], indices, device)
             logits = model.heads[task](features)
+        elif task in boundary:  # frozen bottom layers: only the layers above the boundary run
+            batch = collate(model.encoder, ctx.prep.features[task]["train"], indices)
+            labels, mask = batch["labels"].to(device), batch["attention_mask"].to(device)
+            hidden = boundary[task].batch(indices, mask.shape[1], device)
+            logits = model.forward_from(task, boundary[task].first, hidden, mask)
         else:
             batch = collate(model.encoder, ctx.prep.features[task]["train"], indices)
             labels = batch["labels"].to(device)
@@ -269,6 +280,34 @@ def _build_cache(ctx: Context) -> dict[str, dict[str, CachedSplit]]:
                 store.save(key, arrays)
                 log.info("cached %s/%s: %d examples, %.1f MB at %s", task, split, len(feats), store.size_bytes(key) / 1e6, store.path(key))
             out[task][split] = CachedSplit.from_arrays(arrays, feats)
+    return out
+
+
+def _build_boundary(ctx: Context, stage: Stage) -> dict[str, BoundaryCache]:
+    """Hidden states at the frozen boundary for every active task's train split, or {} (with the reason
+    logged) when the stage has no frozen layers below it, the budget is too small, or the model cannot
+    be split there. Never fails the run."""
+    first = first_trainable_layer(stage.trainable)
+    if first is None or ctx.cfg.cache.enabled is False:
+        return {}
+    encoder, device = ctx.model.encoder, ctx.accelerator.device
+    tasks = _active_tasks(ctx, stage)
+    feats = [ctx.prep.features[t]["train"] for t in tasks]
+    dtype = cache_dtype(ctx.cfg.cache.dtype, device)
+    need = estimate_bytes(feats, encoder.hidden_size, dtype)
+    if need > ctx.cfg.cache.max_gb * 1e9:
+        reason = f"it would need {need / 1e9:.2f} GB > cache.max_gb {ctx.cfg.cache.max_gb}"
+    else:
+        reason = usable(encoder, first, feats[0])
+    if reason:
+        log.warning("stage %s: no boundary cache: %s", stage.name, reason)
+        ctx.events("cache", {"message": f"no boundary cache: {reason}"})
+        return {}
+    bs = ctx.cfg.train.eval_batch_size
+    out = {t: build_boundary(encoder, first, f, bs, dtype) for t, f in zip(tasks, feats)}
+    size = sum(b.nbytes for b in out.values())
+    ctx.events("cache", {"message": f"boundary cache at layers.{first}: {sum(len(f) for f in feats)} examples, "
+                                    f"{size / 1e6:.1f} MB {str(dtype).replace('torch.', '')} (estimate {need / 1e6:.1f} MB)"})
     return out
 
 
