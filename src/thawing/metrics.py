@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from seqeval import metrics as _seqeval
-from sklearn.metrics import accuracy_score, f1_score
 
 from thawing.data.tags import TAG_SCHEMES
 
@@ -43,6 +41,8 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], num_lab
         raise ValueError(f"y_true has {len(y_true)} labels but y_pred has {len(y_pred)}")
     if not y_true:
         raise ValueError("cannot score an empty evaluation set")
+    from sklearn.metrics import accuracy_score, f1_score  # lazily: scikit-learn is slow to import
+
     labels = list(range(num_labels))
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -88,9 +88,9 @@ def token_metrics(y_true: list[list[str]], y_pred: list[list[str]], scheme: str 
     gold, pred = _to_conll(y_true, name), _to_conll(y_pred, name)
     correct = sum(g == p for gs, ps in zip(y_true, y_pred) for g, p in zip(gs, ps))
     return {
-        "precision": float(_seqeval.precision_score(gold, pred, zero_division=0)),
-        "recall": float(_seqeval.recall_score(gold, pred, zero_division=0)),
-        "f1": float(_seqeval.f1_score(gold, pred, zero_division=0)),
+        "precision": float(_seqeval().precision_score(gold, pred, zero_division=0)),
+        "recall": float(_seqeval().recall_score(gold, pred, zero_division=0)),
+        "f1": float(_seqeval().f1_score(gold, pred, zero_division=0)),
         "accuracy": correct / n_tokens,
     }
 
@@ -137,3 +137,10 @@ def selection_score(
         if scores:
             return float(sum(scores) / len(scores))
     raise ValueError(f"selection metric '{metric}' matches no result; available: {', '.join(available)}")
+
+
+def _seqeval():
+    # Imported when first needed: training a classification-only or speed-only job never pays for it.
+    from seqeval import metrics
+
+    return metrics

@@ -8,7 +8,6 @@ spans as it should, and many real IOB2 files contain a few.
 
 from __future__ import annotations
 
-from seqeval import scheme as _seqeval
 
 TAG_SCHEMES = ("IOB1", "IOB2", "IOE1", "IOE2", "IOBES", "BILOU")
 
@@ -63,10 +62,12 @@ def check_tags(tags: list[str], scheme: str) -> str | None:
     return None
 
 
-def seqeval_scheme(scheme: str) -> type[_seqeval.Token]:
+def seqeval_scheme(scheme: str) -> type:
     """The seqeval scheme class for strict entity extraction (`mode="strict", scheme=...`).
 
     Raises:
         ValueError: If `scheme` is not a known scheme.
     """
-    return getattr(_seqeval, _known(scheme))
+    from seqeval import scheme as seqeval_schemes  # imported when needed, like metrics.py
+
+    return getattr(seqeval_schemes, _known(scheme))

@@ -23,6 +23,7 @@ from thawing.data.batching import collate, length_grouped_batches
 from thawing.data.sampling import task_order
 from thawing.freezing import apply_trainable, encoder_frozen, parameter_table, set_frozen_modes
 from thawing.metrics import selection_score
+from thawing.model.encoder import Encoder
 from thawing.model.groups import parameter_groups
 from thawing.model.heads import centroid_init
 from thawing.model.loading import save_encoder
@@ -59,9 +60,18 @@ class Context:
         return self.prep.config
 
 
-def train(config: RunConfig, run_dir: str | None = None, events: Events | None = None, run_optional: bool | None = None) -> RunDir:
-    """Train per the config's plan and write a complete run directory. Returns it."""
-    prep = prepare(config)
+def train(
+    config: RunConfig,
+    run_dir: str | None = None,
+    events: Events | None = None,
+    run_optional: bool | None = None,
+    encoder: Encoder | None = None,
+) -> RunDir:
+    """Train per the config's plan and write a complete run directory. Returns it.
+
+    `encoder` replaces loading `config.model.name` (e.g. a model built in memory).
+    """
+    prep = prepare(config, encoder)
     groups = parameter_groups(prep.model)
     plan = build_plan(config, groups, run_optional)  # selector errors surface before the run dir exists
     accelerator = Accelerator(

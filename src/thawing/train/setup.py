@@ -10,6 +10,7 @@ import torch
 from thawing.config import RunConfig
 from thawing.data.batching import Features, featurize_texts, featurize_words
 from thawing.data.tasks import Example, TaskData, load_tasks
+from thawing.model.encoder import Encoder
 from thawing.model.loading import load_encoder
 from thawing.model.multitask import MultiTaskModel, TaskSpec
 
@@ -37,9 +38,9 @@ def featurize(model: MultiTaskModel, task: str, examples: list[Example], labelle
     return featurize_words(model.encoder, [e.tokens for e in examples], tags, spec.prompt)
 
 
-def build_model(config: RunConfig, tasks: dict[str, TaskData]) -> MultiTaskModel:
-    """The encoder named by the config plus one freshly initialised head per task (seeded)."""
-    encoder = load_encoder(
+def build_model(config: RunConfig, tasks: dict[str, TaskData], encoder: Encoder | None = None) -> MultiTaskModel:
+    """The encoder named by the config (or one given) plus one freshly initialised head per task (seeded)."""
+    encoder = encoder or load_encoder(
         config.model.name,
         max_length=config.model.max_length,
         pooling=config.model.pooling,
@@ -61,11 +62,11 @@ def build_model(config: RunConfig, tasks: dict[str, TaskData]) -> MultiTaskModel
     return MultiTaskModel(encoder, specs)
 
 
-def prepare(config: RunConfig) -> Prepared:
+def prepare(config: RunConfig, encoder: Encoder | None = None) -> Prepared:
     """Load data (failing early on bad input), the encoder and the heads, and tokenize every split."""
     torch.manual_seed(config.train.seed)
     tasks = load_tasks(config.tasks, seed=config.train.seed)
-    model = build_model(config, tasks)
+    model = build_model(config, tasks, encoder)
     features = {t: {s: featurize(model, t, ex) for s, ex in d.splits.items()} for t, d in tasks.items()}
     gold = {t: {s: [e.label for e in ex] for s, ex in d.splits.items()} for t, d in tasks.items()}
     return Prepared(config, tasks, model, features, gold)
