@@ -37,10 +37,13 @@ def base_config(n_trec: int, n_sst: int, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-trec", type=int, default=2000)
-    parser.add_argument("--n-sst", type=int, default=2000)
+    parser.add_argument("--n-trec", type=int, default=2500)  # the first 2,471 rows hold every fine label of the test split
+    parser.add_argument("--n-sst", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plans", default="heads,progressive,full")
+    parser.add_argument("--full-lr-heads", type=float, default=None, help="override the full preset's heads LR")
+    parser.add_argument("--progressive-lr-heads", type=float, default=None, help="override the heads LR of progressive's later stages")
+    parser.add_argument("--progressive-epochs", default=None, help="override progressive's stage epochs, e.g. 2,2,4")
     parser.add_argument("--runs", default="/tmp/thawing-bench-plans")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
@@ -50,8 +53,8 @@ def main() -> None:
     from thawing.config import parse_config
     from thawing.model.groups import num_layers
     from thawing.model.loading import load_encoder
-    from thawing.train.loop import train
-    from thawing.train.stages import preset
+    from thawing.training.loop import train
+    from thawing.training.stages import preset
 
     layers = num_layers(load_encoder("sentence-transformers/all-MiniLM-L6-v2").backbone)
     progressive_epochs = sum(s.epochs for s in preset("progressive", layers) if not s.optional)
@@ -61,7 +64,16 @@ def main() -> None:
         config = base_config(args.n_trec, args.n_sst, args.seed)
         if name == "full":  # the same total epochs as progressive, all parameters from the start
             full = preset("full", layers)[0].model_dump()
+            if args.full_lr_heads:
+                full["lr"]["heads"] = args.full_lr_heads
             config["schedule"] = [{**full, "epochs": progressive_epochs}]
+        elif name == "progressive" and (args.progressive_lr_heads or args.progressive_epochs):
+            stages = [s.model_dump() for s in preset("progressive", layers) if not s.optional]
+            for stage in stages[1:]:
+                stage["lr"]["heads"] = args.progressive_lr_heads or stage["lr"]["heads"]
+            for stage, epochs in zip(stages, (args.progressive_epochs or "").split(",")):
+                stage["epochs"] = float(epochs) if epochs else stage["epochs"]
+            config["schedule"] = stages
         else:
             config["schedule"] = name
         start = time.perf_counter()

@@ -108,7 +108,7 @@ def time_epoch(ctx, stage, cached: bool, device: str) -> dict:
     """One epoch of `stage`, naive or cached; returns timings and cache size."""
     import torch
 
-    from thawing.train import loop
+    from thawing.training import loop
 
     model = ctx.model
     loop.apply_trainable(ctx.groups, stage.trainable)
@@ -168,8 +168,8 @@ def main() -> None:
     from thawing.freezing import layer_names
     from thawing.model.groups import parameter_groups
     from thawing.run_dir import RunDir
-    from thawing.train import loop
-    from thawing.train.setup import prepare
+    from thawing.training import loop
+    from thawing.training.setup import prepare
 
     raw = base_config(args)
     encoder = None if args.model == "minilm" else random_qwen2(args.model, texts_for_tokenizer(5000), args.device)

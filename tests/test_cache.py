@@ -15,9 +15,9 @@ from thawing.config import parse_config
 from thawing.freezing import layer_names
 from thawing.model.groups import parameter_groups
 from thawing.run_dir import RunDir
-from thawing.train import loop
-from thawing.train.boundary_cache import estimate_bytes
-from thawing.train.setup import prepare
+from thawing.training import loop
+from thawing.training.boundary_cache import estimate_bytes
+from thawing.training.setup import prepare
 from toy import toy_config
 
 

@@ -216,3 +216,15 @@ def test_all_config_errors_are_reported_at_once(tiny_bert_dir, tmp_path):
     assert code == 2
     assert "3 problem" in message and "did you mean 'batch_size'" in message and "did you mean 'model'" in message
     assert "tasks.sentiment.type" in message
+
+
+def test_python_api(tiny_bert_dir, tmp_path):
+    import thawing
+
+    config = thawing.load_config(write_config(toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment", "ner")), tmp_path / "c.yaml"))
+    run = thawing.train(config, run_dir=str(tmp_path / "run"))
+    model = thawing.load(run.path)
+    assert model.encode(["john is in paris"]).shape == (1, 32)
+    both = model.predict(["john is in paris"])
+    assert set(both) == {"sentiment", "ner"} and both["ner"][0]["tokens"] == ["john", "is", "in", "paris"]
+    assert model.predict(["the film was great"], task="sentiment")[0]["label"] in ("positive", "negative")

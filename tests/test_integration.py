@@ -12,7 +12,7 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from thawing.config import parse_config
-from thawing.train.loop import train
+from thawing.training.loop import train
 from test_cli import invoke
 
 pytestmark = pytest.mark.integration
@@ -75,3 +75,23 @@ def test_ner_plus_classification_reports_entity_f1(minilm_dir, datasets_dir, tmp
     ner = run.read_json("results.json")["tasks"]["ner"]
     assert {"precision", "recall", "f1"} <= set(ner)
     assert ner["f1"] > 0.3  # a linear tag head on frozen MiniLM token states already finds entities
+
+
+def test_plan_json_for_minilm(minilm_dir, tmp_path):
+    from toy import write_config
+
+    config = write_config({"name": "p", "model": {"name": MODEL}, "schedule": "progressive",
+                           "tasks": {"a": {"type": "classification", "data": {"train": str(tmp_path / "a.jsonl")}}}}, tmp_path / "p.yaml")
+    (tmp_path / "a.jsonl").write_text('{"text": "yes", "label": "y"}\n{"text": "no", "label": "n"}\n{"text": "ok", "label": "y"}\n')
+    code, output = invoke("plan", str(config), "--json", "--full")
+    assert code == 0, output
+    stages = {s["name"]: s for s in json.loads(output)["stages"]}
+    assert list(stages) == ["heads", "top", "discriminative", "full"]
+    assert [g["name"] for g in stages["heads"]["groups"]] == ["head:a"]
+    assert stages["heads"]["groups"][0]["params"] == 384 * 2 + 2
+    top = {g["name"]: g for g in stages["top"]["groups"]}
+    assert list(top) == ["layers.4", "layers.5", "head:a"]  # MiniLM has no projection and no final norm
+    assert top["layers.4"]["params"] == top["layers.5"]["params"] == 1_774_464
+    disc = {g["name"]: g["lr"] for g in stages["discriminative"]["groups"]}
+    assert disc["layers.5"] == pytest.approx(5e-5) and disc["layers.0"] == pytest.approx(5e-5 * 0.8**5)
+    assert stages["full"]["trainable_params"] == 22_713_216 - 147_840 + 770  # all but BERT's unused pooler, plus the head

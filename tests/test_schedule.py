@@ -1,10 +1,10 @@
-"""Tests for thawing.train.schedule: warm-up, each schedule at chosen steps, layer-wise decay."""
+"""Tests for thawing.training.schedule: warm-up, each schedule at chosen steps, layer-wise decay."""
 
 from __future__ import annotations
 
 import pytest
 
-from thawing.train.schedule import SCHEDULES, layer_learning_rates, lr_multiplier, warmup_steps
+from thawing.training.schedule import SCHEDULES, layer_learning_rates, lr_multiplier, warmup_steps
 
 
 def test_warmup_steps_fraction_count_and_clamp() -> None:

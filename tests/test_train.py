@@ -16,7 +16,7 @@ from thawing.api import load
 from thawing.config import parse_config
 from thawing.model.groups import parameter_groups
 from thawing.model.loading import load_encoder
-from thawing.train.loop import train
+from thawing.training.loop import train
 from toy import toy_config
 
 
@@ -70,8 +70,9 @@ def test_same_seed_same_metrics(tiny_qwen2_dir, tmp_path):
     assert first.read_json("results.json") == second.read_json("results.json")
 
 
-def test_frozen_all_makes_no_gradient_step_and_beats_chance(tiny_bert_dir, tmp_path):
-    run = _run(tiny_bert_dir, tmp_path, freeze=["all"])
+@pytest.mark.parametrize("cache", [True, False])
+def test_frozen_all_makes_no_gradient_step_and_builds_centroid_heads(tiny_bert_dir, tmp_path, cache):
+    run = _run(tiny_bert_dir, tmp_path, freeze=["all"], cache={"enabled": cache})
     assert _changed(_encoder_state(tiny_bert_dir), _encoder_state(run.encoder_dir)) == set()
     stages = run.read_json("stages.json")
     assert stages[0]["stopped"] == "no training (frozen)" and stages[0]["epochs_run"] == 0
@@ -98,7 +99,7 @@ def test_frozen_head_stays_bit_identical_while_encoder_learns(tiny_bert_dir, tmp
     frozen_head = _run(tiny_bert_dir, tmp_path, name="frozen", freeze=["head:sentiment"], train={"seed": 0})
     # Heads start from the same seeded init in both runs; the frozen one must not move at all.
     init = parse_config(toy_config(tiny_bert_dir, tmp_path / "init"))
-    from thawing.train.setup import prepare
+    from thawing.training.setup import prepare
 
     start = {k: v.clone() for k, v in prepare(init).model.heads["sentiment"].state_dict().items()}
     saved = load_file(str(frozen_head.final / "heads.safetensors"))
@@ -135,8 +136,8 @@ def test_each_stage_updates_exactly_its_groups_at_its_rates(tiny_qwen2_dir, tmp_
     ]
     config = parse_config(toy_config(tiny_qwen2_dir, tmp_path, tasks=("qtype",), schedule=stages,
                                      train={"batch_size": 16, "warmup": 0, "lr_schedule": "constant", "weight_decay": 0.0}))
-    from thawing.train.setup import prepare
-    from thawing.train import loop
+    from thawing.training.setup import prepare
+    from thawing.training import loop
 
     # Run stage by stage, checking which parameters moved and by how much.
     prep = prepare(config)
@@ -177,3 +178,12 @@ def test_plateau_stops_a_stage_and_the_plan(tiny_bert_dir, tmp_path):
     assert [s["stage"] for s in summary] == ["warm", "tiny"]
     assert summary[1]["stopped"].startswith("plateau") and "plan stopped" in summary[1]["stopped"]
     assert summary[1]["epochs_run"] < 6
+
+
+def test_gradient_accumulation_and_step_evaluation(tiny_bert_dir, tmp_path):
+    plain = _run(tiny_bert_dir, tmp_path, name="plain", tasks=("sentiment",))
+    accumulated = _run(tiny_bert_dir, tmp_path, name="acc", tasks=("sentiment",), train={"grad_accum": 2, "epochs": 2, "batch_size": 4, "eval_every": 1})
+    updates = plain.read_json("stages.json")[0]["updates"]
+    assert accumulated.read_json("stages.json")[0]["updates"] == updates // 2
+    steps = [x["step"] for x in accumulated.read_metrics() if x["task"] == "*"]
+    assert steps == list(range(1, updates // 2 + 1))  # eval_every: 1 evaluates after every optimizer update

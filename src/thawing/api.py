@@ -25,8 +25,8 @@ from thawing.errors import InputError
 from thawing.model.loading import load_encoder
 from thawing.model.multitask import MultiTaskModel, TaskSpec
 from thawing.run_dir import RunDir
-from thawing.train.evaluate import score, task_logits
-from thawing.train.setup import featurize
+from thawing.training.evaluate import score, task_logits
+from thawing.training.setup import featurize
 
 
 class TrainedModel:

@@ -63,7 +63,7 @@ def embed(
     _check_output(output, overwrite)
     texts = read_texts(input, text_field=text_field)
     encoder = load_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code)
-    vectors = encoder.encode(texts, batch_size=batch_size, prompt=prompt, show_progress=len(texts) > 256)
+    vectors = encoder.encode(texts, batch_size=batch_size, prompt=prompt, show_progress=sys.stderr.isatty() and len(texts) > 256)
     try:
         with atomic_path(output) as tmp:
             with open(tmp, "wb") as fh:
@@ -149,7 +149,7 @@ def train(
 ) -> None:
     """Train a multi-task model; prints the run directory on its last line."""
     from thawing.config import load_config
-    from thawing.train.loop import train as run_training
+    from thawing.training.loop import train as run_training
 
     cfg = load_config(config, set_)
     printer = _TrainPrinter()
@@ -175,8 +175,8 @@ def plan(
     from thawing.config import load_config
     from thawing.model.groups import parameter_groups
     from thawing.data.tasks import load_tasks
-    from thawing.train.setup import build_model
-    from thawing.train.stages import build_plan, plan_summary
+    from thawing.training.setup import build_model
+    from thawing.training.stages import build_plan, plan_summary
 
     cfg = load_config(config, set_)
     model = build_model(cfg, load_tasks(cfg.tasks, seed=cfg.train.seed))

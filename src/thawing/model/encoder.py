@@ -162,11 +162,9 @@ class Encoder(nn.Module):
         ids = self.token_ids(texts, prompt)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = np.empty((len(ids), self.embedding_size), dtype=np.float32)
-        if show_progress is None:
-            show_progress = len(ids) >= 2048 and sys.stderr.isatty()
         device = self.device
         with evaluating(self):
-            for start in _progress(range(0, len(order), batch_size), show_progress, "Encoding"):
+            for start in progress(range(0, len(order), batch_size), "Encoding", show_progress):
                 chunk = order[start : start + batch_size]
                 batch = {k: v.to(device) for k, v in self.pad([ids[i] for i in chunk]).items()}
                 sentence = self.pool(self.token_states(**batch), batch["attention_mask"])
@@ -187,7 +185,10 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
-def _progress(items: range, enabled: bool, label: str) -> Iterator[int]:
+def progress(items: Sequence, label: str, enabled: bool | None = None) -> Iterator:
+    """Iterate with a progress bar on an interactive terminal when there are many items (or when asked)."""
+    if enabled is None:
+        enabled = len(items) >= 64 and sys.stderr.isatty()
     if not enabled:
         yield from items
         return

@@ -28,12 +28,12 @@ from thawing.model.groups import parameter_groups
 from thawing.model.heads import centroid_init
 from thawing.model.loading import save_encoder
 from thawing.run_dir import RunDir
-from thawing.train.boundary_cache import BoundaryCache, cache_dtype, estimate_bytes, first_trainable_layer, usable
-from thawing.train.boundary_cache import build as build_boundary
-from thawing.train.evaluate import CachedSplit, cached_batch, compute_cached, score, task_logits
-from thawing.train.schedule import lr_multiplier, warmup_steps
-from thawing.train.setup import Prepared, prepare
-from thawing.train.stages import Stage, build_plan
+from thawing.training.boundary_cache import BoundaryCache, cache_dtype, estimate_bytes, first_trainable_layer, usable
+from thawing.training.boundary_cache import build as build_boundary
+from thawing.training.evaluate import CachedSplit, cached_batch, compute_cached, score, task_logits
+from thawing.training.schedule import lr_multiplier, warmup_steps
+from thawing.training.setup import Prepared, prepare
+from thawing.training.stages import Stage, build_plan
 
 log = logging.getLogger(__name__)
 Events = Callable[[str, dict], None]
@@ -323,13 +323,16 @@ def _build_boundary(ctx: Context, stage: Stage) -> dict[str, BoundaryCache]:
 
 def _centroid_heads(ctx: Context, cache: dict) -> None:
     """Heads that no stage has trained become nearest-centroid classifiers: no gradient step."""
+    device = ctx.accelerator.device
     for task, head in ctx.model.heads.items():
-        if task in ctx.trained_heads or task not in cache:
+        if task in ctx.trained_heads:
             continue
-        train = cache[task]["train"]
+        train = cache[task]["train"] if task in cache else compute_cached(
+            ctx.model, task, ctx.prep.features[task]["train"], ctx.cfg.train.eval_batch_size, device
+        )
         keep = train.labels >= 0
         ctx.model.specs[task].head["type"] = "linear"  # centroids live in a linear head (see centroid_init)
-        centroid_init(head, train.features[keep].to(ctx.accelerator.device), train.labels[keep].to(ctx.accelerator.device))
+        centroid_init(head, train.features[keep].to(device), train.labels[keep].to(device))
 
 
 def _snapshot(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:

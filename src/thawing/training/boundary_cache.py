@@ -12,7 +12,7 @@ import torch
 
 from thawing.data.batching import Features, collate, sorted_batches
 from thawing.model.boundary import check_boundary, hidden_at
-from thawing.model.encoder import Encoder
+from thawing.model.encoder import Encoder, progress
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -78,7 +78,7 @@ def build(encoder: Encoder, first: int, features: Features, batch_size: int, dty
     """Run the frozen layers below `first` once over every example."""
     states: list[torch.Tensor | None] = [None] * len(features)
     device = encoder.device
-    for idx in sorted_batches(features.lengths, batch_size):
+    for idx in progress(sorted_batches(features.lengths, batch_size), f"Caching layer {first} input"):
         batch = collate(encoder, features, idx)
         hidden = hidden_at(encoder, first, batch["input_ids"].to(device), batch["attention_mask"].to(device))
         for row, i in enumerate(idx):

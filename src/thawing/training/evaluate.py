@@ -10,7 +10,7 @@ import torch
 
 from thawing.data.batching import IGNORE, Features, collate, sorted_batches
 from thawing.metrics import classification_metrics, token_metrics
-from thawing.model.encoder import evaluating
+from thawing.model.encoder import evaluating, progress
 from thawing.model.multitask import MultiTaskModel, TaskSpec
 
 
@@ -48,9 +48,14 @@ class CachedSplit:
 @torch.no_grad()
 def compute_cached(model: MultiTaskModel, task: str, feats: Features, batch_size: int, device) -> CachedSplit:
     """Run the frozen encoder once over a split (eval mode, no gradients)."""
+    with evaluating(model):
+        return _compute_cached(model, task, feats, batch_size, device)
+
+
+def _compute_cached(model: MultiTaskModel, task: str, feats: Features, batch_size: int, device) -> CachedSplit:
     token_task = model.specs[task].type != "classification"
     chunks, offsets = [], [0]
-    for idx in sorted_batches(feats.lengths, batch_size):
+    for idx in progress(sorted_batches(feats.lengths, batch_size), f"Caching {task}"):
         batch = collate(model.encoder, feats, idx)
         out = model.features(task, batch["input_ids"].to(device), batch["attention_mask"].to(device)).float()
         if not token_task:
