@@ -55,9 +55,11 @@ def texts(name: str, n: int) -> list[str]:
         return [json.loads(line)["text"] for _, line in zip(range(n), fh)]
 
 
-def batches(lengths: list[int], size: int, naive: bool, seed: int = 0) -> list[list[int]]:
-    from thawing.data.batching import length_grouped_batches
+def batches(lengths: list[int], size: int, naive: bool, seed: int = 0, max_tokens: int | None = None) -> list[list[int]]:
+    from thawing.data.batching import length_grouped_batches, token_budget_batches
 
+    if max_tokens:
+        return token_budget_batches(lengths, max_tokens, seed)
     if not naive:
         return length_grouped_batches(lengths, size, seed)
     order = list(range(len(lengths)))
@@ -65,7 +67,7 @@ def batches(lengths: list[int], size: int, naive: bool, seed: int = 0) -> list[l
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
-def run(encoder, head, ids: list[list[int]], mode: str, naive: bool, steps: int, device: str) -> dict:
+def run(encoder, head, ids: list[list[int]], mode: str, naive: bool, steps: int, device: str, max_tokens: int | None = None) -> dict:
     """Time `steps` batches (after 3 warm-up batches) of one mode: encode, top3 or full."""
     import torch
 
@@ -79,7 +81,8 @@ def run(encoder, head, ids: list[list[int]], mode: str, naive: bool, steps: int,
             p.requires_grad_(name in trainable)
     params = [p for g in trainable for _, p in groups[g]] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-5) if mode != "encode" else None
-    plan = batches([len(x) for x in ids], 64, naive)
+    plan = batches([len(x) for x in ids], 64, naive, max_tokens=max_tokens)
+    steps = min(steps, len(plan) - 3)
     real = padded = 0
     for step, idx in enumerate(plan[: steps + 3]):
         if step == 3:
@@ -100,7 +103,8 @@ def run(encoder, head, ids: list[list[int]], mode: str, naive: bool, steps: int,
         padded += batch["attention_mask"].numel()
     _sync(device)
     seconds = time.perf_counter() - start
-    return {"real_tokens_per_s": round(real / seconds), "padding_fraction": round(1 - real / padded, 3), "seconds": round(seconds, 3), "batches": steps}
+    return {"real_tokens_per_s": round(real / seconds), "padding_fraction": round(1 - real / padded, 3), "seconds": round(seconds, 3),
+            "batches": steps, "sentences_per_batch": round(sum(len(b) for b in plan[3 : steps + 3]) / max(1, steps), 1)}
 
 
 def main() -> None:
@@ -108,13 +112,15 @@ def main() -> None:
     parser.add_argument("--model", default="stella-shape")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--max-tokens", type=int, default=16384, help="token budget of the third variant")
+    parser.add_argument("--texts", type=int, default=20000)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
 
     import torch
 
-    corpus = {"sst2": texts("sst2/train.jsonl", 5000), "ag_news": texts("ag_news/test.jsonl", 5000)}
-    encoder = random_qwen2(args.model, corpus["sst2"] + corpus["ag_news"], args.device).to(args.device)
+    corpus = {"sst2": texts("sst2/train.jsonl", args.texts), "ag_news": texts("ag_news/test.jsonl", args.texts)}
+    encoder = random_qwen2(args.model, corpus["sst2"][:5000] + corpus["ag_news"][:5000], args.device).to(args.device)
     encoder.train()
     head = torch.nn.Linear(encoder.embedding_size, 4).to(args.device)
     embedding_params = encoder.backbone.get_input_embeddings().weight.numel()
@@ -130,11 +136,12 @@ def main() -> None:
         report["results"][data] = {"mean_tokens": round(sum(map(len, ids)) / len(ids), 1)}
         for mode in ("encode", "top3", "full"):
             row = {}
-            for label, naive in (("naive", True), ("thawing", False)):
-                r = run(encoder, head, ids, mode, naive, args.steps, args.device)
+            for label, naive, budget in (("naive", True, None), ("thawing", False, None), ("token_budget", False, args.max_tokens)):
+                r = run(encoder, head, ids, mode, naive, args.steps, args.device, budget)
                 r["mfu"] = round(r["real_tokens_per_s"] * flops_per_token[mode] / peak, 4)
                 row[label] = r
             row["speedup"] = round(row["thawing"]["real_tokens_per_s"] / row["naive"]["real_tokens_per_s"], 2)
+            row["token_budget_speedup"] = round(row["token_budget"]["real_tokens_per_s"] / row["naive"]["real_tokens_per_s"], 2)
             report["results"][data][mode] = row
             print(data, mode, json.dumps(row), flush=True)
     if args.device == "cuda":

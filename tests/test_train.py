@@ -187,3 +187,10 @@ def test_gradient_accumulation_and_step_evaluation(tiny_bert_dir, tmp_path):
     assert accumulated.read_json("stages.json")[0]["updates"] == updates // 2
     steps = [x["step"] for x in accumulated.read_metrics() if x["task"] == "*"]
     assert steps == list(range(1, updates // 2 + 1))  # eval_every: 1 evaluates after every optimizer update
+
+
+def test_token_budget_training_runs_and_is_deterministic(tiny_qwen2_dir, tmp_path):
+    first = _run(tiny_qwen2_dir, tmp_path, name="a", train={"max_tokens": 48, "epochs": 2, "seed": 0})
+    second = _run(tiny_qwen2_dir, tmp_path, name="b", train={"max_tokens": 48, "epochs": 2, "seed": 0})
+    assert first.read_json("results.json") == second.read_json("results.json")
+    assert first.read_json("stages.json")[0]["updates"] > 0

@@ -83,6 +83,7 @@ class SamplingConfig(_Strict):
 
 class TrainConfig(_Strict):
     batch_size: int = Field(32, gt=0)
+    max_tokens: int | None = Field(None, gt=0)  # fill batches to this many padded tokens instead of batch_size
     epochs: float = Field(3, gt=0)
     lr: LearningRates = Field(default_factory=LearningRates)
     seed: int = 0

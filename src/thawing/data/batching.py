@@ -87,6 +87,33 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, g
     return batches
 
 
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, seed: int, group: int = 50) -> list[list[int]]:
+    """Shuffled batches of similar-length examples, each filled up to `max_tokens` padded tokens.
+
+    Like `length_grouped_batches`, but a batch holds as many examples as fit the budget (count x longest
+    <= max_tokens), so short sentences make big batches and long ones small batches. An example longer than
+    the budget gets a batch of its own.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    mean = max(1.0, sum(lengths) / max(1, len(lengths)))
+    span = max(1, int(max_tokens / mean) * group)
+    batches: list[list[int]] = []
+    for start in range(0, len(order), span):
+        current: list[int] = []
+        for i in sorted(order[start : start + span], key=lambda i: lengths[i], reverse=True):
+            # Sorted longest first, so the batch's first member sets its padded width.
+            if current and (len(current) + 1) * lengths[current[0]] > max_tokens:
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
 def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Batches in order of length (longest first), for evaluation and prediction."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)

@@ -148,11 +148,13 @@ class Encoder(nn.Module):
         batch_size: int = 32,
         prompt: str | None = None,
         show_progress: bool | None = None,
+        max_tokens: int | None = None,
     ) -> np.ndarray:
         """Embed texts; returns float32 (N, D) in input order.
 
         Texts are tokenized once and batched in order of token length, so each batch pads to
-        almost nothing; the batches run in eval mode without gradients.
+        almost nothing; the batches run in eval mode without gradients. With `max_tokens`, a batch holds as
+        many texts as fit that many padded tokens instead of `batch_size` texts.
 
         Example:
             >>> vectors = encoder.encode(["A question?", "A statement."])  # doctest: +SKIP
@@ -164,12 +166,24 @@ class Encoder(nn.Module):
         out = np.empty((len(ids), self.embedding_size), dtype=np.float32)
         device = self.device
         with evaluating(self):
-            for start in progress(range(0, len(order), batch_size), "Encoding", show_progress):
-                chunk = order[start : start + batch_size]
+            for chunk in progress(_chunks(order, [len(x) for x in ids], batch_size, max_tokens), "Encoding", show_progress):
                 batch = {k: v.to(device) for k, v in self.pad([ids[i] for i in chunk]).items()}
                 sentence = self.pool(self.token_states(**batch), batch["attention_mask"])
                 out[chunk] = sentence.float().cpu().numpy()
         return out
+
+
+def _chunks(order: list[int], lengths: list[int], batch_size: int, max_tokens: int | None) -> list[list[int]]:
+    """Consecutive batches of `order` (longest first): `batch_size` items, or up to `max_tokens` padded tokens."""
+    if not max_tokens:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    chunks: list[list[int]] = []
+    for i in order:
+        if chunks and (len(chunks[-1]) + 1) * lengths[chunks[-1][0]] <= max_tokens:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    return chunks
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 
 from thawing.config import RunConfig
-from thawing.data.batching import collate, length_grouped_batches
+from thawing.data.batching import IGNORE, collate, length_grouped_batches, token_budget_batches
 from thawing.data.sampling import task_order
 from thawing.freezing import apply_trainable, encoder_frozen, parameter_table, set_frozen_modes
 from thawing.metrics import selection_score
@@ -142,12 +142,14 @@ def run_stage(ctx: Context, stage: Stage, plan_best: float) -> dict:
 
 
 def _fit(ctx: Context, stage: Stage, params: list, cache: dict, boundary: dict | None = None) -> dict:
-    cfg, model, acc = ctx.cfg, ctx.model, ctx.accelerator
-    bs = cfg.train.batch_size
-    active = _active_tasks(ctx, stage)
-    train_sets = {t: ctx.prep.features[t]["train"] for t in active}
-    per_epoch = {t: math.ceil(len(f) / bs) for t, f in train_sets.items()}
-    micro_total = max(1, round(stage.epochs * sum(per_epoch.values())))
+    cfg, acc = ctx.cfg, ctx.accelerator
+    train_sets = {t: ctx.prep.features[t]["train"] for t in _active_tasks(ctx, stage)}
+    first = _epoch_batches(cfg, stage, train_sets, 0)
+    per_epoch = sum(len(b) for b in first.values())
+    # Mean labelled items per batch: dividing summed losses by it weighs every example (or token) alike,
+    # whether batches hold a fixed count or fill a token budget.
+    per_batch = {t: _labelled(train_sets[t]) / len(b) for t, b in first.items()}
+    micro_total = max(1, round(stage.epochs * per_epoch))
     updates = math.ceil(micro_total / cfg.train.grad_accum)
     warm = warmup_steps(stage.warmup, updates)
     optimizer = torch.optim.AdamW(
@@ -155,16 +157,16 @@ def _fit(ctx: Context, stage: Stage, params: list, cache: dict, boundary: dict |
         weight_decay=cfg.train.weight_decay,
     )
     best, best_step, best_state, evals_without_gain = -math.inf, ctx.step, None, 0
-    eval_every = stage.eval_every
     micro, update, stopped, epoch = 0, 0, "completed", 0
     while micro < micro_total and stopped == "completed":
-        seed = zlib.crc32(f"{cfg.train.seed}/{stage.name}/{epoch}".encode())  # hash() of str varies per process
-        order = task_order(per_epoch, cfg.train.sampling.strategy, cfg.train.sampling.temperature, seed)
-        batches = {t: iter(length_grouped_batches(f.lengths, bs, seed + i)) for i, (t, f) in enumerate(train_sets.items())}
-        for task in order:
+        batches = first if epoch == 0 else _epoch_batches(cfg, stage, train_sets, epoch)
+        order = task_order({t: len(b) for t, b in batches.items()}, cfg.train.sampling.strategy,
+                           cfg.train.sampling.temperature, _seed(cfg, stage, epoch))
+        queues = {t: iter(b) for t, b in batches.items()}
+        for position, task in enumerate(order):
             if micro >= micro_total:
                 break
-            loss = _loss(ctx, task, next(batches[task]), cache, boundary or {})
+            loss = _loss(ctx, task, next(queues[task]), cache, boundary or {}, per_batch[task])
             acc.backward(loss / cfg.train.grad_accum)
             micro += 1
             if micro % cfg.train.grad_accum and micro < micro_total:
@@ -178,11 +180,11 @@ def _fit(ctx: Context, stage: Stage, params: list, cache: dict, boundary: dict |
             update += 1
             ctx.step += 1
             ctx.events("step", {"stage": stage.name, "update": update, "total": updates, "loss": loss.item()})
-            at_epoch_end = micro % sum(per_epoch.values()) == 0 or micro >= micro_total
-            due = at_epoch_end if eval_every == "epoch" else (update % int(eval_every) == 0 or micro >= micro_total)
+            at_epoch_end = position == len(order) - 1 or micro >= micro_total
+            due = at_epoch_end if stage.eval_every == "epoch" else (update % int(stage.eval_every) == 0 or micro >= micro_total)
             if not due:
                 continue
-            current = _evaluate(ctx, stage, micro / sum(per_epoch.values()), cache)
+            current = _evaluate(ctx, stage, micro / per_epoch, cache)
             if current > best + stage.min_delta or best == -math.inf:
                 best, best_step, best_state, evals_without_gain = current, ctx.step, _snapshot(params), 0
             else:
@@ -196,13 +198,32 @@ def _fit(ctx: Context, stage: Stage, params: list, cache: dict, boundary: dict |
     return {
         "best_score": best if best != -math.inf else None,
         "best_step": best_step,
-        "epochs_run": round(micro / sum(per_epoch.values()), 3),
+        "epochs_run": round(micro / per_epoch, 3),
         "updates": update,
         "stopped": stopped,
     }
 
 
-def _loss(ctx: Context, task: str, indices: list[int], cache: dict, boundary: dict) -> torch.Tensor:
+def _seed(cfg: RunConfig, stage: Stage, epoch: int) -> int:
+    return zlib.crc32(f"{cfg.train.seed}/{stage.name}/{epoch}".encode())  # hash() of a str varies per process
+
+
+def _epoch_batches(cfg: RunConfig, stage: Stage, train_sets: dict, epoch: int) -> dict[str, list[list[int]]]:
+    """Each task's batches for one epoch: a fixed count of examples, or filled to `train.max_tokens`."""
+    seed = _seed(cfg, stage, epoch)
+    if cfg.train.max_tokens:
+        return {t: token_budget_batches(f.lengths, cfg.train.max_tokens, seed + i) for i, (t, f) in enumerate(train_sets.items())}
+    return {t: length_grouped_batches(f.lengths, cfg.train.batch_size, seed + i) for i, (t, f) in enumerate(train_sets.items())}
+
+
+def _labelled(features) -> int:
+    """Items that carry a label: examples, or labelled sub-tokens for token tasks."""
+    if features.labels and isinstance(features.labels[0], list):
+        return sum(1 for row in features.labels for label in row if label != IGNORE)
+    return len(features)
+
+
+def _loss(ctx: Context, task: str, indices: list[int], cache: dict, boundary: dict, per_batch: float | None = None) -> torch.Tensor:
     model, device = ctx.model, ctx.accelerator.device
     with ctx.accelerator.autocast():
         if task in cache:  # frozen encoder: the head reads features computed once
@@ -217,7 +238,7 @@ def _loss(ctx: Context, task: str, indices: list[int], cache: dict, boundary: di
             batch = collate(model.encoder, ctx.prep.features[task]["train"], indices)
             labels = batch["labels"].to(device)
             logits = model(task, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-    return model.loss(task, logits, labels) * model.specs[task].loss_weight
+    return model.loss(task, logits, labels, per_batch) * model.specs[task].loss_weight
 
 
 def _active_tasks(ctx: Context, stage: Stage) -> list[str]:

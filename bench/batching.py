@@ -1,0 +1,74 @@
+"""Does a token budget pay off on this machine? One full fine-tuning epoch and one encode pass with a fixed
+count of sentences per batch beside batches filled to a token budget, alternating in one run.
+
+Run: HF_HUB_OFFLINE=1 .venv/bin/python bench/batching.py --output bench/results/batching_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from throughput import base_config, scenario_stage, time_epoch  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budgets", default="512,1024")
+    parser.add_argument("--n-trec", type=int, default=1000)
+    parser.add_argument("--n-sst", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+    args.device, args.mixed_precision, args.cache_dtype = "cpu", "no", "float32"
+
+    import torch
+    from accelerate import Accelerator
+
+    from thawing.config import parse_config
+    from thawing.model.groups import parameter_groups
+    from thawing.run_dir import RunDir
+    from thawing.training import loop
+    from thawing.training.setup import prepare
+
+    raw = base_config(args)
+    prep = prepare(parse_config(raw))
+    groups = parameter_groups(prep.model)
+    ctx = loop.Context(prep, RunDir.create("b", Path(tempfile.mkdtemp()) / "r"), Accelerator(cpu=True), lambda n, p: None, groups)
+    loop._evaluate = lambda *a, **k: 0.0  # training time only
+    stage = loop.build_plan(parse_config({**raw, "schedule": [scenario_stage("full", 6)]}), groups)[0]
+    texts = [e.text for t in prep.tasks.values() for e in t.splits["train"]]
+    budgets = [None] + [int(b) for b in args.budgets.split(",")]
+    train_s: dict[str, list] = {}
+    encode_s: dict[str, list] = {}
+    for _ in range(args.repeats):  # alternate the settings, so warm-up and drift hit all of them; keep the fastest
+        for budget in budgets:
+            ctx.cfg.train.max_tokens = budget
+            key = f"max_tokens={budget}" if budget else f"batch_size={args.batch_size}"
+            row = time_epoch(ctx, stage, False, "cpu")
+            train_s.setdefault(key, []).append(row["epoch_s"])
+            start = time.perf_counter()
+            prep.model.encoder.encode(texts, batch_size=args.batch_size, max_tokens=budget)
+            encode_s.setdefault(key, []).append(round(time.perf_counter() - start, 3))
+            print(key, row["epoch_s"], row["updates"], encode_s[key][-1], flush=True)
+    train_s = {k: {"runs_s": v, "best_s": min(v)} for k, v in train_s.items()}
+    encode_s = {k: {"runs_s": v, "best_s": min(v)} for k, v in encode_s.items()}
+    report = {"command": " ".join(sys.argv), "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
+              "examples": len(texts), "full_finetune_epoch": train_s, "encode_s": encode_s}
+    print(json.dumps(report, indent=2))
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
