@@ -49,6 +49,7 @@ def embed(
     text_field: str = typer.Option("text", help="Field holding the text in .jsonl/.csv/.tsv input."),
     prompt: Optional[str] = typer.Option(None, help="Instruction prefix added to every text."),
     batch_size: int = typer.Option(32, min=1, help="Texts per forward pass."),
+    max_tokens: Optional[int] = typer.Option(None, min=1, help="Fill each batch to this many padded tokens instead (GPU)."),
     max_length: Optional[int] = typer.Option(None, min=1, help="Truncate texts to this many tokens."),
     trust_remote_code: bool = typer.Option(False, help="Run the model's own modeling code (stella needs it)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
@@ -63,7 +64,9 @@ def embed(
     _check_output(output, overwrite)
     texts = read_texts(input, text_field=text_field)
     encoder = load_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code)
-    vectors = encoder.encode(texts, batch_size=batch_size, prompt=prompt, show_progress=sys.stderr.isatty() and len(texts) > 256)
+    vectors = encoder.encode(
+        texts, batch_size=batch_size, prompt=prompt, max_tokens=max_tokens, show_progress=sys.stderr.isatty() and len(texts) > 256
+    )
     try:
         with atomic_path(output) as tmp:
             with open(tmp, "wb") as fh:
