@@ -153,7 +153,6 @@ def test_plan_json_for_tiny_qwen2(tiny_qwen2_dir, tmp_path):
 def _bad_configs(tmp_path, model_dir):
     """(description, config dict, files to write, fragments the message must contain)."""
     base = toy_config(model_dir, tmp_path, tasks=("sentiment", "ner"))
-    data = base["tasks"]
     cases = []
 
     def case(name, mutate, expect):

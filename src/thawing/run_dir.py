@@ -74,11 +74,13 @@ class RunDir:
     def write_json(self, name: str, data: object) -> None:
         write_text(self.path / name, json.dumps(data, indent=2) + "\n")
 
-    def save_final(self, model, save_encoder) -> None:
+    def save_final(self, model) -> None:
         """Write final/ into a temporary folder, then rename it into place."""
         tmp = self.path / ".final.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
+        from thawing.model.loading import save_encoder  # the model stack is loaded only when a model is saved
+
         save_encoder(model.encoder, tmp / "encoder")
         state = {k: v.detach().contiguous().cpu() for k, v in model.heads.state_dict().items()}
         save_file(state, str(tmp / "heads.safetensors"))

@@ -83,7 +83,7 @@ def top_states(encoder: Encoder, first: int, hidden: torch.Tensor, attention_mas
 
 
 @torch.no_grad()
-def check_boundary(encoder: Encoder, first: int, batch: dict[str, torch.Tensor], atol: float = 1e-4) -> float | None:
+def check_boundary(encoder: Encoder, first: int, batch: dict[str, torch.Tensor]) -> float | None:
     """Max abs difference between split and whole forward on `batch` (eval mode), or None if the split fails."""
     with evaluating(encoder):
         return _difference(encoder, first, batch)

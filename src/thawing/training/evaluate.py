@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from thawing.data.batching import IGNORE, Features, collate, sorted_batches
+from thawing.data.batching import Features, collate, sorted_batches
 from thawing.metrics import classification_metrics, token_metrics
 from thawing.model.encoder import evaluating, progress
 from thawing.model.multitask import MultiTaskModel, TaskSpec
@@ -129,5 +129,3 @@ def cached_batch(cached: CachedSplit, indices: list[int], device) -> tuple[torch
     rows = cached.rows(indices)
     return cached.features[rows].to(device), cached.labels[rows].to(device)
 
-
-__all__ = ["CachedSplit", "compute_cached", "task_logits", "score", "cached_batch", "IGNORE"]

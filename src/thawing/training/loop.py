@@ -26,7 +26,6 @@ from thawing.metrics import selection_score
 from thawing.model.encoder import Encoder
 from thawing.model.groups import parameter_groups
 from thawing.model.heads import centroid_init
-from thawing.model.loading import save_encoder
 from thawing.run_dir import RunDir
 from thawing.training.boundary_cache import BoundaryCache, cache_dtype, estimate_bytes, first_trainable_layer, usable
 from thawing.training.boundary_cache import build as build_boundary
@@ -96,7 +95,7 @@ def train(
             ctx.events("plan_stop", {"stage": stage.name, "score": summary["best_score"], "best": best})
             break
 
-    run.save_final(ctx.model, save_encoder)
+    run.save_final(ctx.model)
     results = final_results(ctx)
     run.write_json("results.json", results)
     ctx.events("results", results)

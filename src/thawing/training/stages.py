@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from thawing.config import RunConfig, StageConfig
 from thawing.errors import ConfigError
-from thawing.freezing import layer_names, select_groups, trainable_from_freeze
+from thawing.freezing import layer_names, select_groups
 from thawing.training.schedule import layer_learning_rates
 
 
@@ -144,5 +144,3 @@ def plan_summary(plan: list[Stage], groups: "OrderedDict[str, list]") -> dict:
         ]
     }
 
-
-__all__ = ["Stage", "build_plan", "plan_summary", "preset", "trainable_from_freeze"]
