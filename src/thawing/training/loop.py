@@ -114,6 +114,8 @@ def run_stage(ctx: Context, stage: Stage, plan_best: float) -> dict:
     params = [p for g in stage.trainable for _, p in ctx.groups[g]]
     use_cache = encoder_frozen(stage.trainable) and cfg.cache.enabled is not False
     ctx.events("stage_start", {"stage": stage.name, "table": table, "lrs": stage.lrs, "cached": use_cache})
+    log.info("stage %s parameters:\n%s", stage.name, "\n".join(
+        f"  {r['group']:<20} {r['params']:>12,}  {'trainable, lr %.2e' % stage.lrs[r['group']] if r['trainable'] else 'frozen'}" for r in table))
     snapshot = _snapshot(params)  # the plan's best so far, if this stage fails to beat it
 
     model.train()
