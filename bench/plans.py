@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--full-lr-heads", type=float, default=None, help="override the full preset's heads LR")
     parser.add_argument("--progressive-lr-heads", type=float, default=None, help="override the heads LR of progressive's later stages")
     parser.add_argument("--progressive-epochs", default=None, help="override progressive's stage epochs, e.g. 2,2,4")
+    parser.add_argument("--progressive-lr-encoder", type=float, default=None, help="override the encoder LR of progressive's later stages")
     parser.add_argument("--runs", default="/tmp/thawing-bench-plans")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
@@ -67,10 +68,11 @@ def main() -> None:
             if args.full_lr_heads:
                 full["lr"]["heads"] = args.full_lr_heads
             config["schedule"] = [{**full, "epochs": progressive_epochs}]
-        elif name == "progressive" and (args.progressive_lr_heads or args.progressive_epochs):
+        elif name == "progressive" and (args.progressive_lr_heads or args.progressive_epochs or args.progressive_lr_encoder):
             stages = [s.model_dump() for s in preset("progressive", layers) if not s.optional]
             for stage in stages[1:]:
                 stage["lr"]["heads"] = args.progressive_lr_heads or stage["lr"]["heads"]
+                stage["lr"]["encoder"] = args.progressive_lr_encoder or stage["lr"]["encoder"]
             for stage, epochs in zip(stages, (args.progressive_epochs or "").split(",")):
                 stage["epochs"] = float(epochs) if epochs else stage["epochs"]
             config["schedule"] = stages
