@@ -61,3 +61,11 @@ def test_loss_per_batch_weighs_every_item_alike(tiny_bert_dir):
     small, big = model.loss("t", logits[:2], labels[:2], 3.0), model.loss("t", logits[2:], labels[2:], 3.0)
     torch.testing.assert_close(small + big, per_item.sum() / 3)
     torch.testing.assert_close(model.loss("t", logits, labels), per_item.mean())
+
+
+def test_padding_to_a_multiple_changes_no_vector(tiny_qwen2_dir):
+    encoder = load_encoder(str(tiny_qwen2_dir))
+    plain = encoder.encode(SENTENCES, batch_size=3)
+    encoder.pad_multiple = 16
+    assert encoder.pad([[1, 2, 3]])["input_ids"].shape == (1, 16)
+    np.testing.assert_allclose(encoder.encode(SENTENCES, batch_size=3), plain, atol=1e-5)

@@ -194,3 +194,14 @@ def test_token_budget_training_runs_and_is_deterministic(tiny_qwen2_dir, tmp_pat
     second = _run(tiny_qwen2_dir, tmp_path, name="b", train={"max_tokens": 48, "epochs": 2, "seed": 0})
     assert first.read_json("results.json") == second.read_json("results.json")
     assert first.read_json("stages.json")[0]["updates"] > 0
+
+
+def test_compiled_training_matches_eager(tiny_qwen2_dir, tmp_path):
+    """torch.compile (opt-in) trains the same model; it costs a compile, so one small run."""
+    common = {"epochs": 1, "seed": 0, "batch_size": 8, "pad_to_multiple_of": 8}
+    eager = _run(tiny_qwen2_dir, tmp_path, name="eager", tasks=("qtype",), head_dropout=0.0, train=common)
+    compiled = _run(tiny_qwen2_dir, tmp_path, name="compiled", tasks=("qtype",), head_dropout=0.0, train={**common, "compile": True})
+    a = load_file(str(eager.final / "heads.safetensors"))
+    b = load_file(str(compiled.final / "heads.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3)

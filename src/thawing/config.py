@@ -84,6 +84,8 @@ class SamplingConfig(_Strict):
 class TrainConfig(_Strict):
     batch_size: int = Field(32, gt=0)
     max_tokens: int | None = Field(None, gt=0)  # fill batches to this many padded tokens instead of batch_size
+    pad_to_multiple_of: int | None = Field(None, gt=0)  # round padded lengths up: fewer distinct shapes to compile
+    compile: bool = False  # torch.compile the backbone (dynamic shapes); compile time counts in the first steps
     epochs: float = Field(3, gt=0)
     lr: LearningRates = Field(default_factory=LearningRates)
     seed: int = 0

@@ -65,6 +65,7 @@ class Encoder(nn.Module):
         self.normalize = normalize
         self.max_length = max_length
         self.do_lower_case = do_lower_case
+        self.pad_multiple = 1  # pad batches to a multiple of this (bounded shapes for torch.compile)
 
     @property
     def hidden_size(self) -> int:
@@ -110,6 +111,7 @@ class Encoder(nn.Module):
     def pad(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Pad token-id lists into `input_ids` and `attention_mask`, on the tokenizer's padding side."""
         length = max(len(x) for x in ids)
+        length = -(-length // self.pad_multiple) * self.pad_multiple
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         input_ids = torch.full((len(ids), length), pad_id, dtype=torch.long)
         mask = torch.zeros((len(ids), length), dtype=torch.long)

@@ -77,6 +77,11 @@ def train(
         mixed_precision=config.train.mixed_precision, cpu=config.train.device == "cpu", gradient_accumulation_steps=1
     )
     prep.model.to(accelerator.device)
+    prep.model.encoder.pad_multiple = config.train.pad_to_multiple_of or 1
+    if config.train.compile:
+        # In place, so parameter names (and groups, and saving) are unchanged; dynamic shapes avoid a
+        # recompile for every batch size and length.
+        prep.model.encoder.backbone.compile(dynamic=True)
     run = RunDir.create(config.name, run_dir)
     run.write_config(config)
     ctx = Context(prep, run, accelerator, events or (lambda name, payload: None), groups)
