@@ -6,6 +6,7 @@ Run: `.venv/bin/python -m pytest -q tests/test_train.py`
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -196,6 +197,7 @@ def test_token_budget_training_runs_and_is_deterministic(tiny_qwen2_dir, tmp_pat
     assert first.read_json("stages.json")[0]["updates"] > 0
 
 
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="torch.compile on CPU needs a C compiler")
 def test_compiled_training_matches_eager(tiny_qwen2_dir, tmp_path):
     """torch.compile (opt-in) trains the same model; it costs a compile, so one small run."""
     common = {"epochs": 1, "seed": 0, "batch_size": 8, "pad_to_multiple_of": 8}
