@@ -65,3 +65,13 @@ def test_discriminative_rates_decay_downwards():
 def test_freeze_all_is_a_frozen_stage():
     stage = build_plan(_config(freeze=["all"]), GROUPS)[0]
     assert stage.trainable == [] and stage.epochs == 0
+
+
+def test_relative_data_paths_resolve_against_the_config_file(tmp_path, monkeypatch):
+    from thawing.config import load_config
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "c.yaml").write_text("tasks:\n  a:\n    type: classification\n    data: {train: ../data/train.jsonl}\n")
+    monkeypatch.chdir("/")
+    config = load_config(tmp_path / "cfg" / "c.yaml")
+    assert config.tasks["a"].data.train == str((tmp_path / "data" / "train.jsonl").resolve())

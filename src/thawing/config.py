@@ -219,10 +219,10 @@ def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
         for split in SPLITS:
             value = getattr(task.data, split)
             if value is not None and not Path(value).is_absolute():
-                candidate = (base / value).resolve()
-                # A path that exists relative to the working directory wins, so `--set` works as typed.
-                if not Path(value).exists():
-                    setattr(task.data, split, str(candidate))
+                # A path that exists relative to the working directory wins, so `--set` works as typed;
+                # either way the resolved config holds an absolute path, valid from anywhere.
+                path = Path(value) if Path(value).exists() else base / value
+                setattr(task.data, split, str(path.resolve()))
     return config
 
 
