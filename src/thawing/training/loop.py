@@ -92,8 +92,9 @@ def train(
         summary = run_stage(ctx, stage, best)
         summaries.append(summary)
         run.write_json("stages.json", summaries)
-        if summary["best_score"] is not None and summary["best_score"] > best + stage.min_delta or best == -math.inf:
-            best = summary["best_score"] if summary["best_score"] is not None else best
+        score = summary["best_score"]
+        if best == -math.inf or (score is not None and score > best + stage.min_delta):
+            best = score if score is not None else best
         else:
             summary["stopped"] += "; plan stopped: stage did not beat the best so far"
             run.write_json("stages.json", summaries)
