@@ -33,6 +33,17 @@ class Features:
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
 
+    @property
+    def per_token(self) -> bool:
+        """True for token-classification features (one label per sub-token)."""
+        return bool(self.labels) and isinstance(self.labels[0], list)
+
+    def labelled(self) -> int:
+        """Items that carry a label: examples, or labelled sub-tokens (word starts) for token tasks."""
+        if self.per_token:
+            return sum(1 for row in self.labels for label in row if label != IGNORE)
+        return len(self)
+
 
 def featurize_texts(encoder: Encoder, texts: Sequence[str], labels: Sequence[int] | None, prompt: str | None) -> Features:
     """Tokenize sentences for a classification task (labels may be None when predicting)."""
@@ -124,7 +135,7 @@ def collate(encoder: Encoder, features: Features, indices: Sequence[int]) -> dic
     """Pad the chosen examples to their longest member: input_ids, attention_mask, labels."""
     batch = encoder.pad([features.input_ids[i] for i in indices])
     labels = [features.labels[i] for i in indices]
-    if labels and isinstance(labels[0], list):  # token labels: pad with IGNORE on the same side as ids
+    if features.per_token:  # pad token labels with IGNORE on the same side as the ids
         width = batch["input_ids"].shape[1]
         left = encoder.tokenizer.padding_side == "left"
         padded = [([IGNORE] * (width - len(x)) + x) if left else (x + [IGNORE] * (width - len(x))) for x in labels]

@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 
 from thawing.config import RunConfig
-from thawing.data.batching import IGNORE, collate, length_grouped_batches, token_budget_batches
+from thawing.data.batching import collate, length_grouped_batches, token_budget_batches
 from thawing.data.sampling import task_order
 from thawing.freezing import apply_trainable, encoder_frozen, parameter_table, set_frozen_modes
 from thawing.metrics import selection_score
@@ -155,7 +155,7 @@ def _fit(ctx: Context, stage: Stage, params: list, cache: dict, boundary: dict |
     per_epoch = sum(len(b) for b in first.values())
     # Mean labelled items per batch: dividing summed losses by it weighs every example (or token) alike,
     # whether batches hold a fixed count or fill a token budget.
-    per_batch = {t: _labelled(train_sets[t]) / len(b) for t, b in first.items()}
+    per_batch = {t: train_sets[t].labelled() / len(b) for t, b in first.items()}
     micro_total = max(1, round(stage.epochs * per_epoch))
     updates = math.ceil(micro_total / cfg.train.grad_accum)
     warm = warmup_steps(stage.warmup, updates)
@@ -221,13 +221,6 @@ def _epoch_batches(cfg: RunConfig, stage: Stage, train_sets: dict, epoch: int) -
     if cfg.train.max_tokens:
         return {t: token_budget_batches(f.lengths, cfg.train.max_tokens, seed + i) for i, (t, f) in enumerate(train_sets.items())}
     return {t: length_grouped_batches(f.lengths, cfg.train.batch_size, seed + i) for i, (t, f) in enumerate(train_sets.items())}
-
-
-def _labelled(features) -> int:
-    """Items that carry a label: examples, or labelled sub-tokens for token tasks."""
-    if features.labels and isinstance(features.labels[0], list):
-        return sum(1 for row in features.labels for label in row if label != IGNORE)
-    return len(features)
 
 
 def _loss(ctx: Context, task: str, indices: list[int], cache: dict, boundary: dict, per_batch: float | None = None) -> torch.Tensor:
