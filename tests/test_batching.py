@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 from conftest import SENTENCES
-from thawing.data.batching import IGNORE, featurize_words, length_grouped_batches, token_budget_batches
+from thawing.data.batching import (
+    IGNORE, featurize_words, inference_batches, length_grouped_batches, packed_batches, sorted_batches, token_budget_batches,
+)
 from thawing.model.loading import load_encoder
 
 
@@ -26,6 +28,24 @@ def test_token_budget_batches_cover_everything_once_within_budget():
     sizes = {max(lengths[i] for i in b): len(b) for b in batches}
     assert sizes[min(sizes)] > sizes[max(sizes)]
     assert batches == token_budget_batches(lengths, 256, seed=1) and batches != token_budget_batches(lengths, 256, seed=2)
+
+
+def test_packed_batches_hold_real_tokens_within_budget_in_random_order():
+    lengths = [random.Random(i).randint(3, 60) for i in range(500)]
+    batches = packed_batches(lengths, 256, seed=1)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    assert all(sum(lengths[i] for i in b) <= 256 for b in batches)
+    assert all(sum(lengths[i] for i in b) + lengths[nxt[0]] > 256 for b, nxt in zip(batches, batches[1:]))  # full before the next
+    assert batches != packed_batches(lengths, 256, seed=2)
+
+
+def test_sorted_batches_by_count_or_budget():
+    lengths = [5, 17, 3, 9, 12, 40, 1]
+    assert sorted_batches(lengths, 3) == [[5, 1, 4], [3, 0, 2], [6]]
+    budget = sorted_batches(lengths, 3, max_tokens=40)
+    assert sorted(i for b in budget for i in b) == list(range(7))
+    assert all(len(b) * lengths[b[0]] <= 40 for b in budget) and budget[0] == [5]
+    assert inference_batches(lengths, 3, "cpu") == sorted_batches(lengths, 3)  # CPU: a count of items
 
 
 def test_length_grouped_batches_pad_little():
@@ -51,15 +71,16 @@ def test_encode_with_a_token_budget_gives_the_same_vectors(tiny_qwen2_dir):
     np.testing.assert_allclose(encoder.encode(SENTENCES * 5, max_tokens=40), encoder.encode(SENTENCES * 5, batch_size=4), atol=1e-5)
 
 
-def test_loss_per_batch_weighs_every_item_alike(tiny_bert_dir):
+def test_loss_divisor_weighs_every_item_alike(tiny_bert_dir):
     from thawing.model.multitask import MultiTaskModel, TaskSpec
 
     model = MultiTaskModel(load_encoder(str(tiny_bert_dir)), {"t": TaskSpec("classification", ["a", "b"], {"type": "linear"})})
     logits, labels = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 1, 0])
     per_item = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-    # A batch of 2 and a batch of 4 with the epoch's mean of 3 items per batch: each item counts 1/3.
-    small, big = model.loss("t", logits[:2], labels[:2], 3.0), model.loss("t", logits[2:], labels[2:], 3.0)
-    torch.testing.assert_close(small + big, per_item.sum() / 3)
+    # An update of a batch of 2 and a batch of 4: the loop divides each sum by 6 items / 2 batches * 2 batches,
+    # so each item counts 1/6 of the update and every item weighs alike.
+    small, big = model.loss("t", logits[:2], labels[:2], 6.0), model.loss("t", logits[2:], labels[2:], 6.0)
+    torch.testing.assert_close(small + big, per_item.mean())
     torch.testing.assert_close(model.loss("t", logits, labels), per_item.mean())
 
 

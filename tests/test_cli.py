@@ -65,6 +65,26 @@ def test_embed_prompt_changes_vectors(tiny_qwen2_dir, tmp_path):
     assert np.abs(np.load(tmp_path / "plain.npy") - expected).max() > 1e-3
 
 
+def test_embed_packed_on_cpu_gives_the_same_vectors(tiny_qwen2_dir, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(SENTENCES * 4))
+    for name, extra in (("plain", []), ("packed", ["--packing", "--device", "cpu"])):
+        assert invoke("embed", "-m", str(tiny_qwen2_dir), "-i", str(src), "-o", str(tmp_path / f"{name}.npy"), *extra)[0] == 0
+    np.testing.assert_allclose(np.load(tmp_path / "packed.npy"), np.load(tmp_path / "plain.npy"), atol=1e-5)
+
+
+def test_embed_unknown_or_missing_device_exits_2(tiny_bert_dir, tmp_path):
+    import torch
+
+    src = tmp_path / "in.txt"
+    src.write_text("hello\n")
+    code, message = invoke("embed", "-m", str(tiny_bert_dir), "-i", str(src), "-o", str(tmp_path / "o.npy"), "--device", "tpu")
+    assert code == 2 and "unknown device 'tpu'" in message
+    if not torch.cuda.is_available():
+        code, message = invoke("embed", "-m", str(tiny_bert_dir), "-i", str(src), "-o", str(tmp_path / "o.npy"), "--device", "cuda")
+        assert code == 2 and "no CUDA GPU" in message
+
+
 @pytest.mark.parametrize(
     "content, name, expected",
     [

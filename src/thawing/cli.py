@@ -49,8 +49,12 @@ def embed(
     text_field: str = typer.Option("text", help="Field holding the text in .jsonl/.csv/.tsv input."),
     prompt: Optional[str] = typer.Option(None, help="Instruction prefix added to every text."),
     batch_size: int = typer.Option(32, min=1, help="Texts per forward pass."),
-    max_tokens: Optional[int] = typer.Option(None, min=1, help="Fill each batch to this many padded tokens instead (GPU)."),
+    max_tokens: Optional[int] = typer.Option(
+        None, min=1, help="Fill each batch to this many padded tokens instead of --batch-size texts [default: 16384 on a GPU]."
+    ),
     max_length: Optional[int] = typer.Option(None, min=1, help="Truncate texts to this many tokens."),
+    device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu or cuda."),
+    packing: bool = typer.Option(False, help="Pack several texts per row (block-diagonal attention) instead of padding."),
     trust_remote_code: bool = typer.Option(False, help="Run the model's own modeling code (stella needs it)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
 ) -> None:
@@ -63,9 +67,11 @@ def embed(
 
     _check_output(output, overwrite)
     texts = read_texts(input, text_field=text_field)
-    encoder = load_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code)
+    encoder = load_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code).to(_device(device))
+    encoder.pack_width = encoder.max_length if packing else None
     vectors = encoder.encode(
-        texts, batch_size=batch_size, prompt=prompt, max_tokens=max_tokens, show_progress=sys.stderr.isatty() and len(texts) > 256
+        texts, batch_size=batch_size, prompt=prompt, max_tokens=max_tokens or "auto",
+        show_progress=sys.stderr.isatty() and len(texts) > 256,
     )
     try:
         with atomic_path(output) as tmp:
@@ -74,6 +80,18 @@ def embed(
     except OSError as exc:
         raise InputError(f"cannot write output: {exc.strerror}", path=output) from exc
     console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {output}")
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda"):
+        raise InputError(f"unknown device '{name}'; choose auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA GPU is available here")
+    return name
 
 
 def _metrics_table(title: str, results: dict[str, dict[str, float]], score: float | None = None):

@@ -85,13 +85,16 @@ class TrainConfig(_Strict):
     batch_size: int = Field(32, gt=0)
     max_tokens: int | None = Field(None, gt=0)  # fill batches to this many padded tokens instead of batch_size
     pad_to_multiple_of: int | None = Field(None, gt=0)  # round padded lengths up: fewer distinct shapes to compile
-    compile: bool = False  # torch.compile the backbone (dynamic shapes); compile time counts in the first steps
+    packing: bool = False  # several sentences per row, block-diagonal attention: no padding, fixed row width
+    pack_width: int | None = Field(None, gt=0)  # tokens per packed row; None: the model's max_length
+    compile: bool = False  # torch.compile the backbone; compile time counts in the first steps
     epochs: float = Field(3, gt=0)
     lr: LearningRates = Field(default_factory=LearningRates)
     seed: int = 0
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
-    grad_accum: int = Field(1, gt=0)
+    grad_accum: int = Field(1, gt=0)  # micro-batches per optimizer update
+    update_tokens: int | None = Field(None, gt=0)  # or: micro-batches until this many real tokens per update
     warmup: float = Field(0.1, ge=0)  # < 1: a fraction of the stage's steps; >= 1: steps
     lr_schedule: Literal["constant", "linear", "cosine", "slanted_triangular"] = "linear"
     eval_every: int | Literal["epoch"] = "epoch"
@@ -99,6 +102,12 @@ class TrainConfig(_Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_accumulation(self) -> "TrainConfig":
+        if self.update_tokens and self.grad_accum > 1:
+            raise ValueError("set either grad_accum (micro-batches per update) or update_tokens (tokens per update), not both")
+        return self
 
 
 class StageRates(_Strict):

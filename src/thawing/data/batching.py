@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from thawing.model.encoder import Encoder
+if TYPE_CHECKING:  # the encoder imports this module for its batching
+    from thawing.model.encoder import Encoder
 
 IGNORE = -100  # cross-entropy's ignore_index
+
+# Inference batches (encode, evaluation, caching) on a GPU are filled to this many tokens. On an H200
+# (stella-shaped model) this ran 2.5x (AG News) to 11.8x (SST-2) faster than 64 padded sentences; on CPU it was
+# slower, so there they hold a count of sentences (docs/benchmarks.md, issue #6).
+GPU_MAX_TOKENS = 16384
 
 
 @dataclass
@@ -38,11 +44,13 @@ class Features:
         """True for token-classification features (one label per sub-token)."""
         return bool(self.labels) and isinstance(self.labels[0], list)
 
-    def labelled(self) -> int:
-        """Items that carry a label: examples, or labelled sub-tokens (word starts) for token tasks."""
+    def labelled(self, indices: Sequence[int] | None = None) -> int:
+        """Items that carry a label (what the cross-entropy counts): examples, or labelled sub-tokens (word
+        starts) for token tasks; over `indices`, or the whole split."""
+        rows = [self.labels[i] for i in indices] if indices is not None else self.labels
         if self.per_token:
-            return sum(1 for row in self.labels for label in row if label != IGNORE)
-        return len(self)
+            return sum(label != IGNORE for row in rows for label in row)
+        return sum(label != IGNORE for label in rows)
 
 
 def featurize_texts(encoder: Encoder, texts: Sequence[str], labels: Sequence[int] | None, prompt: str | None) -> Features:
@@ -125,10 +133,44 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, seed: int, gro
     return batches
 
 
-def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Batches in order of length (longest first), for evaluation and prediction."""
+def packed_batches(lengths: Sequence[int], max_tokens: int, seed: int) -> list[list[int]]:
+    """Batches of randomly chosen examples holding up to `max_tokens` real tokens each, for packed rows.
+
+    No length grouping: packing removes the padding, and a mix of lengths packs rows tighter than
+    similar lengths do (short sentences fill the gaps that long ones leave).
+    """
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    batches: list[list[int]] = [[]]
+    tokens = 0
+    for i in order:
+        if batches[-1] and tokens + lengths[i] > max_tokens:
+            batches.append([])
+            tokens = 0
+        batches[-1].append(i)
+        tokens += lengths[i]
+    return [b for b in batches if b]
+
+
+def sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Batches in order of length (longest first), for inference: `batch_size` items each, or as many as fit
+    `max_tokens` padded tokens."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if not max_tokens:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for i in order:  # the batch's first member is its longest: it sets the padded width
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def inference_batches(lengths: Sequence[int], batch_size: int, device: torch.device | str) -> list[list[int]]:
+    """`sorted_batches` with the default budget: `GPU_MAX_TOKENS` tokens on a GPU, `batch_size` items elsewhere."""
+    on_gpu = torch.device(device).type == "cuda"
+    return sorted_batches(lengths, batch_size, GPU_MAX_TOKENS if on_gpu else None)
 
 
 def collate(encoder: Encoder, features: Features, indices: Sequence[int]) -> dict[str, torch.Tensor]:

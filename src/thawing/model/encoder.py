@@ -8,8 +8,9 @@ sentence-transformers layout live in `loading.py`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from thawing.data.batching import GPU_MAX_TOKENS, sorted_batches
+from thawing.model import packing
 from thawing.model.pooling import POOLERS
+
+log = logging.getLogger(__name__)
+
 
 
 class Dense(nn.Module):
@@ -66,6 +72,8 @@ class Encoder(nn.Module):
         self.max_length = max_length
         self.do_lower_case = do_lower_case
         self.pad_multiple = 1  # pad batches to a multiple of this (bounded shapes for torch.compile)
+        self.pack_width: int | None = None  # when set, token_states packs sentences into rows this wide
+        self._packing: str | bool | None = None  # the packing mode, False for none, None until checked
 
     @property
     def hidden_size(self) -> int:
@@ -125,8 +133,52 @@ class Encoder(nn.Module):
     # ------------------------------------------------------------------------------ forward
 
     def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
-        """The backbone's last hidden states, (B, T, H)."""
+        """The backbone's last hidden states, (B, T, H): computed without padding when `pack_width` is set and
+        packing works for this backbone (see `packing.py`), returned in the padded layout either way."""
+        if self.pack_width and not extra and self._packing_mode(input_ids, attention_mask):
+            return self._packed_states(input_ids, attention_mask, self._packing)
         return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+
+    def _packed_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        mark = torch._dynamo.maybe_mark_dynamic  # under torch.compile, one graph for every batch size
+        if mode == "varlen":
+            packed = packing.pack(input_ids, attention_mask, None, pad_id)
+            cu = torch.tensor(packed.starts, dtype=torch.int32, device=input_ids.device)
+            longest = max(self.max_length, max(b - a for a, b in zip(packed.starts, packed.starts[1:])))
+            for tensor, dim in ((packed.input_ids, 1), (packed.position_ids, 1), (cu, 0)):
+                mark(tensor, dim)
+            with packing.attention_implementation(self.backbone, packing.VARLEN):
+                states = self.backbone(input_ids=packed.input_ids, position_ids=packed.position_ids, cu_seq_lens_q=cu,
+                                       cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest).last_hidden_state
+        else:
+            packed = packing.pack(input_ids, attention_mask, self.pack_width, pad_id)
+            impl = self.backbone.config._attn_implementation
+            dtype = next(self.backbone.parameters()).dtype
+            mask = packing.block_mask(packed, packing.is_causal(self.backbone), packing.MASK_FORMATS[impl], dtype)
+            for tensor in (packed.input_ids, mask, packed.position_ids):
+                mark(tensor, 0)
+            states = self.backbone(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids).last_hidden_state
+        return packing.unpack(states, packed)
+
+    def _packing_mode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> str | None:
+        """Chosen once, on the first batch: varlen, else rows, each checked against the padded forward; a
+        backbone where neither is right is padded, and the log says why once."""
+        if self._packing is None:
+            self._packing, reasons = False, []
+            for mode in packing.MODES:
+                reason = packing.unsupported(self.backbone, mode) or packing.check(
+                    self.backbone, lambda ids, mask: self._packed_states(ids, mask, mode), input_ids, attention_mask
+                )
+                if reason is None:
+                    self._packing = mode
+                    break
+                reasons.append(f"{mode}: {reason}")
+            if self._packing:
+                log.info("packing: %s%s", self._packing, f" ({'; '.join(reasons)})" if reasons else "")
+            else:
+                log.warning("packing is off, batches are padded instead: %s", "; ".join(reasons))
+        return self._packing or None
 
     def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooling, projection and normalization: (B, T, H) -> (B, D)."""
@@ -150,13 +202,14 @@ class Encoder(nn.Module):
         batch_size: int = 32,
         prompt: str | None = None,
         show_progress: bool | None = None,
-        max_tokens: int | None = None,
+        max_tokens: int | None | Literal["auto"] = "auto",
     ) -> np.ndarray:
         """Embed texts; returns float32 (N, D) in input order.
 
         Texts are tokenized once and batched in order of token length, so each batch pads to
         almost nothing; the batches run in eval mode without gradients. With `max_tokens`, a batch holds as
-        many texts as fit that many padded tokens instead of `batch_size` texts.
+        many texts as fit that many padded tokens instead of `batch_size` texts; "auto" means
+        `GPU_MAX_TOKENS` on a GPU and `batch_size` texts on CPU, where a budget measured slower.
 
         Example:
             >>> vectors = encoder.encode(["A question?", "A statement."])  # doctest: +SKIP
@@ -164,28 +217,16 @@ class Encoder(nn.Module):
             (2, 384)
         """
         ids = self.token_ids(texts, prompt)
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        out = np.empty((len(ids), self.embedding_size), dtype=np.float32)
         device = self.device
+        if max_tokens == "auto":
+            max_tokens = GPU_MAX_TOKENS if device.type == "cuda" else None
+        out = np.empty((len(ids), self.embedding_size), dtype=np.float32)
         with evaluating(self):
-            for chunk in progress(_chunks(order, [len(x) for x in ids], batch_size, max_tokens), "Encoding", show_progress):
+            for chunk in progress(sorted_batches([len(x) for x in ids], batch_size, max_tokens), "Encoding", show_progress):
                 batch = {k: v.to(device) for k, v in self.pad([ids[i] for i in chunk]).items()}
                 sentence = self.pool(self.token_states(**batch), batch["attention_mask"])
                 out[chunk] = sentence.float().cpu().numpy()
         return out
-
-
-def _chunks(order: list[int], lengths: list[int], batch_size: int, max_tokens: int | None) -> list[list[int]]:
-    """Consecutive batches of `order` (longest first): `batch_size` items, or up to `max_tokens` padded tokens."""
-    if not max_tokens:
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    chunks: list[list[int]] = []
-    for i in order:
-        if chunks and (len(chunks[-1]) + 1) * lengths[chunks[-1][0]] <= max_tokens:
-            chunks[-1].append(i)
-        else:
-            chunks.append([i])
-    return chunks
 
 
 @contextlib.contextmanager

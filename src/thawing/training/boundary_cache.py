@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from thawing.data.batching import Features, collate, sorted_batches
+from thawing.data.batching import Features, collate, inference_batches
 from thawing.model.boundary import check_boundary, hidden_at
 from thawing.model.encoder import Encoder, progress
 
@@ -78,7 +78,7 @@ def build(encoder: Encoder, first: int, features: Features, batch_size: int, dty
     """Run the frozen layers below `first` once over every example."""
     states: list[torch.Tensor | None] = [None] * len(features)
     device = encoder.device
-    for idx in progress(sorted_batches(features.lengths, batch_size), f"Caching layer {first} input"):
+    for idx in progress(inference_batches(features.lengths, batch_size, device), f"Caching layer {first} input"):
         batch = collate(encoder, features, idx)
         hidden = hidden_at(encoder, first, batch["input_ids"].to(device), batch["attention_mask"].to(device))
         for row, i in enumerate(idx):

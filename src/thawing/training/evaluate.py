@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from thawing.data.batching import Features, collate, sorted_batches
+from thawing.data.batching import Features, collate, inference_batches
 from thawing.metrics import classification_metrics, token_metrics
 from thawing.model.encoder import evaluating, progress
 from thawing.model.multitask import MultiTaskModel, TaskSpec
@@ -55,7 +55,7 @@ def compute_cached(model: MultiTaskModel, task: str, feats: Features, batch_size
 def _compute_cached(model: MultiTaskModel, task: str, feats: Features, batch_size: int, device) -> CachedSplit:
     token_task = model.specs[task].type != "classification"
     chunks, offsets = [], [0]
-    for idx in progress(sorted_batches(feats.lengths, batch_size), f"Caching {task}"):
+    for idx in progress(inference_batches(feats.lengths, batch_size, device), f"Caching {task}"):
         batch = collate(model.encoder, feats, idx)
         out = model.features(task, batch["input_ids"].to(device), batch["attention_mask"].to(device)).float()
         if not token_task:
@@ -101,7 +101,7 @@ def task_logits(model: MultiTaskModel, task: str, feats: Features, batch_size: i
                 return list(logits)
             return [logits[a:b] for a, b in zip(cached.offsets[:-1], cached.offsets[1:])]
         out: list[np.ndarray | None] = [None] * len(feats)
-        for idx in sorted_batches(feats.lengths, batch_size):
+        for idx in inference_batches(feats.lengths, batch_size, device):
             batch = collate(model.encoder, feats, idx)
             logits = model(task, batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu().numpy()
             for row, i in enumerate(idx):

@@ -1,0 +1,263 @@
+"""Packing: the sentences of a batch run without padding, each attending only to itself.
+
+A padded batch of short sentences spends much of its compute on padding, and its shape changes with every
+batch. Packed, the real tokens are laid end to end and attention is kept inside each sentence, in one of two ways:
+
+- "varlen": every token in one row, and flash attention over variable-length sequences
+  (`torch.nn.attention.varlen`, CUDA, half precision), told where each sentence starts. No padding at all, no
+  mask. Registered as a transformers attention function and switched on only for the packed call.
+- "rows": rows of `width` tokens filled first-fit, with a 4D block-diagonal mask (rows, 1, width, width) that
+  transformers passes straight to its "sdpa" and "eager" attention. Works on any device; the row width is fixed,
+  so only the row count varies from batch to batch (what torch.compile needs to compile once).
+
+Either way the backbone runs its own forward with position ids that restart at every sentence, and the states
+are gathered back into the caller's padded layout, so pooling, heads and labels see exactly what the padded
+forward gives. `check` compares the two on a real batch before a mode is used; the encoder tries varlen, then
+rows, then pads (see `Encoder.token_states`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The mask format each attention implementation expects in rows mode: sdpa takes a boolean "may attend" mask,
+# eager adds the mask to the attention scores.
+MASK_FORMATS = {"sdpa": "bool", "eager": "additive"}
+MODES = ("varlen", "rows")  # in order of preference
+VARLEN = "thawing_varlen"  # the name our attention function is registered under in transformers
+VARLEN_DEVICES = {"cuda"}  # where flash varlen runs; elsewhere the function computes the same thing densely
+
+
+@dataclass
+class Packed:
+    """A padded batch (N, L) rearranged into rows (R, W); `index[i, j]` is where token j of sentence i went."""
+
+    input_ids: torch.Tensor  # (R, W)
+    position_ids: torch.Tensor  # (R, W), restarting at 0 for each sentence
+    segment: torch.Tensor  # (R, W): the sentence each position holds, -1 for padding
+    index: torch.Tensor  # (N, L) flat positions into R * W (0 at padding)
+    real: torch.Tensor  # (N, L) bool: the caller's attention mask
+    starts: list[int]  # one row only: where each sentence starts, in row order, then the total
+
+    @property
+    def rows(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def first_fit(lengths: list[int], width: int) -> tuple[list[int], list[int]]:
+    """Row and offset of each sentence: first-fit decreasing, the longest sentences placed first.
+
+    Every length must be at most `width` (`pack` widens the rows for a longer sentence).
+    """
+    rows, offsets = [0] * len(lengths), [0] * len(lengths)
+    used: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[i]
+        row = next((r for r, taken in enumerate(used) if taken + n <= width), None)
+        if row is None:
+            row = len(used)
+            used.append(0)
+        rows[i], offsets[i] = row, used[row]
+        used[row] += n
+    return rows, offsets
+
+
+def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int | None, pad_id: int) -> Packed:
+    """Pack a padded batch (either padding side) into rows of `width` tokens, or with `width=None` into one row
+    that holds exactly the real tokens."""
+    real = attention_mask.bool()
+    lengths = real.sum(dim=1).tolist()
+    width = sum(lengths) if width is None else max(width, max(lengths))
+    rows, offsets = first_fit(lengths, width)
+    device = input_ids.device
+    n_rows = max(rows) + 1
+    within = real.long().cumsum(dim=1) - 1  # each real token's position inside its sentence
+    start = torch.as_tensor(rows, device=device) * width + torch.as_tensor(offsets, device=device)
+    index = torch.where(real, start[:, None] + within, torch.zeros_like(within))
+    dest = index[real]
+
+    flat_ids = torch.full((n_rows * width,), pad_id, dtype=input_ids.dtype, device=device)
+    flat_ids[dest] = input_ids[real]
+    positions = torch.zeros(n_rows * width, dtype=torch.long, device=device)
+    positions[dest] = within[real]
+    segment = torch.full((n_rows * width,), -1, dtype=torch.long, device=device)
+    segment[dest] = torch.arange(len(rows), device=device)[:, None].expand_as(real)[real]
+    starts = sorted(offsets) + [width] if n_rows == 1 else []
+    return Packed(flat_ids.view(n_rows, width), positions.view(n_rows, width), segment.view(n_rows, width), index, real, starts)
+
+
+def block_mask(packed: Packed, causal: bool, mask_format: str, dtype: torch.dtype) -> torch.Tensor:
+    """Rows mode's 4D mask (R, 1, W, W): a token attends within its own sentence (padding: within the padding,
+    which keeps its softmax finite and is never read)."""
+    segment = packed.segment
+    allowed = segment[:, :, None] == segment[:, None, :]
+    if causal:
+        width = segment.shape[1]
+        allowed &= torch.ones(width, width, dtype=torch.bool, device=segment.device).tril()
+    allowed = allowed[:, None]
+    if mask_format == "additive":
+        return torch.zeros(allowed.shape, dtype=dtype, device=segment.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return allowed
+
+
+def unpack(states: torch.Tensor, packed: Packed) -> torch.Tensor:
+    """Packed states (R, W, H) back to the caller's padded layout (N, L, H), zeros at padding."""
+    flat = states.reshape(-1, states.shape[-1])
+    return flat[packed.index].masked_fill(~packed.real[..., None], 0.0)
+
+
+def is_causal(backbone: nn.Module) -> bool:
+    """Whether the backbone's self-attention is causal (transformers marks attention modules with `is_causal`)."""
+    return any(getattr(m, "is_causal", False) for m in backbone.modules() if m is not backbone)
+
+
+def unsupported(backbone: nn.Module, mode: str) -> str | None:
+    """Why `mode` cannot run on this backbone, or None."""
+    config = getattr(backbone, "config", None)
+    if mode == "rows":
+        impl = getattr(config, "_attn_implementation", None)
+        if impl not in MASK_FORMATS:
+            return f"attention implementation '{impl}' takes no custom 4D mask (rows packing supports {', '.join(MASK_FORMATS)})"
+        return None
+    device = next(backbone.parameters()).device
+    if device.type not in VARLEN_DEVICES:
+        return f"varlen attention needs a GPU (the model is on {device.type})"
+    # Flash varlen has no attention dropout: a model that trains with it would silently train differently.
+    dropout = getattr(config, "attention_dropout", None) or getattr(config, "attention_probs_dropout_prob", 0.0)
+    if dropout:
+        return f"varlen attention has no attention dropout (the model uses {dropout})"
+    return _varlen_kernel_problem(device)
+
+
+# ---------------------------------------------------------------------------------------------- varlen
+
+
+_VARLEN_ARGS: dict[str, bool] = {}  # which keywords this torch's varlen_attn takes (its signature has changed)
+
+
+def _varlen_kernel_problem(device: torch.device) -> str | None:
+    """None when flash varlen imports, registers with transformers and matches dense attention on a small case."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+        from transformers import AttentionInterface
+    except ImportError as exc:
+        return f"this torch or transformers has no varlen attention ({exc})"
+    params = inspect.signature(varlen_attn).parameters
+    _VARLEN_ARGS.update(scale="scale" in params, is_causal="is_causal" in params, enable_gqa="enable_gqa" in params)
+    AttentionInterface.register(VARLEN, varlen_attention)
+    if device.type != "cuda":  # CPU (tests): varlen_attention computes densely, no kernel to try
+        return None
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(11, h, 64, generator=generator).to(device, torch.bfloat16) for h in (4, 2, 2))
+    cu = torch.tensor([0, 3, 11], dtype=torch.int32, device=device)
+    try:
+        for causal in (False, True):
+            fast, dense = _flash_varlen(q, k, v, cu, 8, causal, 0.125), _dense_varlen(q, k, v, cu, causal, 0.125)
+            if (fast.float() - dense.float()).abs().max() > 2e-2:
+                return "flash varlen attention disagrees with dense attention on a test case"
+    except Exception as exc:  # a torch whose kernel rejects this GPU or these arguments
+        return f"flash varlen attention failed ({type(exc).__name__}: {exc})"
+    return None
+
+
+def varlen_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                     cu_seq_lens_q: torch.Tensor | None = None, max_length_q: int | None = None, **kwargs):
+    """A transformers attention function over one packed row: query (1, Hq, T, D) to output (1, T, Hq, D)."""
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (T, heads, D)
+    causal = bool(getattr(module, "is_causal", False))
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        out = _flash_varlen(q, k, v, cu_seq_lens_q, max_length_q, causal, scaling)
+    else:  # fp32 (the correctness check) or CPU (tests): the same attention, computed densely
+        out = _dense_varlen(q, k, v, cu_seq_lens_q, causal, scaling)
+    return out.unsqueeze(0), None
+
+
+def _flash_varlen(q, k, v, cu: torch.Tensor, max_len: int, causal: bool, scale: float | None) -> torch.Tensor:
+    from torch.nn.attention.varlen import varlen_attn
+
+    extra: dict = {}
+    if _VARLEN_ARGS.get("enable_gqa"):
+        extra["enable_gqa"] = k.shape[1] != q.shape[1]
+    else:
+        k, v = _repeat_kv(q, k, v)
+    if _VARLEN_ARGS.get("scale"):
+        extra["scale"] = scale
+    elif scale is not None:  # older torch: always 1/sqrt(D), so fold the model's scale into the queries
+        q = q * (scale * q.shape[-1] ** 0.5)
+    if _VARLEN_ARGS.get("is_causal"):
+        extra["is_causal"] = causal
+    elif causal:
+        extra["window_size"] = (-1, 0)  # no key to the right: causal
+    return varlen_attn(q, k, v, cu, cu, max_len, max_len, **extra)
+
+
+def _dense_varlen(q, k, v, cu: torch.Tensor, causal: bool, scale: float | None) -> torch.Tensor:
+    k, v = _repeat_kv(q, k, v)
+    positions = torch.arange(q.shape[0], device=q.device)
+    segment = torch.searchsorted(cu[1:].to(torch.long), positions, right=True)
+    allowed = segment[:, None] == segment[None, :]
+    if causal:
+        allowed &= positions[None, :] <= positions[:, None]
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=allowed, scale=scale)
+    return out.transpose(0, 1)
+
+
+def _repeat_kv(q, k, v):
+    """Grouped-query attention: each query head gets its key/value head."""
+    if k.shape[1] == q.shape[1]:
+        return k, v
+    groups = q.shape[1] // k.shape[1]
+    return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+
+
+@contextlib.contextmanager
+def attention_implementation(backbone: nn.Module, name: str) -> Iterator[None]:
+    """Inside the block the backbone's attention modules call the attention function registered as `name`."""
+    config = backbone.config
+    previous = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
+# ---------------------------------------------------------------------------------------------- check
+
+
+@torch.no_grad()
+def check(backbone: nn.Module, packed_forward, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> str | None:
+    """Why packing must not be used, or None: compares packed with padded states on one real batch.
+
+    Runs in eval mode without autocast, so the only differences left are the order of floating-point sums:
+    relative 1e-4 in fp32 (the tests hold 1e-5), looser for half-precision weights. (Varlen's flash kernel
+    runs only in half precision; `unsupported` compares it with dense attention on its own.)
+    """
+    modes = {m: m.training for m in backbone.modules()}
+    backbone.eval()
+    # A compiled backbone would compile two throwaway graphs for this one comparison: run it eagerly.
+    compiled, backbone._compiled_call_impl = getattr(backbone, "_compiled_call_impl", None), None
+    try:
+        with torch.autocast(device_type=input_ids.device.type, enabled=False):
+            padded = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            packed = packed_forward(input_ids, attention_mask)
+    except Exception as exc:  # an architecture that rejects 4D masks, position ids or attention keywords
+        return f"packed forward failed ({type(exc).__name__}: {exc})"
+    finally:
+        backbone._compiled_call_impl = compiled
+        for m, training in modes.items():
+            m.training = training
+    real = attention_mask.bool()
+    scale = float(padded[real].abs().max()) or 1.0
+    error = float((padded[real].float() - packed[real].float()).abs().max()) / scale
+    tolerance = 1e-4 if padded.dtype == torch.float32 else 3e-2
+    if error > tolerance:
+        return f"packed states differ from padded ones by {error:.1e} (relative; tolerance {tolerance:.0e})"
+    return None

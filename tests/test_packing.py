@@ -1,0 +1,165 @@
+"""Packing several sentences into one row: placement, and packed outputs equal to padded ones in fp32.
+
+Run: `.venv/bin/python -m pytest -q tests/test_packing.py`
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from conftest import SENTENCES
+from thawing.config import HeadConfig
+from thawing.model import packing
+from thawing.model.loading import load_encoder
+from thawing.model.multitask import MultiTaskModel, TaskSpec
+from thawing.model.pooling import POOLERS
+
+ENCODERS = ["tiny_bert_dir", "tiny_qwen2_dir"]
+
+
+@pytest.fixture(params=["rows", "varlen"])
+def mode(request, monkeypatch):
+    """Each packing mode on its own. On CPU varlen's attention function computes densely: this checks the
+    wiring (one row, restarting positions, sequence starts through transformers, unpacking), not the GPU kernel."""
+    monkeypatch.setattr(packing, "MODES", (request.param,))
+    monkeypatch.setattr(packing, "VARLEN_DEVICES", {"cpu", "cuda"})
+    return request.param
+
+
+def _load(path):
+    encoder = load_encoder(str(path))
+    encoder.backbone.config.attention_probs_dropout_prob = 0.0  # varlen refuses models that train with it
+    return encoder
+
+
+def test_first_fit_places_every_sentence_once_without_overflow():
+    lengths = [5, 3, 9, 2, 2, 7, 1, 4]
+    rows, offsets = packing.first_fit(lengths, 10)
+    spans = {}
+    for i, (row, start) in enumerate(zip(rows, offsets)):
+        spans.setdefault(row, []).append((start, start + lengths[i]))
+    for row_spans in spans.values():
+        row_spans.sort()
+        assert row_spans[-1][1] <= 10
+        assert all(a[1] <= b[0] for a, b in zip(row_spans, row_spans[1:]))  # no overlap
+    assert len(spans) == 4  # 33 tokens need at least 4 rows of 10; first-fit decreasing finds 4
+
+
+def _batch(encoder, texts=SENTENCES):
+    return encoder.pad(encoder.token_ids(texts))
+
+
+# BERT with left padding is left out: its absolute positions then start after the padding, so its padded
+# outputs depend on the padding and packing (which checks against them) rightly falls back.
+@pytest.mark.parametrize("fixture,side", [("tiny_bert_dir", "right"), ("tiny_qwen2_dir", "right"), ("tiny_qwen2_dir", "left")])
+def test_packed_token_states_equal_padded_in_fp32(fixture, side, mode, request):
+    encoder = _load(request.getfixturevalue(fixture)).eval()
+    encoder.tokenizer.padding_side = side
+    batch = _batch(encoder)
+    with torch.no_grad():
+        padded = encoder.token_states(**batch)
+        encoder.pack_width = 24  # narrower than the batch holds: several rows, several sentences per row
+        packed = encoder.token_states(**batch)
+    assert encoder._packing == mode
+    real = batch["attention_mask"].bool()
+    assert packed.shape == padded.shape
+    torch.testing.assert_close(packed[real], padded[real], atol=1e-5, rtol=0)
+    for name, pool in POOLERS.items():
+        if name == "cls" and side == "left":  # the first position is padding there: no sentence's state
+            continue
+        torch.testing.assert_close(pool(packed, batch["attention_mask"]), pool(padded, batch["attention_mask"]), atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("fixture", ENCODERS)
+def test_packed_rows_hold_several_sentences(fixture, request):
+    encoder = load_encoder(str(request.getfixturevalue(fixture)))
+    batch = _batch(encoder)
+    real_tokens = int(batch["attention_mask"].sum())
+    rows = packing.pack(batch["input_ids"], batch["attention_mask"], 24, 0)
+    assert rows.rows < len(SENTENCES)
+    assert rows.input_ids.numel() == rows.rows * 24 >= real_tokens
+    one = packing.pack(batch["input_ids"], batch["attention_mask"], None, 0)
+    assert one.input_ids.shape == (1, real_tokens) and one.starts[-1] == real_tokens
+    assert sorted(b - a for a, b in zip(one.starts, one.starts[1:])) == sorted(batch["attention_mask"].sum(1).tolist())
+    assert packing.is_causal(encoder.backbone) == (fixture == "tiny_qwen2_dir")
+
+
+@pytest.mark.parametrize("fixture", ENCODERS)
+@pytest.mark.parametrize("task_type", ["classification", "token-classification"])
+def test_packed_gradients_equal_padded(fixture, task_type, mode, request):
+    """The loss and every parameter's gradient through packed rows match the padded forward (eval mode: no dropout)."""
+    encoder = _load(request.getfixturevalue(fixture))
+    spec = TaskSpec(task_type, ["a", "b", "c"], HeadConfig().model_dump())
+    model = MultiTaskModel(encoder, {"t": spec}).eval()
+    batch = _batch(encoder)
+    torch.manual_seed(0)
+    shape = (len(SENTENCES),) if task_type == "classification" else tuple(batch["input_ids"].shape)
+    labels = torch.randint(0, 3, shape).masked_fill(torch.zeros(shape, dtype=torch.bool) if task_type == "classification" else batch["attention_mask"] == 0, -100)
+
+    def grads(width):
+        encoder.pack_width = width
+        model.zero_grad()
+        loss = model.loss("t", model("t", batch["input_ids"], batch["attention_mask"]), labels)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss_padded, padded = grads(None)
+    loss_packed, packed = grads(24)
+    assert encoder._packing == mode
+    torch.testing.assert_close(loss_packed, loss_padded, atol=1e-5, rtol=0)
+    assert padded.keys() == packed.keys() and len(padded) > 10
+    for name in padded:
+        torch.testing.assert_close(packed[name], padded[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_wrong_mask_is_caught_and_falls_back(tiny_qwen2_dir, monkeypatch, caplog):
+    """A bidirectional mask on a causal model changes the outputs: the check must notice and pad instead."""
+    encoder = load_encoder(str(tiny_qwen2_dir)).eval()
+    monkeypatch.setattr(packing, "MODES", ("rows",))
+    monkeypatch.setattr(packing, "is_causal", lambda backbone: False)
+    batch = _batch(encoder)
+    with torch.no_grad():
+        padded = encoder.token_states(**batch)
+        encoder.pack_width = 24
+        with caplog.at_level(logging.WARNING):
+            fallback = encoder.token_states(**batch)
+            encoder.token_states(**batch)
+    assert encoder._packing is False
+    assert sum("packing is off" in r.message for r in caplog.records) == 1  # said once
+    assert "differ" in caplog.text
+    torch.testing.assert_close(fallback, padded)
+
+
+def test_unsupported_attention_falls_back(tiny_bert_dir, monkeypatch, caplog):
+    encoder = load_encoder(str(tiny_bert_dir)).eval()
+    monkeypatch.setattr(packing, "MASK_FORMATS", {"flash_attention_2": "none"})
+    encoder.pack_width = 24
+    with torch.no_grad(), caplog.at_level(logging.WARNING):
+        encoder.token_states(**_batch(encoder))
+    assert encoder._packing is False
+    assert "takes no custom 4D mask" in caplog.text
+    assert "varlen attention needs a GPU" in caplog.text  # on this CPU: both reasons, in one message
+
+
+def test_varlen_refuses_attention_dropout(tiny_bert_dir, monkeypatch):
+    monkeypatch.setattr(packing, "VARLEN_DEVICES", {"cpu", "cuda"})
+    encoder = load_encoder(str(tiny_bert_dir))  # BERT trains with attention dropout 0.1
+    assert "attention dropout" in packing.unsupported(encoder.backbone, "varlen")
+    assert packing.unsupported(encoder.backbone, "rows") is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash varlen attention needs a CUDA GPU")
+def test_flash_varlen_matches_dense_attention_on_gpu():
+    assert packing._varlen_kernel_problem(torch.device("cuda")) is None
+
+
+@pytest.mark.parametrize("fixture", ENCODERS)
+def test_encode_with_packing_matches(fixture, mode, request):
+    encoder = _load(request.getfixturevalue(fixture))
+    plain = encoder.encode(SENTENCES * 5, batch_size=8)
+    encoder.pack_width = 32
+    packed = encoder.encode(SENTENCES * 5, batch_size=8)
+    torch.testing.assert_close(torch.from_numpy(packed), torch.from_numpy(plain), atol=1e-5, rtol=0)
