@@ -17,6 +17,7 @@ from thawing.api import load
 from thawing.config import parse_config
 from thawing.model.groups import parameter_groups
 from thawing.model.loading import load_encoder
+from thawing.model.packing import pack as packing_pack
 from thawing.training.loop import train
 from toy import toy_config
 
@@ -207,3 +208,132 @@ def test_compiled_training_matches_eager(tiny_qwen2_dir, tmp_path):
     b = load_file(str(compiled.final / "heads.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3)
+
+
+def _loop_context(model_dir, tmp_path, tasks):
+    from accelerate import Accelerator
+
+    from thawing.run_dir import RunDir
+    from thawing.training import loop
+    from thawing.training.setup import prepare
+
+    prep = prepare(parse_config(toy_config(model_dir, tmp_path, tasks=tasks)))
+    prep.model.eval()  # no dropout: the accumulated and the one-pass gradients see the same network
+    run = RunDir.create("t", tmp_path / "run")
+    return loop.Context(prep, run, Accelerator(cpu=True), lambda n, p: None, parameter_groups(prep.model))
+
+
+def _gradients(model) -> dict[str, torch.Tensor]:
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+@pytest.mark.parametrize("tasks", [("sentiment",), ("ner",), ("sentiment", "ner")])
+def test_an_update_averages_its_labelled_items_whatever_the_batch_sizes(tiny_bert_dir, tmp_path, tasks):
+    from thawing.data.batching import collate
+    from thawing.training import loop
+
+    ctx = _loop_context(tiny_bert_dir, tmp_path, tasks)
+    model, train_sets = ctx.model, {t: ctx.prep.features[t]["train"] for t in tasks}
+    # Unequal sizes within a task, and an unequal count of micro-batches per task.
+    split = {"sentiment": [[0], [1, 2, 3, 4, 5], [6, 7]], "ner": [[0, 1, 2], [3]]}
+    update = [(t, b) for t in tasks for b in split[t]]
+    reported = loop._accumulate(ctx, update, train_sets, {}, {})
+    accumulated = _gradients(model)
+
+    # One pass per task over all its examples of the update, the plain mean; tasks share by micro-batch count.
+    expected = 0.0
+    for t in tasks:
+        batch = collate(model.encoder, train_sets[t], [i for b in split[t] for i in b])
+        logits = model(t, batch["input_ids"], batch["attention_mask"])
+        expected = expected + model.loss(t, logits, batch["labels"]) * len(split[t]) / len(update)
+    expected.backward()
+    assert reported == pytest.approx(expected.item(), abs=1e-5)
+    one_pass = _gradients(model)
+    assert accumulated.keys() == one_pass.keys()
+    for name in one_pass:
+        torch.testing.assert_close(accumulated[name], one_pass[name], atol=1e-5, rtol=1e-4)
+
+
+def test_one_fixed_size_batch_per_update_is_the_batch_mean(tiny_bert_dir, tmp_path):
+    from thawing.training import loop
+
+    ctx = _loop_context(tiny_bert_dir, tmp_path, ("sentiment",))
+    indices, train_sets = [0, 3, 5, 9], {"sentiment": ctx.prep.features["sentiment"]["train"]}
+    [divisor] = loop._divisors([("sentiment", indices)], train_sets)
+    weighted = loop._loss(ctx, "sentiment", indices, {}, {}, divisor)
+    torch.testing.assert_close(weighted, loop._loss(ctx, "sentiment", indices, {}, {}))
+
+
+def test_updates_close_as_soon_as_they_reach_the_token_budget():
+    from thawing.data.batching import Features
+    from thawing.training import loop
+
+    rng = np.random.default_rng(0)
+    sets = {t: Features([[1] * int(n) for n in rng.integers(3, 40, 50)], [0] * 50) for t in ("a", "b")}
+    tasks = rng.choice(["a", "b"], 60)
+    micro = [(t, sorted(rng.choice(50, int(rng.integers(1, 6)), replace=False).tolist())) for t in tasks]
+
+    def tokens(batches):
+        return sum(len(sets[t].input_ids[i]) for t, b in batches for i in b)
+
+    for budget in (1, 64, 200, 10**6):
+        updates = loop._group_updates(micro, sets, update_tokens=budget)
+        assert [m for u in updates for m in u] == micro  # nothing lost, duplicated or reordered
+        assert all(tokens(u) >= budget > tokens(u[:-1]) for u in updates[:-1])
+        assert updates[-1] and tokens(updates[-1][:-1]) < budget
+    assert [len(u) for u in loop._group_updates(micro, sets, grad_accum=7)] == [7] * 8 + [4]
+
+
+def test_update_tokens_training_accumulates_several_batches_per_update(tiny_bert_dir, tmp_path):
+    events = []
+    settings = {"update_tokens": 60, "epochs": 2, "batch_size": 4, "eval_every": 2}
+    config = parse_config(toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment", "ner"), train=settings))
+    run = train(config, run_dir=str(tmp_path / "run"), events=lambda name, payload: events.append((name, payload)))
+    summary = run.read_json("stages.json")[0]
+    steps = [p for name, p in events if name == "step"]
+    micro_batches = 2 * (16 // 4 + 12 // 4)  # two epochs of sentiment (16 examples) and ner (12)
+    assert 0 < summary["updates"] == len(steps) < micro_batches
+    assert [p["update"] for p in steps] == list(range(1, len(steps) + 1))
+    assert all(p["update"] <= p["total"] and p["loss"] > 0 for p in steps)
+    assert summary["epochs_run"] == 2 and summary["best_score"] is not None
+
+
+def test_grad_accum_and_update_tokens_are_exclusive(tiny_bert_dir, tmp_path):
+    from thawing.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="update_tokens"):
+        parse_config(toy_config(tiny_bert_dir, tmp_path, train={"grad_accum": 2, "update_tokens": 512}))
+    alone = parse_config(toy_config(tiny_bert_dir, tmp_path, train={"grad_accum": 1, "update_tokens": 512}))
+    assert alone.train.update_tokens == 512
+
+
+def test_round_robin_restarts_a_task_that_runs_out_of_batches(tiny_bert_dir, tmp_path):
+    # 8 sentiment and 6 qtype batches: alternating 14 steps asks qtype for a 7th.
+    run = _run(tiny_bert_dir, tmp_path, tasks=("sentiment", "qtype"),
+               train={"batch_size": 2, "epochs": 1, "sampling": {"strategy": "round_robin"}})
+    assert run.read_json("stages.json")[0]["updates"] == 14
+
+
+def test_packed_training_matches_padded(tiny_qwen2_dir, tmp_path, caplog, monkeypatch):
+    """Packing changes how the batch runs, not what it computes: same batches (batch_size), same trained heads."""
+    from thawing.model import packing
+
+    common = {"epochs": 1, "seed": 0, "batch_size": 8}
+    padded = _run(tiny_qwen2_dir, tmp_path, name="padded", head_dropout=0.0, train=common)
+    rows = []
+    monkeypatch.setattr(packing, "pack", lambda *a, **k: rows.append(packing_pack(*a, **k)) or rows[-1])
+    packed = _run(tiny_qwen2_dir, tmp_path, name="packed", head_dropout=0.0, train={**common, "packing": True, "pack_width": 32})
+    assert "packing is off" not in caplog.text
+    assert rows and any(len(set(p.index[:, 0].div(32, rounding_mode="floor").tolist())) < p.index.shape[0] for p in rows)  # rows shared
+    a = load_file(str(padded.final / "heads.safetensors"))
+    b = load_file(str(packed.final / "heads.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3)
+    assert padded.read_json("results.json")["tasks"].keys() == packed.read_json("results.json")["tasks"].keys()
+
+
+def test_packed_token_budget_batches_run(tiny_bert_dir, tmp_path):
+    run = _run(tiny_bert_dir, tmp_path, train={"epochs": 1, "seed": 0, "max_tokens": 64, "packing": True})
+    assert run.read_json("stages.json")[0]["updates"] > 0

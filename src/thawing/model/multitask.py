@@ -65,14 +65,10 @@ class MultiTaskModel(nn.Module):
             return self.heads[task](self.encoder.pool(states, attention_mask))
         return self.heads[task](states)
 
-    def loss(self, task: str, logits: torch.Tensor, labels: torch.Tensor, per_batch: float | None = None) -> torch.Tensor:
-        """Cross-entropy over labelled items (sub-tokens after the first are ignored).
-
-        With `per_batch` (the epoch's mean count of labelled items per batch), the summed loss is divided by it,
-        so every item weighs the same whatever its batch's size (token-budget batches vary); without it, the
-        batch mean.
-        """
+    def loss(self, task: str, logits: torch.Tensor, labels: torch.Tensor, divisor: float | None = None) -> torch.Tensor:
+        """Cross-entropy over labelled items (sub-tokens after the first are ignored): their mean, or their
+        sum divided by `divisor`, so that the training loop can average over a whole update's micro-batches."""
         flat_logits, flat_labels = logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1)
-        if per_batch is None:
+        if divisor is None:
             return F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE)
-        return F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE, reduction="sum") / per_batch
+        return F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE, reduction="sum") / divisor

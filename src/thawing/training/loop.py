@@ -8,10 +8,12 @@ beat the best score so far. Progress goes to an optional `events(name, payload)`
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import zlib
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,7 +21,7 @@ import torch
 from accelerate import Accelerator
 
 from thawing.config import RunConfig
-from thawing.data.batching import collate, length_grouped_batches, token_budget_batches
+from thawing.data.batching import collate, length_grouped_batches, packed_batches, token_budget_batches
 from thawing.data.sampling import task_order
 from thawing.freezing import apply_trainable, encoder_frozen, parameter_table, set_frozen_modes
 from thawing.metrics import selection_score
@@ -77,11 +79,7 @@ def train(
         mixed_precision=config.train.mixed_precision, cpu=config.train.device == "cpu", gradient_accumulation_steps=1
     )
     prep.model.to(accelerator.device)
-    prep.model.encoder.pad_multiple = config.train.pad_to_multiple_of or 1
-    if config.train.compile:
-        # In place, so parameter names (and groups, and saving) are unchanged; dynamic shapes avoid a
-        # recompile for every batch size and length.
-        prep.model.encoder.backbone.compile(dynamic=True)
+    configure_speed(prep.model.encoder, config)
     run = RunDir.create(config.name, run_dir)
     run.write_config(config)
     ctx = Context(prep, run, accelerator, events or (lambda name, payload: None), groups)
@@ -106,6 +104,18 @@ def train(
     run.write_json("results.json", results)
     ctx.events("results", results)
     return run
+
+
+def configure_speed(encoder: Encoder, config: RunConfig) -> None:
+    """Apply the config's padding, packing and compile switches to the encoder."""
+    cfg = config.train
+    encoder.pad_multiple = cfg.pad_to_multiple_of or 1
+    encoder.pack_width = (cfg.pack_width or encoder.max_length) if cfg.packing else None
+    if cfg.compile:
+        # In place, so parameter names (and groups, and saving) are unchanged. Shapes stay few: packed rows
+        # have one width (only the row count varies), padded lengths are rounded up to pad_to_multiple_of;
+        # torch marks a dimension dynamic the first time it changes instead of recompiling for every value.
+        encoder.backbone.compile(dynamic=None)
 
 
 # ---------------------------------------------------------------------------------------------- stage
@@ -149,15 +159,16 @@ def run_stage(ctx: Context, stage: Stage, plan_best: float) -> dict:
 
 
 def _fit(ctx: Context, stage: Stage, params: list, cache: dict, boundary: dict | None = None) -> dict:
-    cfg, acc = ctx.cfg, ctx.accelerator
+    cfg = ctx.cfg
     train_sets = {t: ctx.prep.features[t]["train"] for t in _active_tasks(ctx, stage)}
-    first = _epoch_batches(cfg, stage, train_sets, 0)
-    per_epoch = sum(len(b) for b in first.values())
-    # Mean labelled items per batch: dividing summed losses by it weighs every example (or token) alike,
-    # whether batches hold a fixed count or fill a token budget.
-    per_batch = {t: train_sets[t].labelled() / len(b) for t, b in first.items()}
+    first = _epoch_plan(cfg, stage, train_sets, 0)
+    per_epoch = len(first)
     micro_total = max(1, round(stage.epochs * per_epoch))
-    updates = math.ceil(micro_total / cfg.train.grad_accum)
+
+    def group(micro: list) -> list[list]:
+        return _group_updates(micro, train_sets, cfg.train.grad_accum, cfg.train.update_tokens)
+
+    updates = _estimate_updates(first, micro_total, group)
     warm = warmup_steps(stage.warmup, updates)
     optimizer = torch.optim.AdamW(
         [{"params": [p for _, p in ctx.groups[g]], "lr": stage.lrs[g], "initial_lr": stage.lrs[g], "name": g} for g in stage.trainable],
@@ -166,28 +177,18 @@ def _fit(ctx: Context, stage: Stage, params: list, cache: dict, boundary: dict |
     best, best_step, best_state, evals_without_gain = -math.inf, ctx.step, None, 0
     micro, update, stopped, epoch = 0, 0, "completed", 0
     while micro < micro_total and stopped == "completed":
-        batches = first if epoch == 0 else _epoch_batches(cfg, stage, train_sets, epoch)
-        order = task_order({t: len(b) for t, b in batches.items()}, cfg.train.sampling.strategy,
-                           cfg.train.sampling.temperature, _seed(cfg, stage, epoch))
-        queues = {t: iter(b) for t, b in batches.items()}
-        for position, task in enumerate(order):
-            if micro >= micro_total:
-                break
-            loss = _loss(ctx, task, next(queues[task]), cache, boundary or {}, per_batch[task])
-            acc.backward(loss / cfg.train.grad_accum)
-            micro += 1
-            if micro % cfg.train.grad_accum and micro < micro_total:
-                continue
-            for group in optimizer.param_groups:  # a pure function of the step: no scheduler state
-                group["lr"] = group["initial_lr"] * lr_multiplier(update, updates, warm, stage.lr_schedule)
-            if cfg.train.grad_clip:
-                acc.clip_grad_norm_(params, cfg.train.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        plan = first if epoch == 0 else _epoch_plan(cfg, stage, train_sets, epoch)
+        grouped = group(plan[: micro_total - micro])  # a fractional last epoch ends with whole updates
+        for position, batches in enumerate(grouped):
+            loss = _accumulate(ctx, batches, train_sets, cache, boundary or {})
+            micro += len(batches)
+            # Past epoch 0 `updates` is an estimate (batch counts and token sums vary per epoch): an
+            # overrun holds the schedule's last rate instead of reaching 0 and wasting updates.
+            _step(ctx, optimizer, params, lr_multiplier(min(update, updates - 1), updates, warm, stage.lr_schedule))
             update += 1
             ctx.step += 1
-            ctx.events("step", {"stage": stage.name, "update": update, "total": updates, "loss": loss.item()})
-            at_epoch_end = position == len(order) - 1 or micro >= micro_total
+            ctx.events("step", {"stage": stage.name, "update": update, "total": max(updates, update), "loss": loss})
+            at_epoch_end = position == len(grouped) - 1
             due = at_epoch_end if stage.eval_every == "epoch" else (update % int(stage.eval_every) == 0 or micro >= micro_total)
             if not due:
                 continue
@@ -211,6 +212,15 @@ def _fit(ctx: Context, stage: Stage, params: list, cache: dict, boundary: dict |
     }
 
 
+def _step(ctx: Context, optimizer: torch.optim.Optimizer, params: list, lr_factor: float) -> None:
+    for group in optimizer.param_groups:  # a pure function of the step: no scheduler state
+        group["lr"] = group["initial_lr"] * lr_factor
+    if ctx.cfg.train.grad_clip:
+        ctx.accelerator.clip_grad_norm_(params, ctx.cfg.train.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _seed(cfg: RunConfig, stage: Stage, epoch: int) -> int:
     return zlib.crc32(f"{cfg.train.seed}/{stage.name}/{epoch}".encode())  # hash() of a str varies per process
 
@@ -218,12 +228,67 @@ def _seed(cfg: RunConfig, stage: Stage, epoch: int) -> int:
 def _epoch_batches(cfg: RunConfig, stage: Stage, train_sets: dict, epoch: int) -> dict[str, list[list[int]]]:
     """Each task's batches for one epoch: a fixed count of examples, or filled to `train.max_tokens`."""
     seed = _seed(cfg, stage, epoch)
+    if cfg.train.max_tokens and cfg.train.packing:
+        return {t: packed_batches(f.lengths, cfg.train.max_tokens, seed + i) for i, (t, f) in enumerate(train_sets.items())}
     if cfg.train.max_tokens:
         return {t: token_budget_batches(f.lengths, cfg.train.max_tokens, seed + i) for i, (t, f) in enumerate(train_sets.items())}
     return {t: length_grouped_batches(f.lengths, cfg.train.batch_size, seed + i) for i, (t, f) in enumerate(train_sets.items())}
 
 
-def _loss(ctx: Context, task: str, indices: list[int], cache: dict, boundary: dict, per_batch: float | None = None) -> torch.Tensor:
+def _epoch_plan(cfg: RunConfig, stage: Stage, train_sets: dict, epoch: int) -> list[tuple[str, list[int]]]:
+    """The epoch's micro-batches (task, indices) in sampled order."""
+    batches = _epoch_batches(cfg, stage, train_sets, epoch)
+    sampling, counts = cfg.train.sampling, {t: len(b) for t, b in batches.items()}
+    order = task_order(counts, sampling.strategy, sampling.temperature, _seed(cfg, stage, epoch))
+    # round_robin and temperature may draw a task more often than it has batches: it starts over.
+    queues = {t: itertools.cycle(b) for t, b in batches.items()}
+    return [(task, next(queues[task])) for task in order]
+
+
+def _group_updates(micro: list, train_sets: dict, grad_accum: int = 1, update_tokens: int | None = None) -> list[list]:
+    """Consecutive micro-batches per optimizer update: `grad_accum` of them, or, with `update_tokens`,
+    as many as it takes to reach that many real tokens (the last update may fall short)."""
+    if not update_tokens:
+        return [micro[i : i + grad_accum] for i in range(0, len(micro), grad_accum)]
+    updates, current, tokens = [], [], 0
+    for task, indices in micro:
+        current.append((task, indices))
+        tokens += sum(len(train_sets[task].input_ids[i]) for i in indices)
+        if tokens >= update_tokens:
+            updates.append(current)
+            current, tokens = [], 0
+    return updates + [current] if current else updates
+
+
+def _estimate_updates(first: list, micro_total: int, group: Callable[[list], list]) -> int:
+    """The stage's updates from epoch 0's plan: exact up to one epoch, and for fixed-size batches
+    with `grad_accum`; otherwise later epochs may group a little differently."""
+    full, rest = divmod(micro_total, len(first))
+    return full * len(group(first)) + (len(group(first[:rest])) if rest else 0)
+
+
+def _divisors(update: list, train_sets: dict) -> list[float]:
+    """What each micro-batch's summed loss is divided by: a task's items in the update are averaged
+    together, whatever its batches' sizes, and the task weighs by its share of the update's micro-batches."""
+    labelled, count = Counter(), Counter()
+    for task, indices in update:
+        labelled[task] += train_sets[task].labelled(indices)
+        count[task] += 1
+    # max(): a batch with no labelled item has a zero sum; any divisor keeps it zero, not NaN.
+    return [max(labelled[task], 1) / count[task] * len(update) for task, _ in update]
+
+
+def _accumulate(ctx: Context, update: list, train_sets: dict, cache: dict, boundary: dict) -> float:
+    """Backward through each micro-batch of one update; returns the update's loss."""
+    losses = []
+    for (task, indices), divisor in zip(update, _divisors(update, train_sets)):
+        loss = _loss(ctx, task, indices, cache, boundary, divisor)
+        ctx.accelerator.backward(loss)
+        losses.append(loss.detach())
+    return torch.stack(losses).sum().item()  # one device sync per update
+
+
+def _loss(ctx: Context, task: str, indices: list[int], cache: dict, boundary: dict, divisor: float | None = None) -> torch.Tensor:
     model, device = ctx.model, ctx.accelerator.device
     with ctx.accelerator.autocast():
         if task in cache:  # frozen encoder: the head reads features computed once
@@ -238,7 +303,7 @@ def _loss(ctx: Context, task: str, indices: list[int], cache: dict, boundary: di
             batch = collate(model.encoder, ctx.prep.features[task]["train"], indices)
             labels = batch["labels"].to(device)
             logits = model(task, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-    return model.loss(task, logits, labels, per_batch) * model.specs[task].loss_weight
+    return model.loss(task, logits, labels, divisor) * model.specs[task].loss_weight
 
 
 def _active_tasks(ctx: Context, stage: Stage) -> list[str]:
