@@ -1,5 +1,8 @@
-"""Does a token budget pay off on this machine? One full fine-tuning epoch and one encode pass with a fixed
-count of sentences per batch beside batches filled to a token budget, alternating in one run.
+"""Do token budgets, packing and torch.compile pay off on this machine? One full fine-tuning epoch and one
+encode pass per setting (sentences per batch or a token budget; padded or packed rows), alternating in one run.
+
+Settings are `name` strings: "batch_size=32", "max_tokens=1024", each optionally followed by ",packed" and
+",compiled". A compiled setting runs once, last (its first epoch includes the compilation: its time counts).
 
 Run: HF_HUB_OFFLINE=1 .venv/bin/python bench/batching.py --output bench/results/batching_cpu.json
 """
@@ -23,7 +26,8 @@ from throughput import base_config, scenario_stage, time_epoch  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budgets", default="512,1024")
+    parser.add_argument("--settings", default="batch_size=32,max_tokens=1024,batch_size=32+packed,max_tokens=1024+packed",
+                        help="comma-separated; '+packed' / '+compiled' switch packing / torch.compile on")
     parser.add_argument("--n-trec", type=int, default=1000)
     parser.add_argument("--n-sst", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -48,19 +52,21 @@ def main() -> None:
     loop._evaluate = lambda *a, **k: 0.0  # training time only
     stage = loop.build_plan(parse_config({**raw, "schedule": [scenario_stage("full", 6)]}), groups)[0]
     texts = [e.text for t in prep.tasks.values() for e in t.splits["train"]]
-    budgets = [None] + [int(b) for b in args.budgets.split(",")]
+    settings = args.settings.split(",")
+    eager = [x for x in settings if "compiled" not in x]
+    rounds = [eager] * args.repeats + [[x for x in settings if "compiled" in x]]
     train_s: dict[str, list] = {}
     encode_s: dict[str, list] = {}
-    for _ in range(args.repeats):  # alternate the settings, so warm-up and drift hit all of them; keep the fastest
-        for budget in budgets:
-            ctx.cfg.train.max_tokens = budget
-            key = f"max_tokens={budget}" if budget else f"batch_size={args.batch_size}"
+    for names in rounds:  # alternate the settings, so warm-up and drift hit all of them; keep the fastest
+        for name in names:
+            apply_setting(ctx, name)
             row = time_epoch(ctx, stage, False, "cpu")
-            train_s.setdefault(key, []).append(row["epoch_s"])
+            train_s.setdefault(name, []).append(row["epoch_s"])
             start = time.perf_counter()
-            prep.model.encoder.encode(texts, batch_size=args.batch_size, max_tokens=budget)
-            encode_s.setdefault(key, []).append(round(time.perf_counter() - start, 3))
-            print(key, row["epoch_s"], row["updates"], encode_s[key][-1], flush=True)
+            prep.model.encoder.encode(texts, batch_size=args.batch_size, max_tokens=ctx.cfg.train.max_tokens)
+            encode_s.setdefault(name, []).append(round(time.perf_counter() - start, 3))
+            print(name, row["epoch_s"], row["updates"], encode_s[name][-1], flush=True)
+            prep.model.encoder.backbone._compiled_call_impl = None  # eager again for the next setting
     train_s = {k: {"runs_s": v, "best_s": min(v)} for k, v in train_s.items()}
     encode_s = {k: {"runs_s": v, "best_s": min(v)} for k, v in encode_s.items()}
     report = {"command": " ".join(sys.argv), "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
@@ -68,6 +74,19 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def apply_setting(ctx, name: str) -> None:
+    """Set batching, packing and compilation from a setting's name, e.g. "max_tokens=1024+packed"."""
+    from thawing.training.loop import configure_speed
+
+    first, *flags = name.split("+")
+    key, value = first.split("=")
+    train = ctx.cfg.train
+    train.max_tokens = int(value) if key == "max_tokens" else None
+    train.batch_size = int(value) if key == "batch_size" else train.batch_size
+    train.packing, train.compile = "packed" in flags, "compiled" in flags
+    configure_speed(ctx.model.encoder, ctx.cfg)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,18 @@
-"""GPU efficiency on real sentence lengths: real tokens/s and MFU of frozen encode, top-3 and full fine-tuning,
-the naive path (64 sentences in random order, padded to the batch maximum, eager) beside thawing's path
-(length-grouped batches of 64 with dynamic padding, as the training loop and `encode` batch today).
+"""GPU efficiency on real sentence lengths: real tokens/s and MFU of frozen encode, top-3 and full fine-tuning.
+
+Variants, each over the same texts:
+- naive: 64 sentences in random order, padded to the batch maximum, eager;
+- token_budget: length-grouped batches filled to --max-tokens padded tokens, eager;
+- packed: random batches of --max-tokens real tokens, packed into rows of --pack-width (block-diagonal
+  attention, see thawing.model.packing), eager;
+- packed_compiled: packed with the backbone under torch.compile (only the row count varies). The warm-up
+  batches' extra time (compilation) is reported as compile_s, not hidden.
 
 MFU counts real tokens only: 2 x N (forward) or 6 x N (training) FLOPs per real token, N = non-embedding
 parameters (top-3: forward over all layers plus backward over 3), over a bf16 matmul rate measured on the same
 card in the same run. Lengths come from SST-2 and AG News texts, tokenized by a BPE tokenizer trained on them
-(the Qwen2 tokenizer cannot be fetched offline). Model: a random Qwen2 of stella_en_1.5B_v5's shape.
+(the Qwen2 tokenizer cannot be fetched offline). Model: a random Qwen2 of stella_en_1.5B_v5's shape. The JSON
+is rewritten after every row, so a run cut short keeps what it measured.
 
 Run (GPU): PYTHONPATH=src THAWING_DATASETS=.gpu-data python bench/gpu_throughput.py --output $OUT/gpu_throughput.json
 Check on CPU first: HF_HUB_OFFLINE=1 .venv/bin/python bench/gpu_throughput.py --model tiny-qwen2 --device cpu --steps 3
@@ -24,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from throughput import DATA, random_qwen2  # noqa: E402
+
+VARIANTS = ("naive", "token_budget", "packed", "packed_compiled")
 
 
 def matmul_peak(device: str, size: int = 8192, repeats: int = 20) -> float:
@@ -55,24 +64,24 @@ def texts(name: str, n: int) -> list[str]:
         return [json.loads(line)["text"] for _, line in zip(range(n), fh)]
 
 
-def batches(lengths: list[int], size: int, naive: bool, seed: int = 0, max_tokens: int | None = None) -> list[list[int]]:
-    from thawing.data.batching import length_grouped_batches, token_budget_batches
+def batches(lengths: list[int], variant: str, max_tokens: int, seed: int = 0) -> list[list[int]]:
+    from thawing.data.batching import packed_batches, token_budget_batches
 
-    if max_tokens:
+    if variant == "naive":
+        order = list(range(len(lengths)))
+        random.Random(seed).shuffle(order)
+        return [order[i : i + 64] for i in range(0, len(order), 64)]
+    if variant == "token_budget":
         return token_budget_batches(lengths, max_tokens, seed)
-    if not naive:
-        return length_grouped_batches(lengths, size, seed)
-    order = list(range(len(lengths)))
-    random.Random(seed).shuffle(order)
-    return [order[i : i + size] for i in range(0, len(order), size)]
+    return packed_batches(lengths, max_tokens, seed)
 
 
-def run(encoder, head, ids: list[list[int]], mode: str, naive: bool, steps: int, device: str, max_tokens: int | None = None) -> dict:
-    """Time `steps` batches (after 3 warm-up batches) of one mode: encode, top3 or full."""
+def run(encoder, head, ids: list[list[int]], mode: str, variant: str, steps: int, device: str, max_tokens: int) -> dict:
+    """Time `steps` batches (after 3 warm-up batches) of one mode (encode, top3, full) and one batching variant."""
     import torch
 
-    from thawing.model.groups import parameter_groups
     from thawing.freezing import select_groups
+    from thawing.model.groups import parameter_groups
 
     groups = parameter_groups(encoder)
     trainable = {"encode": [], "top3": select_groups(["layers[-3:]", "projection"], groups), "full": select_groups(["all"], groups)}[mode]
@@ -81,13 +90,14 @@ def run(encoder, head, ids: list[list[int]], mode: str, naive: bool, steps: int,
             p.requires_grad_(name in trainable)
     params = [p for g in trainable for _, p in groups[g]] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-5) if mode != "encode" else None
-    plan = batches([len(x) for x in ids], 64, naive, max_tokens=max_tokens)
+    plan = batches([len(x) for x in ids], variant, max_tokens)
     steps = min(steps, len(plan) - 3)
-    real = padded = 0
+    real = computed = 0
+    warmup_start = time.perf_counter()
     for step, idx in enumerate(plan[: steps + 3]):
         if step == 3:
             _sync(device)
-            start, real, padded = time.perf_counter(), 0, 0
+            start, real, computed = time.perf_counter(), 0, 0
         batch = {k: v.to(device) for k, v in encoder.pad([ids[i] for i in idx]).items()}
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
             if optimizer is None:
@@ -99,31 +109,44 @@ def run(encoder, head, ids: list[list[int]], mode: str, naive: bool, steps: int,
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        real += int(batch["attention_mask"].sum())
-        padded += batch["attention_mask"].numel()
+        tokens = int(batch["attention_mask"].sum())
+        real += tokens
+        computed += _computed_tokens(encoder, batch, tokens)
     _sync(device)
     seconds = time.perf_counter() - start
-    return {"real_tokens_per_s": round(real / seconds), "padding_fraction": round(1 - real / padded, 3), "seconds": round(seconds, 3),
-            "batches": steps, "sentences_per_batch": round(sum(len(b) for b in plan[3 : steps + 3]) / max(1, steps), 1)}
+    warmup = start - warmup_start
+    return {"real_tokens_per_s": round(real / seconds), "padding_fraction": round(1 - real / computed, 3), "seconds": round(seconds, 3),
+            "warmup_s": round(warmup, 2), "batches": steps, "sentences_per_batch": round(sum(len(b) for b in plan[3 : steps + 3]) / max(1, steps), 1),
+            "packing": (encoder._packing or "off") if encoder.pack_width else "off"}
 
 
-def run_compiled(encoder, head, ids, mode: str, steps: int, device: str, max_tokens: int) -> dict:
-    """The token-budget path with the backbone compiled (dynamic shapes, lengths padded to multiples of 64).
+def _computed_tokens(encoder, batch, real: int) -> int:
+    """Positions the backbone actually ran: the padded batch, or the packed rows."""
+    if not (encoder.pack_width and encoder._packing):
+        return batch["attention_mask"].numel()
+    if encoder._packing == "varlen":  # one row of exactly the real tokens
+        return real
+    from thawing.model.packing import first_fit
 
-    Compilation happens in the warm-up batches; their wall time is reported as `compile_and_warmup_s`, and the
-    compiled module is restored to eager afterwards so later rows are unaffected.
-    """
-    multiple = encoder.pad_multiple
-    encoder.pad_multiple = 64
-    encoder.backbone.compile(dynamic=True)
-    _sync(device)
-    start = time.perf_counter()
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    width = max(encoder.pack_width, max(lengths))
+    return (max(first_fit(lengths, width)[0]) + 1) * width
+
+
+def run_variant(encoder, head, ids, mode: str, variant: str, args) -> dict:
+    """One row: sets packing and compilation for the variant and puts them back afterwards."""
+    encoder.pack_width = args.pack_width if variant.startswith("packed") else None
+    compiled = variant == "packed_compiled"
+    if compiled:
+        encoder.backbone.compile(dynamic=None)
     try:
-        result = run(encoder, head, ids, mode, False, steps, device, max_tokens)
+        result = run(encoder, head, ids, mode, variant, args.steps, args.device, args.max_tokens)
     finally:
-        encoder.pad_multiple = multiple
-        encoder.backbone._compiled_call_impl = None  # back to eager
-    result["compile_and_warmup_s"] = round(time.perf_counter() - start - result["seconds"], 1)
+        encoder.pack_width = None
+        if compiled:
+            encoder.backbone._compiled_call_impl = None  # back to eager for later rows
+    if compiled:  # the warm-up batches ran compilation; what they took beyond 3 steady-state batches is compile time
+        result["compile_s"] = round(result["warmup_s"] - 3 * result["seconds"] / max(1, result["batches"]), 1)
     return result
 
 
@@ -132,11 +155,13 @@ def main() -> None:
     parser.add_argument("--model", default="stella-shape")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--max-tokens", type=int, default=16384, help="token budget of the third variant")
+    parser.add_argument("--max-tokens", type=int, default=16384, help="token budget of the token_budget and packed variants")
+    parser.add_argument("--pack-width", type=int, default=512, help="tokens per packed row")
     parser.add_argument("--texts", type=int, default=20000)
     parser.add_argument("--datasets", default="sst2,ag_news")
     parser.add_argument("--modes", default="encode,top3,full")
-    parser.add_argument("--compile", action="store_true", help="add a variant: token budget + torch.compile (dynamic), lengths padded to 64")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--compile-modes", default="encode,full", help="modes that get the packed_compiled variant")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
 
@@ -160,24 +185,28 @@ def main() -> None:
         ids = encoder.token_ids(texts_)
         report["results"][data] = {"mean_tokens": round(sum(map(len, ids)) / len(ids), 1)}
         for mode in args.modes.split(","):
-            row = {}
-            for label, naive, budget in (("naive", True, None), ("thawing", False, None), ("token_budget", False, args.max_tokens)):
-                r = run(encoder, head, ids, mode, naive, args.steps, args.device, budget)
+            row = report["results"][data][mode] = {}
+            for variant in args.variants.split(","):
+                if variant == "packed_compiled" and mode not in args.compile_modes.split(","):
+                    continue
+                r = run_variant(encoder, head, ids, mode, variant, args)
                 r["mfu"] = round(r["real_tokens_per_s"] * flops_per_token[mode] / peak, 4)
-                row[label] = r
-            row["speedup"] = round(row["thawing"]["real_tokens_per_s"] / row["naive"]["real_tokens_per_s"], 2)
-            row["token_budget_speedup"] = round(row["token_budget"]["real_tokens_per_s"] / row["naive"]["real_tokens_per_s"], 2)
-            if args.compile:
-                row["compiled"] = run_compiled(encoder, head, ids, mode, args.steps, args.device, args.max_tokens)
-                row["compiled"]["mfu"] = round(row["compiled"]["real_tokens_per_s"] * flops_per_token[mode] / peak, 4)
-                row["compiled_speedup"] = round(row["compiled"]["real_tokens_per_s"] / row["naive"]["real_tokens_per_s"], 2)
-            report["results"][data][mode] = row
-            print(data, mode, json.dumps(row), flush=True)
+                if "naive" in row:
+                    r["speedup_vs_naive"] = round(r["real_tokens_per_s"] / row["naive"]["real_tokens_per_s"], 2)
+                row[variant] = r
+                print(data, mode, variant, json.dumps(r), flush=True)
+                _write(report, args.output)
     if args.device == "cuda":
         report["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    _write(report, args.output)
+
+
+def _write(report: dict, output: str | None) -> None:
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(output).with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(output)
 
 
 if __name__ == "__main__":
