@@ -166,9 +166,10 @@ class Encoder(nn.Module):
         backbone where neither is right is padded, and the log says why once."""
         if self._packing is None:
             self._packing, reasons = False, []
+            sample = input_ids[:32], attention_mask[:32]  # a slice is as telling as the batch, and cheaper in fp32
             for mode in packing.MODES:
                 reason = packing.unsupported(self.backbone, mode) or packing.check(
-                    self.backbone, lambda ids, mask: self._packed_states(ids, mask, mode), input_ids, attention_mask
+                    self.backbone, lambda ids, mask: self._packed_states(ids, mask, mode), *sample
                 )
                 if reason is None:
                     self._packing = mode

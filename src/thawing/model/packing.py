@@ -126,9 +126,15 @@ def unsupported(backbone: nn.Module, mode: str) -> str | None:
         if impl not in MASK_FORMATS:
             return f"attention implementation '{impl}' takes no custom 4D mask (rows packing supports {', '.join(MASK_FORMATS)})"
         return None
-    device = next(backbone.parameters()).device
+    weights = next(backbone.parameters())
+    device = weights.device
     if device.type not in VARLEN_DEVICES:
         return f"varlen attention needs a GPU (the model is on {device.type})"
+    half = weights.dtype in (torch.float16, torch.bfloat16) or (
+        torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) in (torch.float16, torch.bfloat16)
+    )
+    if device.type == "cuda" and not half:  # in fp32 the dense fallback would attend over the whole row
+        return "varlen attention runs in bf16/fp16 (mixed precision or half weights); this forward is fp32"
     # Flash varlen has no attention dropout: a model that trains with it would silently train differently.
     dropout = getattr(config, "attention_dropout", None) or getattr(config, "attention_probs_dropout_prob", 0.0)
     if dropout:
@@ -149,8 +155,7 @@ def _varlen_kernel_problem(device: torch.device) -> str | None:
         from transformers import AttentionInterface
     except ImportError as exc:
         return f"this torch or transformers has no varlen attention ({exc})"
-    params = inspect.signature(varlen_attn).parameters
-    _VARLEN_ARGS.update(scale="scale" in params, is_causal="is_causal" in params, enable_gqa="enable_gqa" in params)
+    read_varlen_signature(varlen_attn)
     AttentionInterface.register(VARLEN, varlen_attention)
     if device.type != "cuda":  # CPU (tests): varlen_attention computes densely, no kernel to try
         return None
@@ -165,6 +170,13 @@ def _varlen_kernel_problem(device: torch.device) -> str | None:
     except Exception as exc:  # a torch whose kernel rejects this GPU or these arguments
         return f"flash varlen attention failed ({type(exc).__name__}: {exc})"
     return None
+
+
+def read_varlen_signature(varlen_attn) -> None:
+    """Note which keywords the installed `varlen_attn` takes: torch 2.10 has `is_causal` and no `scale`, later
+    versions `scale` and `window_size`, later still `enable_gqa`."""
+    params = inspect.signature(varlen_attn).parameters
+    _VARLEN_ARGS.update(scale="scale" in params, is_causal="is_causal" in params, enable_gqa="enable_gqa" in params)
 
 
 def varlen_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
