@@ -199,9 +199,10 @@ def test_token_budget_training_runs_and_is_deterministic(tiny_qwen2_dir, tmp_pat
 
 
 @pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="torch.compile on CPU needs a C compiler")
-def test_compiled_training_matches_eager(tiny_qwen2_dir, tmp_path):
-    """torch.compile (opt-in) trains the same model; it costs a compile, so one small run."""
-    common = {"epochs": 1, "seed": 0, "batch_size": 8, "pad_to_multiple_of": 8}
+@pytest.mark.parametrize("speed", [{"pad_to_multiple_of": 8}, {"packing": True, "pack_width": 32}], ids=["padded", "packed"])
+def test_compiled_training_matches_eager(tiny_qwen2_dir, tmp_path, speed):
+    """torch.compile (opt-in) trains the same model, padded or packed; it costs a compile, so one small run."""
+    common = {"epochs": 1, "seed": 0, "batch_size": 8, **speed}
     eager = _run(tiny_qwen2_dir, tmp_path, name="eager", tasks=("qtype",), head_dropout=0.0, train=common)
     compiled = _run(tiny_qwen2_dir, tmp_path, name="compiled", tasks=("qtype",), head_dropout=0.0, train={**common, "compile": True})
     a = load_file(str(eager.final / "heads.safetensors"))

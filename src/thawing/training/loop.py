@@ -422,7 +422,9 @@ def _centroid_heads(ctx: Context, cache: dict) -> None:
 
 
 def _snapshot(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in params]
+    # In host memory: a full-parameter stage keeps two snapshots (its start and its best), which on a GPU would
+    # be two more copies of a 1.5B model's weights next to the weights, gradients and Adam moments.
+    return [p.detach().to("cpu", copy=True) for p in params]
 
 
 @torch.no_grad()
