@@ -66,7 +66,7 @@ def main() -> None:
             prep.model.encoder.encode(texts, batch_size=args.batch_size, max_tokens=ctx.cfg.train.max_tokens)
             encode_s.setdefault(name, []).append(round(time.perf_counter() - start, 3))
             print(name, row["epoch_s"], row["updates"], encode_s[name][-1], flush=True)
-            prep.model.encoder.backbone._compiled_call_impl = None  # eager again for the next setting
+            prep.model.encoder.compile_layers(False)  # eager again for the next setting
     train_s = {k: {"runs_s": v, "best_s": min(v)} for k, v in train_s.items()}
     encode_s = {k: {"runs_s": v, "best_s": min(v)} for k, v in encode_s.items()}
     report = {"command": " ".join(sys.argv), "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",

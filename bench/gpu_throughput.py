@@ -5,8 +5,9 @@ Variants, each over the same texts:
 - token_budget: length-grouped batches filled to --max-tokens padded tokens, eager;
 - packed: random batches of --max-tokens real tokens, packed into rows of --pack-width (block-diagonal
   attention, see thawing.model.packing), eager;
-- packed_compiled: packed with the backbone under torch.compile (only the row count varies). The warm-up
-  batches' extra time (compilation) is reported as compile_s, not hidden.
+- packed_compiled: packed, with each transformer layer under torch.compile (one graph shared by the layers;
+  only the token or row count varies). The warm-up batches' extra time (compilation) is reported as compile_s,
+  not hidden.
 
 MFU counts real tokens only: 2 x N (forward) or 6 x N (training) FLOPs per real token, N = non-embedding
 parameters (top-3: forward over all layers plus backward over 3), over a bf16 matmul rate measured on the same
@@ -138,13 +139,13 @@ def run_variant(encoder, head, ids, mode: str, variant: str, args) -> dict:
     encoder.pack_width = args.pack_width if variant.startswith("packed") else None
     compiled = variant == "packed_compiled"
     if compiled:
-        encoder.backbone.compile(dynamic=None)
+        encoder.compile_layers()
     try:
         result = run(encoder, head, ids, mode, variant, args.steps, args.device, args.max_tokens)
     finally:
         encoder.pack_width = None
         if compiled:
-            encoder.backbone._compiled_call_impl = None  # back to eager for later rows
+            encoder.compile_layers(False)  # back to eager for later rows
     if compiled:  # the warm-up batches ran compilation; what they took beyond 3 steady-state batches is compile time
         result["compile_s"] = round(result["warmup_s"] - 3 * result["seconds"] / max(1, result["batches"]), 1)
     return result

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from thawing.data.batching import GPU_MAX_TOKENS, sorted_batches
 from thawing.model import packing
+from thawing.model.groups import find_layers
 from thawing.model.pooling import POOLERS
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,10 @@ class Encoder(nn.Module):
         if pooling not in POOLERS:
             raise ValueError(f"unknown pooling '{pooling}'; choose one of {', '.join(POOLERS)}")
         self.backbone = backbone
+        if getattr(backbone.config, "use_cache", False):
+            # A key/value cache serves generation; an encoder never generates, and building one on every forward
+            # costs time and, under torch.compile, a recompile per layer.
+            backbone.config.use_cache = False
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.projection = projection if projection is not None and len(projection) else None
@@ -88,6 +93,21 @@ class Encoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def compile_layers(self, enabled: bool = True) -> None:
+        """torch.compile each transformer layer in place, or (enabled=False) go back to eager.
+
+        The layers share one forward, so torch compiles a single layer's graph and reuses it for all of them:
+        the compile time of one layer, not of the whole stack. Parameter names, groups and saving are unchanged.
+        Shapes stay few: packed rows have one width and mark the batch dimension dynamic; padded lengths can be
+        rounded up (`pad_multiple`); torch marks any other dimension dynamic the first time it changes.
+        """
+        _, layers = find_layers(self.backbone)
+        for layer in layers:
+            if enabled:
+                layer.compile(dynamic=None)
+            else:
+                layer._compiled_call_impl = None
 
     # ------------------------------------------------------------------------------ tokenizing
 

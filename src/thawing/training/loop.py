@@ -112,10 +112,7 @@ def configure_speed(encoder: Encoder, config: RunConfig) -> None:
     encoder.pad_multiple = cfg.pad_to_multiple_of or 1
     encoder.pack_width = (cfg.pack_width or encoder.max_length) if cfg.packing else None
     if cfg.compile:
-        # In place, so parameter names (and groups, and saving) are unchanged. Shapes stay few: packed rows
-        # have one width (only the row count varies), padded lengths are rounded up to pad_to_multiple_of;
-        # torch marks a dimension dynamic the first time it changes instead of recompiling for every value.
-        encoder.backbone.compile(dynamic=None)
+        encoder.compile_layers()
 
 
 # ---------------------------------------------------------------------------------------------- stage
