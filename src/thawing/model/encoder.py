@@ -26,7 +26,6 @@ from thawing.model.pooling import POOLERS
 log = logging.getLogger(__name__)
 
 
-
 class Dense(nn.Module):
     """A sentence-transformers Dense module: Linear then activation (stella uses Identity)."""
 
