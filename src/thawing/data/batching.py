@@ -120,15 +120,8 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, seed: int, gro
     span = max(1, int(max_tokens / mean) * group)
     batches: list[list[int]] = []
     for start in range(0, len(order), span):
-        current: list[int] = []
-        for i in sorted(order[start : start + span], key=lambda i: lengths[i], reverse=True):
-            # Sorted longest first, so the batch's first member sets its padded width.
-            if current and (len(current) + 1) * lengths[current[0]] > max_tokens:
-                batches.append(current)
-                current = []
-            current.append(i)
-        if current:
-            batches.append(current)
+        chunk = order[start : start + span]
+        batches += [[chunk[j] for j in b] for b in sorted_batches([lengths[i] for i in chunk], 1, max_tokens)]
     rng.shuffle(batches)
     return batches
 
