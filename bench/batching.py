@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from throughput import base_config, scenario_stage, time_epoch  # noqa: E402
+from report import write_report  # noqa: E402
 
 
 def main() -> None:
@@ -72,8 +73,7 @@ def main() -> None:
     report = {"command": " ".join(sys.argv), "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
               "examples": len(texts), "full_finetune_epoch": train_s, "encode_s": encode_s}
     print(json.dumps(report, indent=2))
-    if args.output:
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.output)
 
 
 def apply_setting(ctx, name: str) -> None:

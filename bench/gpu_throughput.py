@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from throughput import DATA, random_qwen2  # noqa: E402
+from report import write_report  # noqa: E402
 
 VARIANTS = ("naive", "token_budget", "packed", "packed_compiled")
 
@@ -195,18 +196,10 @@ def main() -> None:
                     r["speedup_vs_naive"] = round(r["real_tokens_per_s"] / row["naive"]["real_tokens_per_s"], 2)
                 row[variant] = r
                 print(data, mode, variant, json.dumps(r), flush=True)
-                _write(report, args.output)
+                write_report(report, args.output)
     if args.device == "cuda":
         report["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
-    _write(report, args.output)
-
-
-def _write(report: dict, output: str | None) -> None:
-    if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(output).with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(output)
+    write_report(report, args.output)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from report import write_report  # noqa: E402
 DATA = REPO.parent / "shared" / "datasets"
 
 
@@ -97,9 +99,7 @@ def main() -> None:
         "progressive_total_epochs": progressive_epochs,
         "results": results,
     }
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.output)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from report import write_report  # noqa: E402
 DATA = Path(os.environ.get("THAWING_DATASETS", REPO.parent / "shared" / "datasets"))
 
 SHAPES = {
@@ -219,9 +221,7 @@ def main() -> None:
                 "wall_s": round(time.perf_counter() - start, 1), "score": run.read_json("results.json")["score"]}
             print("progressive", enabled, report["progressive_end_to_end_s"], flush=True)
     print(json.dumps(report, indent=2))
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.output)
 
 
 if __name__ == "__main__":
