@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from thawing.data.batching import GPU_MAX_TOKENS, sorted_batches
+from thawing.data.batching import inference_batches, sorted_batches
 from thawing.model import packing
 from thawing.model.groups import find_layers
 from thawing.model.pooling import POOLERS
@@ -229,7 +229,7 @@ class Encoder(nn.Module):
         Texts are tokenized once and batched in order of token length, so each batch pads to
         almost nothing; the batches run in eval mode without gradients. With `max_tokens`, a batch holds as
         many texts as fit that many padded tokens instead of `batch_size` texts; "auto" means
-        `GPU_MAX_TOKENS` on a GPU and `batch_size` texts on CPU, where a budget measured slower.
+        `data.batching.GPU_MAX_TOKENS` tokens on a GPU and `batch_size` texts on CPU, where a budget measured slower.
 
         Example:
             >>> vectors = encoder.encode(["A question?", "A statement."])  # doctest: +SKIP
@@ -237,12 +237,14 @@ class Encoder(nn.Module):
             (2, 384)
         """
         ids = self.token_ids(texts, prompt)
-        device = self.device
+        device, lengths = self.device, [len(x) for x in ids]
         if max_tokens == "auto":
-            max_tokens = GPU_MAX_TOKENS if device.type == "cuda" else None
+            batches = inference_batches(lengths, batch_size, device)
+        else:
+            batches = sorted_batches(lengths, batch_size, max_tokens)
         out = np.empty((len(ids), self.embedding_size), dtype=np.float32)
         with evaluating(self):
-            for chunk in progress(sorted_batches([len(x) for x in ids], batch_size, max_tokens), "Encoding", show_progress):
+            for chunk in progress(batches, "Encoding", show_progress):
                 batch = {k: v.to(device) for k, v in self.pad([ids[i] for i in chunk]).items()}
                 sentence = self.pool(self.token_states(**batch), batch["attention_mask"])
                 out[chunk] = sentence.float().cpu().numpy()
