@@ -91,7 +91,9 @@ def run(encoder, head, ids: list[list[int]], mode: str, variant: str, steps: int
         for _, p in members:
             p.requires_grad_(name in trainable)
     params = [p for g in trainable for _, p in groups[g]] + list(head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=1e-5) if mode != "encode" else None
+    # thawing's loop uses the fused AdamW on a GPU; the naive path keeps torch's default.
+    fused = device == "cuda" and variant != "naive"
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=fused or None) if mode != "encode" else None
     plan = batches([len(x) for x in ids], variant, max_tokens)
     steps = min(steps, len(plan) - 3)
     real = computed = 0
@@ -119,7 +121,8 @@ def run(encoder, head, ids: list[list[int]], mode: str, variant: str, steps: int
     warmup = start - warmup_start
     return {"real_tokens_per_s": round(real / seconds), "padding_fraction": round(1 - real / computed, 3), "seconds": round(seconds, 3),
             "warmup_s": round(warmup, 2), "batches": steps, "sentences_per_batch": round(sum(len(b) for b in plan[3 : steps + 3]) / max(1, steps), 1),
-            "packing": (encoder._packing or "off") if encoder.pack_width else "off"}
+            "packing": (encoder._packing or "off") if encoder.pack_width else "off",
+            "optimizer": None if optimizer is None else ("fused AdamW" if fused else "AdamW")}
 
 
 def _computed_tokens(encoder, batch, real: int) -> int:
@@ -152,6 +155,25 @@ def run_variant(encoder, head, ids, mode: str, variant: str, args) -> dict:
     return result
 
 
+def guarded(run_variant, encoder, head, *args) -> dict:
+    """One row, with its own peak GPU memory; a row that fails (out of memory, a kernel or compiler error) is
+    recorded as such and the rest still run, since a GPU session has time for one go."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        result = run_variant(encoder, head, *args)
+    except Exception as exc:
+        result = {"error": f"{type(exc).__name__}: {exc}"[:600]}
+        for p in list(encoder.parameters()) + list(head.parameters()):
+            p.grad = None
+    if torch.cuda.is_available():
+        result["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
+        torch.cuda.empty_cache()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="stella-shape")
@@ -169,6 +191,7 @@ def main() -> None:
 
     import torch
 
+    began = time.perf_counter()
     corpus = {"sst2": texts("sst2/train.jsonl", args.texts), "ag_news": texts("ag_news/test.jsonl", args.texts)}
     encoder = random_qwen2(args.model, corpus["sst2"][:5000] + corpus["ag_news"][:5000], args.device).to(args.device)
     encoder.train()
@@ -181,24 +204,26 @@ def main() -> None:
               "torch": torch.__version__, "non_embedding_params": n, "matmul_peak_tflops": round(peak / 1e12, 1), "results": {}}
     print(json.dumps(report), flush=True)
     flops_per_token = {"encode": 2 * n, "top3": 2 * n + 4 * n * 3 / layers, "full": 6 * n}
-    for data in args.datasets.split(","):  # in the order asked: a run cut short keeps the first ones
-        texts_ = corpus[data]
-        ids = encoder.token_ids(texts_)
-        report["results"][data] = {"mean_tokens": round(sum(map(len, ids)) / len(ids), 1)}
-        for mode in args.modes.split(","):
-            row = report["results"][data][mode] = {}
-            for variant in args.variants.split(","):
-                if variant == "packed_compiled" and mode not in args.compile_modes.split(","):
-                    continue
-                r = run_variant(encoder, head, ids, mode, variant, args)
-                r["mfu"] = round(r["real_tokens_per_s"] * flops_per_token[mode] / peak, 4)
-                if "naive" in row:
-                    r["speedup_vs_naive"] = round(r["real_tokens_per_s"] / row["naive"]["real_tokens_per_s"], 2)
-                row[variant] = r
-                print(data, mode, variant, json.dumps(r), flush=True)
-                write_report(report, args.output)
-    if args.device == "cuda":
-        report["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
+    ids = {}
+    for data in args.datasets.split(","):
+        ids[data] = encoder.token_ids(corpus[data])
+        report["results"][data] = {"mean_tokens": round(sum(map(len, ids[data])) / len(ids[data]), 1)}
+        report["results"][data].update({mode: {} for mode in args.modes.split(",")})
+    # Eager rows first, for every dataset in the order asked, compiled rows last: a run cut short (compilation
+    # is the slow, uncertain part) keeps the most rows.
+    variants = args.variants.split(",")
+    rows = [(d, m, v) for compiled in (False, True) for d in ids for m in args.modes.split(",") for v in variants
+            if (v == "packed_compiled") == compiled and (not compiled or m in args.compile_modes.split(","))]
+    for data, mode, variant in rows:
+        row = report["results"][data][mode]
+        r = guarded(run_variant, encoder, head, ids[data], mode, variant, args)
+        if "error" not in r:
+            r["mfu"] = round(r["real_tokens_per_s"] * flops_per_token[mode] / peak, 4)
+        if "error" not in r and "real_tokens_per_s" in row.get("naive", {}):
+            r["speedup_vs_naive"] = round(r["real_tokens_per_s"] / row["naive"]["real_tokens_per_s"], 2)
+        row[variant] = r
+        print(f"[{time.perf_counter() - began:.0f} s]", data, mode, variant, json.dumps(r), flush=True)
+        write_report(report, args.output)
     write_report(report, args.output)
 
 

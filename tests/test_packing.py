@@ -195,3 +195,35 @@ def test_flash_varlen_call_adapts_to_the_torch_signature(fake, causal, monkeypat
         alone = torch.nn.functional.scaled_dot_product_attention(
             q[a:b].transpose(0, 1), kk.transpose(0, 1), vv.transpose(0, 1), is_causal=causal, scale=0.3).transpose(0, 1)
         torch.testing.assert_close(got[a:b], alone)
+
+
+class _WrongBackward(torch.autograd.Function):
+    """Right forward, gradients off by a factor of two: a kernel whose backward is broken."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return 2 * grad
+
+
+@pytest.mark.parametrize("backward_ok", [True, False])
+def test_kernel_self_test_checks_gradients(backward_ok, monkeypatch):
+    """The self-test that decides whether flash varlen is used compares its gradients too, not only its output:
+    training runs the kernel's backward (a stand-in plays the kernel, so this runs on CPU)."""
+    import torch.nn.attention.varlen as varlen_module
+
+    def kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale=None, window_size=(-1, -1), enable_gqa=False):
+        out = _fake_varlen_new(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size, enable_gqa=enable_gqa)
+        return out if backward_ok else _WrongBackward.apply(out)
+
+    monkeypatch.setattr(varlen_module, "varlen_attn", kernel)
+    monkeypatch.setattr(packing, "_VARLEN_ARGS", {})
+    monkeypatch.setattr(packing, "VARLEN_DEVICES", {"cpu"})
+    problem = packing._varlen_kernel_problem(torch.device("cpu"))
+    if backward_ok:
+        assert problem is None
+    else:
+        assert "disagrees" in problem
