@@ -157,17 +157,25 @@ def _varlen_kernel_problem(device: torch.device) -> str | None:
         return f"this torch or transformers has no varlen attention ({exc})"
     read_varlen_signature(varlen_attn)
     AttentionInterface.register(VARLEN, varlen_attention)
-    if device.type not in VARLEN_DEVICES:  # CPU (tests): varlen_attention computes densely, no kernel to try
+    if device.type != "cuda":  # CPU (tests): varlen_attention computes densely, no kernel to try
         return None
+    return kernel_self_test(device)
+
+
+def kernel_self_test(device: torch.device) -> str | None:
+    """Flash varlen against dense attention, outputs and gradients (training runs the kernel's backward)."""
     generator = torch.Generator(device="cpu").manual_seed(0)
     q, k, v = (torch.randn(11, h, 64, generator=generator).to(device, torch.bfloat16).requires_grad_() for h in (4, 2, 2))
     cu = torch.tensor([0, 3, 11], dtype=torch.int32, device=device)
     try:
         with torch.enable_grad():  # training needs the kernel's backward too, and callers may be under no_grad
             for causal in (False, True):
-                outputs = _flash_varlen(q, k, v, cu, 8, causal, 0.125), _dense_varlen(q, k, v, cu, causal, 0.125)
-                fast, dense = ([out.float(), *torch.autograd.grad(out.float().square().sum(), (q, k, v))] for out in outputs)
-                if any((a - b).abs().max() > 2e-2 * max(1.0, float(b.abs().max())) for a, b in zip(fast, dense)):
+                # The reference runs in fp32: bf16 rounding (~1e-2) stays well inside the tolerance, while a
+                # wrong scale, mask or backward is off by order one.
+                exact = _dense_varlen(q.float(), k.float(), v.float(), cu, causal, 0.125)
+                outputs = _flash_varlen(q, k, v, cu, 8, causal, 0.125), exact
+                fast, dense = ([out.detach().float(), *torch.autograd.grad(out.float().square().sum(), (q, k, v))] for out in outputs)
+                if any((a.float() - b.float()).abs().max() > 5e-2 * float(b.abs().max()) for a, b in zip(fast, dense)):
                     return "flash varlen attention disagrees with dense attention on a test case"
     except Exception as exc:  # a torch whose kernel rejects this GPU or these arguments
         return f"flash varlen attention failed ({type(exc).__name__}: {exc})"
