@@ -194,6 +194,11 @@ def varlen_attention(module, query, key, value, attention_mask, dropout: float =
     """A transformers attention function over one packed row: query (1, Hq, T, D) to output (1, T, Hq, D)."""
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (T, heads, D)
     causal = bool(getattr(module, "is_causal", False))
+    if q.is_cuda and q.dtype == torch.float32 and torch.is_autocast_enabled("cuda"):
+        # Under autocast, rotary embeddings leave queries and keys in the fp32 of the residual stream. Autocast
+        # casts SDPA's inputs itself, not a custom kernel's: without this the fp32 branch below would build a
+        # tokens x tokens mask for the whole packed batch (measured: out of memory at 16k tokens).
+        q, k, v = (x.to(torch.get_autocast_dtype("cuda")) for x in (q, k, v))
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         out = _flash_varlen(q, k, v, cu_seq_lens_q, max_length_q, causal, scaling)
     else:  # fp32 (the correctness check) or CPU (tests): the same attention, computed densely
