@@ -147,8 +147,11 @@ def test_unsupported_attention_falls_back(tiny_bert_dir, monkeypatch, caplog):
 def test_varlen_refuses_attention_dropout(tiny_bert_dir, monkeypatch):
     monkeypatch.setattr(packing, "VARLEN_DEVICES", {"cpu", "cuda"})
     encoder = load_encoder(str(tiny_bert_dir))  # BERT trains with attention dropout 0.1
+    encoder.backbone.train()
     assert "attention dropout" in packing.unsupported(encoder.backbone, "varlen")
     assert packing.unsupported(encoder.backbone, "rows") is None
+    encoder.backbone.eval()  # no dropout at inference: varlen applies
+    assert packing.unsupported(encoder.backbone, "varlen") is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash varlen attention needs a CUDA GPU")

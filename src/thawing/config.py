@@ -85,9 +85,11 @@ class TrainConfig(_Strict):
     batch_size: int = Field(32, gt=0)
     max_tokens: int | None = Field(None, gt=0)  # fill batches to this many padded tokens instead of batch_size
     pad_to_multiple_of: int | None = Field(None, gt=0)  # round padded lengths up: fewer distinct shapes to compile
-    packing: bool = False  # several sentences per row, block-diagonal attention: no padding, fixed row width
+    # Speed switches; None = auto, on where measured to pay off (docs/benchmarks.md): on a GPU in bf16/fp16,
+    # packing with flash varlen attention and per-layer torch.compile; off on CPU, where both measured slower.
+    packing: bool | None = None  # run sentences without padding; true: varlen, else block-diagonal rows, anywhere
     pack_width: int | None = Field(None, gt=0)  # tokens per packed row; None: the model's max_length
-    compile: bool = False  # torch.compile the backbone; compile time counts in the first steps
+    compile: bool | None = None  # torch.compile each layer; compile time counts in the first steps
     epochs: float = Field(3, gt=0)
     lr: LearningRates = Field(default_factory=LearningRates)
     seed: int = 0
@@ -100,7 +102,7 @@ class TrainConfig(_Strict):
     eval_every: int | Literal["epoch"] = "epoch"
     eval_batch_size: int = Field(64, gt=0)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else no
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")

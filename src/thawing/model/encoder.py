@@ -77,7 +77,9 @@ class Encoder(nn.Module):
         self.do_lower_case = do_lower_case
         self.pad_multiple = 1  # pad batches to a multiple of this (bounded shapes for torch.compile)
         self.pack_width: int | None = None  # when set, token_states packs sentences into rows this wide
-        self._packing: str | bool | None = None  # the packing mode, False for none, None until checked
+        self.pack_modes: tuple[str, ...] = packing.MODES  # the modes to try, in order of preference
+        self._packing: str | bool | None = None  # the mode the last packed call used, False for none
+        self._packing_choices: dict[tuple, str | bool] = {}  # the mode chosen per context (see _packing_mode)
 
     @property
     def hidden_size(self) -> int:
@@ -181,23 +183,30 @@ class Encoder(nn.Module):
         return packing.unpack(states, packed)
 
     def _packing_mode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> str | None:
-        """Chosen once, on the first batch: varlen, else rows, each checked against the padded forward; a
-        backbone where neither is right is padded, and the log says why once."""
-        if self._packing is None:
-            self._packing, reasons = False, []
+        """Chosen on the first batch of each context, varlen then rows, each checked against the padded forward;
+        a backbone where neither is right is padded, and the log says why once. The context is what decides
+        which modes apply: half precision (weights or autocast) and whether attention dropout is active."""
+        device = input_ids.device.type
+        half = torch.is_autocast_enabled(device) or next(self.backbone.parameters()).dtype != torch.float32
+        key = (device, half, self.backbone.training, self.pack_modes)
+        if key not in self._packing_choices:
+            choice, reasons = False, []
             sample = input_ids[:32], attention_mask[:32]  # a slice is as telling as the batch, and cheaper in fp32
-            for mode in packing.MODES:
+            for mode in self.pack_modes:
                 reason = packing.unsupported(self.backbone, mode) or packing.check(
                     self.backbone, lambda ids, mask: self._packed_states(ids, mask, mode), *sample
                 )
                 if reason is None:
-                    self._packing = mode
+                    choice = mode
                     break
                 reasons.append(f"{mode}: {reason}")
-            if self._packing:
-                log.info("packing: %s%s", self._packing, f" ({'; '.join(reasons)})" if reasons else "")
+            self._packing_choices[key] = choice
+            where = f"{'training' if key[2] else 'inference'}{', half precision' if half else ''}"
+            if choice:
+                log.info("packing (%s): %s%s", where, choice, f" ({'; '.join(reasons)})" if reasons else "")
             else:
-                log.warning("packing is off, batches are padded instead: %s", "; ".join(reasons))
+                log.warning("packing is off (%s), batches are padded instead: %s", where, "; ".join(reasons))
+        self._packing = self._packing_choices[key]
         return self._packing or None
 
     def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -137,9 +137,12 @@ def unsupported(backbone: nn.Module, mode: str) -> str | None:
         return "varlen attention runs in bf16/fp16 (mixed precision or half weights); this forward is fp32"
     # Flash varlen has no attention dropout: a model that trains with it would silently train differently.
     dropout = getattr(config, "attention_dropout", None) or getattr(config, "attention_probs_dropout_prob", 0.0)
-    if dropout:
+    if dropout and backbone.training:
         return f"varlen attention has no attention dropout (the model uses {dropout})"
-    return _varlen_kernel_problem(device)
+    heads = getattr(config, "num_attention_heads", 4)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or getattr(config, "hidden_size", 64 * heads) // heads
+    return _varlen_kernel_problem(device, heads, kv_heads, head_dim)
 
 
 # ---------------------------------------------------------------------------------------------- varlen
@@ -148,8 +151,9 @@ def unsupported(backbone: nn.Module, mode: str) -> str | None:
 _VARLEN_ARGS: dict[str, bool] = {}  # which keywords this torch's varlen_attn takes (its signature has changed)
 
 
-def _varlen_kernel_problem(device: torch.device) -> str | None:
-    """None when flash varlen imports, registers with transformers and matches dense attention on a small case."""
+def _varlen_kernel_problem(device: torch.device, heads: int = 4, kv_heads: int = 2, head_dim: int = 64) -> str | None:
+    """None when flash varlen imports, registers with transformers and matches dense attention on a small case
+    of the model's head layout (the kernel supports some head sizes only)."""
     try:
         from torch.nn.attention.varlen import varlen_attn
         from transformers import AttentionInterface
@@ -159,13 +163,14 @@ def _varlen_kernel_problem(device: torch.device) -> str | None:
     AttentionInterface.register(VARLEN, varlen_attention)
     if device.type != "cuda":  # CPU (tests): varlen_attention computes densely, no kernel to try
         return None
-    return kernel_self_test(device)
+    return kernel_self_test(device, heads, kv_heads, head_dim)
 
 
-def kernel_self_test(device: torch.device) -> str | None:
+def kernel_self_test(device: torch.device, heads: int = 4, kv_heads: int = 2, head_dim: int = 64) -> str | None:
     """Flash varlen against dense attention, outputs and gradients (training runs the kernel's backward)."""
     generator = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (torch.randn(11, h, 64, generator=generator).to(device, torch.bfloat16).requires_grad_() for h in (4, 2, 2))
+    shapes = (heads, kv_heads, kv_heads)
+    q, k, v = (torch.randn(11, h, head_dim, generator=generator).to(device, torch.bfloat16).requires_grad_() for h in shapes)
     cu = torch.tensor([0, 3, 11], dtype=torch.int32, device=device)
     try:
         with torch.enable_grad():  # training needs the kernel's backward too, and callers may be under no_grad

@@ -1,0 +1,102 @@
+"""What the GPU defaults do on a GPU: bf16 autocast, flash varlen packing and compiled layers in training, packed
+embedding. Skipped without CUDA (CI has none); run on a lent GPU with `python -m pytest -q tests/test_gpu.py`.
+
+The fixture's Qwen2 has heads of 64 dimensions, like real models, so the flash kernel runs; the shared tiny
+fixtures' 8-dimensional heads show what happens where the kernel refuses a head size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import WORDS, _save_st
+from thawing.config import parse_config
+from thawing.model.loading import load_encoder
+from thawing.training.loop import train
+from toy import toy_config
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+SENTENCES = ["who won the game ?", "the movie was great", "i hate the film", "where is paris ?", "john is in paris"] * 7
+
+
+@pytest.fixture(scope="module")
+def qwen2_64_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Qwen2 with 64-dimensional heads (2 query heads, 1 key/value head) and a Dense layer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2Model
+
+    root = tmp_path_factory.mktemp("qwen2-64")
+    hf = root / "hf"
+    vocab = {tok: i for i, tok in enumerate(["<|endoftext|>", "<unk>"] + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<|endoftext|>", eos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=256, max_position_embeddings=64)
+    Qwen2Model(config).save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+    return _save_st(hf, root / "st", "mean", (128, 64), False, 48)
+
+
+def test_defaults_train_in_bf16_with_varlen_packing_and_compiled_layers(qwen2_64_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="thawing")
+    config = parse_config(toy_config(qwen2_64_dir, tmp_path))
+    run = train(config, run_dir=str(tmp_path / "run"))
+    written = (run.path / "config.yaml").read_text()
+    assert "mixed_precision: bf16" in written and "compile: true" in written  # what ran is recorded
+    assert "packing (training, half precision): varlen" in caplog.text
+    results = json.loads((run.path / "results.json").read_text())
+    assert all(np.isfinite(v) for task in results["tasks"].values() for v in task.values())
+
+
+def test_varlen_in_bf16_matches_padded(qwen2_64_dir):
+    encoder = load_encoder(str(qwen2_64_dir)).to("cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        padded = encoder.encode(SENTENCES)
+        encoder.pack_width, encoder.pack_modes = encoder.max_length, ("varlen",)
+        packed = encoder.encode(SENTENCES)
+    assert encoder._packing == "varlen"
+    cosine = (padded * packed).sum(1) / np.linalg.norm(padded, axis=1) / np.linalg.norm(packed, axis=1)
+    assert cosine.min() > 0.999  # bf16 rounding differs between the kernels, nothing else
+
+
+def test_a_head_size_the_kernel_refuses_falls_back(tiny_qwen2_dir, tmp_path, caplog):
+    """8-dimensional heads: the self-test on the model's own head layout decides, and training still runs."""
+    caplog.set_level(logging.INFO, logger="thawing")
+    config = parse_config(toy_config(tiny_qwen2_dir, tmp_path))
+    run = train(config, run_dir=str(tmp_path / "run"))
+    assert (run.path / "results.json").is_file()
+    assert "(training, half precision)" in caplog.text  # packing: varlen, or the reason it is off
+
+
+def test_attention_dropout_trains_padded_and_compiled(tiny_bert_dir, tmp_path, caplog):
+    """BERT trains with attention dropout, which flash varlen lacks: training pads (compiled), evaluation packs."""
+    caplog.set_level(logging.INFO, logger="thawing")
+    config = parse_config(toy_config(tiny_bert_dir, tmp_path))
+    run = train(config, run_dir=str(tmp_path / "run"))
+    assert "attention dropout" in caplog.text
+    assert (run.path / "results.json").is_file()
+
+
+def test_embed_defaults_on_gpu(qwen2_64_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from thawing.cli import app
+
+    src = tmp_path / "texts.txt"
+    src.write_text("\n".join(SENTENCES) + "\n")
+    out = {}
+    for name, extra in (("gpu", []), ("cpu", ["--device", "cpu"])):
+        result = CliRunner().invoke(app, ["embed", "-m", str(qwen2_64_dir), "-i", str(src), "-o", str(tmp_path / f"{name}.npy"), *extra])
+        assert result.exit_code == 0, result.output
+        out[name] = np.load(tmp_path / f"{name}.npy")
+    cosine = (out["gpu"] * out["cpu"]).sum(1) / np.linalg.norm(out["gpu"], axis=1) / np.linalg.norm(out["cpu"], axis=1)
+    assert cosine.min() > 0.99  # bf16 + varlen on the GPU, fp32 padded on CPU
