@@ -73,6 +73,20 @@ def test_embed_packed_on_cpu_gives_the_same_vectors(tiny_qwen2_dir, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "packed.npy"), np.load(tmp_path / "plain.npy"), atol=1e-5)
 
 
+def test_embed_mixed_precision(tiny_qwen2_dir, tmp_path):
+    """bf16 autocast (the GPU default) gives nearly the fp32 vectors; fp16 on CPU is refused with exit 2."""
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(SENTENCES))
+    for name, precision in (("fp32", "no"), ("bf16", "bf16")):
+        args = ("-i", str(src), "-o", str(tmp_path / f"{name}.npy"), "--device", "cpu", "--mixed-precision", precision)
+        assert invoke("embed", "-m", str(tiny_qwen2_dir), *args)[0] == 0
+    fp32, bf16 = np.load(tmp_path / "fp32.npy"), np.load(tmp_path / "bf16.npy")
+    assert 0 < np.abs(fp32 - bf16).max() < 0.05 * np.abs(fp32).max()  # rounded differently, not wrong
+    code, message = invoke("embed", "-m", str(tiny_qwen2_dir), "-i", str(src), "-o", str(tmp_path / "x.npy"),
+                           "--device", "cpu", "--mixed-precision", "fp16")
+    assert code == 2 and "fp16 needs a GPU" in message
+
+
 def test_embed_unknown_or_missing_device_exits_2(tiny_bert_dir, tmp_path):
     import torch
 

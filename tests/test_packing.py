@@ -225,8 +225,34 @@ def test_kernel_self_test_checks_gradients(backward_ok, monkeypatch):
     monkeypatch.setattr(varlen_module, "varlen_attn", kernel)
     monkeypatch.setattr(packing, "_VARLEN_ARGS", {})
     packing.read_varlen_signature(kernel)
-    problem = packing.kernel_self_test(torch.device("cpu"))
+    with torch.inference_mode():  # as under encode (measured on a GPU: it used to fail there)
+        problem = packing.kernel_self_test(torch.device("cpu"))
     if backward_ok:
         assert problem is None
     else:
         assert "disagrees" in problem
+
+
+def test_auto_compile_waits_for_packed_training(tiny_qwen2_dir, monkeypatch):
+    """Auto compile (a GPU in half precision) compiles the layers when training first runs packed with varlen,
+    not for evaluation and not for padded training, where compiled layers measured slower on the GPU."""
+    monkeypatch.setattr(packing, "VARLEN_DEVICES", {"cpu", "cuda"})
+    encoder = _load(tiny_qwen2_dir)
+    calls = []
+    monkeypatch.setattr(encoder, "compile_layers", lambda enabled=True: calls.append(enabled))
+    encoder.pack_width, encoder.pack_modes, encoder.compile_on_varlen = 64, ("varlen",), True
+    batch = encoder.tokenize(["who won the game ?", "the movie was great", "where is paris ?"])
+    encoder.eval()
+    encoder.token_states(**batch)
+    assert encoder._packing == "varlen" and calls == []  # evaluation packs, compiles nothing
+    encoder.train()
+    encoder.token_states(**batch)
+    encoder.token_states(**batch)
+    assert calls == [True]  # once, at the first packed training batch
+    padded = _load(tiny_qwen2_dir)
+    padded.backbone.config.attention_probs_dropout_prob = padded.backbone.config.attention_dropout = 0.1
+    monkeypatch.setattr(padded, "compile_layers", lambda enabled=True: calls.append(enabled))
+    padded.pack_width, padded.pack_modes, padded.compile_on_varlen = 64, ("varlen",), True
+    padded.train()
+    padded.token_states(**batch)
+    assert padded._packing is False and calls == [True]  # attention dropout: padded, so not compiled

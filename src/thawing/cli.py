@@ -79,7 +79,8 @@ def embed(
     encoder.pack_width = encoder.max_length if packing or (packing is None and on == "cuda") else None
     if packing is None:
         encoder.pack_modes = ("varlen",)
-    with torch.autocast(on, dtype=getattr(torch, {"no": "float32"}.get(precision, precision)), enabled=precision != "no"):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.autocast(on, dtype=dtype, enabled=dtype is not None):
         vectors = encoder.encode(
             texts, batch_size=batch_size, prompt=prompt, max_tokens=max_tokens or "auto",
             show_progress=sys.stderr.isatty() and len(texts) > 256,

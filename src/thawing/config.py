@@ -89,7 +89,7 @@ class TrainConfig(_Strict):
     # packing with flash varlen attention and per-layer torch.compile; off on CPU, where both measured slower.
     packing: bool | None = None  # run sentences without padding; true: varlen, else block-diagonal rows, anywhere
     pack_width: int | None = Field(None, gt=0)  # tokens per packed row; None: the model's max_length
-    compile: bool | None = None  # torch.compile each layer; compile time counts in the first steps
+    compile: bool | None = None  # torch.compile each layer; None: once training runs packed with varlen
     epochs: float = Field(3, gt=0)
     lr: LearningRates = Field(default_factory=LearningRates)
     seed: int = 0

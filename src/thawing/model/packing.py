@@ -168,22 +168,28 @@ def _varlen_kernel_problem(device: torch.device, heads: int = 4, kv_heads: int =
 
 def kernel_self_test(device: torch.device, heads: int = 4, kv_heads: int = 2, head_dim: int = 64) -> str | None:
     """Flash varlen against dense attention, outputs and gradients (training runs the kernel's backward)."""
+    # Callers may be under no_grad or inference_mode (encode): gradients are switched back on for the test.
+    with torch.inference_mode(False), torch.enable_grad():
+        return _compare_with_dense(device, heads, kv_heads, head_dim)
+
+
+def _compare_with_dense(device: torch.device, heads: int, kv_heads: int, head_dim: int) -> str | None:
     generator = torch.Generator(device="cpu").manual_seed(0)
     shapes = (heads, kv_heads, kv_heads)
     q, k, v = (torch.randn(11, h, head_dim, generator=generator).to(device, torch.bfloat16).requires_grad_() for h in shapes)
     cu = torch.tensor([0, 3, 11], dtype=torch.int32, device=device)
-    try:
-        with torch.enable_grad():  # training needs the kernel's backward too, and callers may be under no_grad
-            for causal in (False, True):
-                # The reference runs in fp32: bf16 rounding (~1e-2) stays well inside the tolerance, while a
-                # wrong scale, mask or backward is off by order one.
-                exact = _dense_varlen(q.float(), k.float(), v.float(), cu, causal, 0.125)
-                outputs = _flash_varlen(q, k, v, cu, 8, causal, 0.125), exact
-                fast, dense = ([out.detach().float(), *torch.autograd.grad(out.float().square().sum(), (q, k, v))] for out in outputs)
-                if any((a.float() - b.float()).abs().max() > 5e-2 * float(b.abs().max()) for a, b in zip(fast, dense)):
-                    return "flash varlen attention disagrees with dense attention on a test case"
-    except Exception as exc:  # a torch whose kernel rejects this GPU or these arguments
-        return f"flash varlen attention failed ({type(exc).__name__}: {exc})"
+    for causal in (False, True):
+        try:
+            fast_out = _flash_varlen(q, k, v, cu, 8, causal, 0.125)
+            fast = [fast_out.detach().float(), *torch.autograd.grad(fast_out.float().square().sum(), (q, k, v))]
+        except Exception as exc:  # a torch whose kernel rejects this GPU, head size or these arguments
+            return f"flash varlen attention failed ({type(exc).__name__}: {exc})"
+        # The reference runs in fp32: bf16 rounding (~1e-2) stays well inside the tolerance, while a wrong
+        # scale, mask or backward is off by order one.
+        exact = _dense_varlen(q.float(), k.float(), v.float(), cu, causal, 0.125)
+        dense = [exact.detach(), *torch.autograd.grad(exact.square().sum(), (q, k, v))]
+        if any((a.float() - b.float()).abs().max() > 5e-2 * float(b.abs().max()) for a, b in zip(fast, dense)):
+            return "flash varlen attention disagrees with dense attention on a test case"
     return None
 
 

@@ -108,32 +108,30 @@ def train(
 
 
 def resolve_auto(config: RunConfig) -> RunConfig:
-    """The config with its "auto" precision and compile settings decided for this machine (the run directory
-    records what ran). Auto packing stays None: it means varlen only, decided per batch context by the encoder."""
+    """The config with its "auto" precision decided for this machine (the run directory records what ran).
+    Auto packing and compile stay None: the encoder decides them on the first batches (`configure_speed`)."""
     cfg = config.train
     gpu = cfg.device != "cpu" and torch.cuda.is_available()
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
-    compile_ = cfg.compile
-    if compile_ is None:  # measured on an H200 with varlen packing: 40% -> 54% MFU, 13 s of compilation
-        compile_ = gpu and precision != "no" and cfg.packing is not False
-    train = cfg.model_copy(update={"mixed_precision": precision, "compile": compile_})
-    return config.model_copy(update={"train": train})
+    return config.model_copy(update={"train": cfg.model_copy(update={"mixed_precision": precision})})
 
 
 def configure_speed(encoder: Encoder, config: RunConfig) -> None:
     """Apply the config's padding, packing and compile switches to the encoder (after `resolve_auto`)."""
     cfg = config.train
     encoder.pad_multiple = cfg.pad_to_multiple_of or 1
+    on_gpu = encoder.device.type == "cuda"
     if cfg.packing is None:  # auto: flash varlen where it applies (a GPU in half precision); never rows
-        on_gpu = encoder.device.type == "cuda"
         encoder.pack_width = encoder.max_length if on_gpu else None
         encoder.pack_modes = ("varlen",)
     else:
         encoder.pack_width = (cfg.pack_width or encoder.max_length) if cfg.packing else None
     if cfg.compile:
         encoder.compile_layers()
+    elif cfg.compile is None:  # auto: once training runs packed with varlen, which needs a GPU in half precision
+        encoder.compile_on_varlen = on_gpu and cfg.mixed_precision != "no" and cfg.packing is not False
 
 
 # ---------------------------------------------------------------------------------------------- stage
