@@ -3,7 +3,7 @@
 # Carry .gpu-wheels/ (pydantic wheels for that Python) and .gpu-data/ (slices of ../shared/datasets) along;
 # docs/benchmarks.md says how to rebuild both. Extra arguments go to bench/gpu_throughput.py.
 set -euo pipefail
-python -c "import pydantic" 2>/dev/null || python -m pip install -q --no-index --find-links .gpu-wheels pydantic
+python -c "import pydantic, seqeval" 2>/dev/null || python -m pip install -q --no-index --find-links .gpu-wheels pydantic seqeval
 export PYTHONPATH=src THAWING_DATASETS=.gpu-data HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 out="${OUT:-bench/results}"
 python - <<'PY'

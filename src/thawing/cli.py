@@ -76,7 +76,7 @@ def embed(
     encoder = load_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code).to(on)
     # Auto packing is flash varlen alone, where it applies (a GPU in half precision): measured 1.4x the padded
     # 16k-token batches on an H200. On CPU padding measured faster (docs/benchmarks.md).
-    encoder.pack_width = encoder.max_length if packing or (packing is None and on == "cuda") else None
+    encoder.pack_width = encoder.max_length if packing or (packing is None and on == "cuda" and precision != "no") else None
     if packing is None:
         encoder.pack_modes = ("varlen",)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)

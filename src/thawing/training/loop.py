@@ -122,16 +122,16 @@ def configure_speed(encoder: Encoder, config: RunConfig) -> None:
     """Apply the config's padding, packing and compile switches to the encoder (after `resolve_auto`)."""
     cfg = config.train
     encoder.pad_multiple = cfg.pad_to_multiple_of or 1
-    on_gpu = encoder.device.type == "cuda"
+    half_on_gpu = encoder.device.type == "cuda" and cfg.mixed_precision != "no"
     if cfg.packing is None:  # auto: flash varlen where it applies (a GPU in half precision); never rows
-        encoder.pack_width = encoder.max_length if on_gpu else None
+        encoder.pack_width = encoder.max_length if half_on_gpu else None
         encoder.pack_modes = ("varlen",)
     else:
         encoder.pack_width = (cfg.pack_width or encoder.max_length) if cfg.packing else None
     if cfg.compile:
         encoder.compile_layers()
-    elif cfg.compile is None:  # auto: once training runs packed with varlen, which needs a GPU in half precision
-        encoder.compile_on_varlen = on_gpu and cfg.mixed_precision != "no" and cfg.packing is not False
+    elif cfg.compile is None:  # auto: once training runs packed with varlen
+        encoder.compile_on_varlen = half_on_gpu and cfg.packing is not False
 
 
 # ---------------------------------------------------------------------------------------------- stage
