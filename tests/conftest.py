@@ -84,13 +84,11 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     return _save_st(hf, root / "st", "mean", None, True, 48)
 
 
-@pytest.fixture(scope="session")
-def tiny_qwen2_dir(tmp_path_factory) -> Path:
-    """A 2-layer random Qwen2 (hidden 32, GQA) with a 32 -> 24 Dense projection, like stella's layout."""
+def save_qwen2(root: Path, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, dense: int) -> Path:
+    """A random Qwen2 over the toy words, with a hidden -> dense Dense projection, in sentence-transformers layout."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2Model
 
-    root = tmp_path_factory.mktemp("tiny-qwen2")
     hf = root / "hf"
     vocab = {tok: i for i, tok in enumerate(["<|endoftext|>", "<unk>"] + WORDS)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -100,12 +98,18 @@ def tiny_qwen2_dir(tmp_path_factory) -> Path:
     )
     torch.manual_seed(0)
     config = Qwen2Config(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
+        vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, intermediate_size=intermediate, max_position_embeddings=64,
     )
     Qwen2Model(config).save_pretrained(hf)
     tokenizer.save_pretrained(hf)
-    return _save_st(hf, root / "st", "mean", (32, 24), False, 48)
+    return _save_st(hf, root / "st", "mean", (hidden, dense), False, 48)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory) -> Path:
+    """A 3-layer random Qwen2 (hidden 32, GQA) with a 32 -> 24 Dense projection, like stella's layout."""
+    return save_qwen2(tmp_path_factory.mktemp("tiny-qwen2"), hidden=32, layers=3, heads=4, kv_heads=2, intermediate=64, dense=24)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import WORDS, _save_st
+from conftest import save_qwen2
 from thawing.config import parse_config
 from thawing.model.loading import load_encoder
 from thawing.training.loop import train
@@ -29,21 +29,7 @@ SENTENCES = ["who won the game ?", "the movie was great", "i hate the film", "wh
 @pytest.fixture(scope="module")
 def qwen2_64_dir(tmp_path_factory) -> Path:
     """A 2-layer random Qwen2 with 64-dimensional heads (2 query heads, 1 key/value head) and a Dense layer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2Model
-
-    root = tmp_path_factory.mktemp("qwen2-64")
-    hf = root / "hf"
-    vocab = {tok: i for i, tok in enumerate(["<|endoftext|>", "<unk>"] + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<|endoftext|>", eos_token="<|endoftext|>")
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=256, max_position_embeddings=64)
-    Qwen2Model(config).save_pretrained(hf)
-    tokenizer.save_pretrained(hf)
-    return _save_st(hf, root / "st", "mean", (128, 64), False, 48)
+    return save_qwen2(tmp_path_factory.mktemp("qwen2-64"), hidden=128, layers=2, heads=2, kv_heads=1, intermediate=256, dense=64)
 
 
 def test_defaults_train_in_bf16_with_varlen_packing_and_compiled_layers(qwen2_64_dir, tmp_path, caplog):

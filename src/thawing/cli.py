@@ -95,12 +95,12 @@ def embed(
 
 
 def _precision(name: str, device: str) -> str:
-    import torch
+    from thawing.config import auto_precision
 
     if name not in ("auto", "no", "bf16", "fp16"):
         raise InputError(f"unknown mixed precision '{name}'; choose auto, no, bf16 or fp16")
     if name == "auto":
-        return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "no"
+        return auto_precision(device == "cuda")
     if name == "fp16" and device == "cpu":  # CPU autocast runs bf16 only
         raise InputError("--mixed-precision fp16 needs a GPU; use bf16 or no on CPU")
     return name

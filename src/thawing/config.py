@@ -178,6 +178,13 @@ class RunConfig(_Strict):
 # loading
 
 
+def auto_precision(on_gpu: bool) -> str:
+    """What `mixed_precision: auto` means: bf16 on a GPU that has it (measured: docs/benchmarks.md), else fp32."""
+    import torch
+
+    return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config, apply `a.b=c` overrides, validate, and resolve data paths.
 

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from accelerate import Accelerator
 
-from thawing.config import RunConfig
+from thawing.config import RunConfig, auto_precision
 from thawing.data.batching import collate, length_grouped_batches, packed_batches, token_budget_batches
 from thawing.data.sampling import task_order
 from thawing.freezing import apply_trainable, encoder_frozen, parameter_table, set_frozen_modes
@@ -111,10 +111,9 @@ def resolve_auto(config: RunConfig) -> RunConfig:
     """The config with its "auto" precision decided for this machine (the run directory records what ran).
     Auto packing and compile stay None: the encoder decides them on the first batches (`configure_speed`)."""
     cfg = config.train
-    gpu = cfg.device != "cpu" and torch.cuda.is_available()
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
+    if cfg.mixed_precision != "auto":
+        return config
+    precision = auto_precision(cfg.device != "cpu" and torch.cuda.is_available())
     return config.model_copy(update={"train": cfg.model_copy(update={"mixed_precision": precision})})
 
 
