@@ -1,4 +1,4 @@
-"""The command line: embed, train, plan, evaluate, predict, and clear exit-2 errors on bad input.
+"""The command line: embed, train, plan, evaluate, predict, and clear exit-2 errors on bad input (report: test_report.py).
 
 Run: `.venv/bin/python -m pytest -q tests/test_cli.py`
 """

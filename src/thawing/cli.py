@@ -315,6 +315,16 @@ def predict(
     console.print(f"wrote {len(texts)} predictions to {output}")
 
 
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A finished run directory.")) -> None:
+    """Write the run's report again (report/report.md and curves.png) from its files; prints its path."""
+    from thawing.report import write_report
+
+    if not run_dir.is_dir():
+        raise InputError("not a directory", path=run_dir)
+    print(write_report(run_dir))
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into a message and exit code 2."""
     logging.basicConfig(level=os.environ.get("THAWING_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")

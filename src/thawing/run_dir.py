@@ -6,6 +6,7 @@ Layout:
     stages.json       one summary per stage
     results.json      {"tasks": {task: {metric: value}}, "score": ..., "splits": {task: split}}
     final/            encoder/ (sentence-transformers layout), heads.safetensors, labels.json, tasks.json
+    report/           report.md, curves.png (written by report.py from the files above)
 
 All paths live here. Files are written atomically; an existing directory is never reused.
 """

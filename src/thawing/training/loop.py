@@ -28,6 +28,7 @@ from thawing.metrics import selection_score
 from thawing.model.encoder import Encoder
 from thawing.model.groups import parameter_groups
 from thawing.model.heads import centroid_init
+from thawing.report import write_report
 from thawing.run_dir import RunDir
 from thawing.training.boundary_cache import BoundaryCache, cache_dtype, estimate_bytes, first_trainable_layer, usable
 from thawing.training.boundary_cache import build as build_boundary
@@ -104,6 +105,10 @@ def train(
     results = final_results(ctx)
     run.write_json("results.json", results)
     ctx.events("results", results)
+    try:
+        write_report(run.path)
+    except Exception as exc:  # the results are written; a report can be made again with `thawing report`
+        log.warning("no report for %s (%s: %s); `thawing report %s` retries", run.path, type(exc).__name__, exc, run.path)
     return run
 
 
