@@ -175,6 +175,8 @@ class _TrainPrinter:
                 console.print(f"cache: {p['message']}", markup=False, highlight=False)
             else:
                 console.print(f"cache: computing frozen features for {p['task']}/{p['split']} ({p['examples']} examples)", markup=False)
+        elif name == "scenario":
+            console.rule(f"scenario '{p['scenario']}'")
         elif name == "plan_stop":
             console.print(f"plan stopped: stage '{p['stage']}' scored {p['score']:.4f}, not better than {p['best']:.4f}", markup=False)
 
@@ -316,13 +318,51 @@ def predict(
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="A finished run directory.")) -> None:
-    """Write the run's report again (report/report.md and curves.png) from its files; prints its path."""
+def study(
+    config: Path = typer.Argument(..., help="YAML config: the tasks, data and model to compare plans on."),
+    scenarios: str = typer.Option("frozen,heads,progressive,full", help="Plan presets to run, comma-separated."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=2 (repeatable)."),
+    study_dir: Optional[Path] = typer.Option(None, help="Write the study here instead of runs/<name>-study-<timestamp>."),
+    full: bool = typer.Option(False, "--full", help="Also run stages marked optional (progressive's full stage)."),
+) -> None:
+    """Train the config once per freezing scenario and compare them; prints the study directory last."""
+    from thawing.config import load_config
+    from thawing.study import run_study
+
+    cfg = load_config(config, set_)
+    printer = _TrainPrinter()
+    try:
+        result = run_study(cfg, [s.strip() for s in scenarios.split(",") if s.strip()], str(study_dir) if study_dir else None,
+                           events=printer, run_optional=full or None)
+    finally:
+        printer.stop()
+    Console().print(_study_table(result.read_json("study.json")["scenarios"]))
+    print(result.path)
+
+
+def _study_table(rows: dict):
+    from rich.table import Table
+
+    from thawing.study import task_cells
+
+    tasks = list(next(iter(rows.values()))["primary"].items())
+    table = Table(title="study (final metrics; change against frozen)", title_justify="left")
+    for col in ["scenario", *(f"{t} ({m})" for t, m in tasks), "score", "trainable", "updates", "wall s"]:
+        table.add_column(col, justify="left" if col == "scenario" else "right")
+    for name, row in rows.items():
+        table.add_row(name, *task_cells(rows, name), f"{row['score']:.4f}", f"{row['trainable_params']:,}", str(row["updates"]), str(row["wall_s"]))
+    return table
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A finished run directory, or a study directory.")) -> None:
+    """Write the report again from the directory's files (a run's report/, a study's study.md); prints its path."""
     from thawing.report import write_report
+    from thawing.study import write_study_report
 
     if not run_dir.is_dir():
         raise InputError("not a directory", path=run_dir)
-    print(write_report(run_dir))
+    print(write_study_report(run_dir) if (run_dir / "study.json").is_file() else write_report(run_dir))
 
 
 def main() -> None:

@@ -37,6 +37,9 @@ class Stage:
     notes: list[str] = field(default_factory=list)
 
 
+PRESETS = ("frozen", "heads", "full", "progressive")  # the named plans (`schedule: <name>`)
+
+
 def preset(name: str, num_layers: int) -> list[StageConfig]:
     """The named plans. "Top" and "more" layers scale with depth: MiniLM (6) 2 and 6, stella (28) 3 and 14."""
     top = 2 if num_layers <= 12 else 3
@@ -63,8 +66,9 @@ def preset(name: str, num_layers: int) -> list[StageConfig]:
             ),
         ],
     }
+    assert tuple(stages) == PRESETS
     if name not in stages:
-        raise ConfigError(f"schedule: unknown preset '{name}'; choose one of {', '.join(stages)}")
+        raise ConfigError(f"schedule: unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
     return stages[name]
 
 
