@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -28,3 +29,15 @@ def write_text(target: str | Path, text: str) -> None:
     """Write `text` to `target` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+
+
+def replace_dir(built: str | Path, target: str | Path) -> None:
+    """Put the folder `built` (made beside `target`) in place of `target`, which may exist: a folder cannot be
+    renamed onto a non-empty one, so the old one is moved aside first and removed last."""
+    built, target = Path(built), Path(target)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(built, target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -189,19 +189,28 @@ class _TrainPrinter:
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="YAML config."),
+    config: Optional[Path] = typer.Argument(None, help="YAML config."),
     set_: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=2 (repeatable)."),
     run_dir: Optional[Path] = typer.Option(None, help="Write the run here instead of runs/<name>-<timestamp>."),
     full: bool = typer.Option(False, "--full", help="Also run stages marked optional (full fine-tuning)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue this stopped run from its last finished stage."),
 ) -> None:
-    """Train a multi-task model; prints the run directory on its last line."""
+    """Train a multi-task model (or --resume a stopped run); prints the run directory on its last line."""
     from thawing.config import load_config
+    from thawing.training.loop import resume_run
     from thawing.training.loop import train as run_training
 
-    cfg = load_config(config, set_)
+    if (config is None) == (resume is None):
+        raise InputError("give a CONFIG to train, or --resume RUN_DIR to continue a stopped run (not both)")
+    if resume is not None and (set_ or run_dir or full):
+        raise InputError("--resume continues a run as it was configured: --set, --run-dir and --full do not apply")
     printer = _TrainPrinter()
     try:
-        run = run_training(cfg, run_dir=str(run_dir) if run_dir else None, events=printer, run_optional=full or None)
+        if resume is not None:
+            run = resume_run(resume, events=printer)
+        else:
+            cfg = load_config(config, set_)
+            run = run_training(cfg, run_dir=str(run_dir) if run_dir else None, events=printer, run_optional=full or None)
     finally:
         printer.stop()
     print(run.path)

@@ -104,6 +104,7 @@ class TrainConfig(_Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else no
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint: bool = True  # save the model after every stage, so a stopped run resumes (`thawing train --resume`)
 
     @model_validator(mode="after")
     def _one_accumulation(self) -> "TrainConfig":

@@ -11,12 +11,12 @@ directory is the contract: nothing else is read). The folder is built aside and 
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import yaml
 
+from thawing.atomic import replace_dir
 from thawing.errors import InputError
 from thawing.metrics import PRIMARY_METRIC
 from thawing.run_dir import RunDir
@@ -40,13 +40,8 @@ def write_report(path: str | Path) -> Path:
     tmp.mkdir()
     curves = _plot_curves(metrics, stages, primary, tmp / "curves.png")
     (tmp / "report.md").write_text(_markdown(run, config, tasks, stages, results, metrics, primary, curves))
-    target, old = run.path / "report", run.path / ".report.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)  # a directory cannot be renamed onto a non-empty one
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target / "report.md"
+    replace_dir(tmp, run.path / "report")
+    return run.path / "report" / "report.md"
 
 
 # ---------------------------------------------------------------------------------------------- markdown

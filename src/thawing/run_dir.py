@@ -6,6 +6,7 @@ Layout:
     stages.json       one summary per stage
     results.json      {"tasks": {task: {metric: value}}, "score": ..., "splits": {task: split}}
     final/            encoder/ (sentence-transformers layout), heads.safetensors, labels.json, tasks.json
+    checkpoints/last/ the state after the last finished stage, for resuming (training/checkpoint.py)
     report/           report.md, curves.png (written by report.py from the files above)
 
 All paths live here. Files are written atomically; an existing directory is never reused.
@@ -71,6 +72,17 @@ class RunDir:
         """Append one line; a line is small enough to be written whole."""
         with open(self.path / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+    def metrics_lines(self) -> int:
+        path = self.path / "metrics.jsonl"
+        return len(path.read_text().splitlines()) if path.is_file() else 0
+
+    def keep_metrics(self, lines: int) -> None:
+        """Cut metrics.jsonl back to its first `lines` lines (a resumed run drops what the stage it repeats wrote)."""
+        path = self.path / "metrics.jsonl"
+        if path.is_file():
+            kept = path.read_text().splitlines()[:lines]
+            write_text(path, "".join(line + "\n" for line in kept))
 
     def write_json(self, name: str, data: object) -> None:
         write_text(self.path / name, json.dumps(data, indent=2) + "\n")

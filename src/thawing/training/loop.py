@@ -15,6 +15,7 @@ import zlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -23,6 +24,7 @@ from accelerate import Accelerator
 from thawing.config import RunConfig, auto_precision
 from thawing.data.batching import collate, length_grouped_batches, packed_batches, token_budget_batches
 from thawing.data.sampling import task_order
+from thawing.errors import InputError
 from thawing.freezing import apply_trainable, encoder_frozen, parameter_table, set_frozen_modes
 from thawing.metrics import selection_score
 from thawing.model.encoder import Encoder
@@ -30,6 +32,7 @@ from thawing.model.groups import parameter_groups
 from thawing.model.heads import centroid_init
 from thawing.report import write_report
 from thawing.run_dir import RunDir
+from thawing.training import checkpoint
 from thawing.training.boundary_cache import BoundaryCache, cache_dtype, estimate_bytes, first_trainable_layer, usable
 from thawing.training.boundary_cache import build as build_boundary
 from thawing.training.evaluate import CachedSplit, cached_batch, compute_cached, score, task_logits
@@ -68,11 +71,16 @@ def train(
     events: Events | None = None,
     run_optional: bool | None = None,
     encoder: Encoder | None = None,
+    resume: str | Path | None = None,
 ) -> RunDir:
     """Train per the config's plan and write a complete run directory. Returns it.
 
-    `encoder` replaces loading `config.model.name` (e.g. a model built in memory).
+    `encoder` replaces loading `config.model.name` (e.g. a model built in memory). `resume` continues the run
+    directory of a run that stopped, from its last stage-boundary checkpoint (see `resume_run`).
     """
+    state = checkpoint.read_state(Path(resume)) if resume else None
+    if state:
+        run_optional = state["run_optional"]
     prep = prepare(config, encoder)
     groups = parameter_groups(prep.model)
     plan = build_plan(config, groups, run_optional)  # selector errors surface before the run dir exists
@@ -81,14 +89,27 @@ def train(
         mixed_precision=config.train.mixed_precision, cpu=config.train.device == "cpu", gradient_accumulation_steps=1
     )
     prep.model.to(accelerator.device)
+    if state:
+        run = RunDir(resume)
+        if [s.name for s in plan] != state["plan"]:
+            raise InputError(f"the plan is now {[s.name for s in plan]}, the checkpoint's was {state['plan']}", path=run.path)
+        checkpoint.restore(run.path, prep.model)
+    else:
+        run = RunDir.create(config.name, run_dir)
+        run.write_config(config)
     configure_speed(prep.model.encoder, config)
-    run = RunDir.create(config.name, run_dir)
-    run.write_config(config)
     ctx = Context(prep, run, accelerator, events or (lambda name, payload: None), groups)
 
-    best = -math.inf
-    summaries = []
-    for stage in plan:
+    best, summaries, done, stopped = -math.inf, [], 0, False
+    if state:
+        best, summaries, done, stopped = state["best"], state["summaries"], state["stages_done"], state["plan_stopped"]
+        ctx.step, ctx.trained_heads = state["step"], set(state["trained_heads"])
+        for task, head in state["heads"].items():  # frozen heads became centroid (linear) heads
+            prep.model.specs[task].head = head
+        run.keep_metrics(state["metrics_lines"])  # what the interrupted stage logged goes; it runs again
+        run.write_json("stages.json", summaries)
+        log.info("resuming %s after stage %d of %d", run.path, done, len(plan))
+    for index, stage in enumerate(plan[done:] if not stopped else [], start=done):
         summary = run_stage(ctx, stage, best)
         summaries.append(summary)
         run.write_json("stages.json", summaries)
@@ -99,6 +120,15 @@ def train(
             summary["stopped"] += "; plan stopped: stage did not beat the best so far"
             run.write_json("stages.json", summaries)
             ctx.events("plan_stop", {"stage": stage.name, "score": summary["best_score"], "best": best})
+            stopped = True
+        if config.train.checkpoint:
+            checkpoint.save(run.path, ctx.model, {
+                "plan": [s.name for s in plan], "stages_done": index + 1, "plan_stopped": stopped, "best": best,
+                "summaries": summaries, "step": ctx.step, "trained_heads": sorted(ctx.trained_heads),
+                "heads": {t: spec.head for t, spec in ctx.model.specs.items()}, "metrics_lines": run.metrics_lines(),
+                "run_optional": run_optional,
+            })
+        if stopped:
             break
 
     run.save_final(ctx.model)
@@ -110,6 +140,16 @@ def train(
     except Exception as exc:  # the results are written; a report can be made again with `thawing report`
         log.warning("no report for %s (%s: %s); `thawing report %s` retries", run.path, type(exc).__name__, exc, run.path)
     return run
+
+
+def resume_run(run_dir: str | Path, events: Events | None = None) -> RunDir:
+    """Continue a run that stopped, in its own directory, from its last stage-boundary checkpoint, with the
+    config it recorded; it ends as the uninterrupted run would have."""
+    from thawing.config import load_config
+
+    path = Path(run_dir)
+    checkpoint.read_state(path)  # the clear error first, before any model loads
+    return train(load_config(path / "config.yaml"), events=events, resume=path)
 
 
 def resolve_auto(config: RunConfig) -> RunConfig:
