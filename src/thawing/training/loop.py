@@ -79,7 +79,7 @@ def train(
     directory of a run that stopped, from its last stage-boundary checkpoint (see `resume_run`).
     """
     state = checkpoint.read_state(Path(resume)) if resume else None
-    if state:
+    if state:  # the plan must be the one the checkpoint was taken in
         run_optional = state["run_optional"]
     prep = prepare(config, encoder)
     groups = parameter_groups(prep.model)
@@ -100,15 +100,7 @@ def train(
     configure_speed(prep.model.encoder, config)
     ctx = Context(prep, run, accelerator, events or (lambda name, payload: None), groups)
 
-    best, summaries, done, stopped = -math.inf, [], 0, False
-    if state:
-        best, summaries, done, stopped = state["best"], state["summaries"], state["stages_done"], state["plan_stopped"]
-        ctx.step, ctx.trained_heads = state["step"], set(state["trained_heads"])
-        for task, head in state["heads"].items():  # frozen heads became centroid (linear) heads
-            prep.model.specs[task].head = head
-        run.keep_metrics(state["metrics_lines"])  # what the interrupted stage logged goes; it runs again
-        run.write_json("stages.json", summaries)
-        log.info("resuming %s after stage %d of %d", run.path, done, len(plan))
+    best, summaries, done, stopped = _restore_progress(ctx, state, len(plan)) if state else (-math.inf, [], 0, False)
     for index, stage in enumerate(plan[done:] if not stopped else [], start=done):
         summary = run_stage(ctx, stage, best)
         summaries.append(summary)
@@ -127,7 +119,7 @@ def train(
                 "summaries": summaries, "step": ctx.step, "trained_heads": sorted(ctx.trained_heads),
                 "heads": {t: spec.head for t, spec in ctx.model.specs.items()}, "metrics_lines": run.metrics_lines(),
                 "run_optional": run_optional,
-            })
+            })  # everything `_restore_progress` reads back
         if stopped:
             break
 
@@ -140,6 +132,18 @@ def train(
     except Exception as exc:  # the results are written; a report can be made again with `thawing report`
         log.warning("no report for %s (%s: %s); `thawing report %s` retries", run.path, type(exc).__name__, exc, run.path)
     return run
+
+
+def _restore_progress(ctx: Context, state: dict, stages: int) -> tuple[float, list[dict], int, bool]:
+    """Put a checkpoint's progress back (the weights and random state are already restored); returns the plan's
+    best score, the finished stages' summaries, how many stages finished, and whether the plan had stopped."""
+    ctx.step, ctx.trained_heads = state["step"], set(state["trained_heads"])
+    for task, head in state["heads"].items():  # frozen heads became centroid (linear) heads
+        ctx.model.specs[task].head = head
+    ctx.run.keep_metrics(state["metrics_lines"])  # what the interrupted stage logged goes; it runs again
+    ctx.run.write_json("stages.json", state["summaries"])
+    log.info("resuming %s after stage %d of %d", ctx.run.path, state["stages_done"], stages)
+    return state["best"], state["summaries"], state["stages_done"], state["plan_stopped"]
 
 
 def resume_run(run_dir: str | Path, events: Events | None = None) -> RunDir:
