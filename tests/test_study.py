@@ -59,3 +59,19 @@ def test_study_and_report_commands(tiny_bert_dir, tmp_path):
     (tmp_path / "s" / "study.md").unlink()
     result = CliRunner().invoke(app, ["report", str(tmp_path / "s")])
     assert result.exit_code == 0 and (tmp_path / "s" / "study.md").is_file()
+
+
+def test_several_seeds_report_means_and_ranges(tiny_bert_dir, tmp_path):
+    config = parse_config(toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment", "qtype")))
+    study = run_study(config, ["frozen", "heads"], str(tmp_path / "s"), seeds=[0, 1])
+    rows = json.loads((study.path / "study.json").read_text())["scenarios"]
+    for name, row in rows.items():
+        per_seed = [json.loads((study.path / f"{name}-seed{seed}" / "results.json").read_text()) for seed in (0, 1)]
+        values = [r["tasks"]["qtype"]["accuracy"] for r in per_seed]
+        assert row["tasks"]["qtype"]["accuracy"] == pytest.approx(sum(values) / 2)
+        assert row["spread"]["qtype"]["accuracy"] == [min(values), max(values)]
+        assert [r["seed"] for r in row["per_seed"]] == [0, 1]
+    heads = rows["heads"]["spread"]["qtype"]["accuracy"]
+    assert f"[{heads[0]:.4f}-{heads[1]:.4f}]" in (study.path / "study.md").read_text()
+    with pytest.raises(InputError, match="distinct"):
+        run_study(config, ["heads"], str(tmp_path / "t"), seeds=[1, 1])

@@ -333,16 +333,21 @@ def study(
     set_: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=2 (repeatable)."),
     study_dir: Optional[Path] = typer.Option(None, help="Write the study here instead of runs/<name>-study-<timestamp>."),
     full: bool = typer.Option(False, "--full", help="Also run stages marked optional (progressive's full stage)."),
+    seeds: Optional[str] = typer.Option(None, help="Run each scenario with these seeds (e.g. 0,1,2) and report means and ranges."),
 ) -> None:
-    """Train the config once per freezing scenario and compare them; prints the study directory last."""
+    """Train the config once per freezing scenario (and seed) and compare them; prints the study directory last."""
     from thawing.config import load_config
     from thawing.study import run_study
 
+    try:
+        seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    except ValueError:
+        raise InputError(f"--seeds '{seeds}' must be integers separated by commas") from None
     cfg = load_config(config, set_)
     printer = _TrainPrinter()
     try:
         result = run_study(cfg, [s.strip() for s in scenarios.split(",") if s.strip()], str(study_dir) if study_dir else None,
-                           events=printer, run_optional=full or None)
+                           events=printer, run_optional=full or None, seeds=seed_list)
     finally:
         printer.stop()
     Console().print(_study_table(result.read_json("study.json")["scenarios"]))
