@@ -18,7 +18,6 @@ import yaml
 
 from thawing.atomic import replace_dir
 from thawing.errors import InputError
-from thawing.metrics import PRIMARY_METRIC
 from thawing.run_dir import RunDir
 
 SCORE = "*"  # the task name metrics.jsonl uses for the selection score
@@ -33,7 +32,7 @@ def write_report(path: str | Path) -> Path:
     stages, results = run.read_json("stages.json"), run.read_json("results.json")
     tasks = run.read_json("final/tasks.json")
     metrics = [m for m in run.read_metrics() if m.get("split", "dev") == "dev"]
-    primary = {t: PRIMARY_METRIC.get(spec.get("type"), "accuracy") for t, spec in tasks.items()}
+    primary = run.primary_metrics()
 
     tmp = run.path / ".report.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

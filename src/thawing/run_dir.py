@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from thawing.atomic import write_text
 from thawing.config import RunConfig, dump_config
 from thawing.errors import InputError
+from thawing.metrics import PRIMARY_METRIC
 
 
 class RunDir:
@@ -107,6 +108,10 @@ class RunDir:
         if not path.is_file():
             raise InputError("not found; is this a thawing run directory?", path=path)
         return json.loads(path.read_text())
+
+    def primary_metrics(self) -> dict[str, str]:
+        """Each task's primary metric (accuracy, or entity F1 for token tasks), from final/tasks.json."""
+        return {t: PRIMARY_METRIC[spec["type"]] for t, spec in self.read_json("final/tasks.json").items()}
 
     def read_metrics(self) -> list[dict]:
         path = self.path / "metrics.jsonl"

@@ -19,7 +19,6 @@ from typing import Callable
 from thawing.atomic import atomic_path, write_text
 from thawing.config import RunConfig
 from thawing.errors import InputError
-from thawing.metrics import PRIMARY_METRIC
 from thawing.run_dir import RunDir
 from thawing.training.stages import PRESETS
 
@@ -81,13 +80,12 @@ def _combine(per_seed: list[dict]) -> dict:
 
 def _summary(run: RunDir, seed: int) -> dict:
     stages, results = run.read_json("stages.json"), run.read_json("results.json")
-    types = {t: spec["type"] for t, spec in run.read_json("final/tasks.json").items()}
     return {
         "run": run.path.name,
         "seed": seed,
         "tasks": results["tasks"],
         "splits": results["splits"],
-        "primary": {t: PRIMARY_METRIC[kind] for t, kind in types.items()},
+        "primary": run.primary_metrics(),
         "score": results["score"],
         "trainable_params": max((s.get("trainable_params", 0) for s in stages), default=0),
         "updates": sum(s.get("updates", 0) for s in stages),
