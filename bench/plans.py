@@ -83,9 +83,9 @@ def main() -> None:
         start = time.perf_counter()
         run = train(parse_config(config), run_dir=f"{args.runs}/{stamp}-{name}")
         wall = time.perf_counter() - start
-        stages = run.read_json("stages.json")
+        stages = run.read_json(run.stages)
         results[name] = {
-            "test": run.read_json("results.json"),
+            "test": run.read_json(run.results),
             "best_dev_score": max(s["best_score"] for s in stages if s["best_score"] is not None),
             "wall_s": round(wall, 1),
             "stages": stages,

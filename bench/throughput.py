@@ -218,7 +218,7 @@ def main() -> None:
             start = time.perf_counter()
             run = loop.train(cfg, run_dir=str(runs / f"progressive-{enabled}"), encoder=encoder)
             report["progressive_end_to_end_s"]["cached" if enabled else "naive"] = {
-                "wall_s": round(time.perf_counter() - start, 1), "score": run.read_json("results.json")["score"]}
+                "wall_s": round(time.perf_counter() - start, 1), "score": run.read_json(run.results)["score"]}
             print("progressive", enabled, report["progressive_end_to_end_s"], flush=True)
     print(json.dumps(report, indent=2))
     write_report(report, args.output)

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from accelerate import Accelerator
 
 from thawing.cache import FeatureStore, entry_key, fingerprint
 from thawing.config import parse_config
-from thawing.freezing import layer_names
-from thawing.model.groups import parameter_groups
-from thawing.run_dir import RunDir
+from thawing.freezing import active_tasks, apply_trainable, layer_names, set_frozen_modes
 from thawing.training import loop
 from thawing.training.boundary_cache import estimate_bytes
+from thawing.training.paths import TopLayers, WholeModel, choose_path
 from thawing.training.setup import prepare
 from toy import toy_config
 
@@ -24,31 +22,36 @@ from toy import toy_config
 def _context(model_dir, tmp_path, tasks, stage_train, cache=None):
     raw = toy_config(model_dir, tmp_path, tasks=tasks, schedule=[{"name": "s", "train": stage_train}])
     raw["cache"] = cache or {"enabled": True, "dtype": "float32"}
-    config = parse_config(raw)
-    prep = prepare(config)
-    groups = parameter_groups(prep.model)
-    ctx = loop.Context(prep, RunDir.create("t", tmp_path / "run"), Accelerator(cpu=True), lambda n, p: None, groups)
-    stage = loop.build_plan(config, groups)[0]
-    return ctx, stage
+    ctx, plan, groups = loop.start(parse_config(raw), run_dir=str(tmp_path / "run"))
+    return ctx, plan[0], groups
+
+
+def _path(ctx, stage, groups, messages=None):
+    """The stage's forward path, chosen as the loop chooses it."""
+    apply_trainable(groups, stage.trainable)
+    ctx.model.train()
+    set_frozen_modes(ctx.model, stage.trainable)
+    note = (lambda payload: messages.append(payload.get("message", ""))) if messages is not None else (lambda p: None)
+    return choose_path(ctx.model, ctx.model, stage.trainable, ctx.prep.features, ctx.runtime, ctx.prep.config,
+                       active_tasks(ctx.model.specs, stage.trainable), note)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_qwen2_dir"])
 @pytest.mark.parametrize("task", ["qtype", "ner"])
 def test_boundary_cache_gives_same_loss_and_gradients(fixture, task, request, tmp_path):
-    ctx, stage = _context(request.getfixturevalue(fixture), tmp_path, (task,), ["heads", "projection", "layers[-1:]"])
-    loop.apply_trainable(ctx.groups, stage.trainable)
-    ctx.model.train()
-    loop.set_frozen_modes(ctx.model, stage.trainable)
-    boundary = loop._build_boundary(ctx, stage)
-    assert set(boundary) == {task} and boundary[task].first == len(layer_names(ctx.groups)) - 1
-    params = [(n, p) for g in stage.trainable for n, p in ctx.groups[g]]
+    ctx, stage, groups = _context(request.getfixturevalue(fixture), tmp_path, (task,), ["heads", "projection", "layers[-1:]"])
+    top = _path(ctx, stage, groups)
+    assert isinstance(top, TopLayers)
+    assert set(top.boundary) == {task} and top.boundary[task].first == len(layer_names(groups)) - 1
+    whole = WholeModel(ctx.model, ctx.model, ctx.prep.features, ctx.runtime, 8)
+    params = [(n, p) for g in stage.trainable for n, p in groups[g]]
     indices = [3, 0, 5, 1]  # mixed lengths: cached states were computed in other batches, with other padding
     results = []
-    for use in ({}, boundary):
+    for path in (whole, top):
         for _, p in params:
             p.grad = None
         torch.manual_seed(7)  # same dropout masks in the trainable layers on both paths
-        loss = loop._loss(ctx, task, indices, {}, use)
+        loss = path.loss(task, indices)
         loss.backward()
         results.append((loss.item(), {n: p.grad.clone() for n, p in params if p.grad is not None}))
     (naive_loss, naive_grads), (cached_loss, cached_grads) = results
@@ -59,23 +62,23 @@ def test_boundary_cache_gives_same_loss_and_gradients(fixture, task, request, tm
 
 
 def test_boundary_cache_falls_back_over_budget(tiny_qwen2_dir, tmp_path):
-    ctx, stage = _context(tiny_qwen2_dir, tmp_path, ("qtype",), ["heads", "layers[-1:]"], cache={"enabled": True, "max_gb": 1e-9})
+    ctx, stage, groups = _context(tiny_qwen2_dir, tmp_path, ("qtype",), ["heads", "layers[-1:]"],
+                                  cache={"enabled": True, "max_gb": 1e-9})
     messages = []
-    ctx.events = lambda name, payload: messages.append(payload.get("message", ""))
-    assert loop._build_boundary(ctx, stage) == {}
-    assert any("max_gb" in m for m in messages)
-    summary = loop.run_stage(ctx, stage, float("-inf"))  # still trains, without the cache
-    assert "boundary_cache" not in summary and summary["updates"] > 0
+    assert not isinstance(_path(ctx, stage, groups, messages), TopLayers)
+    assert any("max_gb" in m and "padded" in m for m in messages)
+    summary = loop.run_stage(ctx, stage, groups, [p for g in stage.trainable for _, p in groups[g]])
+    assert "boundary_cache" not in summary and summary["updates"] > 0  # still trains, without the cache
 
 
 def test_boundary_cache_falls_back_with_left_padding(tiny_qwen2_dir, tmp_path):
-    ctx, stage = _context(tiny_qwen2_dir, tmp_path, ("qtype",), ["heads", "layers[-1:]"])
+    ctx, stage, groups = _context(tiny_qwen2_dir, tmp_path, ("qtype",), ["heads", "layers[-1:]"])
     ctx.model.encoder.tokenizer.padding_side = "left"
-    assert loop._build_boundary(ctx, stage) == {}
+    assert not isinstance(_path(ctx, stage, groups), TopLayers)
 
 
 def test_estimate_counts_tokens_hidden_and_bytes(tiny_bert_dir, tmp_path):
-    ctx, _ = _context(tiny_bert_dir, tmp_path, ("qtype",), ["heads"])
+    ctx, _, _ = _context(tiny_bert_dir, tmp_path, ("qtype",), ["heads"])
     feats = ctx.prep.features["qtype"]["train"]
     assert estimate_bytes([feats], 32, torch.bfloat16) == sum(feats.lengths) * 32 * 2
 

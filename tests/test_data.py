@@ -150,7 +150,7 @@ def test_classification_labels_sorted_and_stringified(tmp_path):
     data = load_task("c", task(train, dev, prompt="q: "))
     assert data.labels == ["2", "9", "10"]  # integer labels sort as numbers
     assert [e.label for e in data.splits["train"]] == [2, 0, 1, 0] and data.splits["dev"][0].label == 1
-    assert data.splits["dev"][0].text == "hello" and not data.dev_from_train and data.prompt == "q: "
+    assert data.splits["dev"][0].text == "hello" and len(data.splits["train"]) == 4  # dev given: nothing carved
     words = jsonl(tmp_path, "w.jsonl", [{"text": "a", "label": "b"}, {"text": "c", "label": "A"}])
     assert load_task("w", task(words, words)).labels == ["A", "b"]
     fixed = load_task("f", task(words, words, labels=["b", "A", "unused"]))
@@ -228,8 +228,7 @@ def test_dev_carving_is_deterministic(tmp_path):
     train = jsonl(tmp_path, "t.jsonl", [{"text": f"t{i}", "label": str(i % 3)} for i in range(50)])
     a, b, c = (load_task("x", task(train, dev_fraction=0.2), seed=s) for s in (1, 1, 2))
     texts = {k: [e.text for e in v] for k, v in a.splits.items()}
-    assert a.dev_from_train and len(texts["dev"]) == 10 and len(texts["train"]) == 40
-    assert a.sources == {"train": str(train), "dev": str(train)}
+    assert len(texts["dev"]) == 10 and len(texts["train"]) == 40
     assert texts == {k: [e.text for e in v] for k, v in b.splits.items()}
     assert texts["dev"] != [e.text for e in c.splits["dev"]]
     order = lambda ts: [int(t[1:]) for t in ts]  # noqa: E731

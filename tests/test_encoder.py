@@ -88,7 +88,7 @@ def test_groups_reject_a_parameter_outside_every_group(tiny_bert_dir):
 @pytest.mark.parametrize("pooling", ["cls", "last", "max"])
 def test_pooling_modes(tiny_qwen2_dir, pooling):
     encoder = load_encoder(str(tiny_qwen2_dir), pooling=pooling)
-    batch = encoder.tokenize(SENTENCES)
+    batch = encoder.pad(encoder.token_ids(SENTENCES))
     with torch.no_grad():
         states = encoder.token_states(**batch)
         pooled = POOLERS[pooling](states, batch["attention_mask"])

@@ -11,7 +11,7 @@ import pytest
 
 from thawing.config import parse_config
 from thawing.errors import ConfigError
-from thawing.freezing import select_groups, trainable_from_freeze
+from thawing.freezing import select_groups
 from thawing.training.stages import build_plan, preset
 
 GROUPS = OrderedDict((name, []) for name in
@@ -34,10 +34,10 @@ def test_unknown_selector_lists_valid_forms():
 
 
 def test_freeze_scenarios():
-    assert trainable_from_freeze(["encoder"], GROUPS) == ["projection", "head:a", "head:ner"]
-    assert trainable_from_freeze(["encoder", "projection"], GROUPS) == ["head:a", "head:ner"]
-    assert "head:a" not in trainable_from_freeze(["head:a"], GROUPS)
-    assert trainable_from_freeze(["all"], GROUPS) == []
+    assert select_groups(["all", "-encoder"], GROUPS) == ["projection", "head:a", "head:ner"]
+    assert select_groups(["all", "-encoder", "-projection"], GROUPS) == ["head:a", "head:ner"]
+    assert "head:a" not in select_groups(["all", "-head:a"], GROUPS)
+    assert select_groups(["all", "-all"], GROUPS) == []
 
 
 def test_presets_scale_with_depth():

@@ -53,15 +53,15 @@ def test_embed_1000_trec_questions_matches_sentence_transformers(minilm_dir, dat
 
 def test_frozen_network_baseline_is_well_above_chance(minilm_dir, datasets_dir, tmp_path):
     run = train(parse_config(_trec(datasets_dir, 1500, ["all"])), run_dir=str(tmp_path / "run"))
-    accuracy = run.read_json("results.json")["tasks"]["question_type"]["accuracy"]
+    accuracy = run.read_json(run.results)["tasks"]["question_type"]["accuracy"]
     # Six classes, the largest 27% of the test set: centroids of frozen MiniLM embeddings do far better.
     assert accuracy > 0.5
 
 
 def test_heads_only_learns_trec(minilm_dir, datasets_dir, tmp_path):
     run = train(parse_config(_trec(datasets_dir, 1500, ["encoder"], epochs=4)), run_dir=str(tmp_path / "run"))
-    assert run.read_json("stages.json")[0]["cached"] is True
-    assert run.read_json("results.json")["tasks"]["question_type"]["accuracy"] > 0.75
+    assert run.read_json(run.stages)[0]["cached"] is True
+    assert run.read_json(run.results)["tasks"]["question_type"]["accuracy"] > 0.75
 
 
 def test_ner_plus_classification_reports_entity_f1(minilm_dir, datasets_dir, tmp_path):
@@ -72,7 +72,7 @@ def test_ner_plus_classification_reports_entity_f1(minilm_dir, datasets_dir, tmp
         "limit": {"train": 500, "dev": 200},
     }
     run = train(parse_config(config), run_dir=str(tmp_path / "run"))
-    ner = run.read_json("results.json")["tasks"]["ner"]
+    ner = run.read_json(run.results)["tasks"]["ner"]
     assert {"precision", "recall", "f1"} <= set(ner)
     assert ner["f1"] > 0.3  # a linear tag head on frozen MiniLM token states already finds entities
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from thawing.metrics import PRIMARY_METRIC, classification_metrics, selection_score, token_metrics
+from thawing.metrics import classification_metrics, selection_score, token_metrics
+from thawing.task_types import primary_metrics
 
 
 def test_classification_metrics_by_hand() -> None:
@@ -74,11 +75,13 @@ RESULTS = {
     "intent": {"accuracy": 0.9, "macro_f1": 0.7},
     "ner": {"precision": 0.5, "recall": 0.7, "f1": 0.6, "accuracy": 0.95},
 }
-TYPES = {"intent": "classification", "ner": "token-classification"}
+TYPES = primary_metrics({"intent": "classification", "ner": "token-classification"})
 
 
 def test_primary_metrics() -> None:
-    assert PRIMARY_METRIC == {"classification": "accuracy", "token-classification": "f1"}
+    assert TYPES == {"intent": "accuracy", "ner": "f1"}
+    with pytest.raises(ValueError, match="unknown task type"):
+        primary_metrics({"x": "regression"})
 
 
 def test_selection_score_mean_of_primary_metrics() -> None:
@@ -104,5 +107,5 @@ def test_selection_score_unknown_metric_lists_available(metric: str) -> None:
 def test_selection_score_needs_results_and_known_types() -> None:
     with pytest.raises(ValueError):
         selection_score({}, TYPES)
-    with pytest.raises(ValueError, match="unknown type"):
-        selection_score(RESULTS, {"intent": "classification"})
+    with pytest.raises(ValueError, match="no primary metric"):
+        selection_score(RESULTS, {"intent": "accuracy"})

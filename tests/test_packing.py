@@ -16,6 +16,7 @@ from thawing.model import packing
 from thawing.model.loading import load_encoder
 from thawing.model.multitask import MultiTaskModel, TaskSpec
 from thawing.model.pooling import POOLERS
+from thawing.runtime import apply, resolve
 
 ENCODERS = ["tiny_bert_dir", "tiny_qwen2_dir"]
 
@@ -52,6 +53,14 @@ def _batch(encoder, texts=SENTENCES):
     return encoder.pad(encoder.token_ids(texts))
 
 
+def _use_packing(encoder, batch, width=24, training=False, **options):
+    """Resolve a CPU runtime that packs (the modes `packing.MODES` holds), checked on `batch`, and apply it."""
+    runtime = resolve(encoder, device="cpu", precision="no", packing_=True, pack_width=width, training=training,
+                      sample=lambda: (batch["input_ids"], batch["attention_mask"]), **options)
+    apply(runtime, encoder)
+    return runtime
+
+
 # BERT with left padding is left out: its absolute positions then start after the padding, so its padded
 # outputs depend on the padding and packing (which checks against them) rightly falls back.
 @pytest.mark.parametrize("fixture,side", [("tiny_bert_dir", "right"), ("tiny_qwen2_dir", "right"), ("tiny_qwen2_dir", "left")])
@@ -61,9 +70,9 @@ def test_packed_token_states_equal_padded_in_fp32(fixture, side, mode, request):
     batch = _batch(encoder)
     with torch.no_grad():
         padded = encoder.token_states(**batch)
-        encoder.pack_width = 24  # narrower than the batch holds: several rows, several sentences per row
+        runtime = _use_packing(encoder, batch)  # 24: narrower than the batch holds, several sentences per row
         packed = encoder.token_states(**batch)
-    assert encoder._packing == mode
+    assert runtime.inference_packing == mode
     real = batch["attention_mask"].bool()
     assert packed.shape == padded.shape
     torch.testing.assert_close(packed[real], padded[real], atol=1e-5, rtol=0)
@@ -100,7 +109,8 @@ def test_packed_gradients_equal_padded(fixture, task_type, mode, request):
     labels = torch.randint(0, 3, shape).masked_fill(torch.zeros(shape, dtype=torch.bool) if task_type == "classification" else batch["attention_mask"] == 0, -100)
 
     def grads(width):
-        encoder.pack_width = width
+        if width:
+            assert _use_packing(encoder, batch, width).inference_packing == mode
         model.zero_grad()
         loss = model.loss("t", model("t", batch["input_ids"], batch["attention_mask"]), labels)
         loss.backward()
@@ -108,7 +118,6 @@ def test_packed_gradients_equal_padded(fixture, task_type, mode, request):
 
     loss_padded, padded = grads(None)
     loss_packed, packed = grads(24)
-    assert encoder._packing == mode
     torch.testing.assert_close(loss_packed, loss_padded, atol=1e-5, rtol=0)
     assert padded.keys() == packed.keys() and len(padded) > 10
     for name in padded:
@@ -123,11 +132,10 @@ def test_wrong_mask_is_caught_and_falls_back(tiny_qwen2_dir, monkeypatch, caplog
     batch = _batch(encoder)
     with torch.no_grad():
         padded = encoder.token_states(**batch)
-        encoder.pack_width = 24
         with caplog.at_level(logging.WARNING):
-            fallback = encoder.token_states(**batch)
-            encoder.token_states(**batch)
-    assert encoder._packing is False
+            runtime = _use_packing(encoder, batch)
+        fallback = encoder.token_states(**batch)
+    assert runtime.inference_packing is None
     assert sum("packing is off" in r.message for r in caplog.records) == 1  # said once
     assert "differ" in caplog.text
     torch.testing.assert_close(fallback, padded)
@@ -136,10 +144,9 @@ def test_wrong_mask_is_caught_and_falls_back(tiny_qwen2_dir, monkeypatch, caplog
 def test_unsupported_attention_falls_back(tiny_bert_dir, monkeypatch, caplog):
     encoder = load_encoder(str(tiny_bert_dir)).eval()
     monkeypatch.setattr(packing, "MASK_FORMATS", {"flash_attention_2": "none"})
-    encoder.pack_width = 24
     with torch.no_grad(), caplog.at_level(logging.WARNING):
-        encoder.token_states(**_batch(encoder))
-    assert encoder._packing is False
+        runtime = _use_packing(encoder, _batch(encoder))
+    assert runtime.inference_packing is None
     assert "takes no custom 4D mask" in caplog.text
     assert "varlen attention needs a GPU" in caplog.text  # on this CPU: both reasons, in one message
 
@@ -147,11 +154,9 @@ def test_unsupported_attention_falls_back(tiny_bert_dir, monkeypatch, caplog):
 def test_varlen_refuses_attention_dropout(tiny_bert_dir, monkeypatch):
     monkeypatch.setattr(packing, "VARLEN_DEVICES", {"cpu", "cuda"})
     encoder = load_encoder(str(tiny_bert_dir))  # BERT trains with attention dropout 0.1
-    encoder.backbone.train()
-    assert "attention dropout" in packing.unsupported(encoder.backbone, "varlen")
-    assert packing.unsupported(encoder.backbone, "rows") is None
-    encoder.backbone.eval()  # no dropout at inference: varlen applies
-    assert packing.unsupported(encoder.backbone, "varlen") is None
+    assert "attention dropout" in packing.unsupported(encoder.backbone, "varlen", training=True)
+    assert packing.unsupported(encoder.backbone, "rows", training=True) is None
+    assert packing.unsupported(encoder.backbone, "varlen", training=False) is None  # no dropout at inference
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash varlen attention needs a CUDA GPU")
@@ -163,7 +168,7 @@ def test_flash_varlen_matches_dense_attention_on_gpu():
 def test_encode_with_packing_matches(fixture, mode, request):
     encoder = _load(request.getfixturevalue(fixture))
     plain = encoder.encode(SENTENCES * 5, batch_size=8)
-    encoder.pack_width = 32
+    assert _use_packing(encoder, _batch(encoder), 32).inference_packing == mode
     packed = encoder.encode(SENTENCES * 5, batch_size=8)
     torch.testing.assert_close(torch.from_numpy(packed), torch.from_numpy(plain), atol=1e-5, rtol=0)
 
@@ -234,25 +239,17 @@ def test_kernel_self_test_checks_gradients(backward_ok, monkeypatch):
 
 
 def test_auto_compile_waits_for_packed_training(tiny_qwen2_dir, monkeypatch):
-    """Auto compile (a GPU in half precision) compiles the layers when training first runs packed with varlen,
-    not for evaluation and not for padded training, where compiled layers measured slower on the GPU."""
+    """Auto compile compiles the layers when training runs packed with varlen, not for evaluation alone and not for
+    padded training, where compiled layers measured slower on the GPU."""
     monkeypatch.setattr(packing, "VARLEN_DEVICES", {"cpu", "cuda"})
+    monkeypatch.setattr(packing, "MODES", ("varlen",))
     encoder = _load(tiny_qwen2_dir)
-    calls = []
-    monkeypatch.setattr(encoder, "compile_layers", lambda enabled=True: calls.append(enabled))
-    encoder.pack_width, encoder.pack_modes, encoder.compile_on_varlen = 64, ("varlen",), True
-    batch = encoder.tokenize(["who won the game ?", "the movie was great", "where is paris ?"])
-    encoder.eval()
-    encoder.token_states(**batch)
-    assert encoder._packing == "varlen" and calls == []  # evaluation packs, compiles nothing
-    encoder.train()
-    encoder.token_states(**batch)
-    encoder.token_states(**batch)
-    assert calls == [True]  # once, at the first packed training batch
+    monkeypatch.setattr(encoder, "compile_layers", lambda enabled=True: None)  # the decision, not the compile
+    batch = _batch(encoder, ["who won the game ?", "the movie was great", "where is paris ?"])
+    runtime = _use_packing(encoder, batch, 64, training=True)
+    assert (runtime.packing, runtime.inference_packing, runtime.compile) == ("varlen", "varlen", True)
+    assert _use_packing(encoder, batch, 64, training=False).compile is False  # inference only: nothing compiled
     padded = _load(tiny_qwen2_dir)
     padded.backbone.config.attention_probs_dropout_prob = padded.backbone.config.attention_dropout = 0.1
-    monkeypatch.setattr(padded, "compile_layers", lambda enabled=True: calls.append(enabled))
-    padded.pack_width, padded.pack_modes, padded.compile_on_varlen = 64, ("varlen",), True
-    padded.train()
-    padded.token_states(**batch)
-    assert padded._packing is False and calls == [True]  # attention dropout: padded, so not compiled
+    runtime = _use_packing(padded, batch, 64, training=True)
+    assert (runtime.packing, runtime.inference_packing, runtime.compile) == (None, "varlen", False)  # dropout

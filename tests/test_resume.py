@@ -27,17 +27,14 @@ def _config(model_dir, root):
     return parse_config(toy_config(model_dir, root, schedule=SCHEDULE))
 
 
-def _stop_in_stage(monkeypatch, name: str) -> None:
-    """Make the run die inside stage `name`, after that stage has logged metrics (as a crash would)."""
-    real = loop._evaluate
+def _kill_in_stage(name: str):
+    """Events that make the run die inside stage `name`, after that stage has logged metrics (as a crash would)."""
 
-    def evaluate(ctx, stage, *args, **kwargs):
-        value = real(ctx, stage, *args, **kwargs)
-        if stage.name == name:
+    def events(event: str, payload: dict) -> None:
+        if event == "eval" and payload["stage"] == name:
             raise KeyboardInterrupt("killed")
-        return value
 
-    monkeypatch.setattr(loop, "_evaluate", evaluate)
+    return events
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +44,8 @@ def reference(tiny_bert_dir, tmp_path_factory):
 
 
 def test_a_stopped_run_resumes_to_the_same_result(tiny_bert_dir, tmp_path, monkeypatch, reference):
-    with monkeypatch.context() as patch:
-        _stop_in_stage(patch, "all")
-        with pytest.raises(KeyboardInterrupt):
-            loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"))
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"), events=_kill_in_stage("all"))
     state = json.loads((tmp_path / "run" / "checkpoints" / "last" / "state.json").read_text())
     assert state["stages_done"] == 1 and not (tmp_path / "run" / "results.json").exists()
 
@@ -89,10 +84,8 @@ def test_resume_refuses_finished_and_unstarted_runs(reference, tmp_path):
 
 
 def test_resume_from_the_command_line(tiny_bert_dir, tmp_path, monkeypatch):
-    with monkeypatch.context() as patch:
-        _stop_in_stage(patch, "all")
-        with pytest.raises(KeyboardInterrupt):
-            loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"))
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"), events=_kill_in_stage("all"))
     result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "results.json").is_file() and (tmp_path / "run" / "report" / "report.md").is_file()

@@ -69,16 +69,16 @@ def test_same_seed_same_metrics(tiny_qwen2_dir, tmp_path):
     first = _run(tiny_qwen2_dir, tmp_path, name="a")
     second = _run(tiny_qwen2_dir, tmp_path, name="b")
     assert (first.path / "metrics.jsonl").read_text() == (second.path / "metrics.jsonl").read_text()
-    assert first.read_json("results.json") == second.read_json("results.json")
+    assert first.read_json(first.results) == second.read_json(second.results)
 
 
 @pytest.mark.parametrize("cache", [True, False])
 def test_frozen_all_makes_no_gradient_step_and_builds_centroid_heads(tiny_bert_dir, tmp_path, cache):
     run = _run(tiny_bert_dir, tmp_path, freeze=["all"], cache={"enabled": cache})
     assert _changed(_encoder_state(tiny_bert_dir), _encoder_state(run.encoder_dir)) == set()
-    stages = run.read_json("stages.json")
+    stages = run.read_json(run.stages)
     assert stages[0]["stopped"] == "no training (frozen)" and stages[0]["epochs_run"] == 0
-    assert not any(line.get("event") == "step" for line in run.read_metrics())
+    assert stages[0]["updates"] == 0 and {m["step"] for m in run.read_metrics()} == {0}  # no optimizer step
     # The sentiment head is the nearest-centroid classifier of the training embeddings.
     from toy import NEGATIVE, POSITIVE
 
@@ -87,13 +87,13 @@ def test_frozen_all_makes_no_gradient_step_and_builds_centroid_heads(tiny_bert_d
     heads = load_file(str(run.final / "heads.safetensors"))
     np.testing.assert_allclose(heads["sentiment.net.1.weight"].numpy(), centroids, atol=1e-5)
     np.testing.assert_allclose(heads["sentiment.net.1.bias"].numpy(), -0.5 * (centroids**2).sum(1), atol=1e-5)
-    assert set(run.read_json("results.json")["tasks"]) == {"sentiment", "qtype", "ner"}
+    assert set(run.read_json(run.results)["tasks"]) == {"sentiment", "qtype", "ner"}
 
 
 def test_frozen_encoder_trains_only_heads(tiny_qwen2_dir, tmp_path):
     run = _run(tiny_qwen2_dir, tmp_path, freeze=["encoder", "projection"])
     assert _changed(_encoder_state(tiny_qwen2_dir), _encoder_state(run.encoder_dir)) == set()
-    assert run.read_json("stages.json")[0]["cached"] is True
+    assert run.read_json(run.stages)[0]["cached"] is True
 
 
 def test_frozen_head_stays_bit_identical_while_encoder_learns(tiny_bert_dir, tmp_path):
@@ -118,8 +118,8 @@ def test_cached_and_uncached_heads_training_agree(tiny_bert_dir, tmp_path):
     # than on padded (B, T, H) states, so the random streams would differ, legitimately.
     cached = _run(tiny_bert_dir, tmp_path, name="c", head_dropout=0.0, freeze=["encoder"], cache={"enabled": True})
     naive = _run(tiny_bert_dir, tmp_path, name="n", head_dropout=0.0, freeze=["encoder"], cache={"enabled": False})
-    assert cached.read_json("stages.json")[0]["cached"] and not naive.read_json("stages.json")[0]["cached"]
-    a, b = cached.read_json("results.json"), naive.read_json("results.json")
+    assert cached.read_json(cached.stages)[0]["cached"] and not naive.read_json(naive.stages)[0]["cached"]
+    a, b = cached.read_json(cached.results), naive.read_json(naive.results)
     assert a["tasks"].keys() == b["tasks"].keys()
     for task in a["tasks"]:
         for metric, value in a["tasks"][task].items():
@@ -138,17 +138,10 @@ def test_each_stage_updates_exactly_its_groups_at_its_rates(tiny_qwen2_dir, tmp_
     ]
     config = parse_config(toy_config(tiny_qwen2_dir, tmp_path, tasks=("qtype",), schedule=stages,
                                      train={"batch_size": 16, "warmup": 0, "lr_schedule": "constant", "weight_decay": 0.0}))
-    from thawing.training.setup import prepare
     from thawing.training import loop
 
     # Run stage by stage, checking which parameters moved and by how much.
-    prep = prepare(config)
-    groups = parameter_groups(prep.model)
-    plan = loop.build_plan(config, groups)
-    from accelerate import Accelerator
-    from thawing.run_dir import RunDir
-
-    ctx = loop.Context(prep, RunDir.create("t", tmp_path / "run"), Accelerator(cpu=True), lambda n, p: None, groups)
+    ctx, plan, groups = loop.start(config, run_dir=str(tmp_path / "run"))
     expected = {
         "heads": {"head:qtype": 1e-2},
         "top": {"head:qtype": 3e-3, "layers.2": 1e-3, "norm": 1e-3},
@@ -157,7 +150,7 @@ def test_each_stage_updates_exactly_its_groups_at_its_rates(tiny_qwen2_dir, tmp_
     for stage in plan:
         before = {g: [p.detach().clone() for _, p in members] for g, members in groups.items()}
         stage.restore_best = False  # keep the single update, whatever dev says
-        loop._fit(ctx, stage, [p for g in stage.trainable for _, p in groups[g]], {})
+        loop.run_stage(ctx, stage, groups, [p for g in stage.trainable for _, p in groups[g]])
         moved = {}
         for g, members in groups.items():
             delta = max((p.detach() - b).abs().max().item() for (_, p), b in zip(members, before[g]))
@@ -176,7 +169,7 @@ def test_plateau_stops_a_stage_and_the_plan(tiny_bert_dir, tmp_path):
         {"name": "never", "train": ["all"], "epochs": 1},
     ]
     run = _run(tiny_bert_dir, tmp_path, tasks=("sentiment",), schedule=stages)
-    summary = run.read_json("stages.json")
+    summary = run.read_json(run.stages)
     assert [s["stage"] for s in summary] == ["warm", "tiny"]
     assert summary[1]["stopped"].startswith("plateau") and "plan stopped" in summary[1]["stopped"]
     assert summary[1]["epochs_run"] < 6
@@ -185,8 +178,8 @@ def test_plateau_stops_a_stage_and_the_plan(tiny_bert_dir, tmp_path):
 def test_gradient_accumulation_and_step_evaluation(tiny_bert_dir, tmp_path):
     plain = _run(tiny_bert_dir, tmp_path, name="plain", tasks=("sentiment",))
     accumulated = _run(tiny_bert_dir, tmp_path, name="acc", tasks=("sentiment",), train={"grad_accum": 2, "epochs": 2, "batch_size": 4, "eval_every": 1})
-    updates = plain.read_json("stages.json")[0]["updates"]
-    assert accumulated.read_json("stages.json")[0]["updates"] == updates // 2
+    updates = plain.read_json(plain.stages)[0]["updates"]
+    assert accumulated.read_json(accumulated.stages)[0]["updates"] == updates // 2
     steps = [x["step"] for x in accumulated.read_metrics() if x["task"] == "*"]
     assert steps == list(range(1, updates // 2 + 1))  # eval_every: 1 evaluates after every optimizer update
 
@@ -194,8 +187,8 @@ def test_gradient_accumulation_and_step_evaluation(tiny_bert_dir, tmp_path):
 def test_token_budget_training_runs_and_is_deterministic(tiny_qwen2_dir, tmp_path):
     first = _run(tiny_qwen2_dir, tmp_path, name="a", train={"max_tokens": 48, "epochs": 2, "seed": 0})
     second = _run(tiny_qwen2_dir, tmp_path, name="b", train={"max_tokens": 48, "epochs": 2, "seed": 0})
-    assert first.read_json("results.json") == second.read_json("results.json")
-    assert first.read_json("stages.json")[0]["updates"] > 0
+    assert first.read_json(first.results) == second.read_json(second.results)
+    assert first.read_json(first.stages)[0]["updates"] > 0
 
 
 @pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="torch.compile on CPU needs a C compiler")
@@ -211,17 +204,13 @@ def test_compiled_training_matches_eager(tiny_qwen2_dir, tmp_path, speed):
         torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3)
 
 
-def _loop_context(model_dir, tmp_path, tasks):
-    from accelerate import Accelerator
-
-    from thawing.run_dir import RunDir
+def _whole_model_path(model_dir, tmp_path, tasks):
     from thawing.training import loop
-    from thawing.training.setup import prepare
+    from thawing.training.paths import WholeModel
 
-    prep = prepare(parse_config(toy_config(model_dir, tmp_path, tasks=tasks)))
-    prep.model.eval()  # no dropout: the accumulated and the one-pass gradients see the same network
-    run = RunDir.create("t", tmp_path / "run")
-    return loop.Context(prep, run, Accelerator(cpu=True), lambda n, p: None, parameter_groups(prep.model))
+    ctx, _, _ = loop.start(parse_config(toy_config(model_dir, tmp_path, tasks=tasks)), run_dir=str(tmp_path / "run"))
+    ctx.model.eval()  # no dropout: the accumulated and the one-pass gradients see the same network
+    return ctx, WholeModel(ctx.model, ctx.model, ctx.prep.features, ctx.runtime, 8)
 
 
 def _gradients(model) -> dict[str, torch.Tensor]:
@@ -233,14 +222,18 @@ def _gradients(model) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("tasks", [("sentiment",), ("ner",), ("sentiment", "ner")])
 def test_an_update_averages_its_labelled_items_whatever_the_batch_sizes(tiny_bert_dir, tmp_path, tasks):
     from thawing.data.batching import collate
-    from thawing.training import loop
+    from thawing.training.updates import divisors
 
-    ctx = _loop_context(tiny_bert_dir, tmp_path, tasks)
+    ctx, path = _whole_model_path(tiny_bert_dir, tmp_path, tasks)
     model, train_sets = ctx.model, {t: ctx.prep.features[t]["train"] for t in tasks}
     # Unequal sizes within a task, and an unequal count of micro-batches per task.
     split = {"sentiment": [[0], [1, 2, 3, 4, 5], [6, 7]], "ner": [[0, 1, 2], [3]]}
     update = [(t, b) for t in tasks for b in split[t]]
-    reported = loop._accumulate(ctx, update, train_sets, {}, {})
+    reported = 0.0  # what the loop does for one update: each micro-batch's loss over its divisor, backward
+    for (task, indices), divisor in zip(update, divisors(update, train_sets)):
+        loss = path.loss(task, indices, divisor)
+        loss.backward()
+        reported += loss.item()
     accumulated = _gradients(model)
 
     # One pass per task over all its examples of the update, the plain mean; tasks share by micro-batch count.
@@ -258,18 +251,17 @@ def test_an_update_averages_its_labelled_items_whatever_the_batch_sizes(tiny_ber
 
 
 def test_one_fixed_size_batch_per_update_is_the_batch_mean(tiny_bert_dir, tmp_path):
-    from thawing.training import loop
+    from thawing.training.updates import divisors
 
-    ctx = _loop_context(tiny_bert_dir, tmp_path, ("sentiment",))
+    ctx, path = _whole_model_path(tiny_bert_dir, tmp_path, ("sentiment",))
     indices, train_sets = [0, 3, 5, 9], {"sentiment": ctx.prep.features["sentiment"]["train"]}
-    [divisor] = loop._divisors([("sentiment", indices)], train_sets)
-    weighted = loop._loss(ctx, "sentiment", indices, {}, {}, divisor)
-    torch.testing.assert_close(weighted, loop._loss(ctx, "sentiment", indices, {}, {}))
+    [divisor] = divisors([("sentiment", indices)], train_sets)
+    torch.testing.assert_close(path.loss("sentiment", indices, divisor), path.loss("sentiment", indices))
 
 
 def test_updates_close_as_soon_as_they_reach_the_token_budget():
     from thawing.data.batching import Features
-    from thawing.training import loop
+    from thawing.training.updates import group_updates
 
     rng = np.random.default_rng(0)
     sets = {t: Features([[1] * int(n) for n in rng.integers(3, 40, 50)], [0] * 50) for t in ("a", "b")}
@@ -280,11 +272,11 @@ def test_updates_close_as_soon_as_they_reach_the_token_budget():
         return sum(len(sets[t].input_ids[i]) for t, b in batches for i in b)
 
     for budget in (1, 64, 200, 10**6):
-        updates = loop._group_updates(micro, sets, update_tokens=budget)
+        updates = group_updates(micro, sets, update_tokens=budget)
         assert [m for u in updates for m in u] == micro  # nothing lost, duplicated or reordered
         assert all(tokens(u) >= budget > tokens(u[:-1]) for u in updates[:-1])
         assert updates[-1] and tokens(updates[-1][:-1]) < budget
-    assert [len(u) for u in loop._group_updates(micro, sets, grad_accum=7)] == [7] * 8 + [4]
+    assert [len(u) for u in group_updates(micro, sets, grad_accum=7)] == [7] * 8 + [4]
 
 
 def test_update_tokens_training_accumulates_several_batches_per_update(tiny_bert_dir, tmp_path):
@@ -292,7 +284,7 @@ def test_update_tokens_training_accumulates_several_batches_per_update(tiny_bert
     settings = {"update_tokens": 60, "epochs": 2, "batch_size": 4, "eval_every": 2}
     config = parse_config(toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment", "ner"), train=settings))
     run = train(config, run_dir=str(tmp_path / "run"), events=lambda name, payload: events.append((name, payload)))
-    summary = run.read_json("stages.json")[0]
+    summary = run.read_json(run.stages)[0]
     steps = [p for name, p in events if name == "step"]
     micro_batches = 2 * (16 // 4 + 12 // 4)  # two epochs of sentiment (16 examples) and ner (12)
     assert 0 < summary["updates"] == len(steps) < micro_batches
@@ -314,7 +306,7 @@ def test_round_robin_restarts_a_task_that_runs_out_of_batches(tiny_bert_dir, tmp
     # 8 sentiment and 6 qtype batches: alternating 14 steps asks qtype for a 7th.
     run = _run(tiny_bert_dir, tmp_path, tasks=("sentiment", "qtype"),
                train={"batch_size": 2, "epochs": 1, "sampling": {"strategy": "round_robin"}})
-    assert run.read_json("stages.json")[0]["updates"] == 14
+    assert run.read_json(run.stages)[0]["updates"] == 14
 
 
 def test_packed_training_matches_padded(tiny_qwen2_dir, tmp_path, caplog, monkeypatch):
@@ -332,9 +324,9 @@ def test_packed_training_matches_padded(tiny_qwen2_dir, tmp_path, caplog, monkey
     b = load_file(str(packed.final / "heads.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3)
-    assert padded.read_json("results.json")["tasks"].keys() == packed.read_json("results.json")["tasks"].keys()
+    assert padded.read_json(padded.results)["tasks"].keys() == packed.read_json(packed.results)["tasks"].keys()
 
 
 def test_packed_token_budget_batches_run(tiny_bert_dir, tmp_path):
     run = _run(tiny_bert_dir, tmp_path, train={"epochs": 1, "seed": 0, "max_tokens": 64, "packing": True})
-    assert run.read_json("stages.json")[0]["updates"] > 0
+    assert run.read_json(run.stages)[0]["updates"] > 0

@@ -16,24 +16,23 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
-from seqeval.metrics.sequence_labeling import get_entities
 
-from thawing.data.batching import Features
-from thawing.data.tasks import Example
+from thawing import inference
+from thawing.data.records import Example
 from thawing.errors import InputError
 from thawing.model.loading import load_encoder
 from thawing.model.multitask import MultiTaskModel, TaskSpec
 from thawing.run_dir import RunDir
-from thawing.training.evaluate import score, task_logits
-from thawing.training.setup import featurize
+from thawing.runtime import Runtime, apply, resolve
 
 
 class TrainedModel:
-    """A trained multi-task model: its encoder, its heads and their label sets."""
+    """A trained multi-task model: its encoder, its heads and their label sets, on a resolved runtime (device,
+    precision, packing)."""
 
-    def __init__(self, model: MultiTaskModel, run: RunDir | None = None, batch_size: int = 64):
+    def __init__(self, model: MultiTaskModel, runtime: Runtime, run: RunDir | None = None, batch_size: int = 64):
         self.model = model.eval()
+        self.runtime = runtime
         self.run = run
         self.batch_size = batch_size
 
@@ -41,22 +40,21 @@ class TrainedModel:
     def tasks(self) -> dict[str, TaskSpec]:
         return self.model.specs
 
-    @property
-    def device(self) -> torch.device:
-        return self.model.encoder.device
-
     def encode(self, texts: Sequence[str], batch_size: int = 32, prompt: str | None = None) -> np.ndarray:
-        """Sentence embeddings (N, D) float32, as `SentenceTransformer(run/final/encoder)` gives them."""
-        return self.model.encoder.encode(texts, batch_size=batch_size, prompt=prompt)
-
-    def features(self, task: str, examples: list[Example], labelled: bool = False) -> Features:
-        return featurize(self.model, task, examples, labelled)
+        """Sentence embeddings (N, D) float32, as `SentenceTransformer(run/final/encoder)` gives them (in fp32)."""
+        with self.runtime.autocast():
+            return self.model.encoder.encode(texts, batch_size=batch_size, prompt=prompt,
+                                             max_tokens=self.runtime.inference_max_tokens)
 
     def logits(self, task: str, examples: list[Example]) -> list[np.ndarray]:
-        return task_logits(self.model, task, self.features(task, examples), self.batch_size, self.device)
+        feats = inference.featurize(self.model, task, examples, labelled=False)
+        with self.runtime.autocast():
+            return inference.task_logits(self.model, task, feats, self.batch_size, self.runtime.inference_max_tokens)
 
-    def predict(self, texts: Sequence[str] | Sequence[Sequence[str]], task: str | None = None) -> dict[str, list[dict]] | list[dict]:
-        """Predict every task (or one) for each input.
+    def predict(self, texts: Sequence[str] | Sequence[Sequence[str]], task: str | None = None
+                ) -> dict[str, list[dict]] | list[dict]:
+        """Predict every task (or one) for each input, running the encoder once for the tasks that read the same
+        inputs.
 
         Inputs are strings; token tasks split them on whitespace (or take pre-split token lists).
         Classification gives {"label", "probs"}; token classification gives {"tokens", "tags",
@@ -66,46 +64,36 @@ class TrainedModel:
         for name in names:
             if name not in self.tasks:
                 raise InputError(f"unknown task '{name}'; this model has {', '.join(self.tasks)}")
-        out = {name: self._predict_task(name, texts) for name in names}
+        with self.runtime.autocast():
+            out = inference.predict(self.model, texts, names, self.batch_size, self.runtime.inference_max_tokens)
         return out[task] if task else out
-
-    def _predict_task(self, task: str, texts) -> list[dict]:
-        spec = self.tasks[task]
-        if spec.type == "classification":
-            examples = [Example(text=t if isinstance(t, str) else " ".join(t)) for t in texts]
-            rows = []
-            for logit in self.logits(task, examples):
-                probs = torch.softmax(torch.as_tensor(logit), -1).tolist()
-                rows.append({"label": spec.labels[int(np.argmax(logit))], "probs": dict(zip(spec.labels, probs))})
-            return rows
-        examples = [Example(tokens=t.split() if isinstance(t, str) else list(t)) for t in texts]
-        rows = []
-        for ex, logit in zip(examples, self.logits(task, examples)):
-            tags = [spec.labels[int(k)] for k in np.argmax(logit, -1)] if len(logit) else []
-            tags += ["O"] * (len(ex.tokens) - len(tags))
-            entities = [
-                {"type": kind, "start": start, "end": end + 1, "text": " ".join(ex.tokens[start : end + 1])}
-                for kind, start, end in get_entities(tags)
-            ]
-            rows.append({"tokens": ex.tokens, "tags": tags, "entities": entities})
-        return rows
 
     def evaluate(self, task: str, examples: list[Example]) -> dict[str, float]:
         """Metrics of `task` on labelled examples (labels as ids of this model's label set)."""
-        feats = self.features(task, examples, labelled=True)
-        logits = task_logits(self.model, task, feats, self.batch_size, self.device)
-        return score(self.tasks[task], logits, [e.label for e in examples])
+        feats = inference.featurize(self.model, task, examples, labelled=True)
+        with self.runtime.autocast():
+            logits = inference.task_logits(self.model, task, feats, self.batch_size, self.runtime.inference_max_tokens)
+        return inference.score(self.tasks[task], logits, [e.label for e in examples])
 
 
-def load(run_dir: str | Path, device: str | None = None) -> TrainedModel:
-    """Load `run_dir/final` (or a `final/` folder itself) into a `TrainedModel`."""
-    path = Path(run_dir)
-    run = RunDir(path if (path / "final").is_dir() else path.parent)
-    if not (run.final / "tasks.json").is_file():
-        raise InputError("no trained model here (expected final/tasks.json)", path=path)
-    specs = {t: TaskSpec(**s) for t, s in json.loads((run.final / "tasks.json").read_text()).items()}
-    model = MultiTaskModel(load_encoder(str(run.encoder_dir)), specs)
+def load(run_dir: str | Path, device: str = "auto", mixed_precision: str = "auto", packing: bool | None = None
+         ) -> TrainedModel:
+    """Load `run_dir/final` (or a `final/` folder itself) into a `TrainedModel`, on a runtime resolved as for
+    `thawing embed` (auto: a GPU in bf16 with varlen packing where there is one; CPU in fp32 otherwise)."""
+    run = RunDir.of_model(run_dir)
+    if not run.tasks.is_file():
+        raise InputError("no trained model here (expected final/tasks.json)", path=Path(run_dir))
+    specs = {t: TaskSpec(**s) for t, s in json.loads(run.tasks.read_text()).items()}
+    encoder = load_encoder(str(run.encoder_dir))
+    model = MultiTaskModel(encoder, specs)
     model.heads.load_state_dict(run.load_heads_state())
-    if device:
-        model.to(device)
-    return TrainedModel(model, run)
+
+    def sample():
+        ids = encoder.pad(encoder.token_ids(["a sentence to check packing with.", "and another one"]))
+        return ids["input_ids"], ids["attention_mask"]
+
+    runtime = resolve(encoder, device=device, precision=mixed_precision, packing_=packing, training=False,
+                      sample=sample)
+    model.to(runtime.device)
+    apply(runtime, encoder)
+    return TrainedModel(model, runtime, run)

@@ -31,13 +31,23 @@ def write_text(target: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def replace_dir(built: str | Path, target: str | Path) -> None:
-    """Put the folder `built` (made beside `target`) in place of `target`, which may exist: a folder cannot be
-    renamed onto a non-empty one, so the old one is moved aside first and removed last."""
-    built, target = Path(built), Path(target)
+@contextlib.contextmanager
+def building(target: str | Path) -> Iterator[Path]:
+    """Yield an empty folder beside `target`; when the block succeeds it takes the place of `target` (which may exist),
+    and when it fails it is removed. A folder cannot be renamed onto a non-empty one, so an old `target` is moved aside
+    first and removed last."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         os.replace(target, old)
-    os.replace(built, target)
+    os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)

@@ -63,26 +63,26 @@ def embed(
 ) -> None:
     """Embed texts with a sentence encoder and save them as a .npy array."""
     import numpy as np
-    import torch
 
     from thawing.atomic import atomic_path
     from thawing.data.readers import read_texts
     from thawing.model.loading import load_encoder
+    from thawing.runtime import apply, resolve
 
     _check_output(output, overwrite)
     texts = read_texts(input, text_field=text_field)
-    on = _device(device)
-    precision = _precision(mixed_precision, on)
-    encoder = load_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code).to(on)
-    # Auto packing is flash varlen alone, where it applies (a GPU in half precision): measured 1.4x the padded
-    # 16k-token batches on an H200. On CPU padding measured faster (docs/benchmarks.md).
-    encoder.pack_width = encoder.max_length if packing or (packing is None and on == "cuda" and precision != "no") else None
-    if packing is None:
-        encoder.pack_modes = ("varlen",)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    with torch.autocast(on, dtype=dtype, enabled=dtype is not None):
+    encoder = load_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code)
+
+    def sample():
+        batch = encoder.pad(encoder.token_ids(texts[:32], prompt))
+        return batch["input_ids"], batch["attention_mask"]
+
+    runtime = resolve(encoder, device=device, precision=mixed_precision, packing_=packing, training=False,
+                      sample=sample)
+    apply(runtime, encoder)
+    with runtime.autocast():
         vectors = encoder.encode(
-            texts, batch_size=batch_size, prompt=prompt, max_tokens=max_tokens or "auto",
+            texts, batch_size=batch_size, prompt=prompt, max_tokens=max_tokens or runtime.inference_max_tokens,
             show_progress=sys.stderr.isatty() and len(texts) > 256,
         )
     try:
@@ -92,30 +92,6 @@ def embed(
     except OSError as exc:
         raise InputError(f"cannot write output: {exc.strerror}", path=output) from exc
     console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {output}")
-
-
-def _precision(name: str, device: str) -> str:
-    from thawing.config import auto_precision
-
-    if name not in ("auto", "no", "bf16", "fp16"):
-        raise InputError(f"unknown mixed precision '{name}'; choose auto, no, bf16 or fp16")
-    if name == "auto":
-        return auto_precision(device == "cuda")
-    if name == "fp16" and device == "cpu":  # CPU autocast runs bf16 only
-        raise InputError("--mixed-precision fp16 needs a GPU; use bf16 or no on CPU")
-    return name
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("cpu", "cuda"):
-        raise InputError(f"unknown device '{name}'; choose auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA GPU is available here")
-    return name
 
 
 def _metrics_table(title: str, results: dict[str, dict[str, float]], score: float | None = None):
@@ -262,11 +238,12 @@ def evaluate(
 
     from thawing.api import load
     from thawing.config import load_config
-    from thawing.data.tasks import load_split, load_task
+    from thawing.inference import split_examples
+    from thawing.run_dir import RunDir
 
     if output is not None:
         _check_output(output, overwrite=False)
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(RunDir(run_dir).config)
     overrides = dict(_split_pair(item) for item in data)
     model = load(run_dir)
     unknown = set(overrides) - set(model.tasks)
@@ -274,11 +251,7 @@ def evaluate(
         raise InputError(f"--data names unknown task(s) {', '.join(sorted(unknown))}; tasks: {', '.join(model.tasks)}")
     results = {}
     for task, spec in model.tasks.items():
-        task_cfg = cfg.tasks[task].model_copy(update={"labels": spec.labels})  # ids as the model knows them
-        if task in overrides:
-            examples = load_split(task_cfg, split, overrides[task], spec.labels)
-        else:  # the run's own data, with a carved dev split carved again exactly as in training
-            examples = load_task(task, task_cfg, seed=cfg.train.seed).splits.get(split)
+        examples = split_examples(cfg, task, spec.labels, split, overrides.get(task))
         if not examples:
             console.print(f"task '{task}' has no {split} split; skipped (give --data {task}=FILE)", markup=False)
             continue
@@ -350,7 +323,7 @@ def study(
                            events=printer, run_optional=full or None, seeds=seed_list)
     finally:
         printer.stop()
-    Console().print(_study_table(result.read_json("study.json")["scenarios"]))
+    Console().print(_study_table(result.read_json(result.study_json)["scenarios"]))
     print(result.path)
 
 
@@ -372,11 +345,12 @@ def _study_table(rows: dict):
 def report(run_dir: Path = typer.Argument(..., help="A finished run directory, or a study directory.")) -> None:
     """Write the report again from the directory's files (a run's report/, a study's study.md); prints its path."""
     from thawing.report import write_report
+    from thawing.run_dir import RunDir
     from thawing.study import write_study_report
 
     if not run_dir.is_dir():
         raise InputError("not a directory", path=run_dir)
-    print(write_study_report(run_dir) if (run_dir / "study.json").is_file() else write_report(run_dir))
+    print(write_study_report(run_dir) if RunDir(run_dir).is_study() else write_report(run_dir))
 
 
 def main() -> None:

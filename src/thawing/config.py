@@ -45,7 +45,7 @@ class HeadConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    type: Literal["classification", "token-classification"]
+    type: Literal["classification", "token-classification", "multi-label"]
     data: SplitPaths
     format: Literal["auto", "jsonl", "csv", "tsv", "conll", "hf"] = "auto"
     text_field: str = "text"
@@ -59,6 +59,8 @@ class TaskConfig(_Strict):
     prompt: str | None = None
     head: HeadConfig = Field(default_factory=HeadConfig)
     loss_weight: float = Field(1.0, ge=0.0)
+    label_separator: str = Field("|", min_length=1)  # multi-label CSV/TSV: splits a cell into its labels
+    threshold: float | Literal["tune"] | None = None  # multi-label: probability to predict a label; None: 0.5
 
     @field_validator("tag_scheme")
     @classmethod
@@ -68,6 +70,17 @@ class TaskConfig(_Strict):
         if value.upper() not in TAG_SCHEMES:
             raise ValueError(f"unknown tag scheme '{value}'; choose one of {', '.join(TAG_SCHEMES)}")
         return value.upper()
+
+    @model_validator(mode="after")
+    def _multi_label_options(self) -> "TaskConfig":
+        # Silently ignoring them would hide a task whose type was mistyped.
+        given = [name for name, on in (("threshold", self.threshold is not None),
+                                       ("label_separator", self.label_separator != "|")) if on]
+        if given and self.type != "multi-label":
+            raise ValueError(f"'{given[0]}' applies only to multi-label tasks; this task's type is {self.type}")
+        if isinstance(self.threshold, float) and not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1 (or be 'tune'), got {self.threshold}")
+        return self
 
 
 class LearningRates(_Strict):
@@ -177,13 +190,6 @@ class RunConfig(_Strict):
 
 # ---------------------------------------------------------------------------------------------
 # loading
-
-
-def auto_precision(on_gpu: bool) -> str:
-    """What `mixed_precision: auto` means: bf16 on a GPU that has it (measured: docs/benchmarks.md), else fp32."""
-    import torch
-
-    return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

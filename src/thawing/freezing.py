@@ -64,11 +64,6 @@ def _resolve(selector: str, groups: "OrderedDict[str, list]") -> set[str]:
     raise ConfigError(f"unknown parameter group selector '{selector}'; valid: {', '.join(valid)}")
 
 
-def trainable_from_freeze(freeze: list[str], groups: "OrderedDict[str, list]") -> list[str]:
-    """The groups that train under a `freeze:` list (the simple scenarios): everything not frozen."""
-    return select_groups(["all"] + [f"-{f}" for f in freeze], groups)
-
-
 def apply_trainable(groups: "OrderedDict[str, list]", trainable: list[str]) -> None:
     """Set `requires_grad` so that exactly the parameters of `trainable` groups learn."""
     wanted = set(trainable)
@@ -106,6 +101,20 @@ def set_frozen_modes(model: nn.Module, trainable: list[str]) -> None:
 def encoder_frozen(trainable: list[str]) -> bool:
     """True when nothing below the heads trains, so pooled embeddings can be computed once."""
     return not any(not g.startswith("head:") for g in trainable)
+
+
+def trains_encoder(trainable: list[str]) -> bool:
+    """True when a group of the backbone trains (embeddings, a layer, the final norm)."""
+    return any(g == "embeddings" or g == "norm" or g.startswith("layers.") for g in trainable)
+
+
+def active_tasks(specs: dict, trainable: list[str]) -> list[str]:
+    """Tasks whose loss reaches a trainable parameter (their head, the backbone, or the projection for tasks that read
+    the pooled embedding); the others would only cost time."""
+    wanted = set(trainable)
+    return [t for t, spec in specs.items()
+            if f"head:{t}" in wanted or trains_encoder(trainable)
+            or (spec.kind.reads == "sentence" and "projection" in wanted)]
 
 
 def parameter_table(groups: "OrderedDict[str, list]", trainable: list[str]) -> list[dict]:

@@ -12,9 +12,6 @@ from collections.abc import Sequence
 
 from thawing.data.tags import TAG_SCHEMES
 
-# The metric each task type is judged by when no other is asked for.
-PRIMARY_METRIC: dict[str, str] = {"classification": "accuracy", "token-classification": "f1"}
-
 # conlleval mode knows the B/I/E/S prefixes but not BILOU's L/U, which mean exactly E/S.
 _BILOU_TO_IOBES = {"L": "E", "U": "S"}
 
@@ -95,14 +92,12 @@ def token_metrics(y_true: list[list[str]], y_pred: list[list[str]], scheme: str 
     }
 
 
-def selection_score(
-    results: dict[str, dict[str, float]], task_types: dict[str, str], metric: str | None = None
-) -> float:
+def selection_score(results: dict[str, dict[str, float]], primary: dict[str, str], metric: str | None = None) -> float:
     """The one number that ranks checkpoints (higher is better).
 
     Args:
         results: Metrics per task, e.g. {"intent": {"accuracy": 0.9, "macro_f1": 0.8}}.
-        task_types: Type of each task ("classification" or "token-classification").
+        primary: Each task's primary metric (its task type's, e.g. accuracy, or entity F1 for token tasks).
         metric: None for the mean over tasks of each task's primary metric; "task/metric" for that
             single value; a bare metric name for its mean over the tasks that report it.
 
@@ -110,7 +105,7 @@ def selection_score(
         The score.
 
     Raises:
-        ValueError: If there are no results, a task has no known type or lacks its primary metric,
+        ValueError: If there are no results, a task has no primary metric or lacks its value,
             or `metric` names nothing in `results` (the message lists what is available).
     """
     if not results:
@@ -119,13 +114,12 @@ def selection_score(
     if metric is None:
         scores = []
         for task, values in results.items():
-            kind = task_types.get(task)
-            if kind not in PRIMARY_METRIC:
-                raise ValueError(f"task '{task}' has unknown type {kind!r}; known: {', '.join(PRIMARY_METRIC)}")
-            primary = PRIMARY_METRIC[kind]
-            if primary not in values:
-                raise ValueError(f"task '{task}' has no '{primary}' result; available: {', '.join(available)}")
-            scores.append(values[primary])
+            name = primary.get(task)
+            if name is None:
+                raise ValueError(f"task '{task}' has no primary metric")
+            if name not in values:
+                raise ValueError(f"task '{task}' has no '{name}' result; available: {', '.join(available)}")
+            scores.append(values[name])
         return float(sum(scores) / len(scores))
     # Metric names never contain '/', so the last one separates the task (which might).
     task, sep, name = metric.rpartition("/")

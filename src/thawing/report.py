@@ -11,14 +11,12 @@ directory is the contract: nothing else is read). The folder is built aside and 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import yaml
 
-from thawing.atomic import replace_dir
 from thawing.errors import InputError
-from thawing.run_dir import RunDir
+from thawing.run_dir import CURVES, REPORT_MD, RunDir
 
 SCORE = "*"  # the task name metrics.jsonl uses for the selection score
 
@@ -26,21 +24,17 @@ SCORE = "*"  # the task name metrics.jsonl uses for the selection score
 def write_report(path: str | Path) -> Path:
     """Write `report/` for the run at `path`; returns the report.md path."""
     run = RunDir(path)
-    if not (run.path / "results.json").is_file():
+    if not run.results.is_file():
         raise InputError("no results.json: not a finished thawing run directory", path=run.path)
-    config = yaml.safe_load((run.path / "config.yaml").read_text()) if (run.path / "config.yaml").is_file() else {}
-    stages, results = run.read_json("stages.json"), run.read_json("results.json")
-    tasks = run.read_json("final/tasks.json")
+    config = yaml.safe_load(run.config.read_text()) if run.config.is_file() else {}
+    stages, results = run.read_json(run.stages), run.read_json(run.results)
+    tasks = run.read_json(run.tasks)
     metrics = [m for m in run.read_metrics() if m.get("split", "dev") == "dev"]
     primary = run.primary_metrics()
-
-    tmp = run.path / ".report.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    curves = _plot_curves(metrics, stages, primary, tmp / "curves.png")
-    (tmp / "report.md").write_text(_markdown(run, config, tasks, stages, results, metrics, primary, curves))
-    replace_dir(tmp, run.path / "report")
-    return run.path / "report" / "report.md"
+    with run.replacing(run.report_dir) as tmp:
+        curves = _plot_curves(metrics, stages, primary, tmp / CURVES)
+        (tmp / REPORT_MD).write_text(_markdown(run, config, tasks, stages, results, metrics, primary, curves))
+    return run.report_md
 
 
 # ---------------------------------------------------------------------------------------------- markdown
@@ -72,7 +66,7 @@ def _markdown(run, config, tasks, stages, results, metrics, primary, curves: boo
         lines.append(f"| {task} | {results.get('splits', {}).get(task, '')} | {cells} |")
     lines += ["", f"Selection score: **{results['score']:.4f}**"]
     if curves:
-        lines += ["", "## Curves", "", "![dev metrics by step](curves.png)"]
+        lines += ["", "## Curves", "", f"![dev metrics by step]({CURVES})"]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,9 @@
-"""The run directory: the contract between a run and everything that reads it later.
+"""The run directory: the contract between a run and everything that reads it later. Every file and folder name of
+a run and of a study is defined here, and nowhere else.
 
-Layout:
+A run:
     config.yaml       the resolved config
+    runtime.json      what the run ran on: device, precision, packing, compile (`thawing.runtime.Runtime`)
     metrics.jsonl     one JSON object per evaluation and task (stage, step, epoch, split, task, metrics)
     stages.json       one summary per stage
     results.json      {"tasks": {task: {metric: value}}, "score": ..., "splits": {task: split}}
@@ -9,28 +11,50 @@ Layout:
     checkpoints/last/ the state after the last finished stage, for resuming (training/checkpoint.py)
     report/           report.md, curves.png (written by report.py from the files above)
 
-All paths live here. Files are written atomically; an existing directory is never reused.
+A study (several runs side by side, study.py):
+    <scenario>/       one run directory per scenario (and seed)
+    study.json, study.md, study.png
+
+Files are written atomically and folders built aside, then renamed into place; an existing directory is never
+reused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
-from safetensors.torch import load_file, save_file
-
-from thawing.atomic import write_text
+from thawing.atomic import building, write_text
 from thawing.config import RunConfig, dump_config
 from thawing.errors import InputError
-from thawing.metrics import PRIMARY_METRIC
+
+# A run's files and folders.
+CONFIG = "config.yaml"
+RUNTIME = "runtime.json"
+METRICS = "metrics.jsonl"
+STAGES = "stages.json"
+RESULTS = "results.json"
+FINAL = "final"
+ENCODER = "encoder"  # inside final/
+HEADS = "heads.safetensors"  # inside final/
+LABELS = "labels.json"  # inside final/
+TASKS = "tasks.json"  # inside final/
+CHECKPOINT = Path("checkpoints") / "last"
+REPORT = "report"
+REPORT_MD = "report.md"  # inside report/
+CURVES = "curves.png"  # inside report/
+# A study's.
+STUDY_JSON = "study.json"
+STUDY_MD = "study.md"
+STUDY_PNG = "study.png"
 
 
 class RunDir:
-    """Paths and writers for one run directory."""
+    """Paths and writers for one run (or study) directory."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -56,66 +80,94 @@ class RunDir:
                 continue
         raise InputError("cannot find a free run directory name", path=base)
 
-    # ------------------------------------------------------------------ paths
-    @property
-    def final(self) -> Path:
-        return self.path / "final"
+    @classmethod
+    def of_model(cls, path: str | Path) -> "RunDir":
+        """The run that holds a trained model: `path` is the run directory or its `final/` folder."""
+        path = Path(path)
+        return cls(path if (path / FINAL).is_dir() or path.name != FINAL else path.parent)
 
-    @property
-    def encoder_dir(self) -> Path:
-        return self.final / "encoder"
+    # ------------------------------------------------------------------ paths
+    config = property(lambda self: self.path / CONFIG)
+    runtime = property(lambda self: self.path / RUNTIME)
+    metrics = property(lambda self: self.path / METRICS)
+    stages = property(lambda self: self.path / STAGES)
+    results = property(lambda self: self.path / RESULTS)
+    final = property(lambda self: self.path / FINAL)
+    encoder_dir = property(lambda self: self.path / FINAL / ENCODER)
+    heads = property(lambda self: self.path / FINAL / HEADS)
+    tasks = property(lambda self: self.path / FINAL / TASKS)
+    checkpoint = property(lambda self: self.path / CHECKPOINT)
+    report_dir = property(lambda self: self.path / REPORT)
+    report_md = property(lambda self: self.path / REPORT / REPORT_MD)
+    study_json = property(lambda self: self.path / STUDY_JSON)
+    study_md = property(lambda self: self.path / STUDY_MD)
+    study_png = property(lambda self: self.path / STUDY_PNG)
+
+    def is_study(self) -> bool:
+        return self.study_json.is_file()
+
+    @contextlib.contextmanager
+    def replacing(self, target: Path) -> Iterator[Path]:
+        """Build a folder that takes the place of `target` (inside this directory) when the block succeeds."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with building(target) as tmp:
+            yield tmp
 
     # ------------------------------------------------------------------ writers
     def write_config(self, config: RunConfig) -> None:
-        write_text(self.path / "config.yaml", dump_config(config))
+        write_text(self.config, dump_config(config))
+
+    def write_json(self, path: Path, data: object) -> None:
+        """Write strict JSON (no NaN or Infinity) atomically."""
+        write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
     def log_metrics(self, record: dict) -> None:
         """Append one line; a line is small enough to be written whole."""
-        with open(self.path / "metrics.jsonl", "a") as fh:
+        with open(self.metrics, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
     def metrics_lines(self) -> int:
-        path = self.path / "metrics.jsonl"
-        return len(path.read_text().splitlines()) if path.is_file() else 0
+        return len(self.metrics.read_text().splitlines()) if self.metrics.is_file() else 0
 
     def keep_metrics(self, lines: int) -> None:
         """Cut metrics.jsonl back to its first `lines` lines (a resumed run drops what the stage it repeats wrote)."""
-        path = self.path / "metrics.jsonl"
-        if path.is_file():
-            kept = path.read_text().splitlines()[:lines]
-            write_text(path, "".join(line + "\n" for line in kept))
-
-    def write_json(self, name: str, data: object) -> None:
-        write_text(self.path / name, json.dumps(data, indent=2) + "\n")
+        if self.metrics.is_file():
+            kept = self.metrics.read_text().splitlines()[:lines]
+            write_text(self.metrics, "".join(line + "\n" for line in kept))
 
     def save_final(self, model) -> None:
-        """Write final/ into a temporary folder, then rename it into place."""
-        tmp = self.path / ".final.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        """Write final/: the encoder in sentence-transformers layout, the heads, their labels and specs."""
+        from safetensors.torch import save_file
+
         from thawing.model.loading import save_encoder  # the model stack is loaded only when a model is saved
 
-        save_encoder(model.encoder, tmp / "encoder")
-        state = {k: v.detach().contiguous().cpu() for k, v in model.heads.state_dict().items()}
-        save_file(state, str(tmp / "heads.safetensors"))
-        (tmp / "labels.json").write_text(json.dumps({t: s.labels for t, s in model.specs.items()}, indent=2) + "\n")
-        (tmp / "tasks.json").write_text(json.dumps({t: asdict(s) for t, s in model.specs.items()}, indent=2) + "\n")
-        os.replace(tmp, self.final)
+        with self.replacing(self.final) as tmp:
+            save_encoder(model.encoder, tmp / ENCODER)
+            state = {k: v.detach().contiguous().cpu() for k, v in model.heads.state_dict().items()}
+            save_file(state, str(tmp / HEADS))
+            (tmp / LABELS).write_text(json.dumps({t: s.labels for t, s in model.specs.items()}, indent=2) + "\n")
+            (tmp / TASKS).write_text(json.dumps({t: asdict(s) for t, s in model.specs.items()}, indent=2) + "\n")
 
     # ------------------------------------------------------------------ readers
-    def read_json(self, name: str) -> dict:
-        path = self.path / name
+    def read_json(self, path: str | Path) -> dict:
+        """A JSON file of the run: a path, or a name inside the run directory (e.g. `RESULTS`)."""
+        path = self.path / path if isinstance(path, str) else path
         if not path.is_file():
             raise InputError("not found; is this a thawing run directory?", path=path)
         return json.loads(path.read_text())
 
     def primary_metrics(self) -> dict[str, str]:
         """Each task's primary metric (accuracy, or entity F1 for token tasks), from final/tasks.json."""
-        return {t: PRIMARY_METRIC[spec["type"]] for t, spec in self.read_json("final/tasks.json").items()}
+        from thawing.task_types import task_type
+
+        return {t: task_type(spec["type"]).primary_metric for t, spec in self.read_json(self.tasks).items()}
 
     def read_metrics(self) -> list[dict]:
-        path = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
 
     def load_heads_state(self) -> dict:
-        return load_file(str(self.final / "heads.safetensors"))
+        from safetensors.torch import load_file
+
+        return load_file(str(self.heads))

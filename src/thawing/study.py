@@ -19,7 +19,7 @@ from typing import Callable
 from thawing.atomic import atomic_path, write_text
 from thawing.config import RunConfig
 from thawing.errors import InputError
-from thawing.run_dir import RunDir
+from thawing.run_dir import REPORT, REPORT_MD, STUDY_PNG, RunDir
 from thawing.training.stages import PRESETS
 
 BASELINE = "frozen"
@@ -57,7 +57,8 @@ def run_study(
             run = train(cfg, run_dir=str(study.path / name), events=events, run_optional=run_optional)
             runs.setdefault(scenario, []).append(_summary(run, seed))
             rows = {key: _combine(per_seed) for key, per_seed in runs.items()}
-            study.write_json("study.json", {"config": config.name, "seeds": seeds, "scenarios": rows})  # a study cut short keeps its runs
+            # a study cut short keeps its runs
+            study.write_json(study.study_json, {"config": config.name, "seeds": seeds, "scenarios": rows})
     write_study_report(study.path)
     return study
 
@@ -79,7 +80,7 @@ def _combine(per_seed: list[dict]) -> dict:
 
 
 def _summary(run: RunDir, seed: int) -> dict:
-    stages, results = run.read_json("stages.json"), run.read_json("results.json")
+    stages, results = run.read_json(run.stages), run.read_json(run.results)
     return {
         "run": run.path.name,
         "seed": seed,
@@ -96,11 +97,12 @@ def _summary(run: RunDir, seed: int) -> dict:
 def write_study_report(path: str | Path) -> Path:
     """study.md and study.png from study.json; returns the study.md path."""
     study = RunDir(path)
-    rows = study.read_json("study.json")["scenarios"]
+    data = study.read_json(study.study_json)
+    rows = data["scenarios"]
     if not rows:
-        raise InputError("study.json holds no scenario", path=study.path / "study.json")
+        raise InputError("study.json holds no scenario", path=study.study_json)
     tasks = list(next(iter(rows.values()))["primary"].items())
-    seeds = study.read_json("study.json").get("seeds", [None])
+    seeds = data.get("seeds", [None])
     lines = [f"# {study.path.name}", "",
              "Final metrics of each scenario (each task's primary metric, on test where the task has it, else dev)."]
     if len(seeds) > 1:
@@ -110,12 +112,12 @@ def write_study_report(path: str | Path) -> Path:
     lines += ["", "| scenario | " + " | ".join(f"{t} ({m})" for t, m in tasks) + " | score | trainable parameters | updates | wall |",
               "|---|" + "---|" * (len(tasks) + 4)]
     for name, row in rows.items():
-        lines.append(f"| [{name}]({row['run']}/report/report.md) | " + " | ".join(task_cells(rows, name))
+        lines.append(f"| [{name}]({row['run']}/{REPORT}/{REPORT_MD}) | " + " | ".join(task_cells(rows, name))
                      + f" | {row['score']:.4f} | {row['trainable_params']:,} | {row['updates']} | {row['wall_s']} s |")
-    _plot(rows, tasks, study.path / "study.png")
-    lines += ["", "![final metrics per scenario](study.png)"]
-    write_text(study.path / "study.md", "\n".join(lines) + "\n")
-    return study.path / "study.md"
+    _plot(rows, tasks, study.study_png)
+    lines += ["", f"![final metrics per scenario]({STUDY_PNG})"]
+    write_text(study.study_md, "\n".join(lines) + "\n")
+    return study.study_md
 
 
 def task_cells(rows: dict, name: str) -> list[str]:

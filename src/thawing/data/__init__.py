@@ -2,7 +2,8 @@
 
 from thawing.data.readers import FORMATS, Row, detect_format, read_rows, read_texts
 from thawing.data.tags import TAG_SCHEMES, check_tags, seqeval_scheme
-from thawing.data.tasks import Example, TaskData, load_task, load_tasks
+from thawing.data.records import Example
+from thawing.data.tasks import TaskData, load_task, load_tasks
 
 __all__ = [
     "FORMATS",

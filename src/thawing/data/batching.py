@@ -18,12 +18,6 @@ if TYPE_CHECKING:  # the encoder imports this module for its batching
 
 IGNORE = -100  # cross-entropy's ignore_index
 
-# Inference batches (encode, evaluation, caching) on a GPU are filled to this many tokens. On an H200
-# (stella-shaped model) this ran 2.5x (AG News) to 11.8x (SST-2) faster than 64 padded sentences; on CPU it was
-# slower, so there they hold a count of sentences (docs/benchmarks.md, issue #6).
-GPU_MAX_TOKENS = 16384
-
-
 @dataclass
 class Features:
     """One task split, tokenized. `labels[i]` is a class id, or a per-token list for token tasks."""
@@ -31,6 +25,7 @@ class Features:
     input_ids: list[list[int]]
     labels: list
     word_starts: list[list[int]] = field(default_factory=list)  # token tasks: first sub-token per word
+    per_token: bool = False  # token tasks: `labels[i]` holds a label per sub-token (IGNORE after each word's first)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -38,11 +33,6 @@ class Features:
     @property
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
-
-    @property
-    def per_token(self) -> bool:
-        """True for token-classification features (one label per sub-token)."""
-        return bool(self.labels) and isinstance(self.labels[0], list)
 
     def labelled(self, indices: Sequence[int] | None = None) -> int:
         """Items that carry a label (what the cross-entropy counts): examples, or labelled sub-tokens (word
@@ -72,7 +62,7 @@ def featurize_words(
     if encoder.do_lower_case:
         words = [[w.lower() for w in s] for s in words]
     enc = encoder.tokenizer(words, is_split_into_words=True, truncation=True, max_length=encoder.max_length)
-    out = Features([], [], [])
+    out = Features([], [], [], per_token=True)
     for row, ids in enumerate(enc["input_ids"]):
         word_ids = enc.word_ids(row)
         labels, starts, previous = [IGNORE] * len(ids), [], None
@@ -160,12 +150,6 @@ def sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
     return batches
 
 
-def inference_batches(lengths: Sequence[int], batch_size: int, device: torch.device | str) -> list[list[int]]:
-    """`sorted_batches` with the default budget: `GPU_MAX_TOKENS` tokens on a GPU, `batch_size` items elsewhere."""
-    on_gpu = torch.device(device).type == "cuda"
-    return sorted_batches(lengths, batch_size, GPU_MAX_TOKENS if on_gpu else None)
-
-
 def collate(encoder: Encoder, features: Features, indices: Sequence[int]) -> dict[str, torch.Tensor]:
     """Pad the chosen examples to their longest member: input_ids, attention_mask, labels."""
     batch = encoder.pad([features.input_ids[i] for i in indices])
@@ -175,6 +159,6 @@ def collate(encoder: Encoder, features: Features, indices: Sequence[int]) -> dic
         left = encoder.tokenizer.padding_side == "left"
         padded = [([IGNORE] * (width - len(x)) + x) if left else (x + [IGNORE] * (width - len(x))) for x in labels]
         batch["labels"] = torch.tensor(padded, dtype=torch.long)
-    else:
-        batch["labels"] = torch.tensor(labels, dtype=torch.long)
+    else:  # class ids (long), or multi-hot rows (float) for multi-label tasks
+        batch["labels"] = torch.tensor(labels)
     return batch

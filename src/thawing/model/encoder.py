@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from thawing.data.batching import inference_batches, sorted_batches
+from thawing.data.batching import sorted_batches
 from thawing.model import packing
 from thawing.model.groups import find_layers
 from thawing.model.pooling import POOLERS
@@ -75,12 +75,9 @@ class Encoder(nn.Module):
         self.normalize = normalize
         self.max_length = max_length
         self.do_lower_case = do_lower_case
-        self.pad_multiple = 1  # pad batches to a multiple of this (bounded shapes for torch.compile)
-        self.pack_width: int | None = None  # when set, token_states packs sentences into rows this wide
-        self.pack_modes: tuple[str, ...] = packing.MODES  # the modes to try, in order of preference
-        self.compile_on_varlen = False  # compile the layers once training runs packed with varlen (auto compile)
-        self._packing: str | bool | None = None  # the mode the last packed call used, False for none
-        self._packing_choices: dict[tuple, str | bool] = {}  # the mode chosen per context (see _packing_mode)
+        # How batches reach the backbone: padded (to a multiple) or packed, per context. Set once, from the resolved
+        # runtime (`thawing.runtime.apply`); the default is plain padding.
+        self.layout = packing.BatchLayout()
 
     @property
     def hidden_size(self) -> int:
@@ -119,18 +116,6 @@ class Encoder(nn.Module):
         out = [(prompt + str(t)).strip() for t in texts]
         return [t.lower() for t in out] if self.do_lower_case else out
 
-    def tokenize(self, texts: Sequence[str], prompt: str | None = None) -> dict[str, torch.Tensor]:
-        """Tokenize and pad one batch to its longest member."""
-        return dict(
-            self.tokenizer(
-                self.prepare_texts(texts, prompt),
-                padding=True,
-                truncation="longest_first",
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-        )
-
     def token_ids(self, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]:
         """Token ids without padding, for length-sorted batching."""
         enc = self.tokenizer(
@@ -141,7 +126,8 @@ class Encoder(nn.Module):
     def pad(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Pad token-id lists into `input_ids` and `attention_mask`, on the tokenizer's padding side."""
         length = max(len(x) for x in ids)
-        length = -(-length // self.pad_multiple) * self.pad_multiple
+        multiple = self.layout.pad_multiple
+        length = -(-length // multiple) * multiple
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         input_ids = torch.full((len(ids), length), pad_id, dtype=torch.long)
         mask = torch.zeros((len(ids), length), dtype=torch.long)
@@ -155,13 +141,17 @@ class Encoder(nn.Module):
     # ------------------------------------------------------------------------------ forward
 
     def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
-        """The backbone's last hidden states, (B, T, H): computed without padding when `pack_width` is set and
-        packing works for this backbone (see `packing.py`), returned in the padded layout either way."""
-        if self.pack_width and not extra and self._packing_mode(input_ids, attention_mask):
-            return self._packed_states(input_ids, attention_mask, self._packing)
+        """The backbone's last hidden states, (B, T, H): computed without padding when the layout packs this context
+        (training or inference, see `packing.BatchLayout`), returned in the padded layout either way."""
+        mode = self.layout.mode(self.backbone.training)
+        if mode and not extra:
+            return self.packed_states(input_ids, attention_mask, mode, self.layout.width)
         return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
 
-    def _packed_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    def packed_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mode: str,
+                      width: int | None = None) -> torch.Tensor:
+        """The backbone's last states with the batch packed: one row of every real token (varlen), or first-fit rows
+        of `width` tokens (rows); returned in the padded layout."""
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         mark = torch._dynamo.maybe_mark_dynamic  # under torch.compile, one graph for every batch size
         if mode == "varlen":
@@ -174,47 +164,15 @@ class Encoder(nn.Module):
                 states = self.backbone(input_ids=packed.input_ids, position_ids=packed.position_ids, cu_seq_lens_q=cu,
                                        cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest).last_hidden_state
         else:
-            packed = packing.pack(input_ids, attention_mask, self.pack_width, pad_id)
+            packed = packing.pack(input_ids, attention_mask, width or self.max_length, pad_id)
             impl = self.backbone.config._attn_implementation
             dtype = next(self.backbone.parameters()).dtype
             mask = packing.block_mask(packed, packing.is_causal(self.backbone), packing.MASK_FORMATS[impl], dtype)
             for tensor in (packed.input_ids, mask, packed.position_ids):
                 mark(tensor, 0)
-            states = self.backbone(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids).last_hidden_state
+            states = self.backbone(input_ids=packed.input_ids, attention_mask=mask,
+                                   position_ids=packed.position_ids).last_hidden_state
         return packing.unpack(states, packed)
-
-    def _packing_mode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> str | None:
-        """Chosen on the first batch of each context, varlen then rows, each checked against the padded forward;
-        a backbone where neither is right is padded, and the log says why once. The context is what decides
-        which modes apply: half precision (weights or autocast) and whether attention dropout is active."""
-        device = input_ids.device.type
-        half = torch.is_autocast_enabled(device) or next(self.backbone.parameters()).dtype != torch.float32
-        key = (device, half, self.backbone.training, self.pack_modes)
-        if key not in self._packing_choices:
-            choice, reasons = False, []
-            sample = input_ids[:32], attention_mask[:32]  # a slice is as telling as the batch, and cheaper in fp32
-            for mode in self.pack_modes:
-                reason = packing.unsupported(self.backbone, mode) or packing.check(
-                    self.backbone, lambda ids, mask: self._packed_states(ids, mask, mode), *sample
-                )
-                if reason is None:
-                    choice = mode
-                    break
-                reasons.append(f"{mode}: {reason}")
-            self._packing_choices[key] = choice
-            where = f"{'training' if key[2] else 'inference'}{', half precision' if half else ''}"
-            if choice:
-                log.info("packing (%s): %s%s", where, choice, f" ({'; '.join(reasons)})" if reasons else "")
-            else:
-                log.warning("packing is off (%s), batches are padded instead: %s", where, "; ".join(reasons))
-            if choice == "varlen" and key[2] and self.compile_on_varlen:
-                # Measured on an H200: compiled layers pay off with varlen (one dynamic dimension, 40% -> 54%
-                # MFU), and cost with padded batches (two: 21% -> 15%), so auto compile waits for this.
-                self.compile_on_varlen = False
-                log.info("compiling each layer: training runs packed (varlen)")
-                self.compile_layers()
-        self._packing = self._packing_choices[key]
-        return self._packing or None
 
     def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooling, projection and normalization: (B, T, H) -> (B, D)."""
@@ -238,14 +196,13 @@ class Encoder(nn.Module):
         batch_size: int = 32,
         prompt: str | None = None,
         show_progress: bool | None = None,
-        max_tokens: int | None | Literal["auto"] = "auto",
+        max_tokens: int | None = None,
     ) -> np.ndarray:
         """Embed texts; returns float32 (N, D) in input order.
 
-        Texts are tokenized once and batched in order of token length, so each batch pads to
-        almost nothing; the batches run in eval mode without gradients. With `max_tokens`, a batch holds as
-        many texts as fit that many padded tokens instead of `batch_size` texts; "auto" means
-        `data.batching.GPU_MAX_TOKENS` tokens on a GPU and `batch_size` texts on CPU, where a budget measured slower.
+        Texts are tokenized once and batched in order of token length, so each batch pads to almost nothing; the
+        batches run in eval mode without gradients. With `max_tokens`, a batch holds as many texts as fit that many
+        padded tokens instead of `batch_size` texts (the resolved runtime's `inference_max_tokens` on a GPU).
 
         Example:
             >>> vectors = encoder.encode(["A question?", "A statement."])  # doctest: +SKIP
@@ -253,11 +210,8 @@ class Encoder(nn.Module):
             (2, 384)
         """
         ids = self.token_ids(texts, prompt)
-        device, lengths = self.device, [len(x) for x in ids]
-        if max_tokens == "auto":
-            batches = inference_batches(lengths, batch_size, device)
-        else:
-            batches = sorted_batches(lengths, batch_size, max_tokens)
+        device = self.device
+        batches = sorted_batches([len(x) for x in ids], batch_size, max_tokens)
         out = np.empty((len(ids), self.embedding_size), dtype=np.float32)
         with evaluating(self):
             for chunk in progress(batches, "Encoding", show_progress):

@@ -1,7 +1,6 @@
-"""Task heads: classification over the sentence embedding, token classification over token states.
-
-Heads are small `nn.Module`s registered in `HEADS` by task type. `centroid_init` builds a head
-without gradients (nearest class centroid), which gives the fully frozen network a real baseline.
+"""Task heads: a linear layer or a small MLP over what the task's type reads (the sentence embedding, or token
+states). `centroid_init` builds a head without gradients (nearest class centroid), which gives the fully frozen
+network a real baseline.
 """
 
 from __future__ import annotations
@@ -25,10 +24,8 @@ def build_mlp(in_features: int, num_labels: int, cfg: HeadConfig) -> nn.Sequenti
     )
 
 
-class ClassificationHead(nn.Module):
-    """Sentence embedding (B, D) -> class logits (B, C)."""
-
-    uses = "sentence"
+class Head(nn.Module):
+    """Features (B, D) or (B, T, H) -> logits (B, C) or (B, T, C); the last module of `net` is the output layer."""
 
     def __init__(self, in_features: int, num_labels: int, cfg: HeadConfig):
         super().__init__()
@@ -38,26 +35,8 @@ class ClassificationHead(nn.Module):
         return self.net(features)
 
 
-class TokenClassificationHead(ClassificationHead):
-    """Token states (B, T, H) -> tag logits (B, T, C); words are labelled on their first sub-token."""
-
-    uses = "tokens"
-
-
-HEADS: dict[str, type[ClassificationHead]] = {
-    "classification": ClassificationHead,
-    "token-classification": TokenClassificationHead,
-}
-
-
-def build_head(task_type: str, in_features: int, num_labels: int, cfg: HeadConfig) -> ClassificationHead:
-    if task_type not in HEADS:
-        raise ValueError(f"unknown task type '{task_type}'; choose one of {', '.join(HEADS)}")
-    return HEADS[task_type](in_features, num_labels, cfg)
-
-
 @torch.no_grad()
-def centroid_init(head: ClassificationHead, features: torch.Tensor, labels: torch.Tensor) -> None:
+def centroid_init(head: Head, features: torch.Tensor, labels: torch.Tensor) -> None:
     """Turn a linear head into a nearest-centroid classifier, with no gradient step.
 
     With class centroids c_k, logits x.c_k - |c_k|^2 / 2 rank classes exactly as -|x - c_k|^2

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from thawing.config import HeadConfig
-from thawing.data.batching import IGNORE
 from thawing.model.encoder import Encoder
-from thawing.model.heads import build_head
+from thawing.model.heads import Head
+from thawing.task_types import task_type
 
 
 @dataclass
@@ -24,6 +23,12 @@ class TaskSpec:
     prompt: str | None = None
     tag_scheme: str = "IOB2"
     loss_weight: float = 1.0
+    threshold: float | None = None  # multi-label: the probability above which a label is predicted
+
+    @property
+    def kind(self):
+        """The task type (`thawing.task_types`): what differs between classification, token tasks and the rest."""
+        return task_type(self.type)
 
 
 class MultiTaskModel(nn.Module):
@@ -33,42 +38,42 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.specs = specs
-        self.heads = nn.ModuleDict(
-            {
-                task: build_head(
-                    spec.type,
-                    encoder.embedding_size if spec.type == "classification" else encoder.hidden_size,
-                    len(spec.labels),
-                    HeadConfig.model_validate(spec.head),
-                )
-                for task, spec in specs.items()
-            }
-        )
+        self.heads = nn.ModuleDict({
+            task: Head(encoder.embedding_size if spec.kind.reads == "sentence" else encoder.hidden_size,
+                       len(spec.labels), HeadConfig.model_validate(spec.head))
+            for task, spec in specs.items()
+        })
 
     def features(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """What the task's head reads: sentence embeddings (B, D) or token states (B, T, H)."""
-        states = self.encoder.token_states(input_ids, attention_mask)
-        if self.specs[task].type == "classification":
-            return self.encoder.pool(states, attention_mask)
-        return states
+        return self.read(task, self.encoder.token_states(input_ids, attention_mask), attention_mask)
 
-    def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits: (B, C) for classification, (B, T, C) for token classification."""
+    def read(self, task: str, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The task's head input from the backbone's last states: pooled, or the states themselves."""
+        return self.encoder.pool(states, attention_mask) if self.specs[task].kind.reads == "sentence" else states
+
+    def forward(self, task: str, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
+                features: torch.Tensor | None = None, hidden: torch.Tensor | None = None,
+                first_layer: int | None = None) -> torch.Tensor:
+        """Logits: (B, C) for sentence tasks, (B, T, C) for token tasks. One entry point for every way a stage runs
+        (so that a wrapper such as DDP sees each of them), by what it is given:
+
+        - `input_ids`, `attention_mask`: the whole model;
+        - `features`: what the head reads, computed earlier by a frozen encoder (only the head runs);
+        - `hidden`, `attention_mask`, `first_layer`: cached states entering layer `first_layer` (the layers above run).
+        """
+        if features is not None:
+            return self.heads[task](features)
+        if hidden is not None:
+            from thawing.model.boundary import top_states
+
+            assert attention_mask is not None and first_layer is not None
+            states = top_states(self.encoder, first_layer, hidden, attention_mask)
+            return self.heads[task](self.read(task, states, attention_mask))
+        assert input_ids is not None and attention_mask is not None
         return self.heads[task](self.features(task, input_ids, attention_mask))
 
-    def forward_from(self, task: str, first: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits from cached hidden states entering layer `first` (only the layers above run)."""
-        from thawing.model.boundary import top_states
-
-        states = top_states(self.encoder, first, hidden, attention_mask)
-        if self.specs[task].type == "classification":
-            return self.heads[task](self.encoder.pool(states, attention_mask))
-        return self.heads[task](states)
-
     def loss(self, task: str, logits: torch.Tensor, labels: torch.Tensor, divisor: float | None = None) -> torch.Tensor:
-        """Cross-entropy over labelled items (sub-tokens after the first are ignored): their mean, or their
-        sum divided by `divisor`, so that the training loop can average over a whole update's micro-batches."""
-        flat_logits, flat_labels = logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1)
-        if divisor is None:
-            return F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE)
-        return F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE, reduction="sum") / divisor
+        """The task type's loss over labelled items (their mean, or their sum divided by `divisor`), weighted."""
+        spec = self.specs[task]
+        return spec.kind.loss(logits, labels, divisor) * spec.loss_weight

@@ -12,8 +12,9 @@ batch. Packed, the real tokens are laid end to end and attention is kept inside 
 
 Either way the backbone runs its own forward with position ids that restart at every sentence, and the states
 are gathered back into the caller's padded layout, so pooling, heads and labels see exactly what the padded
-forward gives. `check` compares the two on a real batch before a mode is used; the encoder tries varlen, then
-rows, then pads (see `Encoder.token_states`).
+forward gives. `choose` picks a mode once per context (training, inference), trying varlen, then rows, each
+compared with the padded forward on a real batch (`check`), else padding; `thawing.runtime.resolve` calls it and
+hands the encoder the resulting `BatchLayout`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,20 @@ MASK_FORMATS = {"sdpa": "bool", "eager": "additive"}
 MODES = ("varlen", "rows")  # in order of preference
 VARLEN = "thawing_varlen"  # the name our attention function is registered under in transformers
 VARLEN_DEVICES = {"cuda"}  # where flash varlen runs; elsewhere the function computes the same thing densely
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How the encoder lays out batches for the backbone: padded to a multiple of `pad_multiple`, or packed with
+    `training` / `inference` mode ("varlen", "rows" or None for padded) in those contexts, rows `width` tokens wide."""
+
+    training: str | None = None
+    inference: str | None = None
+    width: int | None = None
+    pad_multiple: int = 1
+
+    def mode(self, training: bool) -> str | None:
+        return self.training if training else self.inference
 
 
 @dataclass
@@ -118,8 +133,9 @@ def is_causal(backbone: nn.Module) -> bool:
     return any(getattr(m, "is_causal", False) for m in backbone.modules() if m is not backbone)
 
 
-def unsupported(backbone: nn.Module, mode: str) -> str | None:
-    """Why `mode` cannot run on this backbone, or None."""
+def unsupported(backbone: nn.Module, mode: str, training: bool = False, half: bool = False) -> str | None:
+    """Why `mode` cannot run on this backbone, or None, in a context: `training` (dropout active) and `half`
+    (bf16/fp16 autocast or weights)."""
     config = getattr(backbone, "config", None)
     if mode == "rows":
         impl = getattr(config, "_attn_implementation", None)
@@ -130,14 +146,12 @@ def unsupported(backbone: nn.Module, mode: str) -> str | None:
     device = weights.device
     if device.type not in VARLEN_DEVICES:
         return f"varlen attention needs a GPU (the model is on {device.type})"
-    half = weights.dtype in (torch.float16, torch.bfloat16) or (
-        torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) in (torch.float16, torch.bfloat16)
-    )
+    half = half or weights.dtype in (torch.float16, torch.bfloat16)
     if device.type == "cuda" and not half:  # in fp32 the dense fallback would attend over the whole row
         return "varlen attention runs in bf16/fp16 (mixed precision or half weights); this forward is fp32"
     # Flash varlen has no attention dropout: a model that trains with it would silently train differently.
     dropout = getattr(config, "attention_dropout", None) or getattr(config, "attention_probs_dropout_prob", 0.0)
-    if dropout and backbone.training:
+    if dropout and training:
         return f"varlen attention has no attention dropout (the model uses {dropout})"
     heads = getattr(config, "num_attention_heads", 4)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -265,6 +279,23 @@ def attention_implementation(backbone: nn.Module, name: str) -> Iterator[None]:
         yield
     finally:
         config._attn_implementation = previous
+
+
+# ---------------------------------------------------------------------------------------------- choice
+
+
+def choose(encoder, modes: tuple[str, ...], training: bool, half: bool, width: int | None,
+           sample: tuple[torch.Tensor, torch.Tensor]) -> tuple[str | None, list[str]]:
+    """The first of `modes` that runs on this backbone in this context and gives the padded forward's states on
+    `sample` (a real batch), and why each mode before it was passed over. None: pad."""
+    reasons = []
+    for mode in modes:
+        reason = unsupported(encoder.backbone, mode, training, half) or check(
+            encoder.backbone, lambda ids, mask: encoder.packed_states(ids, mask, mode, width), *sample)
+        if reason is None:
+            return mode, reasons
+        reasons.append(f"{mode}: {reason}")
+    return None, reasons
 
 
 # ---------------------------------------------------------------------------------------------- check

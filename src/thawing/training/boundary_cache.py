@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from thawing.data.batching import Features, collate, inference_batches
+from thawing.data.batching import Features, collate, sorted_batches
 from thawing.model.boundary import check_boundary, hidden_at
 from thawing.model.encoder import Encoder, progress
 
@@ -74,11 +74,12 @@ def usable(encoder: Encoder, first: int, sample: Features) -> str | None:
 
 
 @torch.no_grad()
-def build(encoder: Encoder, first: int, features: Features, batch_size: int, dtype: torch.dtype) -> BoundaryCache:
-    """Run the frozen layers below `first` once over every example."""
+def build(encoder: Encoder, first: int, features: Features, batch_size: int, dtype: torch.dtype,
+          max_tokens: int | None = None) -> BoundaryCache:
+    """Run the frozen layers below `first` once over every example (batches of `batch_size`, or `max_tokens`)."""
     states: list[torch.Tensor | None] = [None] * len(features)
     device = encoder.device
-    for idx in progress(inference_batches(features.lengths, batch_size, device), f"Caching layer {first} input"):
+    for idx in progress(sorted_batches(features.lengths, batch_size, max_tokens), f"Caching layer {first} input"):
         batch = collate(encoder, features, idx)
         hidden = hidden_at(encoder, first, batch["input_ids"].to(device), batch["attention_mask"].to(device))
         for row, i in enumerate(idx):

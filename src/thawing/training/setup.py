@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from thawing.config import RunConfig
-from thawing.data.batching import Features, featurize_texts, featurize_words
-from thawing.data.tasks import Example, TaskData, load_tasks
+from thawing.data.batching import Features
+from thawing.data.tasks import TaskData, load_tasks
+from thawing.inference import featurize
 from thawing.model.encoder import Encoder
 from thawing.model.loading import load_encoder
 from thawing.model.multitask import MultiTaskModel, TaskSpec
@@ -18,24 +19,18 @@ from thawing.model.multitask import MultiTaskModel, TaskSpec
 @dataclass
 class Prepared:
     config: RunConfig
-    tasks: dict[str, TaskData]
     model: MultiTaskModel
     features: dict[str, dict[str, Features]]  # task -> split -> features
     gold: dict[str, dict[str, list]]  # task -> split -> labels (class ids or per-word tag ids)
 
+    @property
+    def primary(self) -> dict[str, str]:
+        """Each task's primary metric (its type's), which the selection score averages."""
+        return {task: spec.kind.primary_metric for task, spec in self.model.specs.items()}
+
 
 def task_prompt(config: RunConfig, task: str) -> str | None:
     return config.tasks[task].prompt or config.model.prompt
-
-
-def featurize(model: MultiTaskModel, task: str, examples: list[Example], labelled: bool = True) -> Features:
-    """Tokenize one split of a task with the encoder's tokenizer and the task's prompt."""
-    spec = model.specs[task]
-    if spec.type == "classification":
-        labels = [e.label for e in examples] if labelled else None
-        return featurize_texts(model.encoder, [e.text for e in examples], labels, spec.prompt)
-    tags = [e.label for e in examples] if labelled else None
-    return featurize_words(model.encoder, [e.tokens for e in examples], tags, spec.prompt)
 
 
 def build_model(config: RunConfig, tasks: dict[str, TaskData], encoder: Encoder | None = None) -> MultiTaskModel:
@@ -55,6 +50,9 @@ def build_model(config: RunConfig, tasks: dict[str, TaskData], encoder: Encoder 
             prompt=task_prompt(config, name),
             tag_scheme=config.tasks[name].tag_scheme,
             loss_weight=config.tasks[name].loss_weight,
+            # multi-label: the configured threshold (0.5 by default), or None: the type tunes it on dev (`decide`)
+            threshold=(None if data.type != "multi-label" or config.tasks[name].threshold == "tune"
+                       else config.tasks[name].threshold or 0.5),
         )
         for name, data in tasks.items()
     }
@@ -69,4 +67,4 @@ def prepare(config: RunConfig, encoder: Encoder | None = None) -> Prepared:
     model = build_model(config, tasks, encoder)
     features = {t: {s: featurize(model, t, ex) for s, ex in d.splits.items()} for t, d in tasks.items()}
     gold = {t: {s: [e.label for e in ex] for s, ex in d.splits.items()} for t, d in tasks.items()}
-    return Prepared(config, tasks, model, features, gold)
+    return Prepared(config, model, features, gold)

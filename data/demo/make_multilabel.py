@@ -1,0 +1,44 @@
+"""Build the multi-label demo files from the demo splits: every message is used once, either alone (its topic as
+the only label) or joined with a message of another topic from the same split (both topics). A third of each
+split's messages are paired, so half of the rows carry one topic and half two. Deterministic, stdlib only.
+
+Run from anywhere: python data/demo/make_multilabel.py
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SPLITS = ("train", "dev", "test")
+
+
+def combine(messages: list[dict], rng: random.Random) -> list[dict]:
+    """Rows of one split: len(messages) // 3 pairs of different topics, the other messages alone, shuffled."""
+    pool = list(messages)
+    rng.shuffle(pool)
+    rows = []
+    for _ in range(len(messages) // 3):
+        first = pool.pop(0)
+        # Pairs are drawn from the whole shuffled pool, so a partner of another topic is always near the front.
+        second = pool.pop(next(i for i, m in enumerate(pool) if m["topic"] != first["topic"]))
+        rows.append({"text": f"{first['text']} {second['text']}", "topics": [first["topic"], second["topic"]]})
+    rows += [{"text": m["text"], "topics": [m["topic"]]} for m in pool]
+    rng.shuffle(rows)
+    return rows
+
+
+def main() -> None:
+    for split in SPLITS:
+        lines = (HERE / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        rows = combine([json.loads(line) for line in lines if line.strip()], random.Random(0))
+        out = HERE / f"multilabel_{split}.jsonl"
+        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        pairs = sum(len(r["topics"]) == 2 for r in rows)
+        print(f"{out.name}: {len(rows)} rows, {pairs} with two topics")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Inference with a multi-task model, for training's evaluations and for `evaluate`, `predict` and `thawing.load`
+alike: featurizing examples for a task, logits per example, metrics, predictions, and the examples of a split as
+training saw them (a carved dev split carved again).
+
+Prediction runs the encoder once for every group of tasks that read the same inputs (the same tokenization and
+prompt) and applies each of their heads to that one pass.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from thawing.config import RunConfig
+from thawing.data.batching import Features, collate, sorted_batches
+from thawing.data.records import Example
+from thawing.model.encoder import evaluating, progress
+from thawing.model.multitask import MultiTaskModel, TaskSpec
+
+
+def featurize(model: MultiTaskModel, task: str, examples: Sequence[Example], labelled: bool = True) -> Features:
+    """Tokenize one split of a task with the encoder's tokenizer and the task's prompt."""
+    spec = model.specs[task]
+    return spec.kind.featurize(model.encoder, examples, labelled, spec.prompt)
+
+
+@torch.no_grad()
+def logits_by_task(model: MultiTaskModel, tasks: Sequence[str], feats: Features, batch_size: int,
+                   max_tokens: int | None = None, label: str | None = None) -> dict[str, list[np.ndarray]]:
+    """Logits per example for several tasks that read the same `feats`, from one encoder pass per batch: (C,) for
+    sentence tasks, (words, C) for token tasks, in input order. Batches hold `batch_size` examples, or fill
+    `max_tokens` padded tokens (the runtime's inference budget on a GPU)."""
+    out: dict[str, list] = {task: [None] * len(feats) for task in tasks}
+    device = model.encoder.device
+    left = model.encoder.tokenizer.padding_side == "left"
+    readers = {model.specs[t].kind.reads for t in tasks}
+    with evaluating(model):
+        for idx in progress(sorted_batches(feats.lengths, batch_size, max_tokens), label or "Predicting"):
+            batch = collate(model.encoder, feats, idx)
+            mask = batch["attention_mask"].to(device)
+            states = model.encoder.token_states(batch["input_ids"].to(device), mask)
+            inputs = {reads: model.read(next(t for t in tasks if model.specs[t].kind.reads == reads), states, mask)
+                      for reads in readers}
+            for task in tasks:
+                kind = model.specs[task].kind
+                logits = model.heads[task](inputs[kind.reads]).float().cpu().numpy()
+                for i, row in zip(idx, kind.gather(logits, feats, idx, left)):
+                    out[task][i] = row
+    return out
+
+
+def task_logits(model: MultiTaskModel, task: str, feats: Features, batch_size: int,
+                max_tokens: int | None = None) -> list[np.ndarray]:
+    """Logits per example of one task (see `logits_by_task`)."""
+    return logits_by_task(model, [task], feats, batch_size, max_tokens, f"Evaluating {task}")[task]
+
+
+def score(spec: TaskSpec, logits: Sequence[np.ndarray], gold: Sequence) -> dict[str, float]:
+    """The task type's metrics: e.g. accuracy and macro-F1, or entity precision, recall and F1."""
+    return spec.kind.metrics(spec, logits, gold)
+
+
+def input_groups(model: MultiTaskModel, tasks: Sequence[str]) -> list[list[str]]:
+    """Tasks that read the same inputs (featurizer and prompt), so that one encoder pass serves each group."""
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for task in tasks:
+        spec = model.specs[task]
+        groups[(type(spec.kind).featurize, spec.prompt)].append(task)
+    return list(groups.values())
+
+
+def predict(model: MultiTaskModel, items: Sequence[str] | Sequence[Sequence[str]], tasks: Sequence[str],
+            batch_size: int = 64, max_tokens: int | None = None) -> dict[str, list[dict]]:
+    """Predictions of every task in `tasks` for each input (a text; token tasks split it on whitespace, or take a
+    word list), in the shape of each task's type."""
+    out: dict[str, list[dict]] = {}
+    for group in input_groups(model, tasks):
+        kind = model.specs[group[0]].kind
+        examples = [kind.example_for_prediction(item) for item in items]
+        feats = featurize(model, group[0], examples, labelled=False)
+        logits = logits_by_task(model, group, feats, batch_size, max_tokens)
+        for task in group:
+            spec = model.specs[task]
+            out[task] = [spec.kind.predict(spec, x, ex) for x, ex in zip(logits[task], examples)]
+    return {task: out[task] for task in tasks}
+
+
+def split_examples(config: RunConfig, task: str, labels: list[str], split: str, path: str | None = None
+                   ) -> list[Example] | None:
+    """The labelled examples of a task's `split` with a trained model's label ids: from `path`, or from the run's own
+    data, with a dev split carved from train carved again exactly as in training (the same seed). None when the
+    task has no such split."""
+    from thawing.data.tasks import load_split, load_task
+
+    task_cfg = config.tasks[task].model_copy(update={"labels": labels})
+    if path is not None:
+        return load_split(task_cfg, split, path, labels)
+    return load_task(task, task_cfg, seed=config.train.seed).splits.get(split)

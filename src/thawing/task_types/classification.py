@@ -1,0 +1,85 @@
+"""Sentence classification: one label per text, a head over the pooled sentence embedding, cross-entropy, accuracy
+and macro-F1 (scikit-learn)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from thawing.data.batching import IGNORE, Features, featurize_texts
+from thawing.data.records import Example, Record, field_value, sorted_labels
+from thawing.errors import InputError
+
+
+
+class Classification:
+    name = "classification"
+    reads = "sentence"  # the head reads the pooled sentence embedding
+    primary_metric = "accuracy"
+
+    # ------------------------------------------------------------------ data
+    def read(self, cfg, path: str, fmt: str, line: int, record: dict) -> Record:
+        text = field_value(record, cfg.text_field, path, line)
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"expected a non-empty string, got {text!r}", path=path, line=line, field=cfg.text_field)
+        return line, text, self.read_label(cfg, path, line, field_value(record, cfg.label_field, path, line))
+
+    def read_label(self, cfg, path: str, line: int, label: Any) -> Any:
+        # str() of None, a list or an empty cell would silently become a bogus class name.
+        if label is None or isinstance(label, (list, dict)) or label == "":
+            raise InputError(f"expected a label (string or number), got {label!r}", path=path, line=line,
+                             field=cfg.label_field)
+        return str(label)
+
+    def label_set(self, records: Sequence[Record]) -> list[str]:
+        """The train labels, sorted (numbers as numbers) for a stable id order."""
+        return sorted_labels({label for _, _, label in records})
+
+    def example(self, cfg, record: Record, ids: dict[str, int], path: str, known: str) -> Example:
+        line, text, label = record
+        if label not in ids:
+            raise InputError(f"label '{label}' is not {known}", path=path, line=line, field=cfg.label_field)
+        return Example(text=text, label=ids[label])
+
+    def example_for_prediction(self, item: str | Sequence[str]) -> Example:
+        return Example(text=item if isinstance(item, str) else " ".join(item))
+
+    # ------------------------------------------------------------------ model
+    def featurize(self, encoder, examples: Sequence[Example], labelled: bool, prompt: str | None) -> Features:
+        labels = [e.label for e in examples] if labelled else None
+        return featurize_texts(encoder, [e.text for e in examples], labels, prompt)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, divisor: float | None = None) -> torch.Tensor:
+        """Cross-entropy over labelled items: their mean, or their sum divided by `divisor` (the training loop
+        averages over a whole update's micro-batches)."""
+        flat_logits, flat_labels = logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1)
+        if divisor is None:
+            return F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE)
+        return F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE, reduction="sum") / divisor
+
+    def gather(self, logits: np.ndarray, feats: Features, indices: Sequence[int], left_padded: bool) -> list[np.ndarray]:
+        """A batch's logits (B, C) -> one (C,) array per example."""
+        return [logits[row] for row in range(len(indices))]
+
+    def centroid_head(self, head, features: torch.Tensor, labels: torch.Tensor) -> None:
+        from thawing.model.heads import centroid_init
+
+        keep = labels >= 0
+        centroid_init(head, features[keep], labels[keep])
+
+    # ------------------------------------------------------------------ results
+    def decide(self, spec, logits: Callable[[], Sequence[np.ndarray]], gold: Sequence) -> None:
+        """Fit the task's decision rule on dev after training (multi-label: its threshold). `logits()` computes the
+        dev logits, only if the rule needs them. Classification decides by argmax: nothing to fit."""
+
+    def metrics(self, spec, logits: Sequence[np.ndarray], gold: Sequence) -> dict[str, float]:
+        from thawing.metrics import classification_metrics
+
+        return classification_metrics(list(gold), [int(np.argmax(x)) for x in logits], len(spec.labels))
+
+    def predict(self, spec, logits: np.ndarray, example: Example) -> dict:
+        probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), -1).tolist()
+        return {"label": spec.labels[int(np.argmax(logits))], "probs": dict(zip(spec.labels, probs))}

@@ -1,0 +1,116 @@
+"""Frozen-encoder features, computed once: when nothing below the heads trains, every example's head input (pooled
+sentence embeddings, or the states of each word's first sub-token) is computed once per stage, or read back from the
+disk cache (`thawing.cache`) that an earlier stage or run with the same weights, settings and inputs wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from thawing.data.batching import Features, collate, sorted_batches
+from thawing.model.encoder import evaluating, progress
+from thawing.model.multitask import MultiTaskModel
+from thawing.task_types.token import word_positions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CachedSplit:
+    """Frozen-encoder features of one task split.
+
+    `features` holds sentence embeddings (N, D), or for token tasks the states of each word's first sub-token
+    (M, H), sentence i owning rows `offsets[i]:offsets[i + 1]`. `labels` are the matching labels.
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    offsets: list[int] | None = None
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"features": self.features.numpy()}  # labels are not cached: the key covers inputs only
+        if self.offsets is not None:
+            arrays["offsets"] = np.asarray(self.offsets, dtype=np.int64)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], feats: Features) -> "CachedSplit":
+        """Rebuild from a disk-cache entry (memory-mapped copy-on-write: read lazily, never written back), with labels
+        from the current data."""
+        offsets = arrays["offsets"].tolist() if "offsets" in arrays else None
+        return cls(torch.from_numpy(arrays["features"]), flat_labels(feats), offsets)
+
+    def rows(self, indices: list[int]) -> torch.Tensor:
+        if self.offsets is None:
+            return torch.as_tensor(indices)
+        return torch.cat([torch.arange(self.offsets[i], self.offsets[i + 1]) for i in indices])
+
+    def batch(self, indices: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and labels of some examples, on `device`."""
+        rows = self.rows(indices)
+        return self.features[rows].to(device), self.labels[rows].to(device)
+
+    def split_rows(self, values: np.ndarray) -> list[np.ndarray]:
+        """Per-row `values` (one per feature row) back to one array per example."""
+        if self.offsets is None:
+            return list(values)
+        return [values[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+
+
+def flat_labels(feats: Features) -> torch.Tensor:
+    """Labels in feature-row order: each example's, or for token tasks the tag of every word start."""
+    if not feats.per_token:
+        return torch.as_tensor(feats.labels)
+    return torch.as_tensor([feats.labels[i][p] for i in range(len(feats)) for p in feats.word_starts[i]])
+
+
+@torch.no_grad()
+def compute(model: MultiTaskModel, task: str, feats: Features, batch_size: int, max_tokens: int | None) -> CachedSplit:
+    """Run the frozen encoder once over a split (eval mode, no gradients)."""
+    left = model.encoder.tokenizer.padding_side == "left"
+    device = model.encoder.device
+    rows: list[torch.Tensor | None] = [None] * len(feats)
+    with evaluating(model):
+        for idx in progress(sorted_batches(feats.lengths, batch_size, max_tokens), f"Caching {task}"):
+            batch = collate(model.encoder, feats, idx)
+            out = model.features(task, batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu()
+            for row, i in enumerate(idx):  # token tasks keep word starts only: the head is applied per word
+                rows[i] = out[row, word_positions(feats, i, out.shape[1], left)] if feats.per_token else out[row]
+    if not feats.per_token:
+        return CachedSplit(torch.stack(rows), flat_labels(feats))  # type: ignore[arg-type]
+    offsets = np.cumsum([0] + [len(r) for r in rows]).tolist()  # type: ignore[arg-type]
+    return CachedSplit(torch.cat(rows), flat_labels(feats), offsets)  # type: ignore[arg-type]
+
+
+def cached_features(model: MultiTaskModel, features: dict[str, dict[str, Features]], runtime, cache_dir: str | None,
+                    batch_size: int, note: Callable[[dict], None]) -> dict[str, dict[str, CachedSplit]]:
+    """Every task's train and dev features from the frozen encoder, from the disk cache where an earlier stage or run
+    computed them with the same weights, settings and inputs. `note` hears of each split computed."""
+    from thawing.cache import FeatureStore, entry_key, fingerprint
+
+    store = FeatureStore(cache_dir)
+    encoder = model.encoder
+    weights = fingerprint(encoder)
+    settings = {"pooling": encoder.pooling, "normalize": encoder.normalize, "precision": runtime.precision, "version": 1}
+    out: dict[str, dict[str, CachedSplit]] = {}
+    for task, splits in features.items():
+        out[task] = {}
+        for split, feats in splits.items():
+            if split == "test":
+                continue
+            key = entry_key(weights, {**settings, "type": model.specs[task].type}, [feats.input_ids, feats.word_starts])
+            arrays = store.load(key)
+            if arrays is None:
+                note({"task": task, "split": split, "examples": len(feats)})
+                with runtime.autocast():
+                    arrays = compute(model, task, feats, batch_size, runtime.inference_max_tokens).to_arrays()
+                store.save(key, arrays)
+                log.info("cached %s/%s: %d examples, %.1f MB at %s", task, split, len(feats),
+                         store.size_bytes(key) / 1e6, store.path(key))
+            out[task][split] = CachedSplit.from_arrays(arrays, feats)
+    return out

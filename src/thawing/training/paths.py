@@ -1,0 +1,147 @@
+"""How a stage computes: each stage chooses its forward path once, and the loop only calls `path.loss(task, indices,
+divisor)` and `path.logits(task, split)`.
+
+    CachedHeads   the encoder is frozen: heads read features computed once (`training/features.py`)
+    TopLayers     the bottom layers are frozen: the states entering the lowest trainable layer are computed once
+                  (`training/boundary_cache.py`) and only the layers above run
+    WholeModel    everything runs on every step
+
+`choose_path` picks the cheapest that gives the same losses and gradients as the whole model, and says why when it
+cannot use a cache. Every path calls the model through its one `forward`, so a wrapper (accelerate's) sees each step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from thawing.data.batching import Features, collate
+from thawing.freezing import encoder_frozen
+from thawing.inference import task_logits
+from thawing.model.encoder import evaluating
+from thawing.model.multitask import MultiTaskModel
+from thawing.training import boundary_cache
+from thawing.training.features import CachedSplit, cached_features, compute
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WholeModel:
+    """Every step runs the whole model on padded token ids."""
+
+    model: MultiTaskModel  # the model as the loop steps it (possibly wrapped by accelerate)
+    base: MultiTaskModel  # the model itself: specs, encoder, heads
+    features: dict[str, dict[str, Features]]
+    runtime: object
+    batch_size: int
+    cached: bool = False
+    summary: dict = field(default_factory=dict)
+
+    def loss(self, task: str, indices: list[int], divisor: float | None = None) -> torch.Tensor:
+        batch = collate(self.base.encoder, self.features[task]["train"], indices)
+        device = self.base.encoder.device
+        with self.runtime.autocast():
+            logits = self.forward(task, indices, batch, device)
+        return self.base.loss(task, logits, batch["labels"].to(device), divisor)
+
+    def forward(self, task: str, indices: list[int], batch: dict, device) -> torch.Tensor:
+        return self.model(task, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+
+    def logits(self, task: str, split: str) -> list[np.ndarray]:
+        with self.runtime.autocast():
+            return task_logits(self.base, task, self.features[task][split], self.batch_size,
+                               self.runtime.inference_max_tokens)
+
+
+@dataclass
+class TopLayers(WholeModel):
+    """Only the layers from `first` up run; what enters layer `first` is read from the boundary cache."""
+
+    boundary: dict[str, boundary_cache.BoundaryCache] = field(default_factory=dict)
+
+    def forward(self, task: str, indices: list[int], batch: dict, device) -> torch.Tensor:
+        mask = batch["attention_mask"].to(device)
+        cache = self.boundary[task]
+        return self.model(task, attention_mask=mask, hidden=cache.batch(indices, mask.shape[1], device),
+                          first_layer=cache.first)
+
+
+@dataclass
+class CachedHeads(WholeModel):
+    """The encoder is frozen: every step runs a head on features computed once."""
+
+    cache: dict[str, dict[str, CachedSplit]] = field(default_factory=dict)
+    cached: bool = True
+
+    def loss(self, task: str, indices: list[int], divisor: float | None = None) -> torch.Tensor:
+        features, labels = self.cache[task]["train"].batch(indices, self.base.encoder.device)
+        with self.runtime.autocast():
+            logits = self.model(task, features=features)
+        return self.base.loss(task, logits, labels, divisor)
+
+    def logits(self, task: str, split: str) -> list[np.ndarray]:
+        if split not in self.cache[task]:  # test: never cached
+            return super().logits(task, split)
+        cached = self.cache[task][split]
+        head = self.base.heads[task]
+        with torch.no_grad(), evaluating(head), self.runtime.autocast():
+            values = head(cached.features.to(self.base.encoder.device)).float().cpu().numpy()
+        return cached.split_rows(values)
+
+    def train_features(self, task: str) -> CachedSplit:
+        return self.cache[task]["train"]
+
+
+def choose_path(model, base: MultiTaskModel, trainable: list[str], features: dict[str, dict[str, Features]],
+                runtime, cfg, active: list[str], note: Callable[[dict], None]) -> WholeModel:
+    """The stage's forward path: cached heads when the encoder is frozen, cached bottom layers when only top layers
+    train (and the model splits there), else the whole model. `cfg` is the run config (cache and batch settings)."""
+    common = dict(model=model, base=base, features=features, runtime=runtime, batch_size=cfg.train.eval_batch_size)
+    if cfg.cache.enabled is not False and encoder_frozen(trainable):
+        return CachedHeads(**common, cache=cached_features(base, features, runtime, cfg.cache.dir,
+                                                           cfg.train.eval_batch_size, note))
+    first = boundary_cache.first_trainable_layer(trainable)
+    if first is None or cfg.cache.enabled is False:
+        return WholeModel(**common)
+    feats = [features[t]["train"] for t in active]
+    dtype = boundary_cache.cache_dtype(cfg.cache.dtype, base.encoder.device)
+    need = boundary_cache.estimate_bytes(feats, base.encoder.hidden_size, dtype)
+    if need > cfg.cache.max_gb * 1e9:
+        reason = f"it would need {need / 1e9:.2f} GB > cache.max_gb {cfg.cache.max_gb}"
+    else:
+        reason = boundary_cache.usable(base.encoder, first, feats[0])  # fp32: does the forward split, not precision
+    if reason:
+        message = f"no boundary cache, the stage runs the whole model padded: {reason}"
+        log.warning(message)
+        note({"message": message})
+        return WholeModel(**common)
+    with runtime.autocast():  # the cache holds what training's own (autocast) forward would compute
+        built = {t: boundary_cache.build(base.encoder, first, f, cfg.train.eval_batch_size, dtype,
+                                         runtime.inference_max_tokens) for t, f in zip(active, feats)}
+    size = sum(b.nbytes for b in built.values())
+    note({"message": f"boundary cache at layers.{first}: {sum(len(f) for f in feats)} examples, {size / 1e6:.1f} MB "
+                     f"{str(dtype).replace('torch.', '')} (estimate {need / 1e6:.1f} MB); the top layers run padded"})
+    path = TopLayers(**common, boundary=built)
+    path.summary = {"boundary_cache": f"layers.{first}", "boundary_cache_mb": round(size / 1e6, 1)}
+    return path
+
+
+def centroid_heads(path: WholeModel, untrained: list[str]) -> None:
+    """Heads that no stage has trained become the task type's zero-step classifier (nearest centroids)."""
+    base = path.base
+    for task in untrained:
+        if isinstance(path, CachedHeads):
+            train = path.train_features(task)
+        else:
+            with path.runtime.autocast():
+                train = compute(base, task, path.features[task]["train"], path.batch_size,
+                                path.runtime.inference_max_tokens)
+        spec = base.specs[task]
+        spec.head["type"] = "linear"  # centroids live in a linear head (see centroid_init)
+        device = base.encoder.device
+        spec.kind.centroid_head(base.heads[task], train.features.to(device), train.labels.to(device))

@@ -1,0 +1,86 @@
+"""Mixed precision through accelerate: fp16 loss scaling unscales before clipping and skips non-finite steps; one
+runtime decides device and precision, and a process may train in several precisions one after another.
+
+Run: `.venv/bin/python -m pytest -q tests/test_precision.py`
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from thawing.config import parse_config
+from thawing.errors import ThawingError
+from thawing.runtime import make_accelerator, resolve_precision
+from thawing.training import loop
+from toy import toy_config
+
+
+def _fp16_accelerator(init_scale: float):
+    """accelerate with fp16 loss scaling, on CPU: accelerate builds its GradScaler on accelerators only, so this one
+    is given a CPU GradScaler, as a GPU run would have a CUDA one (the same class and logic)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    accelerator = make_accelerator(type("R", (), {"precision": "fp16", "device": "cpu"})())
+    accelerator.native_amp = True
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    return accelerator
+
+
+def test_fp16_skips_non_finite_steps_and_keeps_weights_finite(tiny_bert_dir, tmp_path):
+    """A loss scale so large that the scaled gradients overflow: the steps must be skipped (and the scale lowered),
+    never applied. An optimizer that accelerate did not prepare would step with inf and leave NaN weights."""
+    schedule = [{"name": "all", "train": ["all"], "epochs": 3, "restore_best": False}]
+    config = parse_config(toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",), schedule=schedule,
+                                     train={"batch_size": 2}))
+    ctx, plan, groups = loop.start(config, run_dir=str(tmp_path / "run"))
+    ctx.accelerator = _fp16_accelerator(init_scale=2.0**30)  # fp16's largest value is 65504: gradients overflow
+    params = [p for g in plan[0].trainable for _, p in groups[g]]
+    before = [p.detach().clone() for p in params]
+    summary = loop.run_stage(ctx, plan[0], groups, params)
+    assert summary["skipped_updates"] >= 1
+    assert all(torch.isfinite(p).all() for p in params)
+    assert any(not torch.equal(a, p) for a, p in zip(before, params))  # the later, finite steps did apply
+    assert ctx.accelerator.scaler.get_scale() < 2.0**30
+
+
+def test_fp16_clips_the_unscaled_gradients(tiny_bert_dir, tmp_path, monkeypatch):
+    """Clipping must see the true gradient norm, not the norm times the loss scale."""
+    seen = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def clip(parameters, max_norm, *args, **kwargs):
+        norm = real(parameters, max_norm, *args, **kwargs)
+        seen.append(float(norm))
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    schedule = [{"name": "heads", "train": ["heads"], "epochs": 0.2, "lr": {"heads": 1e-3}}]
+    config = parse_config(toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",), schedule=schedule))
+    ctx, plan, groups = loop.start(config, run_dir=str(tmp_path / "run"))
+    ctx.accelerator = _fp16_accelerator(init_scale=2.0**12)
+    loop.run_stage(ctx, plan[0], groups, [p for g in plan[0].trainable for _, p in groups[g]])
+    # A linear head's gradient on unit-norm embeddings has a norm of order 1; scaled, it would be 4096 times that.
+    assert seen and all(math.isfinite(n) and n < 10 for n in seen)
+
+
+def test_a_process_trains_in_one_precision_then_another(tiny_bert_dir, tmp_path):
+    """accelerate keeps one process-wide state; two runs in one process (the Python API, a study) may differ."""
+    for precision in ("no", "bf16", "no"):
+        raw = toy_config(tiny_bert_dir, tmp_path / precision, tasks=("sentiment",), train={"epochs": 1,
+                                                                                            "mixed_precision": precision})
+        run = loop.train(parse_config(raw), run_dir=str(tmp_path / f"run-{precision}-{len(list(tmp_path.iterdir()))}"))
+        assert run.read_json(run.runtime)["precision"] == precision
+
+
+def test_fp16_on_cpu_and_cuda_without_a_gpu_are_refused():
+    with pytest.raises(ThawingError, match="fp16 needs a GPU"):
+        resolve_precision("fp16", "cpu")
+    if not torch.cuda.is_available():
+        from thawing.runtime import resolve_device
+
+        with pytest.raises(ThawingError, match="no CUDA GPU"):
+            resolve_device("cuda")
