@@ -19,7 +19,7 @@ import torch
 
 from thawing.config import RunConfig
 from thawing.errors import InputError
-from thawing.freezing import active_tasks, apply_trainable, parameter_table, set_frozen_modes
+from thawing.freezing import active_tasks, apply_trainable, layer_names, parameter_table, set_frozen_modes
 from thawing.inference import score
 from thawing.metrics import selection_score
 from thawing.model.encoder import Encoder
@@ -33,7 +33,7 @@ from thawing.training.paths import WholeModel, centroid_heads, choose_path
 from thawing.training.plateau import Plateau
 from thawing.training.schedule import lr_multiplier, warmup_steps
 from thawing.training.setup import Prepared, prepare
-from thawing.training.stages import Stage, build_plan, stage_optimizer
+from thawing.training.stages import Stage, build_plan, stage_configs, stage_optimizer
 from thawing.training.updates import StagePlan, divisors
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,8 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
         log.info("resuming %s after stage %d of %d", run.path, resumed.stages_done, len(plan))
     else:
         run = RunDir.create(config.name, run_dir)
+        if isinstance(config.schedule, str):  # the run records the stages a preset expands to, as they ran
+            config = config.model_copy(update={"schedule": stage_configs(config, len(layer_names(groups)))})
         run.write_config(config)
     run.write_json(run.runtime, runtime.to_json())
     state = resumed or TrainState(plan=[s.name for s in plan], run_optional=run_optional)

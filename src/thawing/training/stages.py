@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from thawing.config import RunConfig, StageConfig
+from thawing.config import RunConfig, StageConfig, StageRates
 from thawing.errors import ConfigError
 from thawing.freezing import layer_names, select_groups
 from thawing.training.schedule import layer_learning_rates
@@ -76,11 +76,25 @@ def preset(name: str, num_layers: int) -> list[StageConfig]:
 def stage_configs(config: RunConfig, num_layers: int) -> list[StageConfig]:
     """The stage list the config asks for, before resolution."""
     if isinstance(config.schedule, str):
-        return preset(config.schedule, num_layers)
+        return command_line_over_preset(preset(config.schedule, num_layers), config)
     if config.schedule is not None:
         return list(config.schedule)
     name = "frozen" if "all" in config.freeze else "train"
     return [StageConfig(name=name, train=["all"] + [f"-{f}" for f in config.freeze], epochs=0 if name == "frozen" else config.train.epochs)]
+
+
+def command_line_over_preset(stages: list[StageConfig], config: RunConfig) -> list[StageConfig]:
+    """A preset's stages with `train.epochs` and `train.lr.*` applied to every stage, where the config (or `--set`)
+    sets them: a preset names its own epochs and rates, which would otherwise silently win."""
+    train = config.train
+    epochs = {"epochs": train.epochs} if "epochs" in train.model_fields_set else {}
+    rates = {k: getattr(train.lr, k) for k in train.lr.model_fields_set} if "lr" in train.model_fields_set else {}
+    out = []
+    for stage in stages:
+        lr = stage.lr.model_copy(update={k: v for k, v in rates.items() if k in StageRates.model_fields})
+        out.append(stage.model_copy(update={**({"epochs": epochs["epochs"]} if epochs and stage.epochs else {}),
+                                            "lr": lr}))
+    return out
 
 
 def group_rates(trainable: list[str], groups: "OrderedDict[str, list]", cfg: StageConfig, config: RunConfig) -> dict[str, float]:
