@@ -13,7 +13,7 @@ import torch
 
 from thawing.config import parse_config
 from thawing.errors import ThawingError
-from thawing.runtime import make_accelerator, resolve_precision
+from thawing.runtime import Runtime, make_accelerator, resolve_precision
 from thawing.training import loop
 from toy import toy_config
 
@@ -21,10 +21,9 @@ from toy import toy_config
 def _fp16_accelerator(init_scale: float):
     """accelerate with fp16 loss scaling, on CPU: accelerate builds its GradScaler on accelerators only, so this one
     is given a CPU GradScaler, as a GPU run would have a CUDA one (the same class and logic)."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()
-    accelerator = make_accelerator(type("R", (), {"precision": "fp16", "device": "cpu"})())
+    runtime = Runtime(device="cpu", precision="fp16", packing=None, inference_packing=None, pack_width=None,
+                      compile=False, pad_multiple=1, inference_max_tokens=None)
+    accelerator = make_accelerator(runtime)  # resets accelerate's process-wide precision when it differs
     accelerator.native_amp = True
     accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
     return accelerator
