@@ -21,14 +21,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from throughput import base_config, scenario_stage, time_epoch  # noqa: E402
 from report import write_report  # noqa: E402
+from throughput import base_config, scenario_stage, time_epoch  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", default="batch_size=32,max_tokens=1024,batch_size=32+packed,max_tokens=1024+packed",
-                        help="comma-separated; '+packed' / '+compiled' switch packing / torch.compile on")
+    parser.add_argument(
+        "--settings",
+        default="batch_size=32,max_tokens=1024,batch_size=32+packed,max_tokens=1024+packed",
+        help="comma-separated; '+packed' / '+compiled' switch packing / torch.compile on",
+    )
     parser.add_argument("--n-trec", type=int, default=1000)
     parser.add_argument("--n-sst", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -49,7 +52,9 @@ def main() -> None:
     raw = base_config(args)
     prep = prepare(parse_config(raw))
     groups = parameter_groups(prep.model)
-    ctx = loop.Context(prep, RunDir.create("b", Path(tempfile.mkdtemp()) / "r"), Accelerator(cpu=True), lambda n, p: None, groups)
+    ctx = loop.Context(
+        prep, RunDir.create("b", Path(tempfile.mkdtemp()) / "r"), Accelerator(cpu=True), lambda n, p: None, groups
+    )
     loop._evaluate = lambda *a, **k: 0.0  # training time only
     stage = loop.build_plan(parse_config({**raw, "schedule": [scenario_stage("full", 6)]}), groups)[0]
     texts = [e.text for t in prep.tasks.values() for e in t.splits["train"]]
@@ -70,8 +75,13 @@ def main() -> None:
             prep.model.encoder.compile_layers(False)  # eager again for the next setting
     train_s = {k: {"runs_s": v, "best_s": min(v)} for k, v in train_s.items()}
     encode_s = {k: {"runs_s": v, "best_s": min(v)} for k, v in encode_s.items()}
-    report = {"command": " ".join(sys.argv), "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
-              "examples": len(texts), "full_finetune_epoch": train_s, "encode_s": encode_s}
+    report = {
+        "command": " ".join(sys.argv),
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
+        "examples": len(texts),
+        "full_finetune_epoch": train_s,
+        "encode_s": encode_s,
+    }
     print(json.dumps(report, indent=2))
     write_report(report, args.output)
 

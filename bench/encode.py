@@ -53,7 +53,8 @@ def main() -> None:
     medians = {k: statistics.median(v) for k, v in runs.items()}
     result = {
         "command": " ".join(sys.argv),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         "model": args.model,
         "n": len(texts),
         "batch_size": args.batch_size,

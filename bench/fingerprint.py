@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
-
 from report import write_report  # noqa: E402
+
 from thawing.cache import fingerprint  # noqa: E402
 
 

@@ -31,8 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from throughput import DATA, random_qwen2  # noqa: E402
 from report import write_report  # noqa: E402
+from throughput import DATA, random_qwen2  # noqa: E402
 
 VARIANTS = ("naive", "token_budget", "packed", "packed_compiled")  # also: token_budget_compiled (padded, compiled)
 
@@ -86,7 +86,11 @@ def run(encoder, head, ids: list[list[int]], mode: str, variant: str, steps: int
     from thawing.model.groups import parameter_groups
 
     groups = parameter_groups(encoder)
-    trainable = {"encode": [], "top3": select_groups(["layers[-3:]", "projection"], groups), "full": select_groups(["all"], groups)}[mode]
+    trainable = {
+        "encode": [],
+        "top3": select_groups(["layers[-3:]", "projection"], groups),
+        "full": select_groups(["all"], groups),
+    }[mode]
     for name, members in groups.items():
         for _, p in members:
             p.requires_grad_(name in trainable)
@@ -109,7 +113,9 @@ def run(encoder, head, ids: list[list[int]], mode: str, variant: str, steps: int
                     encoder.pool(encoder.token_states(**batch), batch["attention_mask"])
             else:
                 logits = head(encoder.pool(encoder.token_states(**batch), batch["attention_mask"]))
-                loss = torch.nn.functional.cross_entropy(logits.float(), torch.zeros(len(idx), dtype=torch.long, device=device))
+                loss = torch.nn.functional.cross_entropy(
+                    logits.float(), torch.zeros(len(idx), dtype=torch.long, device=device)
+                )
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -119,10 +125,16 @@ def run(encoder, head, ids: list[list[int]], mode: str, variant: str, steps: int
     _sync(device)
     seconds = time.perf_counter() - start
     warmup = start - warmup_start
-    return {"real_tokens_per_s": round(real / seconds), "padding_fraction": round(1 - real / computed, 3), "seconds": round(seconds, 3),
-            "warmup_s": round(warmup, 2), "batches": steps, "sentences_per_batch": round(sum(len(b) for b in plan[3 : steps + 3]) / max(1, steps), 1),
-            "packing": (encoder._packing or "off") if encoder.pack_width else "off",
-            "optimizer": None if optimizer is None else ("fused AdamW" if fused else "AdamW")}
+    return {
+        "real_tokens_per_s": round(real / seconds),
+        "padding_fraction": round(1 - real / computed, 3),
+        "seconds": round(seconds, 3),
+        "warmup_s": round(warmup, 2),
+        "batches": steps,
+        "sentences_per_batch": round(sum(len(b) for b in plan[3 : steps + 3]) / max(1, steps), 1),
+        "packing": (encoder._packing or "off") if encoder.pack_width else "off",
+        "optimizer": None if optimizer is None else ("fused AdamW" if fused else "AdamW"),
+    }
 
 
 def _computed_tokens(encoder, batch, real: int) -> int:
@@ -179,7 +191,9 @@ def main() -> None:
     parser.add_argument("--model", default="stella-shape")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--max-tokens", type=int, default=16384, help="token budget of the token_budget and packed variants")
+    parser.add_argument(
+        "--max-tokens", type=int, default=16384, help="token budget of the token_budget and packed variants"
+    )
     parser.add_argument("--pack-width", type=int, default=512, help="tokens per packed row")
     parser.add_argument("--texts", type=int, default=20000)
     parser.add_argument("--datasets", default="sst2,ag_news")
@@ -200,8 +214,14 @@ def main() -> None:
     n = sum(p.numel() for p in encoder.parameters()) - embedding_params
     layers = encoder.backbone.config.num_hidden_layers
     peak = matmul_peak(args.device)
-    report = {"command": " ".join(sys.argv), "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
-              "torch": torch.__version__, "non_embedding_params": n, "matmul_peak_tflops": round(peak / 1e12, 1), "results": {}}
+    report = {
+        "command": " ".join(sys.argv),
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "non_embedding_params": n,
+        "matmul_peak_tflops": round(peak / 1e12, 1),
+        "results": {},
+    }
     print(json.dumps(report), flush=True)
     flops_per_token = {"encode": 2 * n, "top3": 2 * n + 4 * n * 3 / layers, "full": 6 * n}
     ids = {}
@@ -212,8 +232,14 @@ def main() -> None:
     # Eager rows first, for every dataset in the order asked, compiled rows last: a run cut short (compilation
     # is the slow, uncertain part) keeps the most rows.
     variants = args.variants.split(",")
-    rows = [(d, m, v) for compiled in (False, True) for d in ids for m in args.modes.split(",") for v in variants
-            if v.endswith("_compiled") == compiled and (not compiled or m in args.compile_modes.split(","))]
+    rows = [
+        (d, m, v)
+        for compiled in (False, True)
+        for d in ids
+        for m in args.modes.split(",")
+        for v in variants
+        if v.endswith("_compiled") == compiled and (not compiled or m in args.compile_modes.split(","))
+    ]
     for data, mode, variant in rows:
         row = report["results"][data][mode]
         r = guarded(run_variant, encoder, head, ids[data], mode, variant, args)

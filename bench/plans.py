@@ -19,18 +19,33 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from report import write_report  # noqa: E402
+
 DATA = REPO.parent / "shared" / "datasets"
 
 
 def base_config(n_trec: int, n_sst: int, seed: int) -> dict:
     trec = {"train": str(DATA / "trec/train.jsonl"), "test": str(DATA / "trec/test.jsonl")}
-    sst = {"train": str(DATA / "sst2/train.jsonl"), "dev": str(DATA / "sst2/dev.jsonl"), "test": str(DATA / "sst2/test.jsonl")}
+    sst = {
+        "train": str(DATA / "sst2/train.jsonl"),
+        "dev": str(DATA / "sst2/dev.jsonl"),
+        "test": str(DATA / "sst2/test.jsonl"),
+    }
     return {
         "name": "plans",
         "model": {"name": "sentence-transformers/all-MiniLM-L6-v2", "max_length": 64},
         "tasks": {
-            "trec_coarse": {"type": "classification", "data": trec, "label_field": "label_coarse", "limit": {"train": n_trec}},
-            "trec_fine": {"type": "classification", "data": trec, "label_field": "label_fine", "limit": {"train": n_trec}},
+            "trec_coarse": {
+                "type": "classification",
+                "data": trec,
+                "label_field": "label_coarse",
+                "limit": {"train": n_trec},
+            },
+            "trec_fine": {
+                "type": "classification",
+                "data": trec,
+                "label_field": "label_fine",
+                "limit": {"train": n_trec},
+            },
             "sst2": {"type": "classification", "data": sst, "limit": {"train": n_sst}},
         },
         "train": {"batch_size": 32, "seed": seed},
@@ -39,14 +54,23 @@ def base_config(n_trec: int, n_sst: int, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-trec", type=int, default=2500)  # the first 2,471 rows hold every fine label of the test split
+    parser.add_argument(
+        "--n-trec", type=int, default=2500
+    )  # the first 2,471 rows hold every fine label of the test split
     parser.add_argument("--n-sst", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plans", default="heads,progressive,full")
     parser.add_argument("--full-lr-heads", type=float, default=None, help="override the full preset's heads LR")
-    parser.add_argument("--progressive-lr-heads", type=float, default=None, help="override the heads LR of progressive's later stages")
+    parser.add_argument(
+        "--progressive-lr-heads", type=float, default=None, help="override the heads LR of progressive's later stages"
+    )
     parser.add_argument("--progressive-epochs", default=None, help="override progressive's stage epochs, e.g. 2,2,4")
-    parser.add_argument("--progressive-lr-encoder", type=float, default=None, help="override the encoder LR of progressive's later stages")
+    parser.add_argument(
+        "--progressive-lr-encoder",
+        type=float,
+        default=None,
+        help="override the encoder LR of progressive's later stages",
+    )
     parser.add_argument("--runs", default="/tmp/thawing-bench-plans")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
@@ -70,7 +94,9 @@ def main() -> None:
             if args.full_lr_heads:
                 full["lr"]["heads"] = args.full_lr_heads
             config["schedule"] = [{**full, "epochs": progressive_epochs}]
-        elif name == "progressive" and (args.progressive_lr_heads or args.progressive_epochs or args.progressive_lr_encoder):
+        elif name == "progressive" and (
+            args.progressive_lr_heads or args.progressive_epochs or args.progressive_lr_encoder
+        ):
             stages = [s.model_dump() for s in preset("progressive", layers) if not s.optional]
             for stage in stages[1:]:
                 stage["lr"]["heads"] = args.progressive_lr_heads or stage["lr"]["heads"]

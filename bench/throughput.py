@@ -12,7 +12,8 @@ Models: `minilm` (all-MiniLM-L6-v2), `stella-shape` (a random Qwen2 of stella_en
 same code path at toy size, to check the GPU script on a CPU first). Random models get a BPE tokenizer trained
 on the benchmark's own texts (the real Qwen2 tokenizer cannot be fetched offline).
 
-Run (CPU):  HF_HUB_OFFLINE=1 .venv/bin/python bench/throughput.py --model minilm --progressive --output bench/results/throughput_cpu.json
+Run (CPU):  HF_HUB_OFFLINE=1 .venv/bin/python bench/throughput.py --model minilm --progressive \
+                --output bench/results/throughput_cpu.json
 Run (GPU):  PYTHONPATH=src python bench/throughput.py --model stella-shape --device cuda --mixed-precision bf16 \
                 --scenarios heads,top3 --output $OUT/throughput_gpu.json
 """
@@ -32,13 +33,30 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from report import write_report  # noqa: E402
+
 DATA = Path(os.environ.get("THAWING_DATASETS", REPO.parent / "shared" / "datasets"))
 
 SHAPES = {
-    "stella-shape": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                         intermediate_size=8960, vocab_size=151646, max_position_embeddings=8192, dense=1024),
-    "tiny-qwen2": dict(hidden_size=64, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
-                       intermediate_size=128, vocab_size=151646, max_position_embeddings=512, dense=48),
+    "stella-shape": dict(
+        hidden_size=1536,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        intermediate_size=8960,
+        vocab_size=151646,
+        max_position_embeddings=8192,
+        dense=1024,
+    ),
+    "tiny-qwen2": dict(
+        hidden_size=64,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=151646,
+        max_position_embeddings=512,
+        dense=48,
+    ),
 }
 
 
@@ -63,7 +81,9 @@ def random_qwen2(shape: str, corpus: list[str], device: str = "cpu"):
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=16000, special_tokens=["<|endoftext|>", "<unk>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, pad_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<unk>"
+    )
     torch.manual_seed(0)
     with torch.device(device):  # initialise 1.5B random weights on the GPU, not on the host
         backbone = Qwen2Model(Qwen2Config(**spec, attn_implementation="sdpa"))
@@ -78,11 +98,22 @@ def base_config(args) -> dict:
         "name": "throughput",
         "model": {"name": "sentence-transformers/all-MiniLM-L6-v2", "max_length": 128},
         "tasks": {
-            "trec": {"type": "classification", "data": trec, "label_field": "label_coarse", "limit": {"train": args.n_trec}},
+            "trec": {
+                "type": "classification",
+                "data": trec,
+                "label_field": "label_coarse",
+                "limit": {"train": args.n_trec},
+            },
             "sst2": {"type": "classification", "data": sst, "limit": {"train": args.n_sst, "dev": 200}},
         },
-        "train": {"batch_size": args.batch_size, "seed": 0, "device": args.device, "mixed_precision": args.mixed_precision,
-                  "warmup": 0, "lr_schedule": "constant"},
+        "train": {
+            "batch_size": args.batch_size,
+            "seed": 0,
+            "device": args.device,
+            "mixed_precision": args.mixed_precision,
+            "warmup": 0,
+            "lr_schedule": "constant",
+        },
         "cache": {"dir": tempfile.mkdtemp(prefix="thawing-bench-cache-"), "dtype": args.cache_dtype, "max_gb": 40},
     }
 
@@ -132,18 +163,28 @@ def time_epoch(ctx, stage, cached: bool, device: str) -> dict:
     sync(device)
     epoch_s = time.perf_counter() - start
     examples = sum(len(ctx.prep.features[t]["train"]) for t in ctx.prep.features)
-    out = {"epoch_s": round(epoch_s, 3), "examples_per_s": round(examples / epoch_s, 1), "updates": summary["updates"],
-           "cache_build_s": round(build_s, 3) if (cache or boundary) else None}
+    out = {
+        "epoch_s": round(epoch_s, 3),
+        "examples_per_s": round(examples / epoch_s, 1),
+        "updates": summary["updates"],
+        "cache_build_s": round(build_s, 3) if (cache or boundary) else None,
+    }
     if boundary:
         feats = [ctx.prep.features[t]["train"] for t in boundary]
         tokens = sum(sum(f.lengths) for f in feats)
-        out.update(cache_kind=f"boundary at layers.{next(iter(boundary.values())).first}",
-                   cache_mb=round(sum(b.nbytes for b in boundary.values()) / 1e6, 2),
-                   estimate_mb_2_bytes=round(tokens * model.encoder.hidden_size * 2 / 1e6, 2),
-                   cached_tokens=tokens)
+        out.update(
+            cache_kind=f"boundary at layers.{next(iter(boundary.values())).first}",
+            cache_mb=round(sum(b.nbytes for b in boundary.values()) / 1e6, 2),
+            estimate_mb_2_bytes=round(tokens * model.encoder.hidden_size * 2 / 1e6, 2),
+            cached_tokens=tokens,
+        )
     elif cache:
-        out.update(cache_kind="pooled embeddings",
-                   cache_mb=round(sum(s.features.numel() * s.features.element_size() for t in cache.values() for s in t.values()) / 1e6, 2))
+        out.update(
+            cache_kind="pooled embeddings",
+            cache_mb=round(
+                sum(s.features.numel() * s.features.element_size() for t in cache.values() for s in t.values()) / 1e6, 2
+            ),
+        )
     if device == "cuda":
         out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
     return out
@@ -189,8 +230,11 @@ def main() -> None:
     for name in args.scenarios.split(","):
         stage_cfg = scenario_stage(name, layers)
         stage = loop.build_plan(parse_config({**raw, "schedule": [stage_cfg]}), groups)[0]
-        row = {"trainable": stage.trainable, "naive": time_epoch(ctx, stage, False, args.device),
-               "cached": time_epoch(ctx, stage, True, args.device)}
+        row = {
+            "trainable": stage.trainable,
+            "naive": time_epoch(ctx, stage, False, args.device),
+            "cached": time_epoch(ctx, stage, True, args.device),
+        }
         row["speedup"] = round(row["cached"]["examples_per_s"] / row["naive"]["examples_per_s"], 2)
         if name.startswith("top"):
             k = int(name[3:])
@@ -201,13 +245,18 @@ def main() -> None:
 
     report = {
         "command": " ".join(sys.argv),
-        "machine": torch.cuda.get_device_name(0) if args.device == "cuda" else f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
+        "machine": torch.cuda.get_device_name(0)
+        if args.device == "cuda"
+        else f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
         "model": args.model,
         "layers": layers,
         "examples_per_epoch": sum(len(prep.features[t]["train"]) for t in prep.features),
-        "mean_tokens": round(sum(sum(prep.features[t]["train"].lengths) for t in prep.features)
-                             / sum(len(prep.features[t]["train"]) for t in prep.features), 1),
+        "mean_tokens": round(
+            sum(sum(prep.features[t]["train"].lengths) for t in prep.features)
+            / sum(len(prep.features[t]["train"]) for t in prep.features),
+            1,
+        ),
         "scenarios": results,
     }
     if args.progressive:
@@ -218,7 +267,9 @@ def main() -> None:
             start = time.perf_counter()
             run = loop.train(cfg, run_dir=str(runs / f"progressive-{enabled}"), encoder=encoder)
             report["progressive_end_to_end_s"]["cached" if enabled else "naive"] = {
-                "wall_s": round(time.perf_counter() - start, 1), "score": run.read_json(run.results)["score"]}
+                "wall_s": round(time.perf_counter() - start, 1),
+                "score": run.read_json(run.results)["score"],
+            }
             print("progressive", enabled, report["progressive_end_to_end_s"], flush=True)
     print(json.dumps(report, indent=2))
     write_report(report, args.output)

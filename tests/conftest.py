@@ -48,7 +48,9 @@ def _st_modules():
     return Transformer, Pooling, Dense, Normalize
 
 
-def _save_st(hf_dir: Path, out: Path, pooling: str, dense: tuple[int, int] | None, normalize: bool, max_len: int) -> Path:
+def _save_st(
+    hf_dir: Path, out: Path, pooling: str, dense: tuple[int, int] | None, normalize: bool, max_len: int
+) -> Path:
     from sentence_transformers import SentenceTransformer
 
     Transformer, Pooling, Dense, Normalize = _st_modules()
@@ -76,8 +78,12 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     tokenizer = BertTokenizerFast.from_pretrained(str(hf), do_lower_case=True)
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(_vocab()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
+        vocab_size=len(_vocab()),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
     )
     BertModel(config).save_pretrained(hf)
     tokenizer.save_pretrained(hf)
@@ -98,8 +104,13 @@ def save_qwen2(root: Path, hidden: int, layers: int, heads: int, kv_heads: int, 
     )
     torch.manual_seed(0)
     config = Qwen2Config(
-        vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        num_key_value_heads=kv_heads, intermediate_size=intermediate, max_position_embeddings=64,
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=64,
     )
     Qwen2Model(config).save_pretrained(hf)
     tokenizer.save_pretrained(hf)
@@ -109,7 +120,9 @@ def save_qwen2(root: Path, hidden: int, layers: int, heads: int, kv_heads: int, 
 @pytest.fixture(scope="session")
 def tiny_qwen2_dir(tmp_path_factory) -> Path:
     """A 3-layer random Qwen2 (hidden 32, GQA) with a 32 -> 24 Dense projection, like stella's layout."""
-    return save_qwen2(tmp_path_factory.mktemp("tiny-qwen2"), hidden=32, layers=3, heads=4, kv_heads=2, intermediate=64, dense=24)
+    return save_qwen2(
+        tmp_path_factory.mktemp("tiny-qwen2"), hidden=32, layers=3, heads=4, kv_heads=2, intermediate=64, dense=24
+    )
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,15 @@ import random
 
 import numpy as np
 import torch
-
 from conftest import SENTENCES
+
 from thawing.data.batching import (
-    IGNORE, featurize_words, length_grouped_batches, packed_batches, sorted_batches, token_budget_batches,
+    IGNORE,
+    featurize_words,
+    length_grouped_batches,
+    packed_batches,
+    sorted_batches,
+    token_budget_batches,
 )
 from thawing.model.loading import load_encoder
 
@@ -27,7 +32,9 @@ def test_token_budget_batches_cover_everything_once_within_budget():
     # Short examples share big batches; long ones get small batches.
     sizes = {max(lengths[i] for i in b): len(b) for b in batches}
     assert sizes[min(sizes)] > sizes[max(sizes)]
-    assert batches == token_budget_batches(lengths, 256, seed=1) and batches != token_budget_batches(lengths, 256, seed=2)
+    assert batches == token_budget_batches(lengths, 256, seed=1) and batches != token_budget_batches(
+        lengths, 256, seed=2
+    )
 
 
 def test_packed_batches_hold_real_tokens_within_budget_in_random_order():
@@ -35,7 +42,9 @@ def test_packed_batches_hold_real_tokens_within_budget_in_random_order():
     batches = packed_batches(lengths, 256, seed=1)
     assert sorted(i for b in batches for i in b) == list(range(500))
     assert all(sum(lengths[i] for i in b) <= 256 for b in batches)
-    assert all(sum(lengths[i] for i in b) + lengths[nxt[0]] > 256 for b, nxt in zip(batches, batches[1:]))  # full before the next
+    assert all(
+        sum(lengths[i] for i in b) + lengths[nxt[0]] > 256 for b, nxt in zip(batches, batches[1:])
+    )  # full before the next
     assert batches != packed_batches(lengths, 256, seed=2)
 
 
@@ -67,13 +76,17 @@ def test_words_are_labelled_on_their_first_sub_token(tiny_bert_dir):
 
 def test_encode_with_a_token_budget_gives_the_same_vectors(tiny_qwen2_dir):
     encoder = load_encoder(str(tiny_qwen2_dir))
-    np.testing.assert_allclose(encoder.encode(SENTENCES * 5, max_tokens=40), encoder.encode(SENTENCES * 5, batch_size=4), atol=1e-5)
+    np.testing.assert_allclose(
+        encoder.encode(SENTENCES * 5, max_tokens=40), encoder.encode(SENTENCES * 5, batch_size=4), atol=1e-5
+    )
 
 
 def test_loss_divisor_weighs_every_item_alike(tiny_bert_dir):
     from thawing.model.multitask import MultiTaskModel, TaskSpec
 
-    model = MultiTaskModel(load_encoder(str(tiny_bert_dir)), {"t": TaskSpec("classification", ["a", "b"], {"type": "linear"})})
+    model = MultiTaskModel(
+        load_encoder(str(tiny_bert_dir)), {"t": TaskSpec("classification", ["a", "b"], {"type": "linear"})}
+    )
     logits, labels = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 1, 0])
     per_item = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     # An update of a batch of 2 and a batch of 4: the loop divides each sum by 6 items / 2 batches * 2 batches,

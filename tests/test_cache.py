@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from toy import toy_config
 
 from thawing.cache import FeatureStore, entry_key, fingerprint
 from thawing.config import parse_config
@@ -16,7 +17,6 @@ from thawing.training import loop
 from thawing.training.boundary_cache import estimate_bytes
 from thawing.training.paths import TopLayers, WholeModel, choose_path
 from thawing.training.setup import prepare
-from toy import toy_config
 
 
 def _context(model_dir, tmp_path, tasks, stage_train, cache=None):
@@ -39,7 +39,9 @@ def _path(ctx, stage, groups, messages=None):
 @pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_qwen2_dir"])
 @pytest.mark.parametrize("task", ["qtype", "ner"])
 def test_boundary_cache_gives_same_loss_and_gradients(fixture, task, request, tmp_path):
-    ctx, stage, groups = _context(request.getfixturevalue(fixture), tmp_path, (task,), ["heads", "projection", "layers[-1:]"])
+    ctx, stage, groups = _context(
+        request.getfixturevalue(fixture), tmp_path, (task,), ["heads", "projection", "layers[-1:]"]
+    )
     top = _path(ctx, stage, groups)
     assert isinstance(top, TopLayers)
     assert set(top.boundary) == {task} and top.boundary[task].first == len(layer_names(groups)) - 1
@@ -62,8 +64,9 @@ def test_boundary_cache_gives_same_loss_and_gradients(fixture, task, request, tm
 
 
 def test_boundary_cache_falls_back_over_budget(tiny_qwen2_dir, tmp_path):
-    ctx, stage, groups = _context(tiny_qwen2_dir, tmp_path, ("qtype",), ["heads", "layers[-1:]"],
-                                  cache={"enabled": True, "max_gb": 1e-9})
+    ctx, stage, groups = _context(
+        tiny_qwen2_dir, tmp_path, ("qtype",), ["heads", "layers[-1:]"], cache={"enabled": True, "max_gb": 1e-9}
+    )
     messages = []
     assert not isinstance(_path(ctx, stage, groups, messages), TopLayers)
     assert any("max_gb" in m and "padded" in m for m in messages)
@@ -86,8 +89,12 @@ def test_estimate_counts_tokens_hidden_and_bytes(tiny_bert_dir, tmp_path):
 def test_training_with_and_without_boundary_cache_agrees(tiny_bert_dir, tmp_path):
     results = {}
     for enabled in (True, False):
-        raw = toy_config(tiny_bert_dir, tmp_path / str(enabled), tasks=("sentiment", "ner"),
-                         schedule=[{"name": "top", "train": ["heads", "layers[-1:]"], "epochs": 2}])
+        raw = toy_config(
+            tiny_bert_dir,
+            tmp_path / str(enabled),
+            tasks=("sentiment", "ner"),
+            schedule=[{"name": "top", "train": ["heads", "layers[-1:]"], "epochs": 2}],
+        )
         raw["cache"] = {"enabled": enabled, "dtype": "float32"}
         run = loop.train(parse_config(raw), run_dir=str(tmp_path / f"run-{enabled}"))
         results[enabled] = run

@@ -1,4 +1,5 @@
-"""The command line: embed, train, plan, evaluate, predict, and clear exit-2 errors on bad input (report: test_report.py).
+"""The command line: embed, train, plan, evaluate, predict, and clear exit-2 errors on bad input
+(report: test_report.py).
 
 Run: `.venv/bin/python -m pytest -q tests/test_cli.py`
 """
@@ -12,12 +13,12 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from conftest import SENTENCES
+from toy import toy_config, write_config, write_jsonl
 from typer.testing import CliRunner
 
-from conftest import SENTENCES
 from thawing.cli import app
 from thawing.model.loading import load_encoder
-from toy import toy_config, write_config, write_jsonl
 
 runner = CliRunner()
 
@@ -45,10 +46,26 @@ def test_embed_reads_each_format(tiny_bert_dir, tmp_path, suffix):
         write_jsonl(path, [{"sentence": s} for s in SENTENCES])
     else:
         sep = "," if suffix == ".csv" else "\t"
-        path.write_text("id" + sep + "sentence\n" + "".join(f"{i}{sep}\"{s}\"\n" if sep == "," else f"{i}{sep}{s}\n" for i, s in enumerate(SENTENCES)))
+        path.write_text(
+            "id"
+            + sep
+            + "sentence\n"
+            + "".join(f'{i}{sep}"{s}"\n' if sep == "," else f"{i}{sep}{s}\n" for i, s in enumerate(SENTENCES))
+        )
     out = tmp_path / "out.npy"
     budget = ["--max-tokens", "30"] if suffix == ".tsv" else ["--batch-size", "2"]
-    code, output = invoke("embed", "--model", str(tiny_bert_dir), "--input", str(path), "--output", str(out), "--text-field", "sentence", *budget)
+    code, output = invoke(
+        "embed",
+        "--model",
+        str(tiny_bert_dir),
+        "--input",
+        str(path),
+        "--output",
+        str(out),
+        "--text-field",
+        "sentence",
+        *budget,
+    )
     assert code == 0, output
     vectors = np.load(out)
     assert vectors.dtype == np.float32 and vectors.shape == (len(SENTENCES), 32)
@@ -59,7 +76,10 @@ def test_embed_prompt_changes_vectors(tiny_qwen2_dir, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("\n".join(SENTENCES))
     for name, extra in (("plain", []), ("prompted", ["--prompt", "which question : "])):
-        assert invoke("embed", "-m", str(tiny_qwen2_dir), "-i", str(src), "-o", str(tmp_path / f"{name}.npy"), *extra)[0] == 0
+        assert (
+            invoke("embed", "-m", str(tiny_qwen2_dir), "-i", str(src), "-o", str(tmp_path / f"{name}.npy"), *extra)[0]
+            == 0
+        )
     expected = load_encoder(str(tiny_qwen2_dir)).encode(SENTENCES, prompt="which question : ")
     np.testing.assert_allclose(np.load(tmp_path / "prompted.npy"), expected, atol=1e-6)
     assert np.abs(np.load(tmp_path / "plain.npy") - expected).max() > 1e-3
@@ -69,7 +89,10 @@ def test_embed_packed_on_cpu_gives_the_same_vectors(tiny_qwen2_dir, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("\n".join(SENTENCES * 4))
     for name, extra in (("plain", []), ("packed", ["--packing", "--device", "cpu"])):
-        assert invoke("embed", "-m", str(tiny_qwen2_dir), "-i", str(src), "-o", str(tmp_path / f"{name}.npy"), *extra)[0] == 0
+        assert (
+            invoke("embed", "-m", str(tiny_qwen2_dir), "-i", str(src), "-o", str(tmp_path / f"{name}.npy"), *extra)[0]
+            == 0
+        )
     np.testing.assert_allclose(np.load(tmp_path / "packed.npy"), np.load(tmp_path / "plain.npy"), atol=1e-5)
 
 
@@ -82,8 +105,19 @@ def test_embed_mixed_precision(tiny_qwen2_dir, tmp_path):
         assert invoke("embed", "-m", str(tiny_qwen2_dir), *args)[0] == 0
     fp32, bf16 = np.load(tmp_path / "fp32.npy"), np.load(tmp_path / "bf16.npy")
     assert 0 < np.abs(fp32 - bf16).max() < 0.05 * np.abs(fp32).max()  # rounded differently, not wrong
-    code, message = invoke("embed", "-m", str(tiny_qwen2_dir), "-i", str(src), "-o", str(tmp_path / "x.npy"),
-                           "--device", "cpu", "--mixed-precision", "fp16")
+    code, message = invoke(
+        "embed",
+        "-m",
+        str(tiny_qwen2_dir),
+        "-i",
+        str(src),
+        "-o",
+        str(tmp_path / "x.npy"),
+        "--device",
+        "cpu",
+        "--mixed-precision",
+        "fp16",
+    )
     assert code == 2 and "fp16 needs a GPU" in message
 
 
@@ -92,10 +126,14 @@ def test_embed_unknown_or_missing_device_exits_2(tiny_bert_dir, tmp_path):
 
     src = tmp_path / "in.txt"
     src.write_text("hello\n")
-    code, message = invoke("embed", "-m", str(tiny_bert_dir), "-i", str(src), "-o", str(tmp_path / "o.npy"), "--device", "tpu")
+    code, message = invoke(
+        "embed", "-m", str(tiny_bert_dir), "-i", str(src), "-o", str(tmp_path / "o.npy"), "--device", "tpu"
+    )
     assert code == 2 and "unknown device 'tpu'" in message
     if not torch.cuda.is_available():
-        code, message = invoke("embed", "-m", str(tiny_bert_dir), "-i", str(src), "-o", str(tmp_path / "o.npy"), "--device", "cuda")
+        code, message = invoke(
+            "embed", "-m", str(tiny_bert_dir), "-i", str(src), "-o", str(tmp_path / "o.npy"), "--device", "cuda"
+        )
         assert code == 2 and "no CUDA GPU" in message
 
 
@@ -123,15 +161,29 @@ def test_embed_bad_input_exits_2_and_writes_nothing(tiny_bert_dir, tmp_path, con
 def test_embed_unwritable_output_exits_2(tiny_bert_dir, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("hello\n")
-    code, message = invoke("embed", "-m", str(tiny_bert_dir), "-i", str(src), "-o", str(tmp_path / "no" / "such" / "out.npy"))
+    code, message = invoke(
+        "embed", "-m", str(tiny_bert_dir), "-i", str(src), "-o", str(tmp_path / "no" / "such" / "out.npy")
+    )
     assert code == 2 and "does not exist" in message
 
 
 def test_main_prints_error_and_exits_2(tmp_path):
     """The installed entry point, end to end: a clear message on stderr and exit status 2."""
     proc = subprocess.run(
-        [sys.executable, "-m", "thawing", "embed", "-m", "x", "-i", str(tmp_path / "nope.txt"), "-o", str(tmp_path / "o.npy")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "thawing",
+            "embed",
+            "-m",
+            "x",
+            "-i",
+            str(tmp_path / "nope.txt"),
+            "-o",
+            str(tmp_path / "o.npy"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2 and "nope.txt" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -165,9 +217,16 @@ def test_train_evaluate_predict(tiny_bert_dir, tmp_path):
 def test_plan_json_for_tiny_qwen2(tiny_qwen2_dir, tmp_path):
     stages = [
         {"name": "heads", "train": ["heads"], "epochs": 1, "lr": {"heads": 1e-3}},
-        {"name": "top", "train": ["heads", "projection", "layers[-2:]"], "lr": {"heads": 5e-4, "encoder": 1e-4}, "layer_decay": 0.5},
+        {
+            "name": "top",
+            "train": ["heads", "projection", "layers[-2:]"],
+            "lr": {"heads": 5e-4, "encoder": 1e-4},
+            "layer_decay": 0.5,
+        },
     ]
-    config = write_config(toy_config(tiny_qwen2_dir, tmp_path, tasks=("sentiment", "ner"), schedule=stages), tmp_path / "c.yaml")
+    config = write_config(
+        toy_config(tiny_qwen2_dir, tmp_path, tasks=("sentiment", "ner"), schedule=stages), tmp_path / "c.yaml"
+    )
     code, output = invoke("plan", str(config), "--json")
     assert code == 0, output
     plan = json.loads(output)
@@ -175,7 +234,12 @@ def test_plan_json_for_tiny_qwen2(tiny_qwen2_dir, tmp_path):
     assert [g["name"] for g in plan["stages"][0]["groups"]] == ["head:sentiment", "head:ner"]
     top = {g["name"]: g for g in plan["stages"][1]["groups"]}
     assert list(top) == ["layers.1", "layers.2", "norm", "projection", "head:sentiment", "head:ner"]
-    assert (top["layers.2"]["lr"], top["layers.1"]["lr"], top["norm"]["lr"], top["projection"]["lr"]) == (1e-4, 5e-5, 1e-4, 5e-4)
+    assert (top["layers.2"]["lr"], top["layers.1"]["lr"], top["norm"]["lr"], top["projection"]["lr"]) == (
+        1e-4,
+        5e-5,
+        1e-4,
+        5e-4,
+    )
     assert top["head:sentiment"]["params"] == 24 * 2 + 2  # linear head over the 24-d projection, 2 labels
     assert top["head:ner"]["params"] == 32 * 5 + 5  # token head over 32-d token states, 5 tags
     assert plan["stages"][1]["trainable_params"] == sum(g["params"] for g in plan["stages"][1]["groups"])
@@ -195,23 +259,41 @@ def _bad_configs(tmp_path, model_dir):
         cases.append((name, cfg, expect))
 
     case("unknown key", lambda c: c["train"].update(epochz=3), ["train.epochz", "did you mean 'epochs'"])
-    case("missing file", lambda c: c["tasks"]["sentiment"]["data"].update(train=str(tmp_path / "gone.jsonl")), ["gone.jsonl", "not found"])
+    case(
+        "missing file",
+        lambda c: c["tasks"]["sentiment"]["data"].update(train=str(tmp_path / "gone.jsonl")),
+        ["gone.jsonl", "not found"],
+    )
     bad_json = tmp_path / "bad.jsonl"
     bad_json.write_text('{"text": "fine", "label": "positive"}\n{"text": oops}\n')
-    case("malformed jsonl", lambda c: c["tasks"]["sentiment"]["data"].update(train=str(bad_json)), ["bad.jsonl", "line 2"])
+    case(
+        "malformed jsonl",
+        lambda c: c["tasks"]["sentiment"]["data"].update(train=str(bad_json)),
+        ["bad.jsonl", "line 2"],
+    )
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("text,label\ngood film,positive\nbad film,negative,extra\n")
     case("malformed csv", lambda c: c["tasks"]["sentiment"]["data"].update(train=str(bad_csv)), ["bad.csv", "line 3"])
-    case("missing field", lambda c: c["tasks"]["sentiment"].update(label_field="stars"), ["sent_train.jsonl", "line 1", "stars"])
+    case(
+        "missing field",
+        lambda c: c["tasks"]["sentiment"].update(label_field="stars"),
+        ["sent_train.jsonl", "line 1", "stars"],
+    )
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     case("empty split", lambda c: c["tasks"]["sentiment"]["data"].update(dev=str(empty)), ["empty.jsonl", "empty"])
     unseen = tmp_path / "unseen.jsonl"
     write_jsonl(unseen, [{"text": "good film", "label": "positive"}, {"text": "meh", "label": "neutral"}])
-    case("dev label not in train", lambda c: c["tasks"]["sentiment"]["data"].update(dev=str(unseen)), ["unseen.jsonl", "line 2", "neutral", "train"])
+    case(
+        "dev label not in train",
+        lambda c: c["tasks"]["sentiment"]["data"].update(dev=str(unseen)),
+        ["unseen.jsonl", "line 2", "neutral", "train"],
+    )
     ragged = tmp_path / "ragged.jsonl"
     write_jsonl(ragged, [{"tokens": ["john", "won"], "tags": ["B-PER"]}])
-    case("ner lengths", lambda c: c["tasks"]["ner"]["data"].update(train=str(ragged)), ["ragged.jsonl", "line 1", "tags"])
+    case(
+        "ner lengths", lambda c: c["tasks"]["ner"]["data"].update(train=str(ragged)), ["ragged.jsonl", "line 1", "tags"]
+    )
     case("unknown scheme", lambda c: c["tasks"]["ner"].update(tag_scheme="XYZ"), ["tag_scheme", "XYZ"])
     return cases
 
@@ -255,7 +337,9 @@ def test_all_config_errors_are_reported_at_once(tiny_bert_dir, tmp_path):
 def test_python_api(tiny_bert_dir, tmp_path):
     import thawing
 
-    config = thawing.load_config(write_config(toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment", "ner")), tmp_path / "c.yaml"))
+    config = thawing.load_config(
+        write_config(toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment", "ner")), tmp_path / "c.yaml")
+    )
     run = thawing.train(config, run_dir=str(tmp_path / "run"))
     model = thawing.load(run.path)
     assert model.encode(["john is in paris"]).shape == (1, 32)

@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
+from toy import toy_config, write_config
 from typer.testing import CliRunner
 
 from thawing.cli import app
 from thawing.config import load_config
-from toy import toy_config, write_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

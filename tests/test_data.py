@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from thawing.config import TaskConfig
-from thawing.data import (TAG_SCHEMES, check_tags, load_task, load_tasks, read_rows, read_texts,
-                          seqeval_scheme)
+from thawing.data import TAG_SCHEMES, check_tags, load_task, load_tasks, read_rows, read_texts, seqeval_scheme
 from thawing.errors import InputError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"

@@ -11,9 +11,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import SENTENCES
 from sentence_transformers import SentenceTransformer
 
-from conftest import SENTENCES
 from thawing.errors import ModelNotFoundError, ThawingError
 from thawing.model.groups import parameter_groups
 from thawing.model.loading import load_encoder, save_encoder

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import save_qwen2
+from toy import toy_config
+
 from thawing.config import parse_config
 from thawing.model.loading import load_encoder
 from thawing.training.loop import train
-from toy import toy_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -29,7 +29,9 @@ SENTENCES = ["who won the game ?", "the movie was great", "i hate the film", "wh
 @pytest.fixture(scope="module")
 def qwen2_64_dir(tmp_path_factory) -> Path:
     """A 2-layer random Qwen2 with 64-dimensional heads (2 query heads, 1 key/value head) and a Dense layer."""
-    return save_qwen2(tmp_path_factory.mktemp("qwen2-64"), hidden=128, layers=2, heads=2, kv_heads=1, intermediate=256, dense=64)
+    return save_qwen2(
+        tmp_path_factory.mktemp("qwen2-64"), hidden=128, layers=2, heads=2, kv_heads=1, intermediate=256, dense=64
+    )
 
 
 def test_defaults_train_in_bf16_with_varlen_packing_and_compiled_layers(qwen2_64_dir, tmp_path, caplog):
@@ -84,7 +86,9 @@ def test_embed_defaults_on_gpu(qwen2_64_dir, tmp_path):
     src.write_text("\n".join(SENTENCES) + "\n")
     out = {}
     for name, extra in (("gpu", []), ("cpu", ["--device", "cpu"])):
-        result = CliRunner().invoke(app, ["embed", "-m", str(qwen2_64_dir), "-i", str(src), "-o", str(tmp_path / f"{name}.npy"), *extra])
+        result = CliRunner().invoke(
+            app, ["embed", "-m", str(qwen2_64_dir), "-i", str(src), "-o", str(tmp_path / f"{name}.npy"), *extra]
+        )
         assert result.exit_code == 0, result.output
         out[name] = np.load(tmp_path / f"{name}.npy")
     cosine = (out["gpu"] * out["cpu"]).sum(1) / np.linalg.norm(out["gpu"], axis=1) / np.linalg.norm(out["cpu"], axis=1)

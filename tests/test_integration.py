@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
+from test_cli import invoke
 
 from thawing.config import parse_config
 from thawing.training.loop import train
-from test_cli import invoke
 
 pytestmark = pytest.mark.integration
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -26,7 +26,10 @@ def _trec(datasets_dir, n_train: int, freeze: list[str], epochs: float = 3, **ex
         "tasks": {
             "question_type": {
                 "type": "classification",
-                "data": {"train": str(datasets_dir / "trec/train.jsonl"), "test": str(datasets_dir / "trec/test.jsonl")},
+                "data": {
+                    "train": str(datasets_dir / "trec/train.jsonl"),
+                    "test": str(datasets_dir / "trec/test.jsonl"),
+                },
                 "label_field": "label_coarse",
                 "limit": {"train": n_train},
             }
@@ -68,7 +71,10 @@ def test_ner_plus_classification_reports_entity_f1(minilm_dir, datasets_dir, tmp
     config = _trec(datasets_dir, 500, ["encoder"], epochs=5)
     config["tasks"]["ner"] = {
         "type": "token-classification",
-        "data": {"train": str(datasets_dir / "conll2003/train.jsonl"), "dev": str(datasets_dir / "conll2003/dev.jsonl")},
+        "data": {
+            "train": str(datasets_dir / "conll2003/train.jsonl"),
+            "dev": str(datasets_dir / "conll2003/dev.jsonl"),
+        },
         "limit": {"train": 500, "dev": 200},
     }
     run = train(parse_config(config), run_dir=str(tmp_path / "run"))
@@ -80,9 +86,18 @@ def test_ner_plus_classification_reports_entity_f1(minilm_dir, datasets_dir, tmp
 def test_plan_json_for_minilm(minilm_dir, tmp_path):
     from toy import write_config
 
-    config = write_config({"name": "p", "model": {"name": MODEL}, "schedule": "progressive",
-                           "tasks": {"a": {"type": "classification", "data": {"train": str(tmp_path / "a.jsonl")}}}}, tmp_path / "p.yaml")
-    (tmp_path / "a.jsonl").write_text('{"text": "yes", "label": "y"}\n{"text": "no", "label": "n"}\n{"text": "ok", "label": "y"}\n')
+    config = write_config(
+        {
+            "name": "p",
+            "model": {"name": MODEL},
+            "schedule": "progressive",
+            "tasks": {"a": {"type": "classification", "data": {"train": str(tmp_path / "a.jsonl")}}},
+        },
+        tmp_path / "p.yaml",
+    )
+    (tmp_path / "a.jsonl").write_text(
+        '{"text": "yes", "label": "y"}\n{"text": "no", "label": "n"}\n{"text": "ok", "label": "y"}\n'
+    )
     code, output = invoke("plan", str(config), "--json", "--full")
     assert code == 0, output
     stages = {s["name"]: s for s in json.loads(output)["stages"]}
@@ -94,4 +109,6 @@ def test_plan_json_for_minilm(minilm_dir, tmp_path):
     assert top["layers.4"]["params"] == top["layers.5"]["params"] == 1_774_464
     disc = {g["name"]: g["lr"] for g in stages["discriminative"]["groups"]}
     assert disc["layers.5"] == pytest.approx(5e-5) and disc["layers.0"] == pytest.approx(5e-5 * 0.8**5)
-    assert stages["full"]["trainable_params"] == 22_713_216 - 147_840 + 770  # all but BERT's unused pooler, plus the head
+    assert (
+        stages["full"]["trainable_params"] == 22_713_216 - 147_840 + 770
+    )  # all but BERT's unused pooler, plus the head

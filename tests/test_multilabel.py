@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from toy import toy_data, write_jsonl
 
 from thawing.config import HeadConfig, TaskConfig, parse_config
 from thawing.data.tasks import load_task, load_tasks
@@ -19,7 +20,6 @@ from thawing.model.heads import Head
 from thawing.model.multitask import TaskSpec
 from thawing.task_types import task_type
 from thawing.task_types.multilabel import THRESHOLDS
-from toy import toy_data, write_jsonl
 
 KIND = task_type("multi-label")
 

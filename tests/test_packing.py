@@ -9,8 +9,8 @@ import logging
 
 import pytest
 import torch
-
 from conftest import SENTENCES
+
 from thawing.config import HeadConfig
 from thawing.model import packing
 from thawing.model.loading import load_encoder
@@ -63,7 +63,9 @@ def _use_packing(encoder, batch, width=24, training=False, **options):
 
 # BERT with left padding is left out: its absolute positions then start after the padding, so its padded
 # outputs depend on the padding and packing (which checks against them) rightly falls back.
-@pytest.mark.parametrize("fixture,side", [("tiny_bert_dir", "right"), ("tiny_qwen2_dir", "right"), ("tiny_qwen2_dir", "left")])
+@pytest.mark.parametrize(
+    "fixture,side", [("tiny_bert_dir", "right"), ("tiny_qwen2_dir", "right"), ("tiny_qwen2_dir", "left")]
+)
 def test_packed_token_states_equal_padded_in_fp32(fixture, side, mode, request):
     encoder = _load(request.getfixturevalue(fixture)).eval()
     encoder.tokenizer.padding_side = side
@@ -79,7 +81,9 @@ def test_packed_token_states_equal_padded_in_fp32(fixture, side, mode, request):
     for name, pool in POOLERS.items():
         if name == "cls" and side == "left":  # the first position is padding there: no sentence's state
             continue
-        torch.testing.assert_close(pool(packed, batch["attention_mask"]), pool(padded, batch["attention_mask"]), atol=1e-5, rtol=0, msg=name)
+        torch.testing.assert_close(
+            pool(packed, batch["attention_mask"]), pool(padded, batch["attention_mask"]), atol=1e-5, rtol=0, msg=name
+        )
 
 
 @pytest.mark.parametrize("fixture", ENCODERS)
@@ -106,7 +110,9 @@ def test_packed_gradients_equal_padded(fixture, task_type, mode, request):
     batch = _batch(encoder)
     torch.manual_seed(0)
     shape = (len(SENTENCES),) if task_type == "classification" else tuple(batch["input_ids"].shape)
-    labels = torch.randint(0, 3, shape).masked_fill(torch.zeros(shape, dtype=torch.bool) if task_type == "classification" else batch["attention_mask"] == 0, -100)
+    labels = torch.randint(0, 3, shape).masked_fill(
+        torch.zeros(shape, dtype=torch.bool) if task_type == "classification" else batch["attention_mask"] == 0, -100
+    )
 
     def grads(width):
         if width:
@@ -173,7 +179,9 @@ def test_encode_with_packing_matches(fixture, mode, request):
     torch.testing.assert_close(torch.from_numpy(packed), torch.from_numpy(plain), atol=1e-5, rtol=0)
 
 
-def _fake_varlen_new(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1), enable_gqa=False):
+def _fake_varlen_new(
+    q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1), enable_gqa=False
+):
     assert enable_gqa == (k.shape[1] != q.shape[1])
     return packing._dense_varlen(q, k, v, cu_q, tuple(window_size) == (-1, 0), scale)
 
@@ -201,7 +209,8 @@ def test_flash_varlen_call_adapts_to_the_torch_signature(fake, causal, monkeypat
     for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):  # and dense varlen is attention within each sentence
         kk, vv = packing._repeat_kv(q[a:b], k[a:b], v[a:b])
         alone = torch.nn.functional.scaled_dot_product_attention(
-            q[a:b].transpose(0, 1), kk.transpose(0, 1), vv.transpose(0, 1), is_causal=causal, scale=0.3).transpose(0, 1)
+            q[a:b].transpose(0, 1), kk.transpose(0, 1), vv.transpose(0, 1), is_causal=causal, scale=0.3
+        ).transpose(0, 1)
         torch.testing.assert_close(got[a:b], alone)
 
 
@@ -224,7 +233,9 @@ def test_kernel_self_test_checks_gradients(backward_ok, monkeypatch):
     import torch.nn.attention.varlen as varlen_module
 
     def kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale=None, window_size=(-1, -1), enable_gqa=False):
-        out = _fake_varlen_new(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size, enable_gqa=enable_gqa)
+        out = _fake_varlen_new(
+            q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size, enable_gqa=enable_gqa
+        )
         return out if backward_ok else _WrongBackward.apply(out)
 
     monkeypatch.setattr(varlen_module, "varlen_attn", kernel)

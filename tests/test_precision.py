@@ -10,12 +10,12 @@ import math
 
 import pytest
 import torch
+from toy import toy_config
 
 from thawing.config import parse_config
 from thawing.errors import ThawingError
 from thawing.runtime import Runtime, make_accelerator, resolve_precision
 from thawing.training import loop
-from toy import toy_config
 
 
 def _fp16_accelerator(init_scale: float):
@@ -69,8 +69,9 @@ def test_fp16_clips_the_unscaled_gradients(tiny_bert_dir, tmp_path, monkeypatch)
 def test_a_process_trains_in_one_precision_then_another(tiny_bert_dir, tmp_path):
     """accelerate keeps one process-wide state; two runs in one process (the Python API, a study) may differ."""
     for precision in ("no", "bf16", "no"):
-        raw = toy_config(tiny_bert_dir, tmp_path / precision, tasks=("sentiment",), train={"epochs": 1,
-                                                                                            "mixed_precision": precision})
+        raw = toy_config(
+            tiny_bert_dir, tmp_path / precision, tasks=("sentiment",), train={"epochs": 1, "mixed_precision": precision}
+        )
         run = loop.train(parse_config(raw), run_dir=str(tmp_path / f"run-{precision}-{len(list(tmp_path.iterdir()))}"))
         assert run.read_json(run.runtime)["precision"] == precision
 

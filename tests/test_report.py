@@ -9,6 +9,7 @@ import json
 import shutil
 
 import pytest
+from toy import toy_config
 from typer.testing import CliRunner
 
 from thawing.cli import app
@@ -16,7 +17,6 @@ from thawing.config import parse_config
 from thawing.errors import InputError
 from thawing.report import write_report
 from thawing.training.loop import train
-from toy import toy_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

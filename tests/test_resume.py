@@ -10,13 +10,13 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from toy import toy_config
 from typer.testing import CliRunner
 
 from thawing.cli import app
 from thawing.config import parse_config
 from thawing.errors import InputError
 from thawing.training import loop
-from toy import toy_config
 
 # Trained stages (BERT's dropout draws random numbers in each); on this data the plan stops after "all".
 SCHEDULE = [{"name": "heads", "train": ["heads"], "epochs": 2}, {"name": "all", "train": ["all"], "epochs": 1},
@@ -50,7 +50,9 @@ def test_a_stopped_run_resumes_to_the_same_result(tiny_bert_dir, tmp_path, monke
     assert state["stages_done"] == 1 and not (tmp_path / "run" / "results.json").exists()
 
     resumed = loop.resume_run(tmp_path / "run")
-    assert json.loads((resumed.path / "results.json").read_text()) == json.loads((reference.path / "results.json").read_text())
+    assert json.loads((resumed.path / "results.json").read_text()) == json.loads(
+        (reference.path / "results.json").read_text()
+    )
     mine, theirs = (load_file(str(r.final / "heads.safetensors")) for r in (resumed, reference))
     for key in theirs:
         torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=1e-6)
@@ -64,7 +66,9 @@ def _stages(run) -> list[dict]:
     return [{k: v for k, v in s.items() if k != "wall_s"} for s in json.loads((run.path / "stages.json").read_text())]
 
 
-def test_a_run_stopped_after_its_plan_ended_resumes_straight_to_the_final_model(tiny_bert_dir, tmp_path, monkeypatch, reference):
+def test_a_run_stopped_after_its_plan_ended_resumes_straight_to_the_final_model(
+    tiny_bert_dir, tmp_path, monkeypatch, reference
+):
     with monkeypatch.context() as patch:
         patch.setattr(loop.RunDir, "save_final", lambda self, model: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
         with pytest.raises(KeyboardInterrupt):
@@ -72,7 +76,9 @@ def test_a_run_stopped_after_its_plan_ended_resumes_straight_to_the_final_model(
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
     resumed = loop.resume_run(tmp_path / "run")
     assert (resumed.path / "metrics.jsonl").read_text() == before  # no stage ran again
-    assert json.loads((resumed.path / "results.json").read_text()) == json.loads((reference.path / "results.json").read_text())
+    assert json.loads((resumed.path / "results.json").read_text()) == json.loads(
+        (reference.path / "results.json").read_text()
+    )
 
 
 def test_resume_refuses_finished_and_unstarted_runs(reference, tmp_path):
@@ -92,6 +98,10 @@ def test_resume_from_the_command_line(tiny_bert_dir, tmp_path, monkeypatch):
 
 
 def test_train_takes_a_config_or_resume_not_both(tmp_path):
-    for args in (["train"], ["train", "c.yaml", "--resume", str(tmp_path)], ["train", "--resume", str(tmp_path), "--full"]):
+    for args in (
+        ["train"],
+        ["train", "c.yaml", "--resume", str(tmp_path)],
+        ["train", "--resume", str(tmp_path), "--full"],
+    ):
         result = CliRunner().invoke(app, args)
         assert isinstance(result.exception, InputError), args

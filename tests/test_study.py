@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from toy import toy_config, write_config
 from typer.testing import CliRunner
 
 from thawing.cli import app
 from thawing.config import parse_config
 from thawing.errors import InputError
 from thawing.study import run_study
-from toy import toy_config, write_config
 
 
 @pytest.fixture(scope="module")

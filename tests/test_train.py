@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from toy import toy_config
 
 from thawing.api import load
 from thawing.config import parse_config
-from thawing.model.groups import parameter_groups
 from thawing.model.loading import load_encoder
 from thawing.model.packing import pack as packing_pack
 from thawing.training.loop import train
-from toy import toy_config
 
 
 def _run(model_dir, tmp_path, name="run", head_dropout=None, **extra):
@@ -124,7 +123,8 @@ def test_cached_and_uncached_heads_training_agree(tiny_bert_dir, tmp_path):
     for task in a["tasks"]:
         for metric, value in a["tasks"][task].items():
             assert value == pytest.approx(b["tasks"][task][metric], abs=1e-6), (task, metric)
-    heads_a, heads_b = load_file(str(cached.final / "heads.safetensors")), load_file(str(naive.final / "heads.safetensors"))
+    heads_a = load_file(str(cached.final / "heads.safetensors"))
+    heads_b = load_file(str(naive.final / "heads.safetensors"))
     for key in heads_a:
         torch.testing.assert_close(heads_a[key], heads_b[key], atol=1e-5, rtol=1e-4)
 
@@ -134,10 +134,23 @@ def test_each_stage_updates_exactly_its_groups_at_its_rates(tiny_qwen2_dir, tmp_
     stages = [
         {"name": "heads", "train": ["heads"], "epochs": 0.1, "lr": {"heads": 1e-2}},
         {"name": "top", "train": ["head:qtype", "layers[-1:]"], "epochs": 0.1, "lr": {"heads": 3e-3, "encoder": 1e-3}},
-        {"name": "deep", "train": ["layers[-3:]", "projection"], "epochs": 0.1, "lr": {"heads": 2e-3, "encoder": 1e-3}, "layer_decay": 0.5},
+        {
+            "name": "deep",
+            "train": ["layers[-3:]", "projection"],
+            "epochs": 0.1,
+            "lr": {"heads": 2e-3, "encoder": 1e-3},
+            "layer_decay": 0.5,
+        },
     ]
-    config = parse_config(toy_config(tiny_qwen2_dir, tmp_path, tasks=("qtype",), schedule=stages,
-                                     train={"batch_size": 16, "warmup": 0, "lr_schedule": "constant", "weight_decay": 0.0}))
+    config = parse_config(
+        toy_config(
+            tiny_qwen2_dir,
+            tmp_path,
+            tasks=("qtype",),
+            schedule=stages,
+            train={"batch_size": 16, "warmup": 0, "lr_schedule": "constant", "weight_decay": 0.0},
+        )
+    )
     from thawing.training import loop
 
     # Run stage by stage, checking which parameters moved and by how much.
@@ -177,7 +190,13 @@ def test_plateau_stops_a_stage_and_the_plan(tiny_bert_dir, tmp_path):
 
 def test_gradient_accumulation_and_step_evaluation(tiny_bert_dir, tmp_path):
     plain = _run(tiny_bert_dir, tmp_path, name="plain", tasks=("sentiment",))
-    accumulated = _run(tiny_bert_dir, tmp_path, name="acc", tasks=("sentiment",), train={"grad_accum": 2, "epochs": 2, "batch_size": 4, "eval_every": 1})
+    accumulated = _run(
+        tiny_bert_dir,
+        tmp_path,
+        name="acc",
+        tasks=("sentiment",),
+        train={"grad_accum": 2, "epochs": 2, "batch_size": 4, "eval_every": 1},
+    )
     updates = plain.read_json(plain.stages)[0]["updates"]
     assert accumulated.read_json(accumulated.stages)[0]["updates"] == updates // 2
     steps = [x["step"] for x in accumulated.read_metrics() if x["task"] == "*"]
@@ -192,12 +211,16 @@ def test_token_budget_training_runs_and_is_deterministic(tiny_qwen2_dir, tmp_pat
 
 
 @pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="torch.compile on CPU needs a C compiler")
-@pytest.mark.parametrize("speed", [{"pad_to_multiple_of": 8}, {"packing": True, "pack_width": 32}], ids=["padded", "packed"])
+@pytest.mark.parametrize(
+    "speed", [{"pad_to_multiple_of": 8}, {"packing": True, "pack_width": 32}], ids=["padded", "packed"]
+)
 def test_compiled_training_matches_eager(tiny_qwen2_dir, tmp_path, speed):
     """torch.compile (opt-in) trains the same model, padded or packed; it costs a compile, so one small run."""
     common = {"epochs": 1, "seed": 0, "batch_size": 8, **speed}
     eager = _run(tiny_qwen2_dir, tmp_path, name="eager", tasks=("qtype",), head_dropout=0.0, train=common)
-    compiled = _run(tiny_qwen2_dir, tmp_path, name="compiled", tasks=("qtype",), head_dropout=0.0, train={**common, "compile": True})
+    compiled = _run(
+        tiny_qwen2_dir, tmp_path, name="compiled", tasks=("qtype",), head_dropout=0.0, train={**common, "compile": True}
+    )
     a = load_file(str(eager.final / "heads.safetensors"))
     b = load_file(str(compiled.final / "heads.safetensors"))
     for key in a:
@@ -304,8 +327,12 @@ def test_grad_accum_and_update_tokens_are_exclusive(tiny_bert_dir, tmp_path):
 
 def test_round_robin_restarts_a_task_that_runs_out_of_batches(tiny_bert_dir, tmp_path):
     # 8 sentiment and 6 qtype batches: alternating 14 steps asks qtype for a 7th.
-    run = _run(tiny_bert_dir, tmp_path, tasks=("sentiment", "qtype"),
-               train={"batch_size": 2, "epochs": 1, "sampling": {"strategy": "round_robin"}})
+    run = _run(
+        tiny_bert_dir,
+        tmp_path,
+        tasks=("sentiment", "qtype"),
+        train={"batch_size": 2, "epochs": 1, "sampling": {"strategy": "round_robin"}},
+    )
     assert run.read_json(run.stages)[0]["updates"] == 14
 
 
@@ -317,9 +344,13 @@ def test_packed_training_matches_padded(tiny_qwen2_dir, tmp_path, caplog, monkey
     padded = _run(tiny_qwen2_dir, tmp_path, name="padded", head_dropout=0.0, train=common)
     rows = []
     monkeypatch.setattr(packing, "pack", lambda *a, **k: rows.append(packing_pack(*a, **k)) or rows[-1])
-    packed = _run(tiny_qwen2_dir, tmp_path, name="packed", head_dropout=0.0, train={**common, "packing": True, "pack_width": 32})
+    packed = _run(
+        tiny_qwen2_dir, tmp_path, name="packed", head_dropout=0.0, train={**common, "packing": True, "pack_width": 32}
+    )
     assert "packing is off" not in caplog.text
-    assert rows and any(len(set(p.index[:, 0].div(32, rounding_mode="floor").tolist())) < p.index.shape[0] for p in rows)  # rows shared
+    assert rows and any(
+        len(set(p.index[:, 0].div(32, rounding_mode="floor").tolist())) < p.index.shape[0] for p in rows
+    )  # rows shared
     a = load_file(str(padded.final / "heads.safetensors"))
     b = load_file(str(packed.final / "heads.safetensors"))
     for key in a:

@@ -8,20 +8,48 @@ from pathlib import Path
 
 import yaml
 
-POSITIVE = ["i love the film", "great food and great service", "the delivery was fast thanks", "good price good service",
-            "i like this company", "the movie was great", "thanks for the fast refund", "we love the team"]
-NEGATIVE = ["i hate the film", "terrible food and bad service", "the delivery was late", "bad price bad service",
-            "the parcel is late again", "the movie was terrible", "slow refund and terrible help", "we hate the game"]
-QUESTIONS = [("who won the game ?", "person"), ("who is john ?", "person"), ("where is paris ?", "place"),
-             ("where is the river ?", "place"), ("when is monday ?", "time"), ("what year was it ?", "time"),
-             ("who lost the game ?", "person"), ("where is berlin ?", "place"), ("when was the delivery ?", "time"),
-             ("which city is london ?", "place"), ("who is my team ?", "person"), ("when is the new year ?", "time")]
-NER = [(["john", "is", "in", "paris"], ["B-PER", "O", "O", "B-LOC"]),
-       (["apple", "is", "in", "london"], ["B-ORG", "O", "O", "B-LOC"]),
-       (["google", "won", "in", "berlin"], ["B-ORG", "O", "O", "B-LOC"]),
-       (["new", "york", "is", "a", "city"], ["B-LOC", "I-LOC", "O", "O", "O"]),
-       (["john", "is", "at", "google"], ["B-PER", "O", "O", "B-ORG"]),
-       (["the", "team", "won", "in", "new", "york"], ["O", "O", "O", "O", "B-LOC", "I-LOC"])]
+POSITIVE = [
+    "i love the film",
+    "great food and great service",
+    "the delivery was fast thanks",
+    "good price good service",
+    "i like this company",
+    "the movie was great",
+    "thanks for the fast refund",
+    "we love the team",
+]
+NEGATIVE = [
+    "i hate the film",
+    "terrible food and bad service",
+    "the delivery was late",
+    "bad price bad service",
+    "the parcel is late again",
+    "the movie was terrible",
+    "slow refund and terrible help",
+    "we hate the game",
+]
+QUESTIONS = [
+    ("who won the game ?", "person"),
+    ("who is john ?", "person"),
+    ("where is paris ?", "place"),
+    ("where is the river ?", "place"),
+    ("when is monday ?", "time"),
+    ("what year was it ?", "time"),
+    ("who lost the game ?", "person"),
+    ("where is berlin ?", "place"),
+    ("when was the delivery ?", "time"),
+    ("which city is london ?", "place"),
+    ("who is my team ?", "person"),
+    ("when is the new year ?", "time"),
+]
+NER = [
+    (["john", "is", "in", "paris"], ["B-PER", "O", "O", "B-LOC"]),
+    (["apple", "is", "in", "london"], ["B-ORG", "O", "O", "B-LOC"]),
+    (["google", "won", "in", "berlin"], ["B-ORG", "O", "O", "B-LOC"]),
+    (["new", "york", "is", "a", "city"], ["B-LOC", "I-LOC", "O", "O", "O"]),
+    (["john", "is", "at", "google"], ["B-PER", "O", "O", "B-ORG"]),
+    (["the", "team", "won", "in", "new", "york"], ["O", "O", "O", "O", "B-LOC", "I-LOC"]),
+]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:
@@ -32,13 +60,24 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 def toy_data(root: Path) -> dict[str, dict[str, str]]:
     """Write train/dev files for three tasks under `root`; returns task -> split -> path."""
     root.mkdir(parents=True, exist_ok=True)
-    sentiment = [{"text": t, "label": "positive"} for t in POSITIVE] + [{"text": t, "label": "negative"} for t in NEGATIVE]
+    sentiment = [{"text": t, "label": "positive"} for t in POSITIVE] + [
+        {"text": t, "label": "negative"} for t in NEGATIVE
+    ]
     questions = [{"text": t, "label": y} for t, y in QUESTIONS]
     ner = [{"tokens": t, "tags": y} for t, y in NER]
     return {
-        "sentiment": {"train": write_jsonl(root / "sent_train.jsonl", sentiment), "dev": write_jsonl(root / "sent_dev.jsonl", sentiment[::3])},
-        "qtype": {"train": write_jsonl(root / "q_train.jsonl", questions), "test": write_jsonl(root / "q_test.jsonl", questions[::2])},
-        "ner": {"train": write_jsonl(root / "ner_train.jsonl", ner * 2), "dev": write_jsonl(root / "ner_dev.jsonl", ner)},
+        "sentiment": {
+            "train": write_jsonl(root / "sent_train.jsonl", sentiment),
+            "dev": write_jsonl(root / "sent_dev.jsonl", sentiment[::3]),
+        },
+        "qtype": {
+            "train": write_jsonl(root / "q_train.jsonl", questions),
+            "test": write_jsonl(root / "q_test.jsonl", questions[::2]),
+        },
+        "ner": {
+            "train": write_jsonl(root / "ner_train.jsonl", ner * 2),
+            "dev": write_jsonl(root / "ner_dev.jsonl", ner),
+        },
     }
 
 

@@ -14,10 +14,13 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from thawing.errors import ThawingError, InputError
+from thawing.errors import InputError, ThawingError
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Multi-task fine-tuning of sentence encoders."
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Multi-task fine-tuning of sentence encoders.",
 )
 console = Console(stderr=True)
 
@@ -50,7 +53,9 @@ def embed(
     prompt: Optional[str] = typer.Option(None, help="Instruction prefix added to every text."),
     batch_size: int = typer.Option(32, min=1, help="Texts per forward pass."),
     max_tokens: Optional[int] = typer.Option(
-        None, min=1, help="Fill each batch to this many padded tokens instead of --batch-size texts [default: 16384 on a GPU]."
+        None,
+        min=1,
+        help="Fill each batch to this many padded tokens instead of --batch-size texts [default: 16384 on a GPU].",
     ),
     max_length: Optional[int] = typer.Option(None, min=1, help="Truncate texts to this many tokens."),
     device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu or cuda."),
@@ -77,12 +82,16 @@ def embed(
         batch = encoder.pad(encoder.token_ids(texts[:32], prompt))
         return batch["input_ids"], batch["attention_mask"]
 
-    runtime = resolve(encoder, device=device, precision=mixed_precision, packing_=packing, training=False,
-                      sample=sample)
+    runtime = resolve(
+        encoder, device=device, precision=mixed_precision, packing_=packing, training=False, sample=sample
+    )
     apply(runtime, encoder)
     with runtime.autocast():
         vectors = encoder.encode(
-            texts, batch_size=batch_size, prompt=prompt, max_tokens=max_tokens or runtime.inference_max_tokens,
+            texts,
+            batch_size=batch_size,
+            prompt=prompt,
+            max_tokens=max_tokens or runtime.inference_max_tokens,
             show_progress=sys.stderr.isatty() and len(texts) > 256,
         )
     try:
@@ -116,8 +125,13 @@ class _TrainPrinter:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeElapsedColumn(), console=console, transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
         )
         self.bar = None
 
@@ -125,12 +139,20 @@ class _TrainPrinter:
         from rich.table import Table
 
         if name == "stage_start":
-            table = Table(title=f"stage '{p['stage']}'" + (" (frozen encoder: features computed once)" if p["cached"] else ""), title_justify="left")
+            table = Table(
+                title=f"stage '{p['stage']}'" + (" (frozen encoder: features computed once)" if p["cached"] else ""),
+                title_justify="left",
+            )
             for col in ("group", "params", "trainable", "lr"):
                 table.add_column(col, justify="right" if col != "group" else "left")
             for row in p["table"]:
                 lr = p["lrs"].get(row["group"])
-                table.add_row(row["group"], f"{row['params']:,}", "yes" if row["trainable"] else "frozen", f"{lr:.2e}" if lr else "")
+                table.add_row(
+                    row["group"],
+                    f"{row['params']:,}",
+                    "yes" if row["trainable"] else "frozen",
+                    f"{lr:.2e}" if lr else "",
+                )
             console.print(table)
         elif name == "step":
             if self.bar is None:
@@ -138,11 +160,20 @@ class _TrainPrinter:
                 self.bar = self.progress.add_task(f"{p['stage']}", total=p["total"], loss=p["loss"])
             self.progress.update(self.bar, completed=p["update"], loss=p["loss"])
         elif name == "eval":
-            console.print(_metrics_table(f"{p['stage']} step {p['step']} epoch {p['epoch']:.2f} ({p['split']})", p["results"], p["score"]))
+            console.print(
+                _metrics_table(
+                    f"{p['stage']} step {p['step']} epoch {p['epoch']:.2f} ({p['split']})", p["results"], p["score"]
+                )
+            )
         elif name in ("stage_end", "results"):
             self.stop()
             if name == "stage_end":
-                console.print(f"stage '{p['stage']}': best {p['best_score']} at step {p['best_step']}, {p['stopped']}, {p['wall_s']}s", highlight=False, markup=False)
+                console.print(
+                    f"stage '{p['stage']}': best {p['best_score']} at step {p['best_step']}, {p['stopped']}, "
+                    f"{p['wall_s']}s",
+                    highlight=False,
+                    markup=False,
+                )
             else:
                 splits = ", ".join(sorted(set(p["splits"].values())))
                 console.print(_metrics_table(f"final model ({splits})", p["tasks"], p["score"]))
@@ -150,11 +181,17 @@ class _TrainPrinter:
             if "message" in p:
                 console.print(f"cache: {p['message']}", markup=False, highlight=False)
             else:
-                console.print(f"cache: computing frozen features for {p['task']}/{p['split']} ({p['examples']} examples)", markup=False)
+                console.print(
+                    f"cache: computing frozen features for {p['task']}/{p['split']} ({p['examples']} examples)",
+                    markup=False,
+                )
         elif name == "scenario":
             console.rule(f"scenario '{p['scenario']}'")
         elif name == "plan_stop":
-            console.print(f"plan stopped: stage '{p['stage']}' scored {p['score']:.4f}, not better than {p['best']:.4f}", markup=False)
+            console.print(
+                f"plan stopped: stage '{p['stage']}' scored {p['score']:.4f}, not better than {p['best']:.4f}",
+                markup=False,
+            )
 
     def stop(self) -> None:
         if self.bar is not None:
@@ -186,7 +223,9 @@ def train(
             run = resume_run(resume, events=printer)
         else:
             cfg = load_config(config, set_)
-            run = run_training(cfg, run_dir=str(run_dir) if run_dir else None, events=printer, run_optional=full or None)
+            run = run_training(
+                cfg, run_dir=str(run_dir) if run_dir else None, events=printer, run_optional=full or None
+            )
     finally:
         printer.stop()
     print(run.path)
@@ -205,8 +244,8 @@ def plan(
     from rich.table import Table
 
     from thawing.config import load_config
-    from thawing.model.groups import parameter_groups
     from thawing.data.tasks import load_tasks
+    from thawing.model.groups import parameter_groups
     from thawing.training.setup import build_model
     from thawing.training.stages import build_plan, plan_summary
 
@@ -218,7 +257,11 @@ def plan(
         print(json.dumps(summary, indent=2))
         return
     for stage in summary["stages"]:
-        table = Table(title=f"stage '{stage['name']}': {stage['epochs']} epochs, {stage['trainable_params']:,} trainable parameters", title_justify="left")
+        table = Table(
+            title=f"stage '{stage['name']}': {stage['epochs']} epochs, "
+            f"{stage['trainable_params']:,} trainable parameters",
+            title_justify="left",
+        )
         for col in ("group", "params", "lr"):
             table.add_column(col, justify="left" if col == "group" else "right")
         for g in stage["groups"]:
@@ -230,7 +273,9 @@ def plan(
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory."),
     split: str = typer.Option("test", help="Split to evaluate: train, dev or test."),
-    data: list[str] = typer.Option([], "--data", help="Evaluate a task on another file: --data task=path (repeatable)."),
+    data: list[str] = typer.Option(
+        [], "--data", help="Evaluate a task on another file: --data task=path (repeatable)."
+    ),
     output: Optional[Path] = typer.Option(None, help="Also write the metrics to this JSON file."),
 ) -> None:
     """Evaluate a trained run on a split of its tasks' data, or on other files."""
@@ -304,9 +349,13 @@ def study(
     config: Path = typer.Argument(..., help="YAML config: the tasks, data and model to compare plans on."),
     scenarios: str = typer.Option("frozen,heads,progressive,full", help="Plan presets to run, comma-separated."),
     set_: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=2 (repeatable)."),
-    study_dir: Optional[Path] = typer.Option(None, help="Write the study here instead of runs/<name>-study-<timestamp>."),
+    study_dir: Optional[Path] = typer.Option(
+        None, help="Write the study here instead of runs/<name>-study-<timestamp>."
+    ),
     full: bool = typer.Option(False, "--full", help="Also run stages marked optional (progressive's full stage)."),
-    seeds: Optional[str] = typer.Option(None, help="Run each scenario with these seeds (e.g. 0,1,2) and report means and ranges."),
+    seeds: Optional[str] = typer.Option(
+        None, help="Run each scenario with these seeds (e.g. 0,1,2) and report means and ranges."
+    ),
 ) -> None:
     """Train the config once per freezing scenario (and seed) and compare them; prints the study directory last."""
     from thawing.config import load_config
@@ -319,8 +368,14 @@ def study(
     cfg = load_config(config, set_)
     printer = _TrainPrinter()
     try:
-        result = run_study(cfg, [s.strip() for s in scenarios.split(",") if s.strip()], str(study_dir) if study_dir else None,
-                           events=printer, run_optional=full or None, seeds=seed_list)
+        result = run_study(
+            cfg,
+            [s.strip() for s in scenarios.split(",") if s.strip()],
+            str(study_dir) if study_dir else None,
+            events=printer,
+            run_optional=full or None,
+            seeds=seed_list,
+        )
     finally:
         printer.stop()
     Console().print(_study_table(result.read_json(result.study_json)["scenarios"]))
@@ -337,7 +392,14 @@ def _study_table(rows: dict):
     for col in ["scenario", *(f"{t} ({m})" for t, m in tasks), "score", "trainable", "updates", "wall s"]:
         table.add_column(col, justify="left" if col == "scenario" else "right")
     for name, row in rows.items():
-        table.add_row(name, *task_cells(rows, name), f"{row['score']:.4f}", f"{row['trainable_params']:,}", str(row["updates"]), str(row["wall_s"]))
+        table.add_row(
+            name,
+            *task_cells(rows, name),
+            f"{row['score']:.4f}",
+            f"{row['trainable_params']:,}",
+            str(row["updates"]),
+            str(row["wall_s"]),
+        )
     return table
 
 

@@ -122,7 +122,9 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _one_accumulation(self) -> "TrainConfig":
         if self.update_tokens and self.grad_accum > 1:
-            raise ValueError("set either grad_accum (micro-batches per update) or update_tokens (tokens per update), not both")
+            raise ValueError(
+                "set either grad_accum (micro-batches per update) or update_tokens (tokens per update), not both"
+            )
         return self
 
 

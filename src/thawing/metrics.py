@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-
 from thawing.data.tags import TAG_SCHEMES
 
 # conlleval mode knows the B/I/E/S prefixes but not BILOU's L/U, which mean exactly E/S.

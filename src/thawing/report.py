@@ -44,23 +44,44 @@ def _markdown(run, config, tasks, stages, results, metrics, primary, curves: boo
     model = (config.get("model") or {}).get("name", "?")
     lines = [f"# {run.path.name}", "", f"Model: `{model}`. Tasks:", ""]
     for task, spec in tasks.items():
-        lines.append(f"- **{task}**: {spec.get('type')}, {len(spec.get('labels', []))} labels, primary metric {primary[task]}")
-    lines += ["", "## Stages", "", "| stage | trainable parameters | epochs | updates | best dev score | at step | stopped | wall |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"- **{task}**: {spec.get('type')}, {len(spec.get('labels', []))} labels, primary metric {primary[task]}"
+        )
+    lines += [
+        "",
+        "## Stages",
+        "",
+        "| stage | trainable parameters | epochs | updates | best dev score | at step | stopped | wall |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in stages:
         best = "" if s.get("best_score") is None else f"{s['best_score']:.4f}"
-        lines.append(f"| {s['stage']} | {s.get('trainable_params', 0):,} | {s.get('epochs_run', '')} | {s.get('updates', '')} "
-                     f"| {best} | {s.get('best_step', '')} | {s.get('stopped', '')} | {s.get('wall_s', '')} s |")
-    lines += ["", "## Each task on dev", "",
-              "First evaluation, best, and last, in each task's primary metric: a task whose head or encoder stopped "
-              "training shows here what it kept.", "",
-              "| task | metric | first | best | last |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {s['stage']} | {s.get('trainable_params', 0):,} | {s.get('epochs_run', '')} | {s.get('updates', '')} "
+            f"| {best} | {s.get('best_step', '')} | {s.get('stopped', '')} | {s.get('wall_s', '')} s |"
+        )
+    lines += [
+        "",
+        "## Each task on dev",
+        "",
+        "First evaluation, best, and last, in each task's primary metric: a task whose head or encoder stopped "
+        "training shows here what it kept.",
+        "",
+        "| task | metric | first | best | last |",
+        "|---|---|---|---|---|",
+    ]
     for task, metric in primary.items():
         values = [m["metrics"][metric] for m in metrics if m["task"] == task and metric in m["metrics"]]
         if values:
             lines.append(f"| {task} | {metric} | {values[0]:.4f} | {max(values):.4f} | {values[-1]:.4f} |")
     names = sorted({name for r in results["tasks"].values() for name in r})
-    lines += ["", "## Final model", "", "| task | split | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    lines += [
+        "",
+        "## Final model",
+        "",
+        "| task | split | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
     for task, values in results["tasks"].items():
         cells = " | ".join(f"{values[n]:.4f}" if n in values else "" for n in names)
         lines.append(f"| {task} | {results.get('splits', {}).get(task, '')} | {cells} |")
@@ -91,7 +112,9 @@ def _plot_curves(metrics: list[dict], stages: list[dict], primary: dict[str, str
             ax.plot(*zip(*points), marker="o", markersize=3)
         for step, name in boundaries:
             ax.axvline(step, color="grey", linestyle=":", linewidth=1)
-            ax.annotate(name, (step, 1), xycoords=("data", "axes fraction"), fontsize=7, rotation=90, va="top", ha="right")
+            ax.annotate(
+                name, (step, 1), xycoords=("data", "axes fraction"), fontsize=7, rotation=90, va="top", ha="right"
+            )
         ax.set_title("selection score" if task == SCORE else f"{task} ({metric})", fontsize=10)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)

@@ -42,7 +42,9 @@ def run_study(
 
     unknown = [s for s in scenarios if s not in PRESETS]
     if unknown or not scenarios or len(set(scenarios)) != len(scenarios):
-        raise InputError(f"scenarios must be distinct plan presets ({', '.join(PRESETS)}); got {', '.join(scenarios) or 'none'}")
+        raise InputError(
+            f"scenarios must be distinct plan presets ({', '.join(PRESETS)}); got {', '.join(scenarios) or 'none'}"
+        )
     seeds = seeds or [config.train.seed]
     if len(set(seeds)) != len(seeds):
         raise InputError(f"seeds must be distinct; got {seeds}")
@@ -53,7 +55,9 @@ def run_study(
             if events:
                 events("scenario", {"scenario": scenario if len(seeds) == 1 else f"{scenario}, seed {seed}"})
             name = scenario if len(seeds) == 1 else f"{scenario}-seed{seed}"
-            cfg = config.model_copy(update={"schedule": scenario, "train": config.train.model_copy(update={"seed": seed})})
+            cfg = config.model_copy(
+                update={"schedule": scenario, "train": config.train.model_copy(update={"seed": seed})}
+            )
             run = train(cfg, run_dir=str(study.path / name), events=events, run_optional=run_optional)
             runs.setdefault(scenario, []).append(_summary(run, seed))
             rows = {key: _combine(per_seed) for key, per_seed in runs.items()}
@@ -66,11 +70,20 @@ def run_study(
 def _combine(per_seed: list[dict]) -> dict:
     """One scenario over its seeds: mean metrics and score, each task metric's range, the runs themselves."""
     first = per_seed[0]
-    tasks = {t: {m: sum(r["tasks"][t][m] for r in per_seed) / len(per_seed) for m in values} for t, values in first["tasks"].items()}
-    spread = {t: {m: [min(r["tasks"][t][m] for r in per_seed), max(r["tasks"][t][m] for r in per_seed)] for m in values}
-              for t, values in first["tasks"].items()}
+    tasks = {
+        t: {m: sum(r["tasks"][t][m] for r in per_seed) / len(per_seed) for m in values}
+        for t, values in first["tasks"].items()
+    }
+    spread = {
+        t: {m: [min(r["tasks"][t][m] for r in per_seed), max(r["tasks"][t][m] for r in per_seed)] for m in values}
+        for t, values in first["tasks"].items()
+    }
     return {
-        "run": first["run"], "primary": first["primary"], "splits": first["splits"], "tasks": tasks, "spread": spread,
+        "run": first["run"],
+        "primary": first["primary"],
+        "splits": first["splits"],
+        "tasks": tasks,
+        "spread": spread,
         "score": sum(r["score"] for r in per_seed) / len(per_seed),
         "trainable_params": first["trainable_params"],
         "updates": round(sum(r["updates"] for r in per_seed) / len(per_seed)),
@@ -103,17 +116,30 @@ def write_study_report(path: str | Path) -> Path:
         raise InputError("study.json holds no scenario", path=study.study_json)
     tasks = list(next(iter(rows.values()))["primary"].items())
     seeds = data.get("seeds", [None])
-    lines = [f"# {study.path.name}", "",
-             "Final metrics of each scenario (each task's primary metric, on test where the task has it, else dev)."]
+    lines = [
+        f"# {study.path.name}",
+        "",
+        "Final metrics of each scenario (each task's primary metric, on test where the task has it, else dev).",
+    ]
     if len(seeds) > 1:
         lines.append(f"Means over seeds {', '.join(map(str, seeds))}, with their range in square brackets.")
     if BASELINE in rows:
-        lines.append(f"In parentheses: the change against the `{BASELINE}` baseline, the pretrained encoder as it came.")
-    lines += ["", "| scenario | " + " | ".join(f"{t} ({m})" for t, m in tasks) + " | score | trainable parameters | updates | wall |",
-              "|---|" + "---|" * (len(tasks) + 4)]
+        lines.append(
+            f"In parentheses: the change against the `{BASELINE}` baseline, the pretrained encoder as it came."
+        )
+    lines += [
+        "",
+        "| scenario | "
+        + " | ".join(f"{t} ({m})" for t, m in tasks)
+        + " | score | trainable parameters | updates | wall |",
+        "|---|" + "---|" * (len(tasks) + 4),
+    ]
     for name, row in rows.items():
-        lines.append(f"| [{name}]({row['run']}/{REPORT}/{REPORT_MD}) | " + " | ".join(task_cells(rows, name))
-                     + f" | {row['score']:.4f} | {row['trainable_params']:,} | {row['updates']} | {row['wall_s']} s |")
+        lines.append(
+            f"| [{name}]({row['run']}/{REPORT}/{REPORT_MD}) | "
+            + " | ".join(task_cells(rows, name))
+            + f" | {row['score']:.4f} | {row['trainable_params']:,} | {row['updates']} | {row['wall_s']} s |"
+        )
     _plot(rows, tasks, study.study_png)
     lines += ["", f"![final metrics per scenario]({STUDY_PNG})"]
     write_text(study.study_md, "\n".join(lines) + "\n")

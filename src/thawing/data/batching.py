@@ -43,7 +43,9 @@ class Features:
         return sum(label != IGNORE for label in rows)
 
 
-def featurize_texts(encoder: Encoder, texts: Sequence[str], labels: Sequence[int] | None, prompt: str | None) -> Features:
+def featurize_texts(
+    encoder: Encoder, texts: Sequence[str], labels: Sequence[int] | None, prompt: str | None
+) -> Features:
     """Tokenize sentences for a classification task (labels may be None when predicting)."""
     ids = encoder.token_ids(texts, prompt)
     return Features(ids, list(labels) if labels is not None else [IGNORE] * len(ids))

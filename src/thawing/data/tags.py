@@ -8,7 +8,6 @@ spans as it should, and many real IOB2 files contain a few.
 
 from __future__ import annotations
 
-
 TAG_SCHEMES = ("IOB1", "IOB2", "IOE1", "IOE2", "IOBES", "BILOU")
 
 # Prefixes allowed before '-<type>' in each scheme ('O' is always allowed on its own).

@@ -92,7 +92,9 @@ def check_boundary(encoder: Encoder, first: int, batch: dict[str, torch.Tensor])
 def _difference(encoder: Encoder, first: int, batch: dict[str, torch.Tensor]) -> float | None:
     try:
         # The padded forward, as training's top layers run (packing is the encoder's business, not the split's).
-        whole = encoder.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state.float()
+        whole = encoder.backbone(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state.float()
         hidden = hidden_at(encoder, first, batch["input_ids"], batch["attention_mask"])
         split = top_states(encoder, first, hidden, batch["attention_mask"]).float()
         mask = batch["attention_mask"].bool()

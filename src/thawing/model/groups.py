@@ -76,5 +76,7 @@ def parameter_groups(model: nn.Module) -> "OrderedDict[str, list[tuple[str, nn.P
 
     grouped = [id(p) for members in groups.values() for _, p in members]
     everything = [id(p) for p in model.parameters()]
-    assert len(grouped) == len(set(grouped)) and set(grouped) == set(everything), "parameter groups must partition the model"
+    assert len(grouped) == len(set(grouped)) and set(grouped) == set(everything), (
+        "parameter groups must partition the model"
+    )
     return OrderedDict((k, v) for k, v in groups.items() if v)

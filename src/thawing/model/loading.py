@@ -145,7 +145,8 @@ def save_encoder(encoder: Encoder, path: str | Path) -> Path:
     path.mkdir(parents=True)
     encoder.backbone.save_pretrained(path, safe_serialization=True)
     encoder.tokenizer.save_pretrained(path)
-    _write_json(path / "sentence_bert_config.json", {"max_seq_length": encoder.max_length, "do_lower_case": encoder.do_lower_case})
+    st_config = {"max_seq_length": encoder.max_length, "do_lower_case": encoder.do_lower_case}
+    _write_json(path / "sentence_bert_config.json", st_config)
     modules = [{"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER}]
     pooling = {key: mode == encoder.pooling for mode, key in ST_POOLING_KEYS.items()}
     pooling.update(word_embedding_dimension=encoder.hidden_size, pooling_mode_mean_sqrt_len_tokens=False)
@@ -164,7 +165,9 @@ def save_encoder(encoder: Encoder, path: str | Path) -> Path:
                 "activation_function": f"{type(act).__module__}.{type(act).__name__}",
             },
         )
-        save_file({k: v.detach().contiguous().cpu() for k, v in dense.state_dict().items()}, folder / "model.safetensors")
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in dense.state_dict().items()}, folder / "model.safetensors"
+        )
         modules.append({"idx": idx, "name": str(idx), "path": folder.name, "type": ST_DENSE})
     if encoder.normalize:
         idx = len(modules)

@@ -105,7 +105,9 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int | Non
     segment = torch.full((n_rows * width,), -1, dtype=torch.long, device=device)
     segment[dest] = torch.arange(len(rows), device=device)[:, None].expand_as(real)[real]
     starts = sorted(offsets) + [width] if n_rows == 1 else []
-    return Packed(flat_ids.view(n_rows, width), positions.view(n_rows, width), segment.view(n_rows, width), index, real, starts)
+    return Packed(
+        flat_ids.view(n_rows, width), positions.view(n_rows, width), segment.view(n_rows, width), index, real, starts
+    )
 
 
 def block_mask(packed: Packed, causal: bool, mask_format: str, dtype: torch.dtype) -> torch.Tensor:
@@ -118,7 +120,9 @@ def block_mask(packed: Packed, causal: bool, mask_format: str, dtype: torch.dtyp
         allowed &= torch.ones(width, width, dtype=torch.bool, device=segment.device).tril()
     allowed = allowed[:, None]
     if mask_format == "additive":
-        return torch.zeros(allowed.shape, dtype=dtype, device=segment.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        return torch.zeros(allowed.shape, dtype=dtype, device=segment.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
     return allowed
 
 
@@ -140,7 +144,8 @@ def unsupported(backbone: nn.Module, mode: str, training: bool = False, half: bo
     if mode == "rows":
         impl = getattr(config, "_attn_implementation", None)
         if impl not in MASK_FORMATS:
-            return f"attention implementation '{impl}' takes no custom 4D mask (rows packing supports {', '.join(MASK_FORMATS)})"
+            supported = ", ".join(MASK_FORMATS)
+            return f"attention implementation '{impl}' takes no custom 4D mask (rows packing supports {supported})"
         return None
     weights = next(backbone.parameters())
     device = weights.device
@@ -190,7 +195,9 @@ def kernel_self_test(device: torch.device, heads: int = 4, kv_heads: int = 2, he
 def _compare_with_dense(device: torch.device, heads: int, kv_heads: int, head_dim: int) -> str | None:
     generator = torch.Generator(device="cpu").manual_seed(0)
     shapes = (heads, kv_heads, kv_heads)
-    q, k, v = (torch.randn(11, h, head_dim, generator=generator).to(device, torch.bfloat16).requires_grad_() for h in shapes)
+    q, k, v = (
+        torch.randn(11, h, head_dim, generator=generator).to(device, torch.bfloat16).requires_grad_() for h in shapes
+    )
     cu = torch.tensor([0, 3, 11], dtype=torch.int32, device=device)
     for causal in (False, True):
         try:
@@ -214,8 +221,18 @@ def read_varlen_signature(varlen_attn) -> None:
     _VARLEN_ARGS.update(scale="scale" in params, is_causal="is_causal" in params, enable_gqa="enable_gqa" in params)
 
 
-def varlen_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
-                     cu_seq_lens_q: torch.Tensor | None = None, max_length_q: int | None = None, **kwargs):
+def varlen_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    **kwargs,
+):
     """A transformers attention function over one packed row: query (1, Hq, T, D) to output (1, T, Hq, D)."""
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (T, heads, D)
     causal = bool(getattr(module, "is_causal", False))
@@ -257,7 +274,9 @@ def _dense_varlen(q, k, v, cu: torch.Tensor, causal: bool, scale: float | None) 
     allowed = segment[:, None] == segment[None, :]
     if causal:
         allowed &= positions[None, :] <= positions[:, None]
-    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=allowed, scale=scale)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=allowed, scale=scale
+    )
     return out.transpose(0, 1)
 
 
@@ -284,14 +303,21 @@ def attention_implementation(backbone: nn.Module, name: str) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------- choice
 
 
-def choose(encoder, modes: tuple[str, ...], training: bool, half: bool, width: int | None,
-           sample: tuple[torch.Tensor, torch.Tensor]) -> tuple[str | None, list[str]]:
+def choose(
+    encoder,
+    modes: tuple[str, ...],
+    training: bool,
+    half: bool,
+    width: int | None,
+    sample: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[str | None, list[str]]:
     """The first of `modes` that runs on this backbone in this context and gives the padded forward's states on
     `sample` (a real batch), and why each mode before it was passed over. None: pad."""
     reasons = []
     for mode in modes:
         reason = unsupported(encoder.backbone, mode, training, half) or check(
-            encoder.backbone, lambda ids, mask: encoder.packed_states(ids, mask, mode, width), *sample)
+            encoder.backbone, lambda ids, mask: encoder.packed_states(ids, mask, mode, width), *sample
+        )
         if reason is None:
             return mode, reasons
         reasons.append(f"{mode}: {reason}")

@@ -14,7 +14,6 @@ from thawing.data.records import Example, Record, field_value, sorted_labels
 from thawing.errors import InputError
 
 
-
 class Classification:
     name = "classification"
     reads = "sentence"  # the head reads the pooled sentence embedding
@@ -60,7 +59,9 @@ class Classification:
             return F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE)
         return F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE, reduction="sum") / divisor
 
-    def gather(self, logits: np.ndarray, feats: Features, indices: Sequence[int], left_padded: bool) -> list[np.ndarray]:
+    def gather(
+        self, logits: np.ndarray, feats: Features, indices: Sequence[int], left_padded: bool
+    ) -> list[np.ndarray]:
         """A batch's logits (B, C) -> one (C,) array per example."""
         return [logits[row] for row in range(len(indices))]
 

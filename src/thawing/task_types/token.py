@@ -7,11 +7,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-
 from thawing.data.batching import Features, featurize_words
 from thawing.data.readers import detect_format
-from thawing.data.tags import check_tags
 from thawing.data.records import Example, Record, field_value, sorted_labels
+from thawing.data.tags import check_tags
 from thawing.errors import InputError
 from thawing.task_types.classification import Classification
 
@@ -60,7 +59,9 @@ class TokenClassification(Classification):
         tags = [e.label for e in examples] if labelled else None
         return featurize_words(encoder, [e.tokens for e in examples], tags, prompt)
 
-    def gather(self, logits: np.ndarray, feats: Features, indices: Sequence[int], left_padded: bool) -> list[np.ndarray]:
+    def gather(
+        self, logits: np.ndarray, feats: Features, indices: Sequence[int], left_padded: bool
+    ) -> list[np.ndarray]:
         """A batch's logits (B, T, C) -> one (words, C) array per example, read at each word's first sub-token."""
         width = logits.shape[1]
         return [logits[row, word_positions(feats, i, width, left_padded)] for row, i in enumerate(indices)]
@@ -86,8 +87,10 @@ class TokenClassification(Classification):
 
         tokens: list[Any] = example.tokens or []
         tags = self.tags(spec, logits, len(tokens))
-        entities = [{"type": kind, "start": start, "end": end + 1, "text": " ".join(tokens[start : end + 1])}
-                    for kind, start, end in get_entities(tags)]
+        entities = [
+            {"type": kind, "start": start, "end": end + 1, "text": " ".join(tokens[start : end + 1])}
+            for kind, start, end in get_entities(tags)
+        ]
         return {"tokens": tokens, "tags": tags, "entities": entities}
 
 
@@ -95,5 +98,3 @@ def word_positions(feats: Features, i: int, width: int, left_padded: bool) -> li
     """Where example i's words start in a batch padded to `width`."""
     shift = width - len(feats.input_ids[i]) if left_padded else 0
     return [p + shift for p in feats.word_starts[i]]
-
-

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model

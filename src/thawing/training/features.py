@@ -96,7 +96,12 @@ def cached_features(model: MultiTaskModel, features: dict[str, dict[str, Feature
     store = FeatureStore(cache_dir)
     encoder = model.encoder
     weights = fingerprint(encoder)
-    settings = {"pooling": encoder.pooling, "normalize": encoder.normalize, "precision": runtime.precision, "version": 1}
+    settings = {
+        "pooling": encoder.pooling,
+        "normalize": encoder.normalize,
+        "precision": runtime.precision,
+        "version": 1,
+    }
     out: dict[str, dict[str, CachedSplit]] = {}
     for task, splits in features.items():
         out[task] = {}
@@ -110,7 +115,13 @@ def cached_features(model: MultiTaskModel, features: dict[str, dict[str, Feature
                 with runtime.autocast():
                     arrays = compute(model, task, feats, batch_size, runtime.inference_max_tokens).to_arrays()
                 store.save(key, arrays)
-                log.info("cached %s/%s: %d examples, %.1f MB at %s", task, split, len(feats),
-                         store.size_bytes(key) / 1e6, store.path(key))
+                log.info(
+                    "cached %s/%s: %d examples, %.1f MB at %s",
+                    task,
+                    split,
+                    len(feats),
+                    store.size_bytes(key) / 1e6,
+                    store.path(key),
+                )
             out[task][split] = CachedSplit.from_arrays(arrays, feats)
     return out

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from thawing.config import RunConfig
 from thawing.errors import InputError
 from thawing.freezing import active_tasks, apply_trainable, layer_names, parameter_table, set_frozen_modes

@@ -50,20 +50,35 @@ def preset(name: str, num_layers: int) -> list[StageConfig]:
         "frozen": [StageConfig(name="frozen", train=[], epochs=0)],
         "heads": [StageConfig(name="heads", train=["heads"], epochs=4, lr={"heads": 3e-2}, early_stopping=plateau)],
         # heads 3e-2: dev score 0.905 vs 0.810 with 1e-3 (TREC coarse+fine+SST-2, docs/benchmarks.md)
-        "full": [StageConfig(name="full", train=["all"], epochs=4, lr={"heads": 3e-2, "encoder": 3e-5}, early_stopping=plateau)],
+        "full": [
+            StageConfig(
+                name="full", train=["all"], epochs=4, lr={"heads": 3e-2, "encoder": 3e-5}, early_stopping=plateau
+            )
+        ],
         "progressive": [
             StageConfig(name="heads", train=["heads"], epochs=4, lr={"heads": 3e-2}, early_stopping=plateau),
             StageConfig(
-                name="top", train=["heads", "projection", f"layers[-{top}:]"], epochs=2,
-                lr={"heads": 5e-4, "encoder": 5e-5}, early_stopping=plateau,
+                name="top",
+                train=["heads", "projection", f"layers[-{top}:]"],
+                epochs=2,
+                lr={"heads": 5e-4, "encoder": 5e-5},
+                early_stopping=plateau,
             ),
             StageConfig(
-                name="discriminative", train=["heads", "projection", f"layers[-{more}:]"], epochs=2,
-                lr={"heads": 3e-4, "encoder": 5e-5}, layer_decay=0.8, early_stopping=plateau,
+                name="discriminative",
+                train=["heads", "projection", f"layers[-{more}:]"],
+                epochs=2,
+                lr={"heads": 3e-4, "encoder": 5e-5},
+                layer_decay=0.8,
+                early_stopping=plateau,
             ),
             StageConfig(
-                name="full", train=["all"], epochs=1, lr={"heads": 1e-4, "encoder": 1e-5},
-                early_stopping=plateau, optional=True,
+                name="full",
+                train=["all"],
+                epochs=1,
+                lr={"heads": 1e-4, "encoder": 1e-5},
+                early_stopping=plateau,
+                optional=True,
             ),
         ],
     }
@@ -80,7 +95,13 @@ def stage_configs(config: RunConfig, num_layers: int) -> list[StageConfig]:
     if config.schedule is not None:
         return list(config.schedule)
     name = "frozen" if "all" in config.freeze else "train"
-    return [StageConfig(name=name, train=["all"] + [f"-{f}" for f in config.freeze], epochs=0 if name == "frozen" else config.train.epochs)]
+    return [
+        StageConfig(
+            name=name,
+            train=["all"] + [f"-{f}" for f in config.freeze],
+            epochs=0 if name == "frozen" else config.train.epochs,
+        )
+    ]
 
 
 def command_line_over_preset(stages: list[StageConfig], config: RunConfig) -> list[StageConfig]:
@@ -92,12 +113,15 @@ def command_line_over_preset(stages: list[StageConfig], config: RunConfig) -> li
     out = []
     for stage in stages:
         lr = stage.lr.model_copy(update={k: v for k, v in rates.items() if k in StageRates.model_fields})
-        out.append(stage.model_copy(update={**({"epochs": epochs["epochs"]} if epochs and stage.epochs else {}),
-                                            "lr": lr}))
+        out.append(
+            stage.model_copy(update={**({"epochs": epochs["epochs"]} if epochs and stage.epochs else {}), "lr": lr})
+        )
     return out
 
 
-def group_rates(trainable: list[str], groups: "OrderedDict[str, list]", cfg: StageConfig, config: RunConfig) -> dict[str, float]:
+def group_rates(
+    trainable: list[str], groups: "OrderedDict[str, list]", cfg: StageConfig, config: RunConfig
+) -> dict[str, float]:
     """Learning rate of every trainable group: heads, projection, and encoder groups with layer decay.
 
     The top trainable layer (and the final norm above it) gets the encoder rate; each trainable
@@ -153,8 +177,10 @@ def stage_optimizer(stage: Stage, groups: "OrderedDict[str, list]", weight_decay
     (`initial_lr`, which the loop scales by the schedule every update)."""
     params = [p for g in stage.trainable for _, p in groups[g]]
     return torch.optim.AdamW(
-        [{"params": [p for _, p in groups[g]], "lr": stage.lrs[g], "initial_lr": stage.lrs[g], "name": g}
-         for g in stage.trainable],
+        [
+            {"params": [p for _, p in groups[g]], "lr": stage.lrs[g], "initial_lr": stage.lrs[g], "name": g}
+            for g in stage.trainable
+        ],
         weight_decay=weight_decay,
         # One kernel for all parameters on a GPU: the step over a 1.5B model's fp32 states is memory-bound, and the
         # default (foreach) makes several passes over them.
@@ -176,4 +202,3 @@ def plan_summary(plan: list[Stage], groups: "OrderedDict[str, list]") -> dict:
             for stage in plan
         ]
     }
-

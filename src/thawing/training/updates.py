@@ -30,7 +30,9 @@ def epoch_seed(seed: int, stage: str, epoch: int) -> int:
     return zlib.crc32(f"{seed}/{stage}/{epoch}".encode())
 
 
-def epoch_batches(train: Mapping[str, Features], cfg: TrainConfig, seed: int, packed: bool) -> dict[str, list[list[int]]]:
+def epoch_batches(
+    train: Mapping[str, Features], cfg: TrainConfig, seed: int, packed: bool
+) -> dict[str, list[list[int]]]:
     """Each task's batches for one epoch: `batch_size` examples, or filled to `max_tokens`: real tokens when the
     batches run packed (no padding to count), padded tokens (count x longest) otherwise."""
     if cfg.max_tokens and packed:
@@ -40,8 +42,9 @@ def epoch_batches(train: Mapping[str, Features], cfg: TrainConfig, seed: int, pa
     return {t: length_grouped_batches(f.lengths, cfg.batch_size, seed + i) for i, (t, f) in enumerate(train.items())}
 
 
-def epoch_micro_batches(train: Mapping[str, Features], cfg: TrainConfig, stage: str, epoch: int, packed: bool = False
-                        ) -> list[MicroBatch]:
+def epoch_micro_batches(
+    train: Mapping[str, Features], cfg: TrainConfig, stage: str, epoch: int, packed: bool = False
+) -> list[MicroBatch]:
     """One epoch's micro-batches in sampled task order."""
     seed = epoch_seed(cfg.seed, stage, epoch)
     batches = epoch_batches(train, cfg, seed, packed)
@@ -51,8 +54,9 @@ def epoch_micro_batches(train: Mapping[str, Features], cfg: TrainConfig, stage: 
     return [(task, next(queues[task])) for task in order]
 
 
-def group_updates(micro: Sequence[MicroBatch], train: Mapping[str, Features], grad_accum: int = 1,
-                  update_tokens: int | None = None) -> list[list[MicroBatch]]:
+def group_updates(
+    micro: Sequence[MicroBatch], train: Mapping[str, Features], grad_accum: int = 1, update_tokens: int | None = None
+) -> list[list[MicroBatch]]:
     """Consecutive micro-batches per optimizer update: `grad_accum` of them, or, with `update_tokens`, as many as it
     takes to reach that many real tokens (the last update may fall short)."""
     if not update_tokens:
@@ -100,8 +104,9 @@ class StagePlan:
     updates: int  # the stage's update count, for the learning-rate schedule
 
     @classmethod
-    def build(cls, train: Mapping[str, Features], cfg: TrainConfig, stage: str, epochs: float, packed: bool = False
-              ) -> "StagePlan":
+    def build(
+        cls, train: Mapping[str, Features], cfg: TrainConfig, stage: str, epochs: float, packed: bool = False
+    ) -> "StagePlan":
         first = epoch_micro_batches(train, cfg, stage, 0, packed)
         micro_total = max(1, round(epochs * len(first)))
         full, rest = divmod(micro_total, len(first))
@@ -117,5 +122,6 @@ class StagePlan:
     def epoch(self, epoch: int, micro_done: int) -> list[list[MicroBatch]]:
         """The updates of `epoch`, given the micro-batches the stage has run so far: those left, grouped."""
         micro = self.first if epoch == 0 else epoch_micro_batches(self.train, self.cfg, self.stage, epoch, self.packed)
-        return group_updates(micro[: self.micro_total - micro_done], self.train, self.cfg.grad_accum,
-                             self.cfg.update_tokens)
+        return group_updates(
+            micro[: self.micro_total - micro_done], self.train, self.cfg.grad_accum, self.cfg.update_tokens
+        )
