@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from report import write_report  # noqa: E402
-from throughput import base_config, scenario_stage, time_epoch  # noqa: E402
+from throughput import base_config, first_texts, scenario, scenario_context, time_epoch  # noqa: E402
 
 
 def main() -> None:
@@ -41,23 +41,13 @@ def main() -> None:
     args.device, args.mixed_precision, args.cache_dtype = "cpu", "no", "float32"
 
     import torch
-    from accelerate import Accelerator
-
-    from thawing.config import parse_config
-    from thawing.model.groups import parameter_groups
-    from thawing.run_dir import RunDir
-    from thawing.training import loop
-    from thawing.training.setup import prepare
 
     raw = base_config(args)
-    prep = prepare(parse_config(raw))
-    groups = parameter_groups(prep.model)
-    ctx = loop.Context(
-        prep, RunDir.create("b", Path(tempfile.mkdtemp()) / "r"), Accelerator(cpu=True), lambda n, p: None, groups
-    )
-    loop._evaluate = lambda *a, **k: 0.0  # training time only
-    stage = loop.build_plan(parse_config({**raw, "schedule": [scenario_stage("full", 6)]}), groups)[0]
-    texts = [e.text for t in prep.tasks.values() for e in t.splits["train"]]
+    ctx, groups, layers = scenario_context(raw, run_dir=Path(tempfile.mkdtemp()) / "r")
+    prep = ctx.prep
+    stage = scenario(raw, groups, "full", layers)
+    # Encode times run on the same number of texts from the same files (the first rows of each).
+    texts = first_texts("trec/train.jsonl", args.n_trec) + first_texts("sst2/train.jsonl", args.n_sst)
     settings = args.settings.split(",")
     eager = [x for x in settings if "compiled" not in x]
     rounds = [eager] * args.repeats + [[x for x in settings if "compiled" in x]]
@@ -66,10 +56,10 @@ def main() -> None:
     for names in rounds:  # alternate the settings, so warm-up and drift hit all of them; keep the fastest
         for name in names:
             apply_setting(ctx, name)
-            row = time_epoch(ctx, stage, False, "cpu")
+            row = time_epoch(ctx, stage, groups, False, "cpu")
             train_s.setdefault(name, []).append(row["epoch_s"])
             start = time.perf_counter()
-            prep.model.encoder.encode(texts, batch_size=args.batch_size, max_tokens=ctx.cfg.train.max_tokens)
+            prep.model.encoder.encode(texts, batch_size=args.batch_size, max_tokens=ctx.prep.config.train.max_tokens)
             encode_s.setdefault(name, []).append(round(time.perf_counter() - start, 3))
             print(name, row["epoch_s"], row["updates"], encode_s[name][-1], flush=True)
             prep.model.encoder.compile_layers(False)  # eager again for the next setting
@@ -87,16 +77,17 @@ def main() -> None:
 
 
 def apply_setting(ctx, name: str) -> None:
-    """Set batching, packing and compilation from a setting's name, e.g. "max_tokens=1024+packed"."""
-    from thawing.training.loop import configure_speed
+    """Set batching, packing and compilation from a setting's name, e.g. "max_tokens=1024+packed", and resolve the
+    run's runtime again from them, as `thawing train` would."""
+    from thawing.runtime import resolve_for_training
 
     first, *flags = name.split("+")
     key, value = first.split("=")
-    train = ctx.cfg.train
+    train = ctx.prep.config.train
     train.max_tokens = int(value) if key == "max_tokens" else None
     train.batch_size = int(value) if key == "batch_size" else train.batch_size
     train.packing, train.compile = "packed" in flags, "compiled" in flags
-    configure_speed(ctx.model.encoder, ctx.cfg)
+    ctx.runtime = resolve_for_training(ctx.prep.config, ctx.prep)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,6 @@ python - <<'PY'
 import torch
 from thawing.model import packing
 print("gpu:", torch.cuda.get_device_name(0), "torch", torch.__version__)
-print("flash varlen:", packing._varlen_kernel_problem(torch.device("cuda")) or "ok", packing._VARLEN_ARGS)
+print("flash varlen:", packing.varlen_kernel_problem(torch.device("cuda")) or "ok", packing.VARLEN_ARGS)
 PY
 python bench/gpu_throughput.py --datasets ag_news,sst2 --modes full,encode "$@" --output "$out/gpu_throughput.json"

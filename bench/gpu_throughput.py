@@ -132,34 +132,44 @@ def run(encoder, head, ids: list[list[int]], mode: str, variant: str, steps: int
         "warmup_s": round(warmup, 2),
         "batches": steps,
         "sentences_per_batch": round(sum(len(b) for b in plan[3 : steps + 3]) / max(1, steps), 1),
-        "packing": (encoder._packing or "off") if encoder.pack_width else "off",
+        "packing": encoder.layout.mode(training=True) or "off",
         "optimizer": None if optimizer is None else ("fused AdamW" if fused else "AdamW"),
     }
 
 
 def _computed_tokens(encoder, batch, real: int) -> int:
     """Positions the backbone actually ran: the padded batch, or the packed rows."""
-    if not (encoder.pack_width and encoder._packing):
+    mode = encoder.layout.mode(training=True)
+    if not mode:
         return batch["attention_mask"].numel()
-    if encoder._packing == "varlen":  # one row of exactly the real tokens
+    if mode == "varlen":  # one row of exactly the real tokens
         return real
     from thawing.model.packing import first_fit
 
     lengths = batch["attention_mask"].sum(dim=1).tolist()
-    width = max(encoder.pack_width, max(lengths))
+    width = max(encoder.layout.width, max(lengths))
     return (max(first_fit(lengths, width)[0]) + 1) * width
 
 
 def run_variant(encoder, head, ids, mode: str, variant: str, args) -> dict:
-    """One row: sets packing and compilation for the variant and puts them back afterwards."""
-    encoder.pack_width = args.pack_width if variant.startswith("packed") else None
+    """One row: packing and compilation as `thawing train` resolves them for the variant (`runtime.resolve` with
+    packing on), padded otherwise; the encoder goes back to padded and eager afterwards."""
+    from thawing.model.packing import BatchLayout
+    from thawing.runtime import apply, resolve
+
     compiled = variant.endswith("_compiled")
-    if compiled:
+    if variant.startswith("packed"):
+        sample = encoder.pad(ids[:32])
+        runtime = resolve(encoder, device=args.device, precision="bf16" if args.device == "cuda" else "no",
+                          packing_=True, pack_width=args.pack_width, compile_=compiled,
+                          sample=lambda: (sample["input_ids"], sample["attention_mask"]))
+        apply(runtime, encoder)
+    elif compiled:
         encoder.compile_layers()
     try:
         result = run(encoder, head, ids, mode, variant, args.steps, args.device, args.max_tokens)
     finally:
-        encoder.pack_width = None
+        encoder.layout = BatchLayout()
         if compiled:
             encoder.compile_layers(False)  # back to eager for later rows
     if compiled:  # the warm-up batches ran compilation; what they took beyond 3 steady-state batches is compile time

@@ -60,12 +60,13 @@ SHAPES = {
 }
 
 
+def first_texts(name: str, n: int) -> list[str]:
+    with open(DATA / name) as fh:
+        return [json.loads(line)["text"] for _, line in zip(range(n), fh)]
+
+
 def texts_for_tokenizer(n: int) -> list[str]:
-    texts = []
-    for name in ("trec/train.jsonl", "sst2/train.jsonl"):
-        with open(DATA / name) as fh:
-            texts += [json.loads(line)["text"] for _, line in zip(range(n), fh)]
-    return texts
+    return first_texts("trec/train.jsonl", n) + first_texts("sst2/train.jsonl", n)
 
 
 def random_qwen2(shape: str, corpus: list[str], device: str = "cpu"):
@@ -137,57 +138,64 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_epoch(ctx, stage, cached: bool, device: str) -> dict:
-    """One epoch of `stage`, naive or cached; returns timings and cache size."""
+class Clock:
+    """Events callback that notes when a stage's training starts (its cache is built by then) and its last update."""
+
+    def __init__(self, device: str):
+        self.device, self.marks = device, {}
+
+    def __call__(self, name: str, payload: dict) -> None:
+        if name in ("stage_start", "step"):
+            sync(self.device)
+            self.marks[name] = time.perf_counter()
+
+
+def time_epoch(ctx, stage, groups, cached: bool, device: str) -> dict:
+    """One epoch of `stage`, naive or cached, through the loop's own `run_stage`; returns timings and cache size.
+    The epoch time runs from the stage's start (its cache built) to its last update: evaluation is left out."""
     import torch
 
     from thawing.training import loop
 
-    model = ctx.model
-    loop.apply_trainable(ctx.groups, stage.trainable)
-    model.train()
-    loop.set_frozen_modes(model, stage.trainable)
-    ctx.cfg.cache.enabled = cached
-    frozen = loop.encoder_frozen(stage.trainable)
-    sync(device)
-    start = time.perf_counter()
-    cache = loop._build_cache(ctx) if cached and frozen else {}
-    boundary = loop._build_boundary(ctx, stage) if cached and not frozen else {}
-    sync(device)
-    build_s = time.perf_counter() - start
-    params = [p for g in stage.trainable for _, p in ctx.groups[g]]
+    ctx.prep.config.cache.enabled = cached
+    clock = ctx.events = Clock(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    summary = loop._fit(ctx, stage, params, cache, boundary)
     sync(device)
-    epoch_s = time.perf_counter() - start
+    began = time.perf_counter()
+    summary = loop.run_stage(ctx, stage, groups, [p for g in stage.trainable for _, p in groups[g]])
+    build_s = clock.marks["stage_start"] - began
+    epoch_s = clock.marks["step"] - clock.marks["stage_start"]
     examples = sum(len(ctx.prep.features[t]["train"]) for t in ctx.prep.features)
-    out = {
-        "epoch_s": round(epoch_s, 3),
-        "examples_per_s": round(examples / epoch_s, 1),
-        "updates": summary["updates"],
-        "cache_build_s": round(build_s, 3) if (cache or boundary) else None,
-    }
-    if boundary:
-        feats = [ctx.prep.features[t]["train"] for t in boundary]
-        tokens = sum(sum(f.lengths) for f in feats)
-        out.update(
-            cache_kind=f"boundary at layers.{next(iter(boundary.values())).first}",
-            cache_mb=round(sum(b.nbytes for b in boundary.values()) / 1e6, 2),
-            estimate_mb_2_bytes=round(tokens * model.encoder.hidden_size * 2 / 1e6, 2),
-            cached_tokens=tokens,
-        )
-    elif cache:
-        out.update(
-            cache_kind="pooled embeddings",
-            cache_mb=round(
-                sum(s.features.numel() * s.features.element_size() for t in cache.values() for s in t.values()) / 1e6, 2
-            ),
-        )
+    out = {"epoch_s": round(epoch_s, 3), "examples_per_s": round(examples / epoch_s, 1), "updates": summary["updates"],
+           "cache_build_s": round(build_s, 3) if summary["cached"] or "boundary_cache" in summary else None}
+    if "boundary_cache" in summary:
+        tokens = sum(sum(ctx.prep.features[t]["train"].lengths) for t in ctx.prep.features)
+        out.update(cache_kind=f"boundary at {summary['boundary_cache']}", cache_mb=summary["boundary_cache_mb"],
+                   estimate_mb_2_bytes=round(tokens * ctx.model.encoder.hidden_size * 2 / 1e6, 2), cached_tokens=tokens)
+    elif summary["cached"]:
+        out.update(cache_kind="pooled embeddings", cache_mb=summary["feature_cache_mb"])
     if device == "cuda":
         out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
     return out
+
+
+def scenario_context(raw: dict, encoder=None, run_dir: Path | None = None):
+    """The loop's context for timing single stages (`loop.start` on a config), its parameter groups and layers."""
+    from thawing.config import parse_config
+    from thawing.freezing import layer_names
+    from thawing.training import loop
+
+    ctx, _, groups = loop.start(parse_config(raw), str(run_dir), encoder=encoder)
+    return ctx, groups, len(layer_names(groups))
+
+
+def scenario(raw: dict, groups: dict, name: str, layers: int):
+    """The one stage of scenario `name`, planned as the loop plans it."""
+    from thawing.config import parse_config
+    from thawing.training.stages import build_plan
+
+    return build_plan(parse_config({**raw, "schedule": [scenario_stage(name, layers)]}), groups)[0]
 
 
 def main() -> None:
@@ -205,36 +213,20 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from accelerate import Accelerator
 
     from thawing.config import parse_config
-    from thawing.freezing import layer_names
-    from thawing.model.groups import parameter_groups
-    from thawing.run_dir import RunDir
     from thawing.training import loop
-    from thawing.training.setup import prepare
 
     raw = base_config(args)
     encoder = None if args.model == "minilm" else random_qwen2(args.model, texts_for_tokenizer(5000), args.device)
-    config = parse_config(raw)
-    prep = prepare(config, encoder)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.device == "cpu")
-    prep.model.to(accelerator.device)
-    groups = parameter_groups(prep.model)
     runs = Path(tempfile.mkdtemp(prefix="thawing-bench-runs-"))
-    ctx = loop.Context(prep, RunDir.create("bench", runs / "ctx"), accelerator, lambda n, p: None, groups)
-    layers = len(layer_names(groups))
-    evaluate = loop._evaluate
-    loop._evaluate = lambda *a, **k: 0.0  # epoch times measure training only; evaluation is timed end to end below
+    ctx, groups, layers = scenario_context(raw, encoder, runs / "ctx")
+    prep = ctx.prep
     results = {}
     for name in args.scenarios.split(","):
-        stage_cfg = scenario_stage(name, layers)
-        stage = loop.build_plan(parse_config({**raw, "schedule": [stage_cfg]}), groups)[0]
-        row = {
-            "trainable": stage.trainable,
-            "naive": time_epoch(ctx, stage, False, args.device),
-            "cached": time_epoch(ctx, stage, True, args.device),
-        }
+        stage = scenario(raw, groups, name, layers)
+        row = {"trainable": stage.trainable, "naive": time_epoch(ctx, stage, groups, False, args.device),
+               "cached": time_epoch(ctx, stage, groups, True, args.device)}
         row["speedup"] = round(row["cached"]["examples_per_s"] / row["naive"]["examples_per_s"], 2)
         if name.startswith("top"):
             k = int(name[3:])
@@ -260,7 +252,6 @@ def main() -> None:
         "scenarios": results,
     }
     if args.progressive:
-        loop._evaluate = evaluate
         report["progressive_end_to_end_s"] = {}
         for enabled in (False, True):
             cfg = parse_config({**raw, "schedule": "progressive", "cache": {**raw["cache"], "enabled": enabled}})

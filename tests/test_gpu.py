@@ -19,6 +19,7 @@ from toy import toy_config
 
 from thawing.config import parse_config
 from thawing.model.loading import load_encoder
+from thawing.runtime import apply, resolve
 from thawing.training.loop import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -49,11 +50,14 @@ def test_defaults_train_in_bf16_with_varlen_packing_and_compiled_layers(qwen2_64
 
 def test_varlen_in_bf16_matches_padded(qwen2_64_dir):
     encoder = load_encoder(str(qwen2_64_dir)).to("cuda")
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    batch = encoder.pad(encoder.token_ids(SENTENCES))
+    runtime = resolve(encoder, device="cuda", precision="bf16", training=False,
+                      sample=lambda: (batch["input_ids"], batch["attention_mask"]))
+    assert runtime.inference_packing == "varlen"
+    with runtime.autocast():
         padded = encoder.encode(SENTENCES)
-        encoder.pack_width, encoder.pack_modes = encoder.max_length, ("varlen",)
+        apply(runtime, encoder)
         packed = encoder.encode(SENTENCES)
-    assert encoder._packing == "varlen"
     cosine = (padded * packed).sum(1) / np.linalg.norm(padded, axis=1) / np.linalg.norm(packed, axis=1)
     assert cosine.min() > 0.999  # bf16 rounding differs between the kernels, nothing else
 

@@ -167,7 +167,7 @@ def test_varlen_refuses_attention_dropout(tiny_bert_dir, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash varlen attention needs a CUDA GPU")
 def test_flash_varlen_matches_dense_attention_on_gpu():
-    assert packing._varlen_kernel_problem(torch.device("cuda")) is None
+    assert packing.varlen_kernel_problem(torch.device("cuda")) is None
 
 
 @pytest.mark.parametrize("fixture", ENCODERS)
@@ -183,12 +183,12 @@ def _fake_varlen_new(
     q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1), enable_gqa=False
 ):
     assert enable_gqa == (k.shape[1] != q.shape[1])
-    return packing._dense_varlen(q, k, v, cu_q, tuple(window_size) == (-1, 0), scale)
+    return packing.dense_varlen(q, k, v, cu_q, tuple(window_size) == (-1, 0), scale)
 
 
 def _fake_varlen_old(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None):
     assert k.shape[1] == q.shape[1]  # no grouped-query support: heads must arrive repeated
-    return packing._dense_varlen(q, k, v, cu_q, is_causal, None)  # always 1/sqrt(D)
+    return packing.dense_varlen(q, k, v, cu_q, is_causal, None)  # always 1/sqrt(D)
 
 
 @pytest.mark.parametrize("fake", [_fake_varlen_new, _fake_varlen_old])
@@ -199,15 +199,15 @@ def test_flash_varlen_call_adapts_to_the_torch_signature(fake, causal, monkeypat
     import torch.nn.attention.varlen as varlen_module
 
     monkeypatch.setattr(varlen_module, "varlen_attn", fake)
-    monkeypatch.setattr(packing, "_VARLEN_ARGS", {})
+    monkeypatch.setattr(packing, "VARLEN_ARGS", {})
     packing.read_varlen_signature(fake)
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(9, h, 8, generator=generator) for h in (4, 2, 2))
     cu = torch.tensor([0, 2, 7, 9], dtype=torch.int32)
-    got = packing._flash_varlen(q, k, v, cu, 5, causal, 0.3)  # 0.3 is not 1/sqrt(8): the scale must be passed on
-    torch.testing.assert_close(got, packing._dense_varlen(q, k, v, cu, causal, 0.3))
+    got = packing.flash_varlen(q, k, v, cu, 5, causal, 0.3)  # 0.3 is not 1/sqrt(8): the scale must be passed on
+    torch.testing.assert_close(got, packing.dense_varlen(q, k, v, cu, causal, 0.3))
     for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):  # and dense varlen is attention within each sentence
-        kk, vv = packing._repeat_kv(q[a:b], k[a:b], v[a:b])
+        kk, vv = packing.repeat_kv(q[a:b], k[a:b], v[a:b])
         alone = torch.nn.functional.scaled_dot_product_attention(
             q[a:b].transpose(0, 1), kk.transpose(0, 1), vv.transpose(0, 1), is_causal=causal, scale=0.3
         ).transpose(0, 1)
@@ -239,7 +239,7 @@ def test_kernel_self_test_checks_gradients(backward_ok, monkeypatch):
         return out if backward_ok else _WrongBackward.apply(out)
 
     monkeypatch.setattr(varlen_module, "varlen_attn", kernel)
-    monkeypatch.setattr(packing, "_VARLEN_ARGS", {})
+    monkeypatch.setattr(packing, "VARLEN_ARGS", {})
     packing.read_varlen_signature(kernel)
     with torch.inference_mode():  # as under encode (measured on a GPU: it used to fail there)
         problem = packing.kernel_self_test(torch.device("cpu"))

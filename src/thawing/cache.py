@@ -47,7 +47,8 @@ def _tensor_digest(item: tuple[str, torch.Tensor]) -> bytes:
 
 
 def entry_key(fingerprint_: str, settings: dict, inputs: list) -> str:
-    """The key of one cached split: weights, settings (pooling, max_length, prompt, ...) and inputs."""
+    """The key of one cached split: the weights' fingerprint, settings (pooling, normalization, precision, task type)
+    and inputs (token ids, so prompt and truncation are in them)."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(fingerprint_.encode())
     digest.update(json.dumps(settings, sort_keys=True).encode())

@@ -161,16 +161,16 @@ def unsupported(backbone: nn.Module, mode: str, training: bool = False, half: bo
     heads = getattr(config, "num_attention_heads", 4)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or getattr(config, "hidden_size", 64 * heads) // heads
-    return _varlen_kernel_problem(device, heads, kv_heads, head_dim)
+    return varlen_kernel_problem(device, heads, kv_heads, head_dim)
 
 
 # ---------------------------------------------------------------------------------------------- varlen
 
 
-_VARLEN_ARGS: dict[str, bool] = {}  # which keywords this torch's varlen_attn takes (its signature has changed)
+VARLEN_ARGS: dict[str, bool] = {}  # which keywords this torch's varlen_attn takes (its signature has changed)
 
 
-def _varlen_kernel_problem(device: torch.device, heads: int = 4, kv_heads: int = 2, head_dim: int = 64) -> str | None:
+def varlen_kernel_problem(device: torch.device, heads: int = 4, kv_heads: int = 2, head_dim: int = 64) -> str | None:
     """None when flash varlen imports, registers with transformers and matches dense attention on a small case
     of the model's head layout (the kernel supports some head sizes only)."""
     try:
@@ -189,10 +189,10 @@ def kernel_self_test(device: torch.device, heads: int = 4, kv_heads: int = 2, he
     """Flash varlen against dense attention, outputs and gradients (training runs the kernel's backward)."""
     # Callers may be under no_grad or inference_mode (encode): gradients are switched back on for the test.
     with torch.inference_mode(False), torch.enable_grad():
-        return _compare_with_dense(device, heads, kv_heads, head_dim)
+        return compare_with_dense(device, heads, kv_heads, head_dim)
 
 
-def _compare_with_dense(device: torch.device, heads: int, kv_heads: int, head_dim: int) -> str | None:
+def compare_with_dense(device: torch.device, heads: int, kv_heads: int, head_dim: int) -> str | None:
     generator = torch.Generator(device="cpu").manual_seed(0)
     shapes = (heads, kv_heads, kv_heads)
     q, k, v = (
@@ -201,13 +201,13 @@ def _compare_with_dense(device: torch.device, heads: int, kv_heads: int, head_di
     cu = torch.tensor([0, 3, 11], dtype=torch.int32, device=device)
     for causal in (False, True):
         try:
-            fast_out = _flash_varlen(q, k, v, cu, 8, causal, 0.125)
+            fast_out = flash_varlen(q, k, v, cu, 8, causal, 0.125)
             fast = [fast_out.detach().float(), *torch.autograd.grad(fast_out.float().square().sum(), (q, k, v))]
         except Exception as exc:  # a torch whose kernel rejects this GPU, head size or these arguments
             return f"flash varlen attention failed ({type(exc).__name__}: {exc})"
         # The reference runs in fp32: bf16 rounding (~1e-2) stays well inside the tolerance, while a wrong
         # scale, mask or backward is off by order one.
-        exact = _dense_varlen(q.float(), k.float(), v.float(), cu, causal, 0.125)
+        exact = dense_varlen(q.float(), k.float(), v.float(), cu, causal, 0.125)
         dense = [exact.detach(), *torch.autograd.grad(exact.square().sum(), (q, k, v))]
         if any((a.float() - b.float()).abs().max() > 5e-2 * float(b.abs().max()) for a, b in zip(fast, dense)):
             return "flash varlen attention disagrees with dense attention on a test case"
@@ -218,7 +218,7 @@ def read_varlen_signature(varlen_attn) -> None:
     """Note which keywords the installed `varlen_attn` takes: torch 2.10 has `is_causal` and no `scale`, later
     versions `scale` and `window_size`, later still `enable_gqa`."""
     params = inspect.signature(varlen_attn).parameters
-    _VARLEN_ARGS.update(scale="scale" in params, is_causal="is_causal" in params, enable_gqa="enable_gqa" in params)
+    VARLEN_ARGS.update(scale="scale" in params, is_causal="is_causal" in params, enable_gqa="enable_gqa" in params)
 
 
 def varlen_attention(
@@ -242,33 +242,33 @@ def varlen_attention(
         # tokens x tokens mask for the whole packed batch (measured: out of memory at 16k tokens).
         q, k, v = (x.to(torch.get_autocast_dtype("cuda")) for x in (q, k, v))
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        out = _flash_varlen(q, k, v, cu_seq_lens_q, max_length_q, causal, scaling)
+        out = flash_varlen(q, k, v, cu_seq_lens_q, max_length_q, causal, scaling)
     else:  # fp32 (the correctness check) or CPU (tests): the same attention, computed densely
-        out = _dense_varlen(q, k, v, cu_seq_lens_q, causal, scaling)
+        out = dense_varlen(q, k, v, cu_seq_lens_q, causal, scaling)
     return out.unsqueeze(0), None
 
 
-def _flash_varlen(q, k, v, cu: torch.Tensor, max_len: int, causal: bool, scale: float | None) -> torch.Tensor:
+def flash_varlen(q, k, v, cu: torch.Tensor, max_len: int, causal: bool, scale: float | None) -> torch.Tensor:
     from torch.nn.attention.varlen import varlen_attn
 
     extra: dict = {}
-    if _VARLEN_ARGS.get("enable_gqa"):
+    if VARLEN_ARGS.get("enable_gqa"):
         extra["enable_gqa"] = k.shape[1] != q.shape[1]
     else:
-        k, v = _repeat_kv(q, k, v)
-    if _VARLEN_ARGS.get("scale"):
+        k, v = repeat_kv(q, k, v)
+    if VARLEN_ARGS.get("scale"):
         extra["scale"] = scale
     elif scale is not None:  # older torch: always 1/sqrt(D), so fold the model's scale into the queries
         q = q * (scale * q.shape[-1] ** 0.5)
-    if _VARLEN_ARGS.get("is_causal"):
+    if VARLEN_ARGS.get("is_causal"):
         extra["is_causal"] = causal
     elif causal:
         extra["window_size"] = (-1, 0)  # no key to the right: causal
     return varlen_attn(q, k, v, cu, cu, max_len, max_len, **extra)
 
 
-def _dense_varlen(q, k, v, cu: torch.Tensor, causal: bool, scale: float | None) -> torch.Tensor:
-    k, v = _repeat_kv(q, k, v)
+def dense_varlen(q, k, v, cu: torch.Tensor, causal: bool, scale: float | None) -> torch.Tensor:
+    k, v = repeat_kv(q, k, v)
     positions = torch.arange(q.shape[0], device=q.device)
     segment = torch.searchsorted(cu[1:].to(torch.long), positions, right=True)
     allowed = segment[:, None] == segment[None, :]
@@ -280,7 +280,7 @@ def _dense_varlen(q, k, v, cu: torch.Tensor, causal: bool, scale: float | None) 
     return out.transpose(0, 1)
 
 
-def _repeat_kv(q, k, v):
+def repeat_kv(q, k, v):
     """Grouped-query attention: each query head gets its key/value head."""
     if k.shape[1] == q.shape[1]:
         return k, v

@@ -103,8 +103,9 @@ def choose_path(model, base: MultiTaskModel, trainable: list[str], features: dic
     train (and the model splits there), else the whole model. `cfg` is the run config (cache and batch settings)."""
     common = dict(model=model, base=base, features=features, runtime=runtime, batch_size=cfg.train.eval_batch_size)
     if cfg.cache.enabled is not False and encoder_frozen(trainable):
-        return CachedHeads(**common, cache=cached_features(base, features, runtime, cfg.cache.dir,
-                                                           cfg.train.eval_batch_size, note))
+        cache = cached_features(base, features, runtime, cfg.cache.dir, cfg.train.eval_batch_size, note)
+        size = sum(s.features.numel() * s.features.element_size() for splits in cache.values() for s in splits.values())
+        return CachedHeads(**common, cache=cache, summary={"feature_cache_mb": round(size / 1e6, 2)})
     first = boundary_cache.first_trainable_layer(trainable)
     if first is None or cfg.cache.enabled is False:
         return WholeModel(**common)

@@ -1,9 +1,9 @@
 """Learning-rate schedules as pure functions of the optimizer step, and layer-wise rate decay.
 
-Design: there is no stateful LR scheduler. Every step, the training loop sets each optimizer param
-group's rate as `group["lr"] = group["initial_lr"] * lr_multiplier(step, total_steps, warmup, kind)`.
-A resumed run therefore needs only the step count to restore its rates, and a stage that unfreezes
-new param groups mid-run can never be missed by a scheduler built before those groups existed.
+Design: there is no stateful LR scheduler. Every update, `training/loop.py`'s `run_stage` sets each optimizer
+param group's rate as `group["lr"] = group["initial_lr"] * lr_multiplier(update, total, warmup, kind)`, counting
+the stage's own updates (each stage has a fresh optimizer and its own schedule). Restoring the rates therefore
+needs only the update count.
 `initial_lr` is each group's own peak rate, e.g. from `layer_learning_rates`.
 """
 
@@ -24,7 +24,7 @@ def warmup_steps(warmup: float, total_steps: int) -> int:
 
     Args:
         warmup: Below 1, a fraction of `total_steps` (rounded); 1 or more, a number of steps.
-        total_steps: Optimizer steps in the whole run.
+        total_steps: Optimizer steps in the stage (each stage runs its own schedule).
 
     Returns:
         The warm-up length, clamped to [0, total_steps].
@@ -65,7 +65,7 @@ def lr_multiplier(step: int, total_steps: int, warmup: int, kind: str) -> float:
 
     Args:
         step: 0-based optimizer step.
-        total_steps: Optimizer steps in the whole run; <= 0 gives 1.0 (no schedule).
+        total_steps: Optimizer steps in the stage; <= 0 gives 1.0 (no schedule).
         warmup: Warm-up steps (see `warmup_steps`).
         kind: One of `SCHEDULES`.
 
