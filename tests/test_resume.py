@@ -85,7 +85,7 @@ def test_resume_refuses_finished_and_unstarted_runs(reference, tmp_path):
     with pytest.raises(InputError, match="finished"):
         loop.resume_run(reference.path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no checkpoint"):
+    with pytest.raises(InputError, match="not a thawing run directory"):
         loop.resume_run(tmp_path / "empty")
 
 

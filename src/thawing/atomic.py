@@ -37,7 +37,8 @@ def building(target: str | Path) -> Iterator[Path]:
     and when it fails it is removed. A folder cannot be renamed onto a non-empty one, so an old `target` is moved aside
     first and removed last."""
     target = Path(target)
-    tmp = target.with_name(f".{target.name}.tmp")
+    recover(target)  # a folder left between two renames by an earlier kill is put back first
+    tmp, old = _aside(target)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -45,9 +46,27 @@ def building(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _aside(target: Path) -> tuple[Path, Path]:
+    """The folder being built for `target`, and where the previous `target` waits while they swap."""
+    return target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
+
+
+def recover(target: str | Path) -> None:
+    """Leave `target` as a complete folder, or absent, after `building` was killed at any point. `building` moves the
+    old folder aside only once the new one is complete, so an aside folder without `target` means a kill between the
+    two renames: the new one (else the old one) takes its place. Leftovers beside a `target` are removed."""
+    target = Path(target)
+    tmp, old = _aside(target)
+    if not target.exists() and old.exists():
+        os.replace(tmp if tmp.exists() else old, target)
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    if tmp.exists() and (target.exists() or not old.exists()):
+        shutil.rmtree(tmp, ignore_errors=True)  # complete or not, it never replaced anything

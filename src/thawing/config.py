@@ -8,6 +8,7 @@ directory of the config file, so a config works from any working directory.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -117,7 +118,21 @@ class TrainConfig(_Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else no
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    checkpoint: bool = True  # save the model after every stage, so a stopped run resumes (`thawing train --resume`)
+    checkpoint: bool = True  # save checkpoints, so a stopped run resumes (`thawing train --resume`)
+    # Inside a stage too: every N updates, or every "Nm" minutes (e.g. "30m"); None: at stage ends only.
+    checkpoint_every: int | str | None = "30m"
+    keep_checkpoints: bool = False  # keep checkpoints/ once the run has finished (it holds a copy of the model)
+    nonfinite: Literal["stop", "skip"] = "stop"  # a non-finite loss or gradient: stop the run (exit 2), or skip it
+    nonfinite_limit: int = Field(10, gt=0)  # with skip: the run stops at this many skipped updates
+
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _interval(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, str) and not re.fullmatch(r"\d+(\.\d+)?m", value.strip()):
+            raise ValueError(f"'{value}' is neither a number of updates nor minutes like '30m'")
+        if isinstance(value, int) and value <= 0:
+            raise ValueError("checkpoint_every must be a positive number of updates")
+        return value
 
     @model_validator(mode="after")
     def _one_accumulation(self) -> "TrainConfig":

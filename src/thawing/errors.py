@@ -46,3 +46,15 @@ class ConfigError(ThawingError):
 
 class ModelNotFoundError(ThawingError):
     """A model name that resolves to nothing; the message lists every place that was tried."""
+
+
+class NonFiniteError(ThawingError):
+    """A non-finite loss or gradient during training; the run stops and its last good checkpoint stays."""
+
+
+class Interrupted(ThawingError):
+    """SIGINT or SIGTERM stopped training at an update boundary, after a checkpoint: exit 130 or 143 (128 + signal)."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number

@@ -8,7 +8,9 @@ A run:
     stages.json       one summary per stage
     results.json      {"tasks": {task: {metric: value}}, "score": ..., "splits": {task: split}}
     final/            encoder/ (sentence-transformers layout), heads.safetensors, labels.json, tasks.json
-    checkpoints/last/ the state after the last finished stage, for resuming (training/checkpoint.py)
+    checkpoints/      last/: the state after the last finished stage; step/: inside the stage under way
+                      (training/checkpoint.py); removed when the run finishes, unless train.keep_checkpoints
+    run.lock          held (fcntl) by the process that trains in this directory
     report/           report.md, curves.png (written by report.py from the files above)
 
 A study (several runs side by side, study.py):
@@ -43,7 +45,10 @@ ENCODER = "encoder"  # inside final/
 HEADS = "heads.safetensors"  # inside final/
 LABELS = "labels.json"  # inside final/
 TASKS = "tasks.json"  # inside final/
-CHECKPOINT = Path("checkpoints") / "last"
+CHECKPOINTS = "checkpoints"
+CHECKPOINT = Path(CHECKPOINTS) / "last"
+STAGE_CHECKPOINT = Path(CHECKPOINTS) / "step"
+LOCK = "run.lock"
 REPORT = "report"
 REPORT_MD = "report.md"  # inside report/
 CURVES = "curves.png"  # inside report/
@@ -96,7 +101,9 @@ class RunDir:
     encoder_dir = property(lambda self: self.path / FINAL / ENCODER)
     heads = property(lambda self: self.path / FINAL / HEADS)
     tasks = property(lambda self: self.path / FINAL / TASKS)
+    checkpoints = property(lambda self: self.path / CHECKPOINTS)
     checkpoint = property(lambda self: self.path / CHECKPOINT)
+    stage_checkpoint = property(lambda self: self.path / STAGE_CHECKPOINT)
     report_dir = property(lambda self: self.path / REPORT)
     report_md = property(lambda self: self.path / REPORT / REPORT_MD)
     study_json = property(lambda self: self.path / STUDY_JSON)
@@ -122,9 +129,29 @@ class RunDir:
         write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
     def log_metrics(self, record: dict) -> None:
-        """Append one line; a line is small enough to be written whole."""
+        """Append one line of strict JSON; a line is small enough to be written whole."""
         with open(self.metrics, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(record, allow_nan=False) + "\n")
+
+    def lock(self):
+        """Take this directory for one process: an exclusive `fcntl` lock on run.lock, released when the returned file
+        closes or the process ends (a killed process leaves no stale lock). A second process gets a clear error."""
+        import fcntl
+        import os
+
+        handle = open(self.path / LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise InputError(f"this run directory is in use by {holder}; wait for it to end", path=self.path) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}\n")
+        handle.flush()
+        return handle
 
     def metrics_lines(self) -> int:
         return len(self.metrics.read_text().splitlines()) if self.metrics.is_file() else 0

@@ -1,0 +1,62 @@
+"""Evaluations during training and the run's end: every task's metrics on a split, logged to metrics.jsonl, and the
+final model (decision rules fitted on dev, final/ saved, test metrics in results.json, the report)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import torch
+
+from thawing.errors import NonFiniteError
+from thawing.inference import score
+from thawing.metrics import selection_score
+from thawing.report import write_report
+from thawing.training.paths import WholeModel
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(ctx, path: WholeModel, stage, epoch: float, split: str = "dev") -> float:
+    """Every task's metrics on `split`, logged to metrics.jsonl; returns the stage's selection score."""
+    model, results = ctx.model, {}
+    for task, spec in model.specs.items():
+        results[task] = score(spec, path.logits(task, split), ctx.prep.gold[task][split])
+        ctx.run.log_metrics({"stage": stage.name, "step": ctx.state.step, "epoch": round(epoch, 3), "split": split,
+                             "task": task, "metrics": results[task]})
+    value = selection_score(results, ctx.prep.primary, stage.metric)
+    ctx.run.log_metrics({"stage": stage.name, "step": ctx.state.step, "epoch": round(epoch, 3), "split": split,
+                         "task": "*", "metrics": {"score": value}})
+    ctx.events("eval", {"stage": stage.name, "step": ctx.state.step, "epoch": epoch, "split": split,
+                        "results": results, "score": value})
+    return value
+
+
+def finish(ctx) -> None:
+    """The final model: each task's decision rule fitted on dev, final/ saved, test metrics (dev where a task has no
+    test split) in results.json, the report; then the checkpoints go (unless `train.keep_checkpoints`). Running it
+    again after a kill anywhere in it gives the same result."""
+    model, run = ctx.model, ctx.run
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:  # never a final model that computes NaN
+        raise NonFiniteError(f"{len(bad)} weights are not finite (first: {bad[0]}); no final model was written")
+    model.eval()
+    whole = WholeModel(model, model, ctx.prep.features, ctx.runtime, ctx.prep.config.train.eval_batch_size)
+    for task, spec in model.specs.items():
+        spec.kind.decide(spec, lambda task=task: whole.logits(task, "dev"), ctx.prep.gold[task]["dev"])
+    run.save_final(model)
+    tasks, splits = {}, {}
+    for task, spec in model.specs.items():
+        splits[task] = "test" if "test" in ctx.prep.features[task] else "dev"
+        tasks[task] = score(spec, whole.logits(task, splits[task]), ctx.prep.gold[task][splits[task]])
+    results = {"tasks": tasks, "score": selection_score(tasks, ctx.prep.primary, ctx.prep.config.selection_metric),
+               "splits": splits}
+    run.write_json(run.results, results)
+    ctx.events("results", results)
+    if not ctx.prep.config.train.keep_checkpoints:  # results.json says the run is done: nothing resumes it now
+        shutil.rmtree(run.checkpoints, ignore_errors=True)
+    try:
+        write_report(run.path)
+    except Exception as exc:  # the results are written; a report can be made again with `thawing report`
+        log.warning("no report for %s (%s: %s); `thawing report %s` retries", run.path, type(exc).__name__, exc,
+                    run.path)

@@ -1,0 +1,50 @@
+"""SIGINT and SIGTERM during training: the first one asks the loop to stop at the next update boundary, after a
+checkpoint; a second SIGINT stops at once (Python's KeyboardInterrupt)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
+from thawing.errors import Interrupted
+
+
+class StopRequest:
+    """Set by a signal handler, read by the loop after each update."""
+
+    signal: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[StopRequest]:
+    """Catch SIGINT and SIGTERM for the block (main thread only: elsewhere Python cannot install handlers, and the
+    block runs with the process's own handling)."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handle(number, frame):
+        request.signal = number
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C does not wait
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def interrupted(ctx, stage) -> Interrupted:
+    """The error that ends a run stopped by a signal, saying how to resume it."""
+    name = signal.Signals(ctx.stop.signal).name
+    saved = "a checkpoint was saved" if ctx.prep.config.train.checkpoint else "no checkpoint (train.checkpoint: false)"
+    return Interrupted(f"{name}: training stopped in stage '{stage.name}' at step {ctx.state.step}; {saved}. "
+                       f"Resume with: thawing train --resume {ctx.run.path}", ctx.stop.signal)
