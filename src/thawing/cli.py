@@ -121,19 +121,34 @@ def _metrics_table(title: str, results: dict[str, dict[str, float]], score: floa
 class _TrainPrinter:
     """Turns the loop's events into a progress bar, a parameter table per stage and a metrics table per evaluation."""
 
+    SMOOTHING = 0.9  # the bar's loss per task is an exponential moving average, not the last batch's
+
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
             TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[losses]}"),
             console=console,
             transient=True,
         )
         self.bar = None
+        self.smoothed: dict[str, float] = {}
+        self.began = 0.0
+        self.examples = 0
 
     def __call__(self, name: str, p: dict) -> None:
         from rich.table import Table
@@ -155,10 +170,19 @@ class _TrainPrinter:
                 )
             console.print(table)
         elif name == "step":
+            import time
+
             if self.bar is None:
                 self.progress.start()
-                self.bar = self.progress.add_task(f"{p['stage']}", total=p["total"], loss=p["loss"])
-            self.progress.update(self.bar, completed=p["update"], loss=p["loss"])
+                self.bar = self.progress.add_task(f"{p['stage']}", total=p["total"], rate="", losses="")
+                self.smoothed, self.began, self.examples = {}, time.perf_counter(), 0
+            for task, loss in p["tasks"].items():
+                before = self.smoothed.get(task, loss)
+                self.smoothed[task] = self.SMOOTHING * before + (1 - self.SMOOTHING) * loss
+            self.examples += p["examples"]
+            rate = self.examples / max(time.perf_counter() - self.began, 1e-9)
+            losses = " ".join(f"{task} {loss:.3f}" for task, loss in sorted(self.smoothed.items()))
+            self.progress.update(self.bar, completed=p["update"], rate=f"{rate:,.0f} ex/s", losses=f"loss {losses}")
         elif name == "eval":
             console.print(
                 _metrics_table(

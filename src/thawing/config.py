@@ -124,6 +124,8 @@ class TrainConfig(_Strict):
     keep_checkpoints: bool = False  # keep checkpoints/ once the run has finished (it holds a copy of the model)
     nonfinite: Literal["stop", "skip"] = "stop"  # a non-finite loss or gradient: stop the run (exit 2), or skip it
     nonfinite_limit: int = Field(10, gt=0)  # with skip: the run stops at this many skipped updates
+    log_every: int = Field(10, gt=0)  # training records (loss per task, rates, speed) in metrics.jsonl, every N updates
+    report_to: list[Literal["tensorboard"]] = Field(default_factory=list)  # trackers fed what metrics.jsonl gets
 
     @field_validator("checkpoint_every")
     @classmethod
@@ -171,6 +173,42 @@ class StageConfig(_Strict):
     optional: bool = False
 
 
+PROBE_FIELDS = {  # the fields each probe type reads; setting another one is refused
+    "similarity": ("sentence1_field", "sentence2_field", "score_field"),
+    "transfer": ("text_field", "label_field", "test_fraction"),
+    "drift": ("text_field",),
+}
+
+
+class ProbeConfig(_Strict):
+    """Data the run evaluates the encoder on and never trains on (thawing/probes.py): at the start, after every stage
+    and at the end, to measure what training keeps of the pretrained encoder."""
+
+    type: Literal["similarity", "transfer", "drift"]
+    data: str | SplitPaths  # similarity and drift: one file; transfer: {train, test} (test carved when absent)
+    limit: int | dict[Literal["train", "test"], int] | None = None  # the first N rows (per split for transfer)
+    text_field: str = "text"
+    label_field: str = "label"
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # transfer without a test split
+    sentence1_field: str = "sentence1"
+    sentence2_field: str = "sentence2"
+    score_field: str = "score"
+
+    @model_validator(mode="after")
+    def _fields_of_its_type(self) -> "ProbeConfig":
+        fields = {f for fs in PROBE_FIELDS.values() for f in fs}
+        other = sorted((fields - set(PROBE_FIELDS[self.type])) & self.model_fields_set)
+        if other:
+            raise ValueError(f"'{other[0]}' does not apply to a {self.type} probe")
+        if self.type != "transfer" and not isinstance(self.data, str):
+            raise ValueError(f"a {self.type} probe reads one file: give `data` as a path")
+        if not isinstance(self.data, str) and self.data.dev is not None:
+            raise ValueError("a transfer probe fits on `train` and scores on `test`; it has no `dev`")
+        if isinstance(self.limit, dict) and self.type != "transfer":
+            raise ValueError("a per-split `limit` applies to transfer probes; give a number")
+        return self
+
+
 class CacheConfig(_Strict):
     enabled: Union[bool, Literal["auto"]] = "auto"
     dir: str | None = None  # None: $THAWING_CACHE or ~/.cache/thawing
@@ -188,6 +226,7 @@ class RunConfig(_Strict):
     run_optional: bool = False  # also run stages marked optional
     cache: CacheConfig = Field(default_factory=CacheConfig)
     selection_metric: str | None = None  # None: mean of each task's primary metric
+    probes: dict[str, ProbeConfig] = Field(default_factory=dict)  # retention probes (never trained on)
 
     @model_validator(mode="after")
     def _check_tasks(self) -> "RunConfig":
@@ -259,13 +298,22 @@ def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
         if task.format == "hf":
             continue
         for split in SPLITS:
-            value = getattr(task.data, split)
-            if value is not None and not Path(value).is_absolute():
-                # A path that exists relative to the working directory wins, so `--set` works as typed;
-                # either way the resolved config holds an absolute path, valid from anywhere.
-                path = Path(value) if Path(value).exists() else base / value
-                setattr(task.data, split, str(path.resolve()))
+            setattr(task.data, split, _resolve(getattr(task.data, split), base))
+    for probe in config.probes.values():
+        if isinstance(probe.data, str):
+            probe.data = _resolve(probe.data, base)
+        else:
+            for split in SPLITS:
+                setattr(probe.data, split, _resolve(getattr(probe.data, split), base))
     return config
+
+
+def _resolve(value: str | None, base: Path) -> str | None:
+    if value is None or Path(value).is_absolute():
+        return value
+    # A path that exists relative to the working directory wins, so `--set` works as typed; either way the
+    # resolved config holds an absolute path, valid from anywhere.
+    return str((Path(value) if Path(value).exists() else base / value).resolve())
 
 
 def dump_config(config: RunConfig) -> str:

@@ -11,6 +11,7 @@ A run:
     checkpoints/      last/: the state after the last finished stage; step/: inside the stage under way
                       (training/checkpoint.py); removed when the run finishes, unless train.keep_checkpoints
     run.lock          held (fcntl) by the process that trains in this directory
+    tensorboard/      event files, with train.report_to: [tensorboard] (tracking.py)
     report/           report.md, curves.png (written by report.py from the files above)
 
 A study (several runs side by side, study.py):
@@ -109,6 +110,10 @@ class RunDir:
     study_json = property(lambda self: self.path / STUDY_JSON)
     study_md = property(lambda self: self.path / STUDY_MD)
     study_png = property(lambda self: self.path / STUDY_PNG)
+
+    def tracker_dir(self, name: str) -> Path:
+        """Where tracker `name` (e.g. tensorboard) writes its files."""
+        return self.path / name
 
     def is_study(self) -> bool:
         return self.study_json.is_file()

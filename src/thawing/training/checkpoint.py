@@ -54,6 +54,7 @@ class StageProgress:
     nonfinite: int = 0  # updates skipped for a non-finite loss or gradient (`train.nonfinite: skip`)
     has_best: bool = False  # an evaluation found a best state (its weights are in best.safetensors)
     stopped: str = ""  # why the stage stopped early (a plateau)
+    log: dict[str, list] = field(default_factory=dict)  # training-record sums since the last record (numerics.py)
 
 
 @dataclass
@@ -71,6 +72,8 @@ class TrainState:
     heads: dict[str, dict] = field(default_factory=dict)  # each task's head spec (a frozen head became linear)
     metrics_lines: int = 0  # metrics.jsonl lines written when the state was saved
     stage: StageProgress | None = None  # inside a stage: where it stands (a stage checkpoint); None between stages
+    probes: dict[str, dict] = field(default_factory=dict)  # the last probe point's values ({} before the start's)
+    probe_seconds: float = 0.0  # time spent probing so far
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -22,10 +22,10 @@ def evaluate(ctx, path: WholeModel, stage, epoch: float, split: str = "dev") -> 
     model, results = ctx.model, {}
     for task, spec in model.specs.items():
         results[task] = score(spec, path.logits(task, split), ctx.prep.gold[task][split])
-        ctx.run.log_metrics({"stage": stage.name, "step": ctx.state.step, "epoch": round(epoch, 3), "split": split,
+        ctx.log({"stage": stage.name, "step": ctx.state.step, "epoch": round(epoch, 3), "split": split,
                              "task": task, "metrics": results[task]})
     value = selection_score(results, ctx.prep.primary, stage.metric)
-    ctx.run.log_metrics({"stage": stage.name, "step": ctx.state.step, "epoch": round(epoch, 3), "split": split,
+    ctx.log({"stage": stage.name, "step": ctx.state.step, "epoch": round(epoch, 3), "split": split,
                          "task": "*", "metrics": {"score": value}})
     ctx.events("eval", {"stage": stage.name, "step": ctx.state.step, "epoch": epoch, "split": split,
                         "results": results, "score": value})
@@ -51,6 +51,12 @@ def finish(ctx) -> None:
         tasks[task] = score(spec, whole.logits(task, splits[task]), ctx.prep.gold[task][splits[task]])
     results = {"tasks": tasks, "score": selection_score(tasks, ctx.prep.primary, ctx.prep.config.selection_metric),
                "splits": splits}
+    if ctx.probes is not None:
+        results.update(probes=ctx.probes.final(ctx.state.probes), probe_seconds=round(ctx.probes.seconds, 2))
+    frozen = frozen_heads(run.read_metrics(), ctx.prep.primary, [t for t in model.specs
+                                                                  if t not in ctx.state.trained_heads])
+    if frozen:
+        results["frozen_heads"] = frozen
     run.write_json(run.results, results)
     ctx.events("results", results)
     if not ctx.prep.config.train.keep_checkpoints:  # results.json says the run is done: nothing resumes it now
@@ -60,3 +66,16 @@ def finish(ctx) -> None:
     except Exception as exc:  # the results are written; a report can be made again with `thawing report`
         log.warning("no report for %s (%s: %s); `thawing report %s` retries", run.path, type(exc).__name__, exc,
                     run.path)
+
+
+def frozen_heads(metrics: list[dict], primary: dict[str, str], untrained: list[str]) -> dict[str, dict]:
+    """For each task whose head no stage trained: its primary dev metric at the run's first evaluation and at its last,
+    and the change. Such a head is fixed, so the change is what training the shared encoder did to that task."""
+    out = {}
+    for task in untrained:
+        values = [m["metrics"][primary[task]] for m in metrics
+                  if m.get("task") == task and m.get("split") == "dev" and primary[task] in m.get("metrics", {})]
+        if len(values) >= 2:
+            out[task] = {"metric": primary[task], "start": values[0], "end": values[-1],
+                         "change": values[-1] - values[0]}
+    return out

@@ -23,12 +23,14 @@ from thawing.errors import InputError
 from thawing.freezing import active_tasks, apply_trainable, layer_names, parameter_table, set_frozen_modes
 from thawing.model.encoder import Encoder
 from thawing.model.groups import parameter_groups
+from thawing.probes import Probes, build_probes
 from thawing.run_dir import RunDir
 from thawing.runtime import Runtime, make_accelerator, resolve_for_training
+from thawing.tracking import close_all, open_trackers
 from thawing.training import checkpoint, signals
 from thawing.training.checkpoint import StageProgress, TrainState
 from thawing.training.evaluation import evaluate, finish
-from thawing.training.numerics import finite, nonfinite_update
+from thawing.training.numerics import TrainingRecords, finite, nonfinite_update
 from thawing.training.paths import centroid_heads, choose_path
 from thawing.training.plateau import Plateau
 from thawing.training.schedule import lr_multiplier, warmup_steps
@@ -52,11 +54,29 @@ class Context:
     state: TrainState
     events: Events
     lock: object = None  # the run directory's lock (`RunDir.lock`), held until the run ends
+    probes: Probes | None = None  # retention probes, with their pretrained side
+    trackers: list = field(default_factory=list)  # live views of metrics.jsonl (`train.report_to`)
     stop: StopRequest = field(default_factory=StopRequest)  # SIGINT/SIGTERM asked training to stop
 
     @property
     def model(self):
         return self.prep.model
+
+    def log(self, record: dict) -> None:
+        """One record to metrics.jsonl and to every tracker."""
+        self.run.log_metrics(record)
+        for tracker in self.trackers:
+            tracker.log(record)
+
+    def probe(self, point: str, groups: dict) -> None:
+        """Measure every probe at `point` ("start", or the stage that just ended) and log it."""
+        if self.probes is None:
+            return
+        values = self.probes.pretrained if point == "start" else self.probes.measure(groups)
+        for name, metrics in values.items():
+            self.log({"stage": point, "step": self.state.step, "epoch": None, "split": "probe", "task": name,
+                      "metrics": metrics})
+        self.state.probes, self.state.probe_seconds = values, self.probes.seconds
 
 
 def train(config: RunConfig, run_dir: str | None = None, events: Events | None = None,
@@ -68,7 +88,9 @@ def train(config: RunConfig, run_dir: str | None = None, events: Events | None =
     """
     ctx, plan, groups = start(config, run_dir, events, run_optional, encoder, resume)
     state, run = ctx.state, ctx.run
-    with ctx.lock, stop_requests() as ctx.stop:
+    with ctx.lock, stop_requests() as ctx.stop, close_all(ctx.trackers):
+        if not state.probes:  # the pretrained encoder's values (a resumed run has them logged already)
+            ctx.probe("start", groups)
         for stage in plan[state.stages_done :] if not state.plan_stopped else []:
             params = [p for g in stage.trainable for _, p in groups[g]]
             inside = checkpoint.stage_tensors(run) if state.stage else None  # resuming inside this stage
@@ -79,6 +101,7 @@ def train(config: RunConfig, run_dir: str | None = None, events: Events | None =
                 summary["stopped"] += "; plan stopped: stage did not beat the best so far"
                 ctx.events("plan_stop", {"stage": stage.name, "score": summary["best_score"], "best": state.best.best})
                 state.plan_stopped = True
+            ctx.probe(stage.name, groups)
             state.summaries.append(summary)
             state.stages_done += 1
             state.heads = {t: spec.head for t, spec in ctx.model.specs.items()}
@@ -108,6 +131,9 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
     plan = build_plan(config, groups, run_optional)  # selector errors surface before the run dir exists
     runtime = resolve_for_training(config, prep)
     accelerator = make_accelerator(runtime)
+    probes = build_probes(config, prep.model.encoder, runtime)  # probe data errors surface here too
+    if probes is not None:
+        probes.start(groups)  # the pretrained side, before a checkpoint is restored
     if config.train.checkpoint:  # before a run directory exists
         trainable = max((sum(p.numel() for g in s.trainable for _, p in groups[g]) for s in plan), default=0)
         checkpoint.disk_check(Path(resume or run_dir or "runs"), prep.model, trainable)
@@ -132,7 +158,11 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
         run.write_config(config)
         state = TrainState(plan=[s.name for s in plan], run_optional=run_optional)
     run.write_json(run.runtime, runtime.to_json())
-    return Context(prep, run, runtime, accelerator, state, events or (lambda name, payload: None), lock), plan, groups
+    if probes is not None:
+        probes.seconds += state.probe_seconds  # what the run before the resume spent
+    ctx = Context(prep, run, runtime, accelerator, state, events or (lambda name, payload: None), lock, probes,
+                  open_trackers(config.train.report_to, run))
+    return ctx, plan, groups
 
 
 def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: list | None = None,
@@ -169,6 +199,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
             checkpoint.load_optimizer_state(optimizer, inside[0])
             best = inside[2]
         saved = (p.update, time.monotonic())  # when the last stage checkpoint was taken
+        tracked = TrainingRecords(p.log)
         while p.micro < updates.micro_total and not p.stopped:  # a fractional last epoch ends with whole updates
             grouped = updates.epoch(p.epoch, p.epoch_start)
             for batches in grouped[p.position :]:
@@ -184,16 +215,21 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
                     group["lr"] = group["initial_lr"] * factor
                 # accelerate unscales fp16 gradients before clipping; the norm also tells a non-finite gradient.
                 norm = ctx.accelerator.clip_grad_norm_(params, cfg.train.grad_clip) if cfg.train.grad_clip else None
-                if finite(losses, norm, scaled=getattr(ctx.accelerator, "scaler", None) is not None):
+                values = torch.stack(losses).float().tolist()  # one device sync for the update's losses
+                if finite(values, norm, scaled=getattr(ctx.accelerator, "scaler", None) is not None):
                     optimizer.step()  # with fp16, a step whose gradients are not finite is skipped (and counted)
                     p.skipped += int(optimizer.step_was_skipped)
                 else:
-                    nonfinite_update(ctx, stage, batches, losses)
+                    nonfinite_update(ctx, stage, batches, values)
                 optimizer.zero_grad(set_to_none=True)
                 p.micro, p.update, p.position, state.step = (p.micro + len(batches), p.update + 1, p.position + 1,
                                                              state.step + 1)
+                task_losses = tracked.add(batches, values, train_sets)
                 ctx.events("step", {"stage": stage.name, "update": p.update, "total": max(updates.updates, p.update),
-                                    "loss": float(sum(losses))})
+                                    "loss": sum(values), "tasks": task_losses,
+                                    "examples": sum(len(indices) for _, indices in batches)})
+                if p.update % cfg.train.log_every == 0:
+                    tracked.log(ctx, stage.name, optimizer)
                 due = p.position == len(grouped) if stage.eval_every == "epoch" else (
                     p.update % int(stage.eval_every) == 0 or p.micro >= updates.micro_total)
                 if due and p.evals.update(evaluate(ctx, path, stage, p.micro / updates.per_epoch), at=state.step):

@@ -1,32 +1,32 @@
-"""Non-finite losses and gradients during training: caught at the update, before the optimizer steps. By default
-the run stops with a message naming the stage, step and task (its last checkpoint stays); `train.nonfinite: skip`
-skips such updates, up to `train.nonfinite_limit`."""
+"""The numbers of each update: non-finite losses and gradients are caught before the optimizer steps (by default the
+run stops with a message naming the stage, step and task, its last checkpoint kept; `train.nonfinite: skip` skips
+such updates, up to `train.nonfinite_limit`), and each task's training loss is logged every `train.log_every`
+updates."""
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 
 import torch
 
 from thawing.errors import NonFiniteError
+from thawing.training.updates import divisors
 
 log = logging.getLogger(__name__)
 
 
-def finite(losses: list[torch.Tensor], norm: torch.Tensor | None, scaled: bool) -> bool:
-    """Whether an update's losses, and its gradient norm, are finite (one device sync). Under a loss scaler (fp16) a
+def finite(losses: list[float], norm: torch.Tensor | None, scaled: bool) -> bool:
+    """Whether an update's micro-batch losses, and its gradient norm, are finite. Under a loss scaler (fp16) a
     non-finite gradient is the scaler's to handle: it skips the step and lowers the scale."""
-    ok = torch.isfinite(torch.stack(losses)).all()
-    if norm is not None and not scaled:
-        ok = ok & torch.isfinite(torch.as_tensor(norm, device=ok.device))
-    return bool(ok)
+    return all(map(math.isfinite, losses)) and (norm is None or scaled or math.isfinite(float(norm)))
 
 
-def nonfinite_update(ctx, stage, batches: list, losses: list[torch.Tensor]) -> None:
+def nonfinite_update(ctx, stage, batches: list, losses: list[float]) -> None:
     """Stop the run (train.nonfinite: stop), or skip the update and count it, up to train.nonfinite_limit."""
     cfg, p = ctx.prep.config.train, ctx.state.stage
-    bad = [(task, float(loss)) for (task, _), loss in zip(batches, losses) if not math.isfinite(float(loss))]
+    bad = [(task, loss) for (task, _), loss in zip(batches, losses) if not math.isfinite(loss)]
     what = f"the loss of task '{bad[0][0]}' is {bad[0][1]}" if bad else "the gradient norm is not finite"
     where = f"stage '{stage.name}', update {p.update + 1} (step {ctx.state.step + 1})"
     if cfg.nonfinite == "skip" and p.nonfinite < cfg.nonfinite_limit:
@@ -36,3 +36,39 @@ def nonfinite_update(ctx, stage, batches: list, losses: list[torch.Tensor]) -> N
     limit = f" after {p.nonfinite} skipped updates (train.nonfinite_limit)" if cfg.nonfinite == "skip" else ""
     raise NonFiniteError(f"{where}: {what}{limit}. The run stopped; its last checkpoint is kept in "
                          f"{ctx.run.checkpoints}. Lower the learning rates, or set train.nonfinite: skip")
+
+
+class TrainingRecords:
+    """Each task's training loss (per labelled item) and the examples seen, summed between two records; the sums live
+    in the stage's progress (`StageProgress.log`), so a resumed run logs what the uninterrupted one would have."""
+
+    def __init__(self, sums: dict):
+        self.sums = sums  # task -> [summed loss, labelled items, examples]
+        self.clock = time.perf_counter()
+
+    def add(self, batches: list, losses: list[float], train_sets: dict) -> dict[str, float]:
+        """Add one update (each micro-batch's loss as the loop computed it, divided by its divisor); returns the
+        update's mean loss per task."""
+        update: dict[str, list] = {}
+        for (task, indices), loss, divisor in zip(batches, losses, divisors(batches, train_sets)):
+            row = update.setdefault(task, [0.0, 0, 0])
+            row[0] += loss * divisor  # back to the micro-batch's summed loss
+            row[1] += train_sets[task].labelled(indices)
+            row[2] += len(indices)
+        for task, (total, labelled, examples) in update.items():
+            row = self.sums.setdefault(task, [0.0, 0, 0])
+            row[0], row[1], row[2] = row[0] + total, row[1] + labelled, row[2] + examples
+        return {task: total / max(labelled, 1) for task, (total, labelled, _) in update.items()}
+
+    def log(self, ctx, stage: str, optimizer) -> None:
+        """One record per task: its mean loss since the last record, the rate of every group, examples per second."""
+        now = time.perf_counter()
+        examples = sum(row[2] for row in self.sums.values())
+        rate = examples / max(now - self.clock, 1e-9)
+        lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
+        for task, (total, labelled, _) in sorted(self.sums.items()):
+            ctx.log({"stage": stage, "step": ctx.state.step, "split": "train", "task": task,
+                     "loss": total / max(labelled, 1), "lr": lrs, "examples_per_s": round(rate, 1),
+                     "time": round(time.time(), 3)})
+        self.sums.clear()
+        self.clock = now
