@@ -237,13 +237,16 @@ def test_data_labels_of_mixed_kinds_and_single_class(tmp_path):
         train = write_jsonl(tmp_path / "t.jsonl", rows)
         return load_task("t", TaskConfig.model_validate({"type": kind, "data": {"train": train}, "label_field": field}))
 
-    with pytest.raises(InputError, match=r"t.jsonl, line 2, field 'label': label '1' is a string, but the label on "
+    with pytest.raises(InputError, match=r"t.jsonl, line 2, field 'label': label True is a boolean, but the label on "
                                          r"line 1 \(1\) is a number"):
-        load([{"text": "a", "label": 1}, {"text": "b", "label": "1"}, {"text": "c", "label": 2}])
+        load([{"text": "a", "label": 1}, {"text": "b", "label": True}, {"text": "c", "label": 2}])
+    same_text = [{"text": "a", "label": 1}, {"text": "b", "label": "1"}, {"text": "c", "label": 2}]
+    assert load(same_text).labels == ["1", "2"]  # 1 and "1" read the same: one class, as CSV and JSON give them
     with pytest.raises(InputError, match=r"line 2, field 'labels': expected a label, got inf"):
         load([{"text": "a", "labels": ["x"]}, {"text": "b", "labels": [float("inf")]}], "multi-label", "labels")
-    with pytest.raises(InputError, match=r"line 2, field 'labels': label 1 is a number, but the label on line 1 \('x"):
-        load([{"text": "a", "labels": ["x"]}, {"text": "b", "labels": ["y", 1]}], "multi-label", "labels")
+    with pytest.raises(InputError, match=r"line 2, field 'labels': expected each label to be a string or number, got "
+                                         r"True"):
+        load([{"text": "a", "labels": ["x"]}, {"text": "b", "labels": ["y", True]}], "multi-label", "labels")
     with pytest.raises(InputError, match=r"t.jsonl: train has 1 distinct label\(s\) \(O\): a token-classification"):
         load([{"tokens": ["a", "b"], "tags": ["O", "O"]}] * 4, "token-classification")
     assert load([{"text": "a", "label": True}, {"text": "b", "label": False}] * 2).labels == ["False", "True"]

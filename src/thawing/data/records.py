@@ -43,8 +43,10 @@ def label_text(value: Any, path: str, line: int, field: str) -> str:
 
 
 def check_label_kinds(labels: Iterable[tuple[int, Any]], path: str, field: str) -> None:
-    """Refuse a file whose labels mix strings, numbers and booleans: labels become text, so `true` and "True" (or
-    `1` and "1") would silently be one class. `labels` are (line, value or list of values) pairs.
+    """Refuse a file whose labels mix booleans with strings or numbers: labels become text, and `str(True)` is "True",
+    so a JSON `true` would silently join a "True" class, and never a "true" one. Numbers and strings may mix: `1` and
+    "1" read the same, as a CSV file and a JSON file of the same data would give them. `labels` are (line, value or
+    list of values) pairs.
 
     Raises:
         InputError: naming the first line whose label is of another kind than the first label's.
@@ -57,18 +59,19 @@ def check_label_kinds(labels: Iterable[tuple[int, Any]], path: str, field: str) 
                 continue
             if first is None:
                 first = (line, kind, item)
-            elif kind != first[1]:
+            elif (kind == "boolean") != (first[1] == "boolean"):
                 raise InputError(f"label {item!r:.40} is a {kind}, but the label on line {first[0]} "
-                                 f"({first[2]!r:.40}) is a {first[1]}: write every label the same way (labels become "
-                                 "text, so true and \"True\" would be one class)", path=path, line=line, field=field)
+                                 f"({first[2]!r:.40}) is a {first[1]}: write booleans as strings, or every label as a "
+                                 "boolean (labels become text, so true and \"True\" would be one class)", path=path,
+                                 line=line, field=field)
 
 
 def _kind_of(value: Any) -> str | None:
     if isinstance(value, bool):
         return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    return "string" if isinstance(value, str) else None
+    if isinstance(value, str):
+        return "string"
+    return "number" if isinstance(value, (int, float)) else None
 
 
 def sorted_labels(labels: set[str]) -> list[str]:
