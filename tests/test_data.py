@@ -175,6 +175,7 @@ def _bad(tmp_path, records, dev=None, **kw):
 
 
 OK = {"text": "fine", "label": "a"}
+OK_B = {"text": "other", "label": "b"}  # a second class: train needs two
 TOK = {"tokens": ["a", "b"], "tags": ["B-X", "O"]}
 
 
@@ -214,7 +215,7 @@ def test_errors_of_all_splits_and_tasks_are_reported_together(tmp_path):
     message = error(load_task, "one", task(bad_train, bad_dev))
     assert message.startswith("task 'one': 2 problems:\n")
     assert "bt.jsonl, line 1" in message and "bd.csv, line 2" in message
-    good = jsonl(tmp_path, "g.jsonl", [OK, OK])
+    good = jsonl(tmp_path, "g.jsonl", [OK, OK_B])
     tasks = {"one": task(bad_train), "two": task(good), "three": task(tmp_path / "missing.jsonl")}
     lines = error(load_tasks, tasks).splitlines()
     assert lines[0] == "2 problem(s) in the input data:"
@@ -233,12 +234,12 @@ def test_dev_carving_is_deterministic(tmp_path):
     order = lambda ts: [int(t[1:]) for t in ts]  # noqa: E731
     assert order(texts["dev"]) == sorted(order(texts["dev"])) and order(texts["train"]) == sorted(order(texts["train"]))
     assert sorted(texts["train"] + texts["dev"]) == sorted(f"t{i}" for i in range(50))
-    tiny = jsonl(tmp_path, "tiny.jsonl", [OK, OK])
+    tiny = jsonl(tmp_path, "tiny.jsonl", [OK, OK_B])
     assert [len(v) for v in load_task("t", task(tiny, dev_fraction=0.01)).splits.values()] == [1, 1]
 
 
 def test_limit_keeps_first_rows(tmp_path):
-    train = jsonl(tmp_path, "t.jsonl", [{"text": f"t{i}", "label": "a"} for i in range(10)])
+    train = jsonl(tmp_path, "t.jsonl", [{"text": f"t{i}", "label": "ab"[i % 2]} for i in range(10)])
     data = load_task("x", task(train, train, limit={"train": 3, "dev": 20}))
     assert [e.text for e in data.splits["train"]] == ["t0", "t1", "t2"] and len(data.splits["dev"]) == 10
 

@@ -11,9 +11,10 @@ Example:
 
 from __future__ import annotations
 
-import json
+import logging
+from dataclasses import fields
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from thawing.model.multitask import MultiTaskModel, TaskSpec
 from thawing.run_dir import RunDir
 from thawing.runtime import Runtime, apply, resolve
 
+log = logging.getLogger(__name__)
 
 class TrainedModel:
     """A trained multi-task model: its encoder, its heads and their label sets, on a resolved runtime (device,
@@ -76,17 +78,28 @@ class TrainedModel:
         return inference.score(self.tasks[task], logits, [e.label for e in examples])
 
 
-def load(run_dir: str | Path, device: str = "auto", mixed_precision: str = "auto", packing: bool | None = None
-         ) -> TrainedModel:
+def load(run_dir: str | Path, device: str = "auto", mixed_precision: str = "auto", packing: bool | None = None,
+         trust_remote_code: bool = False) -> TrainedModel:
     """Load `run_dir/final` (or a `final/` folder itself) into a `TrainedModel`, on a runtime resolved as for
-    `thawing embed` (auto: a GPU in bf16 with varlen packing where there is one; CPU in fp32 otherwise)."""
+    `thawing embed` (auto: a GPU in bf16 with varlen packing where there is one; CPU in fp32 otherwise).
+
+    `final/manifest.json` is checked first: a file changed since training (or a label list in another order) is
+    refused. A model saved before manifests existed loads with a warning. `trust_remote_code` runs an encoder's own
+    modeling code (a run trained with `model.trust_remote_code: true`); it is never taken from the run's files.
+
+    Raises:
+        InputError: for a folder that holds no trained model, a damaged or changed one.
+        ThawingError: for an encoder with its own code without `trust_remote_code`.
+    """
     run = RunDir.of_model(run_dir)
     if not run.tasks.is_file():
         raise InputError("no trained model here (expected final/tasks.json)", path=Path(run_dir))
-    specs = {t: TaskSpec(**s) for t, s in json.loads(run.tasks.read_text()).items()}
-    encoder = load_encoder(str(run.encoder_dir))
+    specs = task_specs(run.read_json(run.tasks), run.tasks)
+    if not run.verify_final({t: s.labels for t, s in specs.items()}):
+        log.warning("%s has no manifest.json (saved by an older thawing): its files cannot be checked", run.final)
+    encoder = load_encoder(str(run.encoder_dir), trust_remote_code=trust_remote_code)
     model = MultiTaskModel(encoder, specs)
-    model.heads.load_state_dict(run.load_heads_state())
+    _load_heads(model, run)
 
     def sample():
         ids = encoder.pad(encoder.token_ids(["a sentence to check packing with.", "and another one"]))
@@ -97,3 +110,51 @@ def load(run_dir: str | Path, device: str = "auto", mixed_precision: str = "auto
     model.to(runtime.device)
     apply(runtime, encoder)
     return TrainedModel(model, runtime, run)
+
+
+def task_specs(raw: Any, path: Path) -> dict[str, TaskSpec]:
+    """final/tasks.json as `TaskSpec`s, each checked: a known type, and labels that are distinct, non-empty strings.
+
+    Raises:
+        InputError: naming the file and the task.
+    """
+    from thawing.config import HeadConfig
+    from thawing.task_types import TASK_TYPES
+
+    if not isinstance(raw, dict) or not raw:
+        raise InputError("expected an object of tasks: the file is damaged", path=path)
+    known = {f.name for f in fields(TaskSpec)}
+    specs = {}
+    for task, spec in raw.items():
+        if not isinstance(spec, dict) or not {"type", "labels", "head"} <= set(spec) or set(spec) - known:
+            raise InputError(f"task '{task}': expected the fields {', '.join(sorted(known))}", path=path)
+        if spec["type"] not in TASK_TYPES:
+            raise InputError(f"task '{task}': unknown type {spec['type']!r}", path=path)
+        try:
+            HeadConfig.model_validate(spec["head"])
+        except ValueError:  # pydantic's ValidationError
+            raise InputError(f"task '{task}': not a head description: {spec['head']!r:.200}", path=path) from None
+        labels = spec["labels"]
+        if (not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels)
+                or len(set(labels)) != len(labels) or not labels):
+            raise InputError(f"task '{task}': labels must be distinct non-empty strings, got {labels!r:.200}",
+                             path=path)
+        specs[task] = TaskSpec(**spec)
+    return specs
+
+
+def _load_heads(model: MultiTaskModel, run: RunDir) -> None:
+    """Put final/heads.safetensors into the heads built from tasks.json, refusing weights that do not fit them
+    (a label dropped from tasks.json leaves a head with one output more than its labels)."""
+    state = run.load_heads_state()
+    expected = model.heads.state_dict()
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        raise InputError(f"does not match tasks.json: missing {missing[:3]}, unexpected {extra[:3]}", path=run.heads)
+    for name, value in state.items():
+        if tuple(value.shape) != tuple(expected[name].shape):
+            task = name.split(".", 1)[0]
+            raise InputError(f"'{name}' has shape {tuple(value.shape)}, but tasks.json makes the head of '{task}' "
+                             f"{tuple(expected[name].shape)} ({len(model.specs[task].labels)} labels): tasks.json and "
+                             "the heads do not belong together", path=run.heads)
+    model.heads.load_state_dict(state)

@@ -234,6 +234,7 @@ def train(
 ) -> None:
     """Train a multi-task model (or --resume a stopped run); prints the run directory on its last line."""
     from thawing.config import load_config
+    from thawing.run_dir import RunDir
     from thawing.training.loop import resume_run
     from thawing.training.loop import train as run_training
 
@@ -247,6 +248,7 @@ def train(
             run = resume_run(resume, events=printer)
         else:
             cfg = load_config(config, set_)
+            RunDir.check_creatable(run_dir)  # before the data and the model load, not after
             run = run_training(
                 cfg, run_dir=str(run_dir) if run_dir else None, events=printer, run_optional=full or None
             )
@@ -301,20 +303,25 @@ def evaluate(
         [], "--data", help="Evaluate a task on another file: --data task=path (repeatable)."
     ),
     output: Optional[Path] = typer.Option(None, help="Also write the metrics to this JSON file."),
+    trust_remote_code: bool = typer.Option(
+        False, help="Run the encoder's own modeling code (a run trained with model.trust_remote_code: true)."
+    ),
 ) -> None:
     """Evaluate a trained run on a split of its tasks' data, or on other files."""
     import json
 
     from thawing.api import load
-    from thawing.config import load_config
+    from thawing.config import SPLITS, load_config
     from thawing.inference import split_examples
     from thawing.run_dir import RunDir
 
+    if split not in SPLITS:
+        raise InputError(f"--split '{split}' is not a split; choose {', '.join(SPLITS)}")
     if output is not None:
         _check_output(output, overwrite=False)
     cfg = load_config(RunDir(run_dir).config)
     overrides = dict(_split_pair(item) for item in data)
-    model = load(run_dir)
+    model = load(run_dir, trust_remote_code=trust_remote_code)
     unknown = set(overrides) - set(model.tasks)
     if unknown:
         raise InputError(f"--data names unknown task(s) {', '.join(sorted(unknown))}; tasks: {', '.join(model.tasks)}")
@@ -347,6 +354,9 @@ def predict(
     task: Optional[str] = typer.Option(None, help="Only this task (default: every task)."),
     text_field: str = typer.Option("text", help="Field holding the text in .jsonl/.csv/.tsv input."),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
+    trust_remote_code: bool = typer.Option(
+        False, help="Run the encoder's own modeling code (a run trained with model.trust_remote_code: true)."
+    ),
 ) -> None:
     """Predict labels and probabilities (or entity spans) for each input text."""
     import json
@@ -357,7 +367,7 @@ def predict(
 
     _check_output(output, overwrite)
     texts = read_texts(input, text_field=text_field)
-    model = load(run_dir)
+    model = load(run_dir, trust_remote_code=trust_remote_code)
     predictions = model.predict(texts, task=task)
     if task:
         predictions = {task: predictions}
@@ -383,6 +393,7 @@ def study(
 ) -> None:
     """Train the config once per freezing scenario (and seed) and compare them; prints the study directory last."""
     from thawing.config import load_config
+    from thawing.run_dir import RunDir
     from thawing.study import run_study
 
     try:
@@ -390,6 +401,7 @@ def study(
     except ValueError:
         raise InputError(f"--seeds '{seeds}' must be integers separated by commas") from None
     cfg = load_config(config, set_)
+    RunDir.check_creatable(study_dir)
     printer = _TrainPrinter()
     try:
         result = run_study(
@@ -445,7 +457,8 @@ def main() -> None:
     try:
         app()
     except ThawingError as exc:
-        console.print(f"error: {exc}", style="bold red", highlight=False, markup=False)
+        # soft_wrap: never break the message at the terminal's width, so a long path stays whole (and can be copied)
+        console.print(f"error: {exc}", style="bold red", highlight=False, markup=False, soft_wrap=True)
         sys.exit(exc.exit_code)
 
 

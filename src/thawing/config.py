@@ -10,18 +10,67 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from thawing.errors import ConfigError
 
 SPLITS = ("train", "dev", "test")
+# A task name becomes part of group names (head:<task>), metric keys (<task>/<metric>) and file rows, where '*' is the
+# selection score: only plain characters are safe in all of them.
+TASK_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A run name becomes a folder name (runs/<name>-<timestamp>): never a path, never hidden, never too long for a file
+# system (255 bytes, with room for the timestamp and a study's suffix).
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def _task_name(name: str) -> str:
+    if not TASK_NAME.fullmatch(name):
+        raise ValueError(f"task name {name!r} is not allowed: use 1 to 64 letters, digits, '_' or '-' (a task name "
+                         "is used in group names, metric keys and files)")
+    return name
+
+
+def _run_name(name: str) -> str:
+    if not RUN_NAME.fullmatch(name):
+        shown = repr(name) if len(name) <= 60 else f"{name[:40]!r}... ({len(name)} characters)"
+        raise ValueError(f"{shown} is not allowed as a run name: it names the run folder, so use 1 to 100 letters, "
+                         "digits, '.', '_' or '-', not starting with '.' (no '/')")
+    return name
+
+
+def _steps_or_epoch(value: Any) -> Any:
+    """`eval_every`: 'epoch' or a positive whole number of optimizer steps (0 would divide by zero, a negative
+    number would never evaluate)."""
+    if value is None or value == "epoch":
+        return value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"must be 'epoch' or a positive whole number of optimizer steps, got {value!r}")
+    return value
+
+
+TaskName = Annotated[str, AfterValidator(_task_name)]
+EvalEvery = Annotated[Union[int, Literal["epoch"]], BeforeValidator(_steps_or_epoch)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan: an infinite epoch count or learning rate is never meant (`.inf` is valid YAML).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
@@ -113,7 +162,7 @@ class TrainConfig(_Strict):
     update_tokens: int | None = Field(None, gt=0)  # or: micro-batches until this many real tokens per update
     warmup: float = Field(0.1, ge=0)  # < 1: a fraction of the stage's steps; >= 1: steps
     lr_schedule: Literal["constant", "linear", "cosine", "slanted_triangular"] = "linear"
-    eval_every: int | Literal["epoch"] = "epoch"
+    eval_every: EvalEvery = "epoch"
     eval_batch_size: int = Field(64, gt=0)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else no
@@ -167,7 +216,7 @@ class StageConfig(_Strict):
     layer_decay: float = Field(1.0, gt=0, le=1)
     warmup: float | None = Field(None, ge=0)
     lr_schedule: Literal["constant", "linear", "cosine", "slanted_triangular"] | None = None
-    eval_every: int | Literal["epoch"] | None = None
+    eval_every: EvalEvery | None = None
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     restore_best: bool = True
     optional: bool = False
@@ -216,22 +265,50 @@ class CacheConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # boundary states; auto: bf16 on GPU, fp32 on CPU
 
 
+def _schedule_kind(value: Any) -> str | None:
+    return "[stages]" if isinstance(value, list) else "[preset]" if isinstance(value, str) else None
+
+
+# A list of stages or a preset name. Tagged by the value's own type, so a mistake inside a stage is reported once, at
+# its place, not beside "schedule: Input should be a valid string" (the tags are left out of the dotted path).
+Schedule = Annotated[
+    Union[Annotated[list[StageConfig], Tag("[stages]")], Annotated[str, Tag("[preset]")]],
+    Discriminator(_schedule_kind, custom_error_type="schedule",
+                  custom_error_message="expected a preset name (frozen, heads, full, progressive) or a list of stages"),
+]
+
+
 class RunConfig(_Strict):
-    name: str = "run"
+    name: Annotated[str, AfterValidator(_run_name)] = "run"
     model: ModelConfig = Field(default_factory=ModelConfig)
-    tasks: dict[str, TaskConfig]
+    tasks: dict[TaskName, TaskConfig]
     train: TrainConfig = Field(default_factory=TrainConfig)
     freeze: list[str] = Field(default_factory=list)
-    schedule: list[StageConfig] | str | None = None  # None: one stage from `freeze` and `train`
+    schedule: Schedule | None = None  # None: one stage from `freeze` and `train`
     run_optional: bool = False  # also run stages marked optional
     cache: CacheConfig = Field(default_factory=CacheConfig)
     selection_metric: str | None = None  # None: mean of each task's primary metric
-    probes: dict[str, ProbeConfig] = Field(default_factory=dict)  # retention probes (never trained on)
+    probes: dict[TaskName, ProbeConfig] = Field(default_factory=dict)  # retention probes (never trained on)
 
     @model_validator(mode="after")
     def _check_tasks(self) -> "RunConfig":
         if not self.tasks:
             raise ValueError("at least one task is needed under 'tasks'")
+        return self
+
+    @model_validator(mode="after")
+    def _known_metrics(self) -> "RunConfig":
+        # Checked here, not at the first evaluation: a typo would otherwise cost a whole stage of training.
+        problems = []
+        if self.selection_metric is not None:
+            problems.append(metric_problem(self.selection_metric, self.tasks, "selection_metric"))
+        for i, stage in enumerate(self.schedule if isinstance(self.schedule, list) else []):
+            if stage.early_stopping.metric is not None:
+                problems.append(metric_problem(stage.early_stopping.metric, self.tasks,
+                                               f"schedule.{i}.early_stopping.metric"))
+        problems = [p for p in problems if p]
+        if problems:
+            raise ValueError("\n  ".join(problems))
         return self
 
     @field_validator("freeze")
@@ -244,8 +321,54 @@ class RunConfig(_Strict):
         return values
 
 
+def metric_problem(metric: str, tasks: dict[str, TaskConfig], key: str) -> str | None:
+    """Why `metric` ("task/metric", or a metric name averaged over the tasks that report it) can name no result of
+    these tasks, or None when it can. The metrics are those the task types compute (`thawing.task_types`)."""
+    from thawing.task_types import task_type
+
+    names = {task: task_type(cfg.type).metric_names for task, cfg in tasks.items()}
+    available = ", ".join(f"{task}/{m}" for task, ms in names.items() for m in ms)
+    task, sep, name = metric.rpartition("/")
+    if sep and task in names and name in names[task]:
+        return None
+    if not sep and any(metric in ms for ms in names.values()):
+        return None
+    return f"{key}: '{metric}' names no metric of these tasks; available: {available}"
+
+
 # ---------------------------------------------------------------------------------------------
 # loading
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping gives the same key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping: plain YAML keeps the last one, so a second
+    task of the same name would silently replace the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: merged keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first is not None:
+                raise DuplicateKeyError(None, None, f"key '{key}' is given twice (first on line {first})",
+                                        key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML safely, refusing duplicate keys. Raises `yaml.YAMLError`, or ValueError for a value YAML cannot
+    build (e.g. a date such as 2024-13-01)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds plain data only
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -258,9 +381,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raw = read_yaml(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"{path}, {_yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     for item in overrides or []:
@@ -283,13 +410,30 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like key.sub=value")
     key, value = item.split("=", 1)
-    node = raw
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set '{item}': the key '{key}' has an empty part")
+    try:
+        parsed = read_yaml(value)
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"--set {key.strip()}: cannot read the value {value!r} ({_yaml_problem(exc)}); quote it "
+                          "to give a string") from None
+    node = raw
     for part in parts[:-1]:
         if not isinstance(node.get(part), dict):
             node[part] = {}
         node = node[part]
-    node[parts[-1]] = yaml.safe_load(value)
+    node[parts[-1]] = parsed
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """What is wrong, with its line and column where YAML knows them, on one line."""
+    if isinstance(exc, RecursionError):
+        return "invalid YAML: nested too deeply"
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + ("" if isinstance(exc, DuplicateKeyError) else "invalid YAML: ") + problem
 
 
 def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
@@ -313,7 +457,11 @@ def _resolve(value: str | None, base: Path) -> str | None:
         return value
     # A path that exists relative to the working directory wins, so `--set` works as typed; either way the
     # resolved config holds an absolute path, valid from anywhere.
-    return str((Path(value) if Path(value).exists() else base / value).resolve())
+    path = Path(value) if Path(value).exists() else base / value
+    try:
+        return str(path.resolve())
+    except (OSError, ValueError, RuntimeError):  # e.g. a NUL byte or a symlink loop: the reader says so
+        return str(base / value)
 
 
 def dump_config(config: RunConfig) -> str:
@@ -322,13 +470,27 @@ def dump_config(config: RunConfig) -> str:
 
 
 def _describe(err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err["loc"])
+    loc = _dotted(err["loc"])
     if err["type"] == "extra_forbidden":
         hint = _closest(err["loc"])
         return f"{loc}: unknown key" + (f" (did you mean '{hint}'?)" if hint else "")
     if err["type"] == "missing":
         return f"{loc}: required key is missing"
-    return f"{loc}: {err['msg']}"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {message}" if loc else message
+
+
+def _dotted(loc: tuple) -> str:
+    """`tasks.ner.head.type`; a key that is empty or holds a dot (a task named 'sst.2') is quoted: `tasks['sst.2']`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, str) and part.startswith("[") and part.endswith("]"):
+            continue  # "[key]" (an error in a dict key: the key itself is the place), or a union member's tag
+        if isinstance(part, str) and (not part or "." in part):
+            out += f"[{part!r}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
 
 
 def _closest(loc: tuple) -> str | None:

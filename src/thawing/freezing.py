@@ -31,7 +31,7 @@ def select_groups(selectors: list[str], groups: "OrderedDict[str, list]") -> lis
     """Resolve selectors to group names, in model order.
 
     Raises:
-        ConfigError: for a selector that names nothing, listing the valid forms.
+        ConfigError: for an unknown selector, listing the valid forms, or a layer slice that selects no layer.
     """
     chosen: set[str] = set()
     for selector in selectors:
@@ -55,6 +55,9 @@ def _resolve(selector: str, groups: "OrderedDict[str, list]") -> set[str]:
     if (match := _SLICE.match(selector)) is not None:
         start, stop = (int(x) if x else None for x in match.groups())
         picked = set(layers[slice(start, stop)])
+        if not picked:  # e.g. layers[10:12] on a 6-layer model: a stage that would silently train nothing there
+            raise ConfigError(f"selector '{selector}' selects no layer: the model has {len(layers)} "
+                              f"(layers.0 to layers.{len(layers) - 1}; layers[-2:] are the top two)")
         if layers and layers[-1] in picked and "norm" in groups:
             picked.add("norm")
         return picked

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from thawing.config import read_yaml
 from thawing.errors import InputError
 from thawing.run_dir import CURVES, REPORT_MD, RunDir
 
@@ -26,15 +27,38 @@ def write_report(path: str | Path) -> Path:
     run = RunDir(path)
     if not run.results.is_file():
         raise InputError("no results.json: not a finished thawing run directory", path=run.path)
-    config = yaml.safe_load(run.config.read_text()) if run.config.is_file() else {}
+    config = _read_config(run)
     stages, results = run.read_json(run.stages), run.read_json(run.results)
     tasks = run.read_json(run.tasks)
     metrics = [m for m in run.read_metrics() if m.get("split", "dev") == "dev"]
     primary = run.primary_metrics()
+    _check_shapes(run, stages, results)
     with run.replacing(run.report_dir) as tmp:
         curves = _plot_curves(metrics, stages, primary, tmp / CURVES)
         (tmp / REPORT_MD).write_text(_markdown(run, config, tasks, stages, results, metrics, primary, curves))
     return run.report_md
+
+
+def _check_shapes(run: RunDir, stages, results) -> None:
+    """What the report reads from stages.json and results.json is there: valid JSON of another shape is damage too."""
+    if not (isinstance(stages, list) and all(isinstance(s, dict) and isinstance(s.get("stage"), str) for s in stages)):
+        raise InputError("not a list of stage summaries: the file is damaged", path=run.stages)
+    if not (isinstance(results, dict) and isinstance(results.get("tasks"), dict)
+            and all(isinstance(v, dict) for v in results["tasks"].values())
+            and isinstance(results.get("score"), (int, float))):
+        raise InputError("not the results of a run (tasks and score): the file is damaged", path=run.results)
+
+
+def _read_config(run: RunDir) -> dict:
+    """The run's config.yaml as plain data ({} when absent): the report only names the model from it."""
+    if not run.config.is_file():
+        return {}
+    try:
+        config = read_yaml(run.config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, RecursionError) as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise InputError(f"cannot read the run's config ({detail})", path=run.config) from None
+    return config if isinstance(config, dict) else {}
 
 
 # ---------------------------------------------------------------------------------------------- markdown

@@ -7,7 +7,8 @@ A run:
     metrics.jsonl     one JSON object per evaluation and task (stage, step, epoch, split, task, metrics)
     stages.json       one summary per stage
     results.json      {"tasks": {task: {metric: value}}, "score": ..., "splits": {task: split}}
-    final/            encoder/ (sentence-transformers layout), heads.safetensors, labels.json, tasks.json
+    final/            encoder/ (sentence-transformers layout), heads.safetensors, labels.json, tasks.json,
+                      manifest.json (the sha256 of each file and the labels, checked by `thawing.load`)
     checkpoints/      last/: the state after the last finished stage; step/: inside the stage under way
                       (training/checkpoint.py); removed when the run finishes, unless train.keep_checkpoints
     run.lock          held (fcntl) by the process that trains in this directory
@@ -26,11 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
+from thawing import manifest
 from thawing.atomic import building, write_text
 from thawing.config import RunConfig, dump_config
 from thawing.errors import InputError
@@ -46,6 +49,7 @@ ENCODER = "encoder"  # inside final/
 HEADS = "heads.safetensors"  # inside final/
 LABELS = "labels.json"  # inside final/
 TASKS = "tasks.json"  # inside final/
+MANIFEST = "manifest.json"  # inside final/
 CHECKPOINTS = "checkpoints"
 CHECKPOINT = Path(CHECKPOINTS) / "last"
 STAGE_CHECKPOINT = Path(CHECKPOINTS) / "step"
@@ -70,12 +74,21 @@ class RunDir:
         """Make a new run directory: `explicit`, or `base/<name>-<timestamp>` (with a suffix if taken)."""
         if explicit is not None:
             path = Path(explicit)
-            if path.exists():
-                raise InputError("run directory already exists; choose another (runs are never overwritten)", path=path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.mkdir()
+            cls.check_creatable(path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.mkdir()
+            except FileExistsError:
+                raise InputError("run directory already exists; choose another (runs are never overwritten)",
+                                 path=path) from None
+            except OSError as exc:
+                raise InputError(f"cannot create the run directory: {exc.strerror or exc}", path=path) from None
             return cls(path)
-        Path(base).mkdir(parents=True, exist_ok=True)
+        cls.check_creatable(base=base)
+        try:
+            Path(base).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the runs folder: {exc.strerror or exc}", path=base) from None
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for suffix in [""] + [f"-{i}" for i in range(2, 1000)]:
             path = Path(base) / f"{name}-{stamp}{suffix}"
@@ -84,7 +97,25 @@ class RunDir:
                 return cls(path)
             except FileExistsError:
                 continue
+            except OSError as exc:
+                raise InputError(f"cannot create the run directory: {exc.strerror or exc}", path=path) from None
         raise InputError("cannot find a free run directory name", path=base)
+
+    @staticmethod
+    def check_creatable(explicit: str | Path | None = None, base: str | Path = "runs") -> None:
+        """Fail now where `create` would fail later (after the data and the model have loaded): `explicit` exists,
+        or it (or `base`, for a named run) cannot be made under a file or in a read-only place. Creates nothing.
+
+        Raises:
+            InputError: naming the path and why.
+        """
+        path = Path(explicit) if explicit is not None else Path(base)
+        if explicit is not None and (path.exists() or path.is_symlink()):
+            raise InputError("run directory already exists; choose another (runs are never overwritten)", path=path)
+        problem = folder_problem(path)
+        if problem:
+            what = "the run directory" if explicit is not None else "the runs folder"
+            raise InputError(f"cannot create {what}: {problem}", path=path)
 
     @classmethod
     def of_model(cls, path: str | Path) -> "RunDir":
@@ -99,6 +130,7 @@ class RunDir:
     stages = property(lambda self: self.path / STAGES)
     results = property(lambda self: self.path / RESULTS)
     final = property(lambda self: self.path / FINAL)
+    manifest = property(lambda self: self.path / FINAL / MANIFEST)
     encoder_dir = property(lambda self: self.path / FINAL / ENCODER)
     heads = property(lambda self: self.path / FINAL / HEADS)
     tasks = property(lambda self: self.path / FINAL / TASKS)
@@ -168,38 +200,137 @@ class RunDir:
             write_text(self.metrics, "".join(line + "\n" for line in kept))
 
     def save_final(self, model) -> None:
-        """Write final/: the encoder in sentence-transformers layout, the heads, their labels and specs."""
+        """Write final/: the encoder in sentence-transformers layout, the heads, their labels and specs, and last the
+        manifest of them all (sha256 of every file, the labels), which `thawing.load` checks."""
         from safetensors.torch import save_file
 
         from thawing.model.loading import save_encoder  # the model stack is loaded only when a model is saved
 
+        labels = {t: list(s.labels) for t, s in model.specs.items()}
         with self.replacing(self.final) as tmp:
             save_encoder(model.encoder, tmp / ENCODER)
             state = {k: v.detach().contiguous().cpu() for k, v in model.heads.state_dict().items()}
             save_file(state, str(tmp / HEADS))
-            (tmp / LABELS).write_text(json.dumps({t: s.labels for t, s in model.specs.items()}, indent=2) + "\n")
+            (tmp / LABELS).write_text(json.dumps(labels, indent=2) + "\n")
             (tmp / TASKS).write_text(json.dumps({t: asdict(s) for t, s in model.specs.items()}, indent=2) + "\n")
+            (tmp / MANIFEST).write_text(json.dumps(manifest.build(tmp, labels, MANIFEST), indent=2) + "\n")
+
+    def verify_final(self, labels: dict[str, list[str]]) -> bool:
+        """Check final/ and the `labels` read from its tasks.json against final/manifest.json. Returns False when
+        there is no manifest (a run saved before manifests were written), which the caller warns about.
+
+        Raises:
+            InputError: naming every file that changed, went missing or was added, and every label list that differs.
+        """
+        if not self.manifest.is_file():
+            return False
+        found = manifest.problems(self.final, self.read_json(self.manifest), labels, MANIFEST)
+        if found:
+            raise InputError("this model is not the one that was trained (its manifest.json does not match): "
+                             + "; ".join(found) + ". Restore the folder from a good copy, or train again",
+                             path=self.final)
+        return True
 
     # ------------------------------------------------------------------ readers
-    def read_json(self, path: str | Path) -> dict:
-        """A JSON file of the run: a path, or a name inside the run directory (e.g. `RESULTS`)."""
+    def read_json(self, path: str | Path) -> Any:
+        """A JSON file of the run: a path, or a name inside the run directory (e.g. `RESULTS`).
+
+        Raises:
+            InputError: for a missing or unreadable file, or one that is not JSON (e.g. cut short by a crash or a
+                full disk), naming the file and the line.
+        """
         path = self.path / path if isinstance(path, str) else path
         if not path.is_file():
             raise InputError("not found; is this a thawing run directory?", path=path)
-        return json.loads(path.read_text())
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot read: {exc.strerror or exc}", path=path) from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"not UTF-8 text (byte {exc.start}): the file is damaged", path=path) from None
+        return _parse_json(text, path)
 
     def primary_metrics(self) -> dict[str, str]:
         """Each task's primary metric (accuracy, or entity F1 for token tasks), from final/tasks.json."""
-        from thawing.task_types import task_type
+        from thawing.task_types import TASK_TYPES
 
-        return {t: task_type(spec["type"]).primary_metric for t, spec in self.read_json(self.tasks).items()}
+        specs = self.read_json(self.tasks)
+        if not isinstance(specs, dict) or not all(isinstance(s, dict) and s.get("type") in TASK_TYPES
+                                                  for s in specs.values()):
+            raise InputError("not an object of task specs with known types: the file is damaged", path=self.tasks)
+        return {t: TASK_TYPES[spec["type"]].primary_metric for t, spec in specs.items()}
 
     def read_metrics(self) -> list[dict]:
+        """The records of metrics.jsonl, in order ([] when there is none yet).
+
+        Raises:
+            InputError: naming the line of a record that is cut short or not a metrics record.
+        """
         if not self.metrics.is_file():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        try:
+            text = self.metrics.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read: {exc}", path=self.metrics) from None
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            record = _parse_json(line, self.metrics, number)
+            if not _is_metrics_record(record):
+                raise InputError("not a metrics record (a JSON object with task, step and numeric metrics); the file "
+                                 "is damaged", path=self.metrics, line=number)
+            records.append(record)
+        return records
 
     def load_heads_state(self) -> dict:
+        """The heads' weights from final/heads.safetensors.
+
+        Raises:
+            InputError: for a missing file, or one that is not a whole safetensors file (cut short, damaged).
+        """
         from safetensors.torch import load_file
 
-        return load_file(str(self.heads))
+        if not self.heads.is_file():
+            raise InputError("missing: the model's heads are not there", path=self.heads)
+        try:
+            return load_file(str(self.heads))
+        except Exception as exc:  # safetensors raises its own error type (and OSError) for a bad file
+            raise InputError(f"cannot read the heads ({' '.join(str(exc).split())[:200]}): the file is cut short or "
+                             "damaged", path=self.heads) from None
+
+
+def folder_problem(path: str | Path) -> str | None:
+    """Why a folder could not be made (or written in) at `path`, or None when it can: a part of the path is a file,
+    or the nearest existing folder is read-only. Tries it for real (a probe folder, removed at once), since
+    permission bits say nothing for root or for a read-only file system."""
+    probe = Path(path)
+    while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"'{probe}' is a file, not a folder"
+    try:
+        Path(tempfile.mkdtemp(dir=probe, prefix=".thawing-probe-")).rmdir()
+    except OSError as exc:
+        return f"cannot write in '{probe}' ({exc.strerror or exc})"
+    return None
+
+
+def _parse_json(text: str, path: Path, line: int | None = None) -> Any:
+    """JSON, or an InputError naming the file and line (the `line` of a JSON Lines record)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = line if line is not None else exc.lineno
+        raise InputError(f"not valid JSON ({exc.msg}, column {exc.colno}): the file is cut short or damaged",
+                         path=path, line=where) from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of more digits than Python converts
+        raise InputError(f"not valid JSON ({type(exc).__name__}): the file is damaged", path=path, line=line) from None
+
+
+def _is_metrics_record(record: Any) -> bool:
+    """What `log_metrics` writes and the report reads: task, step and a mapping of metric names to numbers."""
+    return (isinstance(record, dict) and isinstance(record.get("task"), str)
+            and isinstance(record.get("step"), int) and not isinstance(record.get("step"), bool)
+            and isinstance(record.get("metrics"), dict)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in record["metrics"].values()))

@@ -7,6 +7,7 @@ positions so predictions map back to words.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
@@ -15,6 +16,8 @@ import torch
 
 if TYPE_CHECKING:  # the encoder imports this module for its batching
     from thawing.model.encoder import Encoder
+
+log = logging.getLogger(__name__)
 
 IGNORE = -100  # cross-entropy's ignore_index
 
@@ -56,17 +59,22 @@ def featurize_words(
 ) -> Features:
     """Tokenize pre-split words for a token task, labelling each word on its first sub-token.
 
-    A prompt is prepended as extra words that carry no label. Words cut off by `max_length` get no
-    sub-token; their predictions count as "O" at evaluation (see `evaluate.py`).
+    A prompt is prepended as extra words that carry no label. A word that the tokenizer turns into nothing (`""`, a
+    zero-width space, a soft hyphen) stands in as a placeholder (`placeholder_word`: the unknown token), so every
+    word keeps a position and the tags after it stay on their own words. Words cut off by `max_length` get no
+    sub-token; their predictions count as "O" at evaluation.
     """
     prefix = prompt.split() if prompt else []
     words = [prefix + list(s) for s in sentences]
     if encoder.do_lower_case:
         words = [[w.lower() for w in s] for s in words]
-    enc = encoder.tokenizer(words, is_split_into_words=True, truncation=True, max_length=encoder.max_length)
+    rows = _tokenize_words(encoder, words)
+    stand_in = _fill_empty_words(encoder, words, rows)
+    if stand_in:
+        for row, ids in zip(stand_in, _tokenize_words(encoder, [words[r] for r in stand_in])):
+            rows[row] = ids
     out = Features([], [], [], per_token=True)
-    for row, ids in enumerate(enc["input_ids"]):
-        word_ids = enc.word_ids(row)
+    for row, (ids, word_ids) in enumerate(rows):
         labels, starts, previous = [IGNORE] * len(ids), [], None
         for pos, word in enumerate(word_ids):
             if word is not None and word != previous and word >= len(prefix):
@@ -78,6 +86,48 @@ def featurize_words(
         out.labels.append(labels)
         out.word_starts.append(starts)
     return out
+
+
+def _tokenize_words(encoder: Encoder, words: list[list[str]]) -> list[tuple[list[int], list[int | None]]]:
+    """Token ids and, per token, the index of the word it belongs to (None for special tokens)."""
+    if not words:
+        return []
+    enc = encoder.tokenizer(words, is_split_into_words=True, truncation=True, max_length=encoder.max_length)
+    return [(ids, enc.word_ids(row)) for row, ids in enumerate(enc["input_ids"])]
+
+
+def _fill_empty_words(encoder: Encoder, words: list[list[str]], rows: list) -> list[int]:
+    """Replace, in place, each word that has no token and makes none on its own by `placeholder_word`; return the
+    rows changed. A word missing because `max_length` cut it off makes tokens on its own, and stays as it is."""
+    empty: dict[str, bool] = {}
+    changed, placeholder = [], ""
+    for row, (_, word_ids) in enumerate(rows):
+        seen = {w for w in word_ids if w is not None}
+        if len(seen) == len(words[row]):
+            continue
+        missing = [w for w in range(len(words[row])) if w not in seen]
+        for w in missing:
+            word = words[row][w]
+            if word not in empty:
+                empty[word] = not encoder.tokenizer(word, add_special_tokens=False)["input_ids"]
+        replace = {w for w in missing if empty[words[row][w]]}
+        if replace:
+            placeholder = placeholder or placeholder_word(encoder.tokenizer)
+            words[row] = [placeholder if w in replace else word for w, word in enumerate(words[row])]
+            changed.append(row)
+    if changed:
+        log.info("%d sentence(s) hold words that make no token (e.g. %r); each such word stands in as %r",
+                 len(changed), next(w for w, e in empty.items() if e), placeholder)
+    return changed
+
+
+def placeholder_word(tokenizer) -> str:
+    """The word that stands in for a word that makes no token: the tokenizer's unknown token, or another special
+    token where it has none (byte-level tokenizers), the first of them that makes a token of its own."""
+    for word in (tokenizer.unk_token, tokenizer.pad_token, tokenizer.eos_token, "?"):
+        if word and tokenizer(word, add_special_tokens=False)["input_ids"]:
+            return word
+    raise ValueError("the tokenizer makes no token of its unknown, padding or end token, nor of '?'")
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, group: int = 50) -> list[list[int]]:

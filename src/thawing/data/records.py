@@ -3,8 +3,9 @@ type's reader shares."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from thawing.errors import InputError
 
@@ -25,6 +26,52 @@ def field_value(record: dict, name: str, path: str, line: int) -> Any:
     if name not in record:
         raise InputError("missing field", path=path, line=line, field=name)
     return record[name]
+
+
+def label_text(value: Any, path: str, line: int, field: str) -> str:
+    """A label as the text its class is known by (`str()` of a string, number or boolean).
+
+    Raises:
+        InputError: for what `str()` would silently turn into a bogus class: None, a list or an object, an empty
+            string, NaN or an infinity ("nan" from a missing value in a JSON export).
+    """
+    if value is None or isinstance(value, (list, dict)) or value == "":
+        raise InputError(f"expected a label (string or number), got {value!r:.80}", path=path, line=line, field=field)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"expected a label, got {value!r} (a missing value?)", path=path, line=line, field=field)
+    return str(value)
+
+
+def check_label_kinds(labels: Iterable[tuple[int, Any]], path: str, field: str) -> None:
+    """Refuse a file whose labels mix booleans with strings or numbers: labels become text, and `str(True)` is "True",
+    so a JSON `true` would silently join a "True" class, and never a "true" one. Numbers and strings may mix: `1` and
+    "1" read the same, as a CSV file and a JSON file of the same data would give them. `labels` are (line, value or
+    list of values) pairs.
+
+    Raises:
+        InputError: naming the first line whose label is of another kind than the first label's.
+    """
+    first: tuple[int, str, Any] | None = None
+    for line, value in labels:
+        for item in value if isinstance(value, list) else [value]:
+            kind = _kind_of(item)
+            if kind is None:
+                continue
+            if first is None:
+                first = (line, kind, item)
+            elif (kind == "boolean") != (first[1] == "boolean"):
+                raise InputError(f"label {item!r:.40} is a {kind}, but the label on line {first[0]} "
+                                 f"({first[2]!r:.40}) is a {first[1]}: write booleans as strings, or every label as a "
+                                 "boolean (labels become text, so true and \"True\" would be one class)", path=path,
+                                 line=line, field=field)
+
+
+def _kind_of(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    return "number" if isinstance(value, (int, float)) else None
 
 
 def sorted_labels(labels: set[str]) -> list[str]:

@@ -90,6 +90,10 @@ def _load(name: str, cfg: TaskConfig, seed: int) -> tuple[TaskData | None, list[
             splits["train"], splits["dev"] = _carve_dev(splits["train"], cfg.dev_fraction, seed, paths["train"])
         except InputError as exc:
             return None, [exc]
+    try:  # last: a row's own problem is the more useful message
+        _check_label_counts(cfg, labels, records.get("train"), paths.get("train"))
+    except InputError as exc:
+        return None, [exc]
     splits = {split: splits[split] for split in SPLITS if split in splits}
     logger.info("task %s: %s, %d labels%s", name, ", ".join(f"{len(v)} {k}" for k, v in splits.items()),
                 len(labels), " (dev carved from train)" if dev_from_train else "")
@@ -104,8 +108,7 @@ def _read_split(cfg: TaskConfig, split: str, path: str) -> list[Record]:
     if not rows:
         limited = f" (after limit {cfg.limit[split]})" if split in cfg.limit else ""
         raise InputError(f"{split} split is empty{limited}", path=path)
-    kind = _kind(cfg)
-    return [kind.read(cfg, path, fmt, line, record) for line, record in rows]
+    return _kind(cfg).read_split(cfg, path, fmt, rows)
 
 
 def _label_set(cfg: TaskConfig, train: list[Record]) -> list[str]:
@@ -116,6 +119,20 @@ def _label_set(cfg: TaskConfig, train: list[Record]) -> list[str]:
             raise InputError(f"the task's 'labels' list repeats {', '.join(duplicates)}")
         return list(cfg.labels)
     return _kind(cfg).label_set(train)
+
+
+def _check_label_counts(cfg: TaskConfig, labels: list[str], train: list[Record] | None, path: str | None) -> None:
+    """The label set, and train, must hold the type's minimum of distinct labels: a classifier trained on a single
+    class learns nothing and scores as if it had."""
+    kind = _kind(cfg)
+    if cfg.labels is not None and len(labels) < kind.min_labels:
+        raise InputError(f"the task's 'labels' list has {len(labels)}: a {kind.name} task needs at least "
+                         f"{kind.min_labels}")
+    seen = kind.label_set(train) if train is not None else labels
+    if len(seen) < kind.min_labels:
+        limited = f" (after limit {cfg.limit['train']})" if "train" in cfg.limit else ""
+        raise InputError(f"train has {len(seen)} distinct label(s){limited} ({', '.join(seen)}): a {kind.name} task "
+                         f"needs at least {kind.min_labels}", path=path)
 
 
 def _encode(cfg: TaskConfig, records: list[Record], labels: list[str], path: str) -> list[Example]:

@@ -7,10 +7,12 @@ model as is and gives the same embeddings.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -53,23 +55,59 @@ def load_encoder(
     """
     root = resolve_model(name)
     modules = _read_json(root / "modules.json") if (root / "modules.json").is_file() else None
-    layout = _parse_modules(root, modules)
+    with _loading(root, "sentence-transformers modules (modules.json)"):
+        layout = _parse_modules(root, modules)
+    if not (layout["transformer"] / "config.json").is_file():
+        raise ThawingError(f"{layout['transformer']}: not a model folder (no config.json); give a model directory "
+                           "or hub id as model.name")
     _check_remote_code(layout["transformer"], name, trust_remote_code)
 
-    backbone = AutoModel.from_pretrained(layout["transformer"], trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(layout["transformer"], trust_remote_code=trust_remote_code)
+    with _loading(layout["transformer"], "model"):
+        backbone = AutoModel.from_pretrained(layout["transformer"], trust_remote_code=trust_remote_code)
+    with _loading(layout["transformer"], "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(layout["transformer"], trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:  # decoder tokenizers often lack one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    _check_max_length(max_length, backbone, name)
     st_cfg = layout["st_config"]
+    with _loading(root, "projection"):
+        projection = nn.Sequential(*[_load_dense(p) for p in layout["dense"]]) if layout["dense"] else None
     return Encoder(
         backbone,
         tokenizer,
         pooling=pooling or layout["pooling"],
-        projection=nn.Sequential(*[_load_dense(p) for p in layout["dense"]]) if layout["dense"] else None,
+        projection=projection,
         normalize=layout["normalize"] if normalize is None else normalize,
         max_length=max_length or st_cfg.get("max_seq_length") or _default_max_length(backbone, tokenizer),
         do_lower_case=bool(st_cfg.get("do_lower_case", False)),
     )
+
+
+@contextlib.contextmanager
+def _loading(path: Path, what: str) -> Iterator[None]:
+    """Turn a failure to read a model's files into one clear error naming the folder.
+
+    transformers, tokenizers and safetensors raise many unrelated types for a missing, truncated or corrupt file
+    (OSError, ValueError, SafetensorError, a bare Exception from tokenizers), so any Exception counts here: these
+    calls only read the user's files (or run the model's own code, which the user asked for).
+    """
+    try:
+        yield
+    except ThawingError:
+        raise
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise ThawingError(f"{path}: cannot load the {what} ({type(exc).__name__}: {detail}); is the folder a "
+                           "complete model? A partly copied or truncated file (e.g. model.safetensors) gives this"
+                           ) from exc
+
+
+def _check_max_length(max_length: int | None, backbone: nn.Module, name: str) -> None:
+    """A max_length past the model's position embeddings fails (or reads garbage) on the first long text."""
+    positions = getattr(backbone.config, "max_position_embeddings", None)
+    if max_length and isinstance(positions, int) and max_length > positions:
+        raise ThawingError(f"max_length {max_length} is more than the {positions} positions of model '{name}' "
+                           f"(max_position_embeddings); set model.max_length (or --max-length) to {positions} or less")
 
 
 def _parse_modules(root: Path, modules: list[dict] | None) -> dict:
@@ -100,7 +138,8 @@ def _check_remote_code(path: Path, name: str, trust_remote_code: bool) -> None:
     if config.get("auto_map") and not trust_remote_code:
         raise ThawingError(
             f"model '{name}' ships its own modeling code (auto_map in {path / 'config.json'}). "
-            "Set model.trust_remote_code: true (or --trust-remote-code) to run it. "
+            "To run it, set model.trust_remote_code: true in the config, pass --trust-remote-code to the command, "
+            "or trust_remote_code=True to thawing.load. "
             "NovaSearch/stella_en_1.5B_v5 needs it for its bidirectional attention: loading it "
             "without that code silently builds a causal model whose embeddings are different."
         )

@@ -37,7 +37,7 @@ def resolve_model(name: str) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         return path
-    tried.append(f"local directory '{path}' (does not exist)")
+    tried.append(f"local directory '{path}' ({'a file, not a directory' if path.exists() else 'does not exist'})")
 
     packaged = _packaged_copy(name, tried)
     if packaged is not None:

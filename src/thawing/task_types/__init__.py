@@ -2,11 +2,13 @@
 multi-label task lives in its type, and nothing outside asks which type it holds.
 
 A type says what its head reads (`reads`: the pooled "sentence" embedding, or the "tokens" states), and owns:
-    read / label_set / example    a data record -> (line, input, raw label) -> the label set -> an `Example`
+    read_split / read             a file's rows / one data record -> (line, input, raw label)
+    label_set / example           the label set (`min_labels` at least) -> an `Example`
     featurize                     examples -> `Features` (token ids and labels as the loss wants them)
     loss                          logits and labels -> a summed loss, divided by the caller's divisor
     gather                        a batch's logits -> one array per example (per word for token tasks)
     metrics / primary_metric      logits and gold labels -> metrics; the metric that ranks models
+    metric_names                  the names `metrics` returns (the config checks metric names against them)
     predict                       one example's logits -> the prediction a user sees
     centroid_head                 a head that needs no gradient step (the frozen-network baseline)
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from thawing.data.batching import IGNORE, Features, featurize_texts
-from thawing.data.records import Example, Record, field_value, sorted_labels
+from thawing.data.records import Example, Record, check_label_kinds, field_value, label_text, sorted_labels
 from thawing.errors import InputError
 
 
@@ -18,8 +18,16 @@ class Classification:
     name = "classification"
     reads = "sentence"  # the head reads the pooled sentence embedding
     primary_metric = "accuracy"
+    min_labels = 2  # distinct labels train must hold: with one class there is nothing to learn
+    metric_names = ("accuracy", "macro_f1")  # what `metrics` returns; the config checks metric names against them
 
     # ------------------------------------------------------------------ data
+    def read_split(self, cfg, path: str, fmt: str, rows: Sequence[tuple[int, dict]]) -> list[Record]:
+        """Every row of one file, checked on its own (`read`) and together (labels of one kind)."""
+        records = [self.read(cfg, path, fmt, line, record) for line, record in rows]
+        check_label_kinds(((line, record.get(cfg.label_field)) for line, record in rows), path, cfg.label_field)
+        return records
+
     def read(self, cfg, path: str, fmt: str, line: int, record: dict) -> Record:
         text = field_value(record, cfg.text_field, path, line)
         if not isinstance(text, str) or not text.strip():
@@ -27,11 +35,7 @@ class Classification:
         return line, text, self.read_label(cfg, path, line, field_value(record, cfg.label_field, path, line))
 
     def read_label(self, cfg, path: str, line: int, label: Any) -> Any:
-        # str() of None, a list or an empty cell would silently become a bogus class name.
-        if label is None or isinstance(label, (list, dict)) or label == "":
-            raise InputError(f"expected a label (string or number), got {label!r}", path=path, line=line,
-                             field=cfg.label_field)
-        return str(label)
+        return label_text(label, path, line, cfg.label_field)
 
     def label_set(self, records: Sequence[Record]) -> list[str]:
         """The train labels, sorted (numbers as numbers) for a stable id order."""

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from thawing.data.records import Example, Record, sorted_labels
+from thawing.data.records import Example, Record, label_text, sorted_labels
 from thawing.errors import InputError
 from thawing.task_types.classification import Classification
 
@@ -24,6 +24,8 @@ class MultiLabel(Classification):
     name = "multi-label"
     reads = "sentence"  # the head reads the pooled sentence embedding
     primary_metric = "micro_f1"
+    min_labels = 1  # one label is a yes/no task: the rows without it are the other side
+    metric_names = ("micro_f1", "macro_f1", "subset_accuracy")
 
     # ------------------------------------------------------------------ data
     def read(self, cfg, path: str, fmt: str, line: int, record: dict) -> Record:
@@ -43,7 +45,7 @@ class MultiLabel(Classification):
             if isinstance(item, bool) or not isinstance(item, (str, int, float)) or item == "":
                 raise InputError(f"expected each label to be a string or number, got {item!r:.80}", path=path,
                                  line=line, field=cfg.label_field)
-        names = [str(item) for item in label]
+        names = [label_text(item, path, line, cfg.label_field) for item in label]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise InputError(f"label(s) {', '.join(repeated)} repeated in one row", path=path, line=line,

@@ -19,8 +19,13 @@ class TokenClassification(Classification):
     name = "token-classification"
     reads = "tokens"  # the head reads every token's state; words are labelled on their first sub-token
     primary_metric = "f1"
+    min_labels = 2  # 'O' and at least one entity tag
+    metric_names = ("precision", "recall", "f1", "accuracy")
 
     # ------------------------------------------------------------------ data
+    def read_split(self, cfg, path: str, fmt: str, rows: Sequence[tuple[int, dict]]) -> list[Record]:
+        return [self.read(cfg, path, fmt, line, record) for line, record in rows]  # tags are checked as strings
+
     def read(self, cfg, path: str, fmt: str, line: int, record: dict) -> Record:
         # CoNLL files have no field names: the reader always produces tokens/tags.
         tokens_field, tags_field = ("tokens", "tags") if fmt == "conll" else (cfg.tokens_field, cfg.tags_field)

@@ -133,19 +133,20 @@ def read_state(run: RunDir) -> TrainState | None:
         raise InputError("this run finished (results.json exists); there is nothing to resume", path=run.path)
     for folder in (run.stage_checkpoint, run.checkpoint):
         recover(folder)  # a kill between the two renames of a checkpoint swap
-    last, inside = _state(run.checkpoint), _state(run.stage_checkpoint)
+    last, inside = _state(run, run.checkpoint), _state(run, run.stage_checkpoint)
     if inside is not None and (last is None or inside.stages_done >= last.stages_done):
         return inside
     shutil.rmtree(run.stage_checkpoint, ignore_errors=True)  # killed after its stage's boundary checkpoint was saved
     return last
 
 
-def _state(folder) -> TrainState | None:
+def _state(run: RunDir, folder) -> TrainState | None:
     if not (folder / STATE).is_file():
         return None
+    data = run.read_json(folder / STATE)  # damaged JSON: an error naming the file and line
     try:
-        return TrainState.from_json(json.loads((folder / STATE).read_text()))
-    except (ValueError, TypeError, KeyError) as exc:
+        return TrainState.from_json(data)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         damage = f"{type(exc).__name__}: {exc}"
         raise InputError(f"the checkpoint's state is damaged ({damage})", path=folder / STATE) from exc
 

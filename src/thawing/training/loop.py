@@ -126,6 +126,8 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
     resumed = checkpoint.read_state(RunDir(resume)) if resume else None
     if resumed:  # the plan must be the one the checkpoint was taken in
         run_optional = resumed.run_optional
+    if not resume:  # a run directory that cannot be made fails now, not after the data, model and plan have loaded
+        RunDir.check_creatable(run_dir)
     prep = prepare(config, encoder)
     groups = parameter_groups(prep.model)
     plan = build_plan(config, groups, run_optional)  # selector errors surface before the run dir exists

@@ -10,10 +10,12 @@ import torch
 from thawing.config import RunConfig
 from thawing.data.batching import Features
 from thawing.data.tasks import TaskData, load_tasks
+from thawing.errors import ConfigError
 from thawing.inference import featurize
 from thawing.model.encoder import Encoder
 from thawing.model.loading import load_encoder
 from thawing.model.multitask import MultiTaskModel, TaskSpec
+from thawing.run_dir import folder_problem
 
 
 @dataclass
@@ -60,8 +62,24 @@ def build_model(config: RunConfig, tasks: dict[str, TaskData], encoder: Encoder 
     return MultiTaskModel(encoder, specs)
 
 
+def check_places(config: RunConfig) -> None:
+    """The folders the run will write besides its run directory, checked before anything loads: a `cache.dir` that
+    is a file or read-only would otherwise fail at the first frozen stage, after the data, model and plan.
+
+    Raises:
+        ConfigError: naming the key and the path.
+    """
+    if config.cache.enabled is not False and config.cache.dir is not None:
+        problem = folder_problem(config.cache.dir)
+        if problem:
+            raise ConfigError(f"cache.dir: cannot use '{config.cache.dir}' as the feature cache: {problem} (choose "
+                              "another folder, or set cache.enabled: false)")
+
+
 def prepare(config: RunConfig, encoder: Encoder | None = None) -> Prepared:
-    """Load data (failing early on bad input), the encoder and the heads, and tokenize every split."""
+    """Check the places the run writes, load data (failing early on bad input), the encoder and the heads, and
+    tokenize every split."""
+    check_places(config)
     torch.manual_seed(config.train.seed)
     tasks = load_tasks(config.tasks, seed=config.train.seed)
     model = build_model(config, tasks, encoder)

@@ -150,7 +150,13 @@ def build_plan(config: RunConfig, groups: "OrderedDict[str, list]", run_optional
     run_optional = config.run_optional if run_optional is None else run_optional
     plan = []
     for cfg in stage_configs(config, len(layer_names(groups))):
-        trainable = select_groups(cfg.train, groups) if cfg.train else []
+        try:
+            trainable = select_groups(cfg.train, groups) if cfg.train else []
+        except ConfigError as exc:
+            raise ConfigError(f"schedule: stage '{cfg.name}': {exc}") from None
+        if cfg.train and not trainable and cfg.epochs > 0:
+            raise ConfigError(f"schedule: stage '{cfg.name}' trains {cfg.train}, which selects no parameter of this "
+                              "model; give train: [] (or freeze: [all]) for a stage that trains nothing")
         stage = Stage(
             name=cfg.name,
             trainable=trainable,
