@@ -329,8 +329,19 @@ def _parse_json(text: str, path: Path, line: int | None = None) -> Any:
 
 
 def _is_metrics_record(record: Any) -> bool:
-    """What `log_metrics` writes and the report reads: task, step and a mapping of metric names to numbers."""
-    return (isinstance(record, dict) and isinstance(record.get("task"), str)
-            and isinstance(record.get("step"), int) and not isinstance(record.get("step"), bool)
-            and isinstance(record.get("metrics"), dict)
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in record["metrics"].values()))
+    """What the loop writes and the report reads: task and step, and either metrics (a mapping of names to numbers;
+    probes also give None for an undefined retention and a mapping per layer group) or, for a training record, a loss
+    and the groups' learning rates."""
+    if not (isinstance(record, dict) and isinstance(record.get("task"), str) and _is_number(record.get("step"))
+            and isinstance(record.get("step"), int)):
+        return False
+    if record.get("split") == "train":
+        return (_is_number(record.get("loss")) and isinstance(record.get("lr"), dict)
+                and all(_is_number(v) for v in record["lr"].values()))
+    return isinstance(record.get("metrics"), dict) and all(
+        _is_number(v) or v is None or (isinstance(v, dict) and all(_is_number(x) for x in v.values()))
+        for v in record["metrics"].values())
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
