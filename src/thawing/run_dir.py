@@ -7,9 +7,12 @@ A run:
     metrics.jsonl     one JSON object per evaluation and task (stage, step, epoch, split, task, metrics)
     stages.json       one summary per stage
     results.json      {"tasks": {task: {metric: value}}, "score": ..., "splits": {task: split}}
-    final/            encoder/ (sentence-transformers layout), heads.safetensors, labels.json, tasks.json
+    final/            encoder/ (sentence-transformers layout), heads.safetensors, labels.json, tasks.json, README.md
+                      (the model card, model_card.py)
     checkpoints/last/ the state after the last finished stage, for resuming (training/checkpoint.py)
     report/           report.md, curves.png (written by report.py from the files above)
+
+An ONNX export (export.py), a folder of its own: model.onnx, thawing_onnx.json, the tokenizer's files.
 
 A study (several runs side by side, study.py):
     <scenario>/       one run directory per scenario (and seed)
@@ -43,10 +46,14 @@ ENCODER = "encoder"  # inside final/
 HEADS = "heads.safetensors"  # inside final/
 LABELS = "labels.json"  # inside final/
 TASKS = "tasks.json"  # inside final/
+MODEL_CARD = "README.md"  # inside final/
 CHECKPOINT = Path("checkpoints") / "last"
 REPORT = "report"
 REPORT_MD = "report.md"  # inside report/
 CURVES = "curves.png"  # inside report/
+# An ONNX export's.
+ONNX_MODEL = "model.onnx"
+ONNX_META = "thawing_onnx.json"
 # A study's.
 STUDY_JSON = "study.json"
 STUDY_MD = "study.md"
@@ -96,6 +103,7 @@ class RunDir:
     encoder_dir = property(lambda self: self.path / FINAL / ENCODER)
     heads = property(lambda self: self.path / FINAL / HEADS)
     tasks = property(lambda self: self.path / FINAL / TASKS)
+    model_card = property(lambda self: self.path / FINAL / MODEL_CARD)
     checkpoint = property(lambda self: self.path / CHECKPOINT)
     report_dir = property(lambda self: self.path / REPORT)
     report_md = property(lambda self: self.path / REPORT / REPORT_MD)
@@ -142,11 +150,19 @@ class RunDir:
         from thawing.model.loading import save_encoder  # the model stack is loaded only when a model is saved
 
         with self.replacing(self.final) as tmp:
-            save_encoder(model.encoder, tmp / ENCODER)
+            # Each task's prompt becomes a named sentence-transformers prompt: encode(text, prompt_name=task).
+            prompts = {task: spec.prompt for task, spec in model.specs.items() if spec.prompt}
+            save_encoder(model.encoder, tmp / ENCODER, prompts=prompts)
             state = {k: v.detach().contiguous().cpu() for k, v in model.heads.state_dict().items()}
             save_file(state, str(tmp / HEADS))
             (tmp / LABELS).write_text(json.dumps({t: s.labels for t, s in model.specs.items()}, indent=2) + "\n")
             (tmp / TASKS).write_text(json.dumps({t: asdict(s) for t, s in model.specs.items()}, indent=2) + "\n")
+
+    def write_model_card(self) -> Path:
+        """Write final/README.md from the run's files (model_card.py); returns its path."""
+        from thawing.model_card import write_model_card
+
+        return write_model_card(self.path)
 
     # ------------------------------------------------------------------ readers
     def read_json(self, path: str | Path) -> dict:

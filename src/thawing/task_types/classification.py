@@ -18,6 +18,7 @@ class Classification:
     name = "classification"
     reads = "sentence"  # the head reads the pooled sentence embedding
     primary_metric = "accuracy"
+    hub_task = "text-classification"  # the Hugging Face task name, for the model card
 
     # ------------------------------------------------------------------ data
     def read(self, cfg, path: str, fmt: str, line: int, record: dict) -> Record:
@@ -75,6 +76,10 @@ class Classification:
     def decide(self, spec, logits: Callable[[], Sequence[np.ndarray]], gold: Sequence) -> None:
         """Fit the task's decision rule on dev after training (multi-label: its threshold). `logits()` computes the
         dev logits, only if the rule needs them. Classification decides by argmax: nothing to fit."""
+
+    def decision_rule(self, spec) -> dict:
+        """How logits become a prediction, for code outside thawing (an ONNX export): softmax, then argmax."""
+        return {"activation": "softmax", "rule": "argmax"}
 
     def metrics(self, spec, logits: Sequence[np.ndarray], gold: Sequence) -> dict[str, float]:
         from thawing.metrics import classification_metrics

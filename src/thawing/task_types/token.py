@@ -19,6 +19,7 @@ class TokenClassification(Classification):
     name = "token-classification"
     reads = "tokens"  # the head reads every token's state; words are labelled on their first sub-token
     primary_metric = "f1"
+    hub_task = "token-classification"
 
     # ------------------------------------------------------------------ data
     def read(self, cfg, path: str, fmt: str, line: int, record: dict) -> Record:
@@ -67,6 +68,10 @@ class TokenClassification(Classification):
         return [logits[row, word_positions(feats, i, width, left_padded)] for row, i in enumerate(indices)]
 
     # ------------------------------------------------------------------ results
+    def decision_rule(self, spec) -> dict:
+        """Softmax and argmax at each word's first sub-token (the prompt's words carry no tag)."""
+        return {"activation": "softmax", "rule": "argmax at each word's first sub-token", "tag_scheme": spec.tag_scheme}
+
     def metrics(self, spec, logits: Sequence[np.ndarray], gold: Sequence) -> dict[str, float]:
         from thawing.metrics import token_metrics
 

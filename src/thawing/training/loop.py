@@ -222,6 +222,7 @@ def finish(ctx: Context) -> None:
     results = {"tasks": tasks, "score": selection_score(tasks, ctx.prep.primary, ctx.prep.config.selection_metric),
                "splits": splits}
     run.write_json(run.results, results)
+    run.write_model_card()  # final/README.md, from the files just written
     ctx.events("results", results)
     try:
         write_report(run.path)
