@@ -166,12 +166,14 @@ def test_token_task_gives_per_token_logits_with_dynamic_axes(bert_run, tmp_path)
 def test_int8_quantization(bert_run, tmp_path):
     import onnx
 
-    folder = _export(bert_run, tmp_path, "--quantize", "int8")
+    fp32 = (_export(bert_run, tmp_path) / "model.onnx").stat().st_size
+    folder = _export(bert_run, tmp_path, "--quantize", "int8", "--overwrite")  # replaces the fp32 export
     client = OnnxClient(folder)
     assert client.meta["quantized"] == "int8" and client.meta["check"]["tolerance"] is None
     graph = onnx.load(str(folder / "model.onnx"))
     assert "MatMulInteger" in {node.op_type for node in graph.graph.node}  # the weights' matmuls run in int8
     assert any(init.data_type == onnx.TensorProto.INT8 for init in graph.graph.initializer)
+    assert (folder / "model.onnx").stat().st_size != fp32
     model = thawing.load(bert_run, device="cpu")
     embedding = client.texts(TEXTS)["embedding"]
     difference = np.abs(embedding - model.encode(TEXTS)).max()

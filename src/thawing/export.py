@@ -156,13 +156,35 @@ def trace(graph: ExportGraph, encoder: Encoder, names: list[str], path: Path) ->
 
 def quantize_int8(path: Path) -> None:
     """Replace the graph at `path` by one whose weights are int8 (onnxruntime's dynamic quantization: activations
-    are quantized on the fly, per batch)."""
+    are quantized on the fly, per batch), with a scale per output channel.
+
+    Per channel, because per tensor measurably moved predictions (MiniLM, TREC + SST-2 heads, 2,000 test texts):
+    labels agreeing with fp32 91% / 92% per tensor, 96% / 96% per channel; TREC accuracy 0.840 vs 0.862 (fp32 0.862).
+    onnxruntime's suggested pre-processing changed nothing there, so its log line about it is left out.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantized = path.with_name(f".int8.{path.name}")
     large = path.stat().st_size > 2 * 1024**3  # protobuf's limit: larger graphs keep weights in a side file
-    quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8, use_external_data_format=large)
+    quiet = _Without("pre-processing before quantization")
+    logging.getLogger().addFilter(quiet)
+    try:
+        quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8, per_channel=True,
+                         use_external_data_format=large)
+    finally:
+        logging.getLogger().removeFilter(quiet)
     os.replace(quantized, path)
+
+
+class _Without(logging.Filter):
+    """Drops log records whose message contains `text`."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def compare(graph: ExportGraph, encoder: Encoder, names: list[str], path: Path) -> dict[str, dict[str, float]]:
