@@ -451,6 +451,26 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run directory, o
     print(write_study_report(run_dir) if RunDir(run_dir).is_study() else write_report(run_dir))
 
 
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A finished run directory (or its final/ folder)."),
+    format_: str = typer.Option("onnx", "--format", help="Export format: onnx."),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="Folder to write: the graph, the tokenizer and thawing_onnx.json."
+    ),
+    quantize: Optional[str] = typer.Option(
+        None, help="int8: weights in int8 (onnxruntime dynamic quantization; smaller, outputs change slightly)."
+    ),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Export a trained run as one ONNX graph (encoder, embedding and every head); prints the folder."""
+    from thawing.export import export_run
+
+    path = export_run(run_dir, output, format=format_, quantize=quantize, overwrite=overwrite)
+    console.print(f"exported {run_dir} as ONNX to {path}", markup=False, highlight=False)
+    print(path)
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into a message and exit code 2."""
     logging.basicConfig(level=os.environ.get("THAWING_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")

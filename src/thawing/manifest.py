@@ -17,23 +17,25 @@ VERSION = 1
 _CHUNK = 8 << 20
 
 
-def file_digests(folder: Path, skip: str) -> dict[str, str]:
-    """sha256 of every file under `folder` (but `skip`), keyed by its path relative to `folder` (with '/').
+def file_digests(folder: Path, skip: tuple[str, ...]) -> dict[str, str]:
+    """sha256 of every file under `folder` (but the paths in `skip`), keyed by its path relative to `folder` (with
+    '/').
 
     Files are hashed on threads: hashlib lets go of the GIL on large buffers, and a 1.5B model is several GB.
     """
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != skip and not _hidden(p, folder))
+    files = sorted(p for p in folder.rglob("*")
+                   if p.is_file() and p.relative_to(folder).as_posix() not in skip and not _hidden(p, folder))
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         digests = list(pool.map(_sha256, files))
     return {p.relative_to(folder).as_posix(): d for p, d in zip(files, digests)}
 
 
-def build(folder: Path, labels: dict[str, list[str]], skip: str) -> dict:
+def build(folder: Path, labels: dict[str, list[str]], skip: tuple[str, ...]) -> dict:
     """The manifest of `folder` as it is now."""
     return {"version": VERSION, "algorithm": "sha256", "files": file_digests(folder, skip), "labels": labels}
 
 
-def problems(folder: Path, manifest: dict, labels: dict[str, list[str]], skip: str) -> list[str]:
+def problems(folder: Path, manifest: dict, labels: dict[str, list[str]], skip: tuple[str, ...]) -> list[str]:
     """How `folder` and the `labels` it holds now differ from `manifest`; empty when they match. Hidden files (a
     `.DS_Store`) are not compared."""
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):

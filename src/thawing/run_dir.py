@@ -8,12 +8,15 @@ A run:
     stages.json       one summary per stage
     results.json      {"tasks": {task: {metric: value}}, "score": ..., "splits": {task: split}}
     final/            encoder/ (sentence-transformers layout), heads.safetensors, labels.json, tasks.json,
-                      manifest.json (the sha256 of each file and the labels, checked by `thawing.load`)
+                      manifest.json (the sha256 of each file and the labels, checked by `thawing.load`),
+                      README.md (the model card, model_card.py)
     checkpoints/      last/: the state after the last finished stage; step/: inside the stage under way
                       (training/checkpoint.py); removed when the run finishes, unless train.keep_checkpoints
     run.lock          held (fcntl) by the process that trains in this directory
     tensorboard/      event files, with train.report_to: [tensorboard] (tracking.py)
     report/           report.md, curves.png (written by report.py from the files above)
+
+An ONNX export (export.py), a folder of its own: model.onnx, thawing_onnx.json, the tokenizer's files.
 
 A study (several runs side by side, study.py):
     <scenario>/       one run directory per scenario (and seed)
@@ -50,6 +53,8 @@ HEADS = "heads.safetensors"  # inside final/
 LABELS = "labels.json"  # inside final/
 TASKS = "tasks.json"  # inside final/
 MANIFEST = "manifest.json"  # inside final/
+MODEL_CARD = "README.md"  # inside final/ (not in the manifest: a card may be edited)
+UNCHECKED = (MANIFEST, MODEL_CARD)  # final/'s files that the manifest does not cover
 CHECKPOINTS = "checkpoints"
 CHECKPOINT = Path(CHECKPOINTS) / "last"
 STAGE_CHECKPOINT = Path(CHECKPOINTS) / "step"
@@ -57,6 +62,9 @@ LOCK = "run.lock"
 REPORT = "report"
 REPORT_MD = "report.md"  # inside report/
 CURVES = "curves.png"  # inside report/
+# An ONNX export's.
+ONNX_MODEL = "model.onnx"
+ONNX_META = "thawing_onnx.json"
 # A study's.
 STUDY_JSON = "study.json"
 STUDY_MD = "study.md"
@@ -135,6 +143,7 @@ class RunDir:
     heads = property(lambda self: self.path / FINAL / HEADS)
     tasks = property(lambda self: self.path / FINAL / TASKS)
     checkpoints = property(lambda self: self.path / CHECKPOINTS)
+    model_card = property(lambda self: self.path / FINAL / MODEL_CARD)
     checkpoint = property(lambda self: self.path / CHECKPOINT)
     stage_checkpoint = property(lambda self: self.path / STAGE_CHECKPOINT)
     report_dir = property(lambda self: self.path / REPORT)
@@ -208,12 +217,14 @@ class RunDir:
 
         labels = {t: list(s.labels) for t, s in model.specs.items()}
         with self.replacing(self.final) as tmp:
-            save_encoder(model.encoder, tmp / ENCODER)
+            # Each task's prompt becomes a named sentence-transformers prompt: encode(text, prompt_name=task).
+            prompts = {task: spec.prompt for task, spec in model.specs.items() if spec.prompt}
+            save_encoder(model.encoder, tmp / ENCODER, prompts=prompts)
             state = {k: v.detach().contiguous().cpu() for k, v in model.heads.state_dict().items()}
             save_file(state, str(tmp / HEADS))
             (tmp / LABELS).write_text(json.dumps(labels, indent=2) + "\n")
             (tmp / TASKS).write_text(json.dumps({t: asdict(s) for t, s in model.specs.items()}, indent=2) + "\n")
-            (tmp / MANIFEST).write_text(json.dumps(manifest.build(tmp, labels, MANIFEST), indent=2) + "\n")
+            (tmp / MANIFEST).write_text(json.dumps(manifest.build(tmp, labels, UNCHECKED), indent=2) + "\n")
 
     def verify_final(self, labels: dict[str, list[str]]) -> bool:
         """Check final/ and the `labels` read from its tasks.json against final/manifest.json. Returns False when
@@ -224,12 +235,18 @@ class RunDir:
         """
         if not self.manifest.is_file():
             return False
-        found = manifest.problems(self.final, self.read_json(self.manifest), labels, MANIFEST)
+        found = manifest.problems(self.final, self.read_json(self.manifest), labels, UNCHECKED)
         if found:
             raise InputError("this model is not the one that was trained (its manifest.json does not match): "
                              + "; ".join(found) + ". Restore the folder from a good copy, or train again",
                              path=self.final)
         return True
+
+    def write_model_card(self) -> Path:
+        """Write final/README.md from the run's files (model_card.py); returns its path."""
+        from thawing.model_card import write_model_card
+
+        return write_model_card(self.path)
 
     # ------------------------------------------------------------------ readers
     def read_json(self, path: str | Path) -> Any:

@@ -2,7 +2,7 @@
 Pooling, Dense, Normalize modules) where there is one, a plain transformers model otherwise.
 
 `save_encoder` writes sentence-transformers layout, so `SentenceTransformer(path)` loads a thawing
-model as is and gives the same embeddings.
+model as is and gives the same embeddings; its config_sentence_transformers.json names the tasks' prompts.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ ST_TRANSFORMER = "sentence_transformers.models.Transformer"
 ST_POOLING = "sentence_transformers.models.Pooling"
 ST_DENSE = "sentence_transformers.models.Dense"
 ST_NORMALIZE = "sentence_transformers.models.Normalize"
+ST_CONFIG = "config_sentence_transformers.json"
 
 
 def load_encoder(
@@ -178,14 +179,22 @@ def _read_json(path: Path) -> dict | list:
 # saving
 
 
-def save_encoder(encoder: Encoder, path: str | Path) -> Path:
-    """Write `encoder` in sentence-transformers layout under `path` (which must not exist yet)."""
+def save_encoder(encoder: Encoder, path: str | Path, prompts: dict[str, str] | None = None) -> Path:
+    """Write `encoder` in sentence-transformers layout under `path` (which must not exist yet).
+
+    Args:
+        encoder: the encoder to save.
+        path: a new folder.
+        prompts: named prompts (thawing: each task's), so that `SentenceTransformer(path).encode(texts,
+            prompt_name=name)` prefixes them as thawing does.
+    """
     path = Path(path)
     path.mkdir(parents=True)
     encoder.backbone.save_pretrained(path, safe_serialization=True)
     encoder.tokenizer.save_pretrained(path)
     st_config = {"max_seq_length": encoder.max_length, "do_lower_case": encoder.do_lower_case}
     _write_json(path / "sentence_bert_config.json", st_config)
+    _write_json(path / ST_CONFIG, sentence_transformers_config(prompts or {}))
     modules = [{"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER}]
     pooling = {key: mode == encoder.pooling for mode, key in ST_POOLING_KEYS.items()}
     pooling.update(word_embedding_dimension=encoder.hidden_size, pooling_mode_mean_sqrt_len_tokens=False)
@@ -214,6 +223,32 @@ def save_encoder(encoder: Encoder, path: str | Path) -> Path:
         modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Normalize", "type": ST_NORMALIZE})
     _write_json(path / "modules.json", modules)
     return path
+
+
+def sentence_transformers_config(prompts: dict[str, str]) -> dict:
+    """config_sentence_transformers.json: the named prompts, none used by default (thawing adds a prompt only where
+    a task asks for it), cosine similarity (what sentence embeddings are compared with) and the versions that wrote
+    it, as sentence-transformers itself records them."""
+    import transformers
+
+    versions = {"sentence_transformers": _installed("sentence-transformers"), "transformers": transformers.__version__,
+                "pytorch": torch.__version__}
+    return {
+        "model_type": "SentenceTransformer",
+        "__version__": {name: v for name, v in versions.items() if v is not None},
+        "prompts": dict(prompts),
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    }
+
+
+def _installed(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)  # its metadata, not an import: sentence-transformers is slow to import
+    except PackageNotFoundError:
+        return None
 
 
 def _write_json(path: Path, data: object) -> None:

@@ -21,11 +21,12 @@ PACKAGED_MODELS: dict[str, tuple[str, str]] = {
 }
 
 
-def resolve_model(name: str) -> Path:
+def resolve_model(name: str, local_only: bool = False) -> Path:
     """Find the directory that holds model `name`.
 
     Args:
         name: a directory, or a hub id such as ``sentence-transformers/all-MiniLM-L6-v2``.
+        local_only: never download; only this machine's copies (a directory, a package, the Hugging Face cache).
 
     Returns:
         The model directory (it holds ``config.json``, and ``modules.json`` for sentence-transformers).
@@ -43,7 +44,7 @@ def resolve_model(name: str) -> Path:
     if packaged is not None:
         return packaged
 
-    hub = _hub_copy(name, tried)
+    hub = _hub_copy(name, tried, local_only)
     if hub is not None:
         return hub
     raise ModelNotFoundError(f"cannot find model '{name}'. Tried:\n  - " + "\n  - ".join(tried))
@@ -69,7 +70,7 @@ def _packaged_copy(name: str, tried: list[str]) -> Path | None:
     return path
 
 
-def _hub_copy(name: str, tried: list[str]) -> Path | None:
+def _hub_copy(name: str, tried: list[str], local_only: bool = False) -> Path | None:
     if name.count("/") != 1 or name.startswith(("/", ".", "~")):
         tried.append("Hugging Face Hub (not a hub id of the form owner/name)")
         return None
@@ -79,6 +80,9 @@ def _hub_copy(name: str, tried: list[str]) -> Path | None:
         return Path(snapshot_download(name, local_files_only=True))
     except Exception as exc:  # the hub client raises several unrelated types for "not cached"
         tried.append(f"Hugging Face cache ({type(exc).__name__})")
+    if local_only:
+        tried.append("Hugging Face Hub (skipped: only this machine's copies were asked for)")
+        return None
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         tried.append("Hugging Face Hub (skipped: HF_HUB_OFFLINE is set)")
         return None

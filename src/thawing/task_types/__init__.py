@@ -11,6 +11,7 @@ A type says what its head reads (`reads`: the pooled "sentence" embedding, or th
     metric_names                  the names `metrics` returns (the config checks metric names against them)
     predict                       one example's logits -> the prediction a user sees
     centroid_head                 a head that needs no gradient step (the frozen-network baseline)
+    decision_rule / hub_task      how logits become a prediction outside thawing (ONNX); the Hub's task name (card)
 
 Add a type by writing a class with these members and registering it in `TASK_TYPES`.
 """

@@ -20,6 +20,7 @@ class Classification:
     primary_metric = "accuracy"
     min_labels = 2  # distinct labels train must hold: with one class there is nothing to learn
     metric_names = ("accuracy", "macro_f1")  # what `metrics` returns; the config checks metric names against them
+    hub_task = "text-classification"  # the Hugging Face task name, for the model card
 
     # ------------------------------------------------------------------ data
     def read_split(self, cfg, path: str, fmt: str, rows: Sequence[tuple[int, dict]]) -> list[Record]:
@@ -79,6 +80,10 @@ class Classification:
     def decide(self, spec, logits: Callable[[], Sequence[np.ndarray]], gold: Sequence) -> None:
         """Fit the task's decision rule on dev after training (multi-label: its threshold). `logits()` computes the
         dev logits, only if the rule needs them. Classification decides by argmax: nothing to fit."""
+
+    def decision_rule(self, spec) -> dict:
+        """How logits become a prediction, for code outside thawing (an ONNX export): softmax, then argmax."""
+        return {"activation": "softmax", "rule": "argmax"}
 
     def metrics(self, spec, logits: Sequence[np.ndarray], gold: Sequence) -> dict[str, float]:
         from thawing.metrics import classification_metrics

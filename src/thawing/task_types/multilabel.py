@@ -121,6 +121,10 @@ class MultiLabel(Classification):
         probs, truth = _probs(logits()), _multi_hot(gold)
         spec.threshold = max(THRESHOLDS, key=lambda t: (_micro_f1(probs > t, truth), -abs(t - DEFAULT_THRESHOLD)))
 
+    def decision_rule(self, spec) -> dict:
+        """Sigmoid per label; every label whose probability is above the threshold."""
+        return {"activation": "sigmoid", "rule": "probability > threshold", "threshold": _threshold(spec)}
+
     def metrics(self, spec, logits: Sequence[np.ndarray], gold: Sequence) -> dict[str, float]:
         """Micro-F1, macro-F1 over every label of the label set (a label with no gold and no predicted example
         counts as F1 0, as for classification) and subset accuracy (the whole label set exactly right)."""

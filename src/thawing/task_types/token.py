@@ -21,6 +21,7 @@ class TokenClassification(Classification):
     primary_metric = "f1"
     min_labels = 2  # 'O' and at least one entity tag
     metric_names = ("precision", "recall", "f1", "accuracy")
+    hub_task = "token-classification"
 
     # ------------------------------------------------------------------ data
     def read_split(self, cfg, path: str, fmt: str, rows: Sequence[tuple[int, dict]]) -> list[Record]:
@@ -72,6 +73,10 @@ class TokenClassification(Classification):
         return [logits[row, word_positions(feats, i, width, left_padded)] for row, i in enumerate(indices)]
 
     # ------------------------------------------------------------------ results
+    def decision_rule(self, spec) -> dict:
+        """Softmax and argmax at each word's first sub-token (the prompt's words carry no tag)."""
+        return {"activation": "softmax", "rule": "argmax at each word's first sub-token", "tag_scheme": spec.tag_scheme}
+
     def metrics(self, spec, logits: Sequence[np.ndarray], gold: Sequence) -> dict[str, float]:
         from thawing.metrics import token_metrics
 

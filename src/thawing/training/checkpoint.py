@@ -129,7 +129,7 @@ def _finish(folder, state: TrainState) -> None:
 def read_state(run: RunDir) -> TrainState | None:
     """The latest checkpoint's state (inside a stage when there is one), None when the run stopped before its first
     checkpoint, or a clear error saying why this run cannot be resumed."""
-    if run.results.is_file():
+    if run.results.is_file() and run.model_card.is_file():  # the card is the last file a run writes
         raise InputError("this run finished (results.json exists); there is nothing to resume", path=run.path)
     for folder in (run.stage_checkpoint, run.checkpoint):
         recover(folder)  # a kill between the two renames of a checkpoint swap

@@ -58,6 +58,7 @@ def finish(ctx) -> None:
     if frozen:
         results["frozen_heads"] = frozen
     run.write_json(run.results, results)
+    run.write_model_card()  # final/README.md, from the files just written
     ctx.events("results", results)
     if not ctx.prep.config.train.keep_checkpoints:  # results.json says the run is done: nothing resumes it now
         shutil.rmtree(run.checkpoints, ignore_errors=True)

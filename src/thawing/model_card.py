@@ -1,0 +1,299 @@
+"""The model card, final/README.md: what a trained model is, how well it did and how to use it, written from the run
+directory's files alone (config.yaml, stages.json, results.json, final/tasks.json), like the report.
+
+Front matter (YAML, as the Hugging Face Hub reads it): library_name, tags, base_model (a hub id; a local base model
+is named in the body only), license (the base model's, read from its own card where this machine has a copy; else
+none), datasets (the hub datasets of `format: hf` tasks; files are named in the body), metrics, and model-index (each
+task's final metrics). Body: each task's labels, head, prompt, data and final metrics; the stage plan with trainable
+parameters and wall time; retention probes where results.json has them (`probes`); usage with `thawing.load`,
+sentence-transformers (`final/encoder/`, with each task's prompt by name) and an ONNX export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from thawing.atomic import write_text
+from thawing.errors import InputError, ThawingError
+from thawing.model.multitask import TaskSpec
+from thawing.run_dir import ENCODER, FINAL, ONNX_META, ONNX_MODEL, RunDir
+from thawing.task_types import task_type
+
+log = logging.getLogger(__name__)
+
+EXAMPLE = "An example sentence."
+READS = {"sentence": "the sentence embedding", "tokens": "each token's state (a word is read at its first sub-token)"}
+
+
+def write_model_card(path: str | Path) -> Path:
+    """Write final/README.md for the finished run at `path`; returns its path.
+
+    Raises:
+        InputError: naming the file, when the run has no results.json or final/tasks.json yet.
+    """
+    run = RunDir(path)
+    for needed in (run.results, run.tasks):
+        if not needed.is_file():
+            raise InputError("not found: the model card needs a finished run", path=needed)
+    config = yaml.safe_load(run.config.read_text()) if run.config.is_file() else {}
+    stages = run.read_json(run.stages) if run.stages.is_file() else []
+    card = render_card(run.path.name, config or {}, run.read_json(run.tasks), stages, run.read_json(run.results))
+    write_text(run.model_card, card)
+    return run.model_card
+
+
+def render_card(name: str, config: dict, tasks: dict, stages: list[dict], results: dict) -> str:
+    """The card's markdown, YAML front matter first. `name` is the run directory's name; the usage snippets use
+    paths relative to the folder that holds the run."""
+    base = (config.get("model") or {}).get("name", "")
+    meta = yaml.safe_dump(front_matter(name, config, tasks, results), sort_keys=False, allow_unicode=True)
+    lines = ["---", meta.rstrip("\n"), "---", "", f"# {name}", ""]
+    lines += [
+        f"A multi-task model trained with thawing: one shared sentence encoder, "
+        f"fine-tuned from {_base_phrase(base)}, and one head per task ({', '.join(f'`{t}`' for t in tasks)}). "
+        f"`{ENCODER}/` holds the encoder in sentence-transformers layout; the heads are in `heads.safetensors`, "
+        "their labels and settings in `tasks.json`.",
+        "",
+        "## Tasks",
+    ]
+    task_configs = config.get("tasks") or {}
+    for task, spec in tasks.items():
+        lines += _task_section(task, spec, task_configs.get(task) or {}, results)
+    if isinstance(results.get("score"), (int, float)):
+        lines += ["", f"Selection score (over the tasks' primary metrics): **{results['score']:.4f}**"]
+    lines += _stage_section(stages, config)
+    lines += _probe_section(results.get("probes"))
+    lines += _usage_section(name, tasks)
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- front matter
+
+
+def front_matter(name: str, config: dict, tasks: dict, results: dict) -> dict:
+    """The YAML metadata of the card (Hugging Face model card keys)."""
+    base = (config.get("model") or {}).get("name", "")
+    kinds = [task_type(spec["type"]) for spec in tasks.values()]
+    meta: dict = {"library_name": "thawing"}
+    license_ = base_model_license(base) if base else None
+    if license_:
+        meta["license"] = license_
+    if _hub_id(base):
+        meta["base_model"] = base
+    meta["tags"] = ["thawing", "sentence-transformers", "sentence-similarity", "feature-extraction", "multi-task",
+                    *dict.fromkeys(kind.hub_task for kind in kinds)]
+    datasets = list(dict.fromkeys(d for t in (config.get("tasks") or {}).values() for d in _hub_datasets(t)))
+    if datasets:
+        meta["datasets"] = datasets
+    scores = results.get("tasks") or {}
+    meta["metrics"] = sorted({metric for values in scores.values() for metric in values})
+    meta["model-index"] = [{"name": name, "results": [_index_entry(task, tasks[task], values, results, config)
+                                                      for task, values in scores.items() if task in tasks]}]
+    return meta
+
+
+def _index_entry(task: str, spec: dict, values: dict, results: dict, config: dict) -> dict:
+    split = (results.get("splits") or {}).get(task, "test")
+    task_config = (config.get("tasks") or {}).get(task) or {}
+    hub = _hub_datasets(task_config)
+    source = (task_config.get("data") or {}).get(split)
+    return {
+        "task": {"type": task_type(spec["type"]).hub_task, "name": task},
+        "dataset": {"name": hub[0] if hub else _short_path(source) if source else task,
+                    "type": hub[0] if hub else "unknown", "split": split},
+        "metrics": [{"type": metric, "value": value, "name": metric} for metric, value in values.items()],
+    }
+
+
+def _hub_id(name: str) -> bool:
+    """Whether a model name is a Hub id (owner/name) rather than a folder on this machine."""
+    return (name.count("/") == 1 and not name.startswith(("/", ".", "~"))
+            and not Path(name).expanduser().exists())
+
+
+def _hub_datasets(task_config: dict) -> list[str]:
+    """A `format: hf` task's hub dataset name (a `load_from_disk` folder is no hub dataset)."""
+    if task_config.get("format") != "hf":
+        return []
+    train = (task_config.get("data") or {}).get("train")
+    return [train] if train and not Path(train).exists() else []
+
+
+def base_model_license(name: str) -> str | None:
+    """The license in the base model's own card (README.md front matter), from this machine's copy only."""
+    from thawing.model.resolve import resolve_model
+
+    try:
+        card = resolve_model(name, local_only=True) / "README.md"
+        text = card.read_text() if card.is_file() else ""
+    except (ThawingError, OSError):
+        return None
+    if not text.startswith("---"):
+        return None
+    try:
+        meta = yaml.safe_load(text.split("---", 2)[1])
+    except (yaml.YAMLError, IndexError):
+        log.info("%s: front matter is not valid YAML; no license on the card", card)
+        return None
+    license_ = meta.get("license") if isinstance(meta, dict) else None
+    return license_ if isinstance(license_, str) else None
+
+
+# ---------------------------------------------------------------------------------------------- body
+
+
+def _base_phrase(base: str) -> str:
+    if not base:
+        return "its base model"
+    if _hub_id(base):
+        return f"[{base}](https://huggingface.co/{base})"
+    return f"a local model (`{Path(base).name}`)"
+
+
+def _task_section(task: str, spec: dict, task_config: dict, results: dict) -> list[str]:
+    kind = task_type(spec["type"])
+    labels = spec.get("labels") or []
+    head = spec.get("head") or {}
+    shape = (f"MLP (hidden size {head.get('hidden_size')}, GELU)" if head.get("type") == "mlp" else "linear")
+    lines = ["", f"### {task}", "", f"- Type: {spec['type']}",
+             f"- Labels ({len(labels)}): " + ", ".join(f"`{label}`" for label in labels),
+             f"- Head: {shape} over {READS[kind.reads]}, dropout {head.get('dropout', 0.0)} in training"]
+    lines.append(f"- Prompt: `{spec['prompt']}`" if spec.get("prompt") else "- Prompt: none")
+    rule = kind.decision_rule(TaskSpec(**spec))
+    if "threshold" in rule:
+        lines.append(f"- Threshold: {rule['threshold']} (a label is predicted when its probability is above it)")
+    if "tag_scheme" in rule:
+        lines.append(f"- Tag scheme: {rule['tag_scheme']}")
+    data = task_config.get("data") or {}
+    files = [f"{split} `{_short_path(path)}`" for split, path in data.items() if path]
+    if files:
+        lines.append("- Data: " + ", ".join(files) + _limit_note(task_config))
+    values = (results.get("tasks") or {}).get(task)
+    if values:
+        split = (results.get("splits") or {}).get(task, "test")
+        note = "" if split == "test" else " (the task has no test split)"
+        lines += ["", f"Metrics on {split}{note}:", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {metric} | {value:.4f} |" for metric, value in values.items()]
+    return lines
+
+
+def _short_path(path: str) -> str:
+    """A data file as `folder/file`: enough to recognise it, without this machine's absolute path."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def _limit_note(task_config: dict) -> str:
+    limit = task_config.get("limit") or {}
+    return " (first " + ", ".join(f"{n:,} {split}" for split, n in limit.items()) + " rows)" if limit else ""
+
+
+def _stage_section(stages: list[dict], config: dict) -> list[str]:
+    if not stages:
+        return []
+    # config.yaml records the stages a preset expanded to, so each stage's selectors are there by name.
+    schedule = config.get("schedule") if isinstance(config.get("schedule"), list) else []
+    trains = {s.get("name"): s.get("train") for s in schedule if isinstance(s, dict)}
+    lines = ["", "## Training plan", "",
+             "Each stage trains the parameter groups it names (the rest stay frozen), with a fresh optimizer.", "",
+             "| stage | trains | trainable parameters | epochs | best dev score | stopped | wall time |",
+             "|---|---|---|---|---|---|---|"]
+    for s in stages:
+        groups = trains.get(s.get("stage"))
+        groups_cell = ", ".join(f"`{g}`" for g in groups) if groups else ("nothing" if groups == [] else "")
+        best = "" if s.get("best_score") is None else f"{s['best_score']:.4f}"
+        lines.append(f"| {s.get('stage', '')} | {groups_cell} | {s.get('trainable_params', 0):,} "
+                     f"| {s.get('epochs_run', '')} | {best} | {s.get('stopped', '')} | {s.get('wall_s', '')} s |")
+    total = sum(s.get("wall_s") or 0 for s in stages)
+    lines += ["", f"Training took {total:.1f} s over {len(stages)} stage(s)."]
+    return lines
+
+
+def _probe_section(probes: object) -> list[str]:
+    """Retention probes (results.json `probes`): how much of what the base model knew the fine-tuned one kept."""
+    if not probes:
+        return []
+    lines = ["", "## Retention", "", "| probe | value |", "|---|---|"]
+    lines += [f"| {name} | {_cell(value)} |" for name, value in _flatten("", probes)]
+    return lines
+
+
+def _flatten(prefix: str, value: object) -> Iterator[tuple[str, object]]:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _flatten(f"{prefix} / {key}" if prefix else str(key), inner)
+    else:
+        yield prefix, value
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return json.dumps(value) if isinstance(value, (list, type(None), bool)) else str(value)
+
+
+# ---------------------------------------------------------------------------------------------- usage
+
+
+def _usage_section(name: str, tasks: dict) -> list[str]:
+    """Snippets with paths relative to the folder that holds the run."""
+    first = next(iter(tasks))
+    prompted = next((t for t, spec in tasks.items() if spec.get("prompt")), None)
+    lines = ["", "## Usage", "", "Paths are relative to the folder that holds the run directory.", "",
+             "With thawing:", "", "```python", "import thawing", "",
+             f'model = thawing.load("{name}")  # the run directory, or its {FINAL}/ folder',
+             f'print(model.predict(["{EXAMPLE}"], task="{first}"))',
+             f'print(model.encode(["{EXAMPLE}"]).shape)  # sentence embeddings', "```", "",
+             "With sentence-transformers (the encoder alone: embeddings; each task's prompt is a named prompt):", "",
+             "```python", "from sentence_transformers import SentenceTransformer", "",
+             f'encoder = SentenceTransformer("{name}/{FINAL}/{ENCODER}")']
+    if prompted:
+        lines.append(f'vectors = encoder.encode(["{EXAMPLE}"], prompt_name="{prompted}")  # the prompt of {prompted}')
+    else:
+        lines.append(f'vectors = encoder.encode(["{EXAMPLE}"])')
+    lines += ["print(vectors.shape)", "```"]
+    return lines + _onnx_usage(name, tasks)
+
+
+def _onnx_usage(name: str, tasks: dict) -> list[str]:
+    folder = f"{name}-onnx"
+    sentence = next((t for t, spec in tasks.items() if task_type(spec["type"]).reads == "sentence"), None)
+    lines = ["", "As ONNX (one graph: the encoder, every head and the embedding; run with onnxruntime):", "",
+             "```bash", 'pip install "thawing[onnx]"', f"thawing export {name} --format onnx --output {folder}", "```",
+             "", "```python", "import json", "", "import numpy as np", "import onnxruntime",
+             "from transformers import AutoTokenizer", "",
+             f'folder = "{folder}"', f'meta = json.load(open(f"{{folder}}/{ONNX_META}"))',
+             "tokenizer = AutoTokenizer.from_pretrained(folder)",
+             f'session = onnxruntime.InferenceSession(f"{{folder}}/{ONNX_MODEL}", providers=["CPUExecutionProvider"])']
+    if sentence is None:
+        lines += [f'batch = tokenizer(["{EXAMPLE}"], padding=True, truncation=True, max_length=meta["max_length"],',
+                  '                  return_tensors="np")',
+                  'inputs = {"input_ids": batch["input_ids"].astype(np.int64),',
+                  '          "attention_mask": batch["attention_mask"].astype(np.int64)}',
+                  'embedding, = session.run(["embedding"], inputs)', "print(embedding.shape)", "```"]
+    else:
+        rule = task_type(tasks[sentence]["type"]).decision_rule(TaskSpec(**tasks[sentence]))
+        lines += [f'task = meta["tasks"]["{sentence}"]',
+                  f'texts = [(task["prompt"] or "") + "{EXAMPLE}"]  # lower-case them too if meta["do_lower_case"]',
+                  'batch = tokenizer(texts, padding=True, truncation=True, max_length=meta["max_length"],'
+                  ' return_tensors="np")',
+                  'inputs = {"input_ids": batch["input_ids"].astype(np.int64),',
+                  '          "attention_mask": batch["attention_mask"].astype(np.int64)}',
+                  f'logits, embedding = session.run(["{sentence}", "embedding"], inputs)']
+        if rule["activation"] == "sigmoid":
+            lines += ["probs = 1 / (1 + np.exp(-logits[0]))",
+                      'print([label for label, p in zip(task["labels"], probs) if p > task["threshold"]])']
+        else:
+            lines.append('print(task["labels"][int(logits[0].argmax())])')
+        lines.append("```")
+    tokens = [t for t, spec in tasks.items() if task_type(spec["type"]).reads == "tokens"]
+    if tokens:
+        lines += ["", f"Token tasks ({', '.join(f'`{t}`' for t in tokens)}) output logits per token (batch, tokens, "
+                  "labels): tokenize the words with `is_split_into_words=True` (a prompt as leading words) and read "
+                  "each word at its first sub-token."]
+    return lines
