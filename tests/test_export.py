@@ -89,6 +89,9 @@ class OnnxClient:
         """Per sentence, the token task's logits at each word's first sub-token."""
         prompt = self.meta["tasks"][task]["prompt"]
         prefix = prompt.split() if prompt else []
+        empty = self.meta["empty_word"]  # a word that makes no token stands in as this one (see thawing_onnx.json)
+        sentences = [[w if self.tokenizer(w, add_special_tokens=False)["input_ids"] else empty for w in s]
+                     for s in sentences]
         encoded = self.tokenizer([prefix + s for s in sentences], is_split_into_words=True, padding=True,
                                  truncation=True, max_length=self.meta["max_length"], return_tensors="np")
         logits = self.run(encoded)[task]

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from thawing.atomic import building
+from thawing.data.batching import placeholder_word
 from thawing.errors import InputError, ThawingError
 from thawing.model.encoder import Encoder
 from thawing.model.multitask import MultiTaskModel
@@ -235,6 +236,8 @@ def metadata(model: MultiTaskModel, names: list[str], quantize: str | None, diff
         "max_length": encoder.max_length,
         "do_lower_case": encoder.do_lower_case,
         "padding_side": encoder.tokenizer.padding_side,
+        # Token tasks: a word that makes no token on its own stands in as this word, as in training and predict.
+        "empty_word": placeholder_word(encoder.tokenizer),
         "embedding": {"output": EMBEDDING, "size": encoder.embedding_size, "pooling": encoder.pooling,
                       "normalized": encoder.normalize},
         "tasks": tasks,
