@@ -65,7 +65,8 @@ def _texts(tmp_path: Path) -> Path:
 def test_final_records_the_sha256_of_every_file_and_the_labels(trained):
     manifest = json.loads((trained / "final" / "manifest.json").read_text())
     files = sorted(p.relative_to(trained / "final").as_posix() for p in (trained / "final").rglob("*")
-                   if p.is_file() and p.name != "manifest.json")
+                   if p.is_file() and p.relative_to(trained / "final").as_posix() not in ("manifest.json", "README.md"))
+    assert (trained / "final" / "README.md").is_file()  # the model card: documentation, free to edit, not covered
     assert sorted(manifest["files"]) == files and "heads.safetensors" in files and "encoder/model.safetensors" in files
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((trained / "final" / name).read_bytes()).hexdigest() == digest
@@ -273,3 +274,9 @@ def test_remote_code_trains_predicts_evaluates_and_loads_only_when_trusted(custo
     model = thawing.load(run, trust_remote_code=True)
     assert type(model.model.encoder.backbone).__name__ == "TinyCustomModel"
     assert model.predict(["the movie was great"], task="sentiment")[0]["label"] in ("negative", "positive")
+
+
+def test_the_model_card_may_be_edited(run):
+    card = run / "final" / "README.md"
+    card.write_text(card.read_text() + "\nOur notes on this model.\n")
+    assert thawing.load(run).predict(["john is in paris"])  # documentation, not the model: the manifest skips it
