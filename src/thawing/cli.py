@@ -292,6 +292,8 @@ def plan(
             table.add_column(col, justify="left" if col == "group" else "right")
         for g in stage["groups"]:
             table.add_row(g["name"], f"{g['params']:,}", f"{g['lr']:.2e}")
+        if stage.get("retain"):
+            table.caption = "retain: " + ", ".join(f"{k} {v}" for k, v in stage["retain"].items())
         Console().print(table)
 
 

@@ -206,6 +206,22 @@ class EarlyStopping(_Strict):
     metric: str | None = None  # None: the run's selection score; else "task/metric" or a metric name
 
 
+class DistillConfig(_Strict):
+    weight: float = Field(1.0, ge=0)
+    loss: Literal["cosine", "mse"] = "cosine"  # between the current and the pretrained sentence embeddings
+
+
+class L2SPConfig(_Strict):
+    weight: float = Field(0.01, ge=0)  # times the squared distance of trainable encoder weights from pretrained
+
+
+class RetainConfig(_Strict):
+    """Anchoring to the pretrained encoder while a stage trains (training/retain.py); a weight of 0 is off."""
+
+    distill: DistillConfig | None = None  # on the task texts of each micro-batch
+    l2sp: L2SPConfig | None = None
+
+
 class StageConfig(_Strict):
     """One stage of a plan: which groups train, how fast, for how long, and when to stop."""
 
@@ -220,6 +236,7 @@ class StageConfig(_Strict):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     restore_best: bool = True
     optional: bool = False
+    retain: RetainConfig | None = None  # None: the config's top-level `retain`
 
 
 PROBE_FIELDS = {  # the fields each probe type reads; setting another one is refused
@@ -289,6 +306,7 @@ class RunConfig(_Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     selection_metric: str | None = None  # None: mean of each task's primary metric
     probes: dict[TaskName, ProbeConfig] = Field(default_factory=dict)  # retention probes (never trained on)
+    retain: RetainConfig | None = None  # anchoring for every stage that does not set its own
 
     @model_validator(mode="after")
     def _check_tasks(self) -> "RunConfig":

@@ -54,13 +54,16 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, task: str, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
                 features: torch.Tensor | None = None, hidden: torch.Tensor | None = None,
-                first_layer: int | None = None) -> torch.Tensor:
+                first_layer: int | None = None, embed: bool = False):
         """Logits: (B, C) for sentence tasks, (B, T, C) for token tasks. One entry point for every way a stage runs
         (so that a wrapper such as DDP sees each of them), by what it is given:
 
         - `input_ids`, `attention_mask`: the whole model;
         - `features`: what the head reads, computed earlier by a frozen encoder (only the head runs);
         - `hidden`, `attention_mask`, `first_layer`: cached states entering layer `first_layer` (the layers above run).
+
+        `embed`: also return the sentence embeddings (B, D) of the same pass, as `(logits, embeddings)` (anchoring
+        to the pretrained encoder, training/retain.py); not with `features`.
         """
         if features is not None:
             return self.heads[task](features)
@@ -69,9 +72,11 @@ class MultiTaskModel(nn.Module):
 
             assert attention_mask is not None and first_layer is not None
             states = top_states(self.encoder, first_layer, hidden, attention_mask)
-            return self.heads[task](self.read(task, states, attention_mask))
-        assert input_ids is not None and attention_mask is not None
-        return self.heads[task](self.features(task, input_ids, attention_mask))
+        else:
+            assert input_ids is not None and attention_mask is not None
+            states = self.encoder.token_states(input_ids, attention_mask)
+        logits = self.heads[task](self.read(task, states, attention_mask))
+        return (logits, self.encoder.pool(states, attention_mask)) if embed else logits
 
     def loss(self, task: str, logits: torch.Tensor, labels: torch.Tensor, divisor: float | None = None) -> torch.Tensor:
         """The task type's loss over labelled items (their mean, or their sum divided by `divisor`), weighted."""

@@ -12,71 +12,32 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import torch
 
 from thawing.config import RunConfig
 from thawing.errors import InputError
 from thawing.freezing import active_tasks, apply_trainable, layer_names, parameter_table, set_frozen_modes
 from thawing.model.encoder import Encoder
 from thawing.model.groups import parameter_groups
-from thawing.probes import Probes, build_probes
+from thawing.probes import build_probes
 from thawing.run_dir import RunDir
-from thawing.runtime import Runtime, make_accelerator, resolve_for_training
+from thawing.runtime import make_accelerator, resolve_for_training
 from thawing.tracking import close_all, open_trackers
 from thawing.training import checkpoint, signals
 from thawing.training.checkpoint import StageProgress, TrainState
+from thawing.training.context import Context, Events
 from thawing.training.evaluation import evaluate, finish
-from thawing.training.numerics import TrainingRecords, finite, nonfinite_update
+from thawing.training.numerics import TrainingRecords, finite, named_params, nonfinite_update, split_losses
 from thawing.training.paths import centroid_heads, choose_path
 from thawing.training.plateau import Plateau
+from thawing.training.retain import distill_loss, distills, l2sp_loss, pretrained_side
 from thawing.training.schedule import lr_multiplier, warmup_steps
-from thawing.training.setup import Prepared, prepare
-from thawing.training.signals import StopRequest, stop_requests
+from thawing.training.setup import prepare
+from thawing.training.signals import stop_requests
 from thawing.training.stages import Stage, build_plan, stage_configs, stage_optimizer
 from thawing.training.updates import StagePlan, divisors
 
 log = logging.getLogger(__name__)
-Events = Callable[[str, dict], None]
-
-
-@dataclass
-class Context:
-    """What every stage of one run shares, passed explicitly."""
-
-    prep: Prepared
-    run: RunDir
-    runtime: Runtime
-    accelerator: object
-    state: TrainState
-    events: Events
-    lock: object = None  # the run directory's lock (`RunDir.lock`), held until the run ends
-    probes: Probes | None = None  # retention probes, with their pretrained side
-    trackers: list = field(default_factory=list)  # live views of metrics.jsonl (`train.report_to`)
-    stop: StopRequest = field(default_factory=StopRequest)  # SIGINT/SIGTERM asked training to stop
-
-    @property
-    def model(self):
-        return self.prep.model
-
-    def log(self, record: dict) -> None:
-        """One record to metrics.jsonl and to every tracker."""
-        self.run.log_metrics(record)
-        for tracker in self.trackers:
-            tracker.log(record)
-
-    def probe(self, point: str, groups: dict) -> None:
-        """Measure every probe at `point` ("start", or the stage that just ended) and log it."""
-        if self.probes is None:
-            return
-        values = self.probes.pretrained if point == "start" else self.probes.measure(groups)
-        for name, metrics in values.items():
-            self.log({"stage": point, "step": self.state.step, "epoch": None, "split": "probe", "task": name,
-                      "metrics": metrics})
-        self.state.probes, self.state.probe_seconds = values, self.probes.seconds
 
 
 def train(config: RunConfig, run_dir: str | None = None, events: Events | None = None,
@@ -136,6 +97,7 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
     probes = build_probes(config, prep.model.encoder, runtime)  # probe data errors surface here too
     if probes is not None:
         probes.start(groups)  # the pretrained side, before a checkpoint is restored
+    pretrained = pretrained_side(prep.model, prep.features, groups, plan, runtime, config.train.eval_batch_size)
     if config.train.checkpoint:  # before a run directory exists
         trainable = max((sum(p.numel() for g in s.trainable for _, p in groups[g]) for s in plan), default=0)
         checkpoint.disk_check(Path(resume or run_dir or "runs"), prep.model, trainable)
@@ -163,7 +125,7 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
     if probes is not None:
         probes.seconds += state.probe_seconds  # what the run before the resume spent
     ctx = Context(prep, run, runtime, accelerator, state, events or (lambda name, payload: None), lock, probes,
-                  open_trackers(config.train.report_to, run))
+                  pretrained, open_trackers(config.train.report_to, run))
     return ctx, plan, groups
 
 
@@ -201,24 +163,35 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
             checkpoint.load_optimizer_state(optimizer, inside[0])
             best = inside[2]
         saved = (p.update, time.monotonic())  # when the last stage checkpoint was taken
+        if distills(stage.retain):
+            path.anchor = lambda task, indices, emb: distill_loss(stage.retain, ctx.pretrained, task, indices, emb)
         tracked = TrainingRecords(p.log)
         while p.micro < updates.micro_total and not p.stopped:  # a fractional last epoch ends with whole updates
             grouped = updates.epoch(p.epoch, p.epoch_start)
             for batches in grouped[p.position :]:
                 # One update: every micro-batch's loss, each divided so that the update averages its items.
-                losses = []
+                # With `retain`, each micro-batch also carries its share of the distillation loss, and the update
+                # an L2-SP penalty (training/retain.py); `anchors` keeps them apart for the records.
+                losses, anchors = [], {}
                 for (task, indices), divisor in zip(batches, divisors(batches, train_sets)):
-                    micro_loss = path.loss(task, indices, divisor)
+                    micro_loss = path.loss(task, indices, divisor, share=1 / len(batches))
                     ctx.accelerator.backward(micro_loss)
                     losses.append(micro_loss.detach())
+                    if path.anchored is not None:
+                        anchors.setdefault("retain:distill", []).append(path.anchored.detach() / len(batches))
+                penalty = l2sp_loss(stage.retain, ctx.pretrained, named)
+                if penalty is not None:
+                    ctx.accelerator.backward(penalty)
+                    anchors["retain:l2sp"] = [penalty.detach()]
                 # Past epoch 0 the update count is an estimate: an overrun holds the schedule's last rate.
                 factor = lr_multiplier(min(p.update, updates.updates - 1), updates.updates, warm, stage.lr_schedule)
                 for group in optimizer.param_groups:  # a pure function of the step: no scheduler state
                     group["lr"] = group["initial_lr"] * factor
                 # accelerate unscales fp16 gradients before clipping; the norm also tells a non-finite gradient.
                 norm = ctx.accelerator.clip_grad_norm_(params, cfg.train.grad_clip) if cfg.train.grad_clip else None
-                values = torch.stack(losses).float().tolist()  # one device sync for the update's losses
-                if finite(values, norm, scaled=getattr(ctx.accelerator, "scaler", None) is not None):
+                values, anchored = split_losses(losses, anchors)  # one device sync for the update's losses
+                scaled = getattr(ctx.accelerator, "scaler", None) is not None
+                if finite(values + [v for parts in anchored.values() for v in parts], norm, scaled):
                     optimizer.step()  # with fp16, a step whose gradients are not finite is skipped (and counted)
                     p.skipped += int(optimizer.step_was_skipped)
                 else:
@@ -226,7 +199,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
                 optimizer.zero_grad(set_to_none=True)
                 p.micro, p.update, p.position, state.step = (p.micro + len(batches), p.update + 1, p.position + 1,
                                                              state.step + 1)
-                task_losses = tracked.add(batches, values, train_sets)
+                task_losses = tracked.add(batches, values, train_sets, anchored)
                 ctx.events("step", {"stage": stage.name, "update": p.update, "total": max(updates.updates, p.update),
                                     "loss": sum(values), "tasks": task_losses,
                                     "examples": sum(len(indices) for _, indices in batches)})
@@ -262,10 +235,6 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
     state.stage = None
     ctx.events("stage_end", summary)
     return summary
-
-
-def named_params(groups: dict, trainable: list[str]) -> dict[str, torch.nn.Parameter]:
-    return {name: param for g in trainable for name, param in groups[g]}
 
 
 def resume_run(run_dir: str | Path, events: Events | None = None) -> RunDir:

@@ -46,9 +46,13 @@ class TrainingRecords:
         self.sums = sums  # task -> [summed loss, labelled items, examples]
         self.clock = time.perf_counter()
 
-    def add(self, batches: list, losses: list[float], train_sets: dict) -> dict[str, float]:
-        """Add one update (each micro-batch's loss as the loop computed it, divided by its divisor); returns the
-        update's mean loss per task."""
+    def add(self, batches: list, losses: list[float], train_sets: dict, anchored: dict | None = None
+            ) -> dict[str, float]:
+        """Add one update (each micro-batch's task loss as the loop computed it, divided by its divisor, and the
+        anchoring losses by name); returns the update's mean loss per task."""
+        for name, parts in (anchored or {}).items():  # recorded as "tasks" of their own, one value per update
+            row = self.sums.setdefault(name, [0.0, 0, 0])
+            row[0], row[1] = row[0] + sum(parts), row[1] + 1
         update: dict[str, list] = {}
         for (task, indices), loss, divisor in zip(batches, losses, divisors(batches, train_sets)):
             row = update.setdefault(task, [0.0, 0, 0])
@@ -72,3 +76,18 @@ class TrainingRecords:
                      "time": round(time.time(), 3)})
         self.sums.clear()
         self.clock = now
+
+
+def named_params(groups: dict, trainable: list[str]) -> dict[str, torch.nn.Parameter]:
+    return {name: param for g in trainable for name, param in groups[g]}
+
+
+def split_losses(losses: list[torch.Tensor], anchors: dict[str, list]) -> tuple[list[float], dict[str, list[float]]]:
+    """The update's micro-batch losses (their task part) and its anchoring losses, read back in one transfer."""
+    names = [name for name, parts in anchors.items() for _ in parts]
+    values = torch.stack(losses + [t for parts in anchors.values() for t in parts]).float().tolist()
+    out: dict[str, list[float]] = {}
+    for name, value in zip(names, values[len(losses) :]):
+        out.setdefault(name, []).append(value)
+    distill = out.get("retain:distill", [0.0] * len(losses))
+    return [total - part for total, part in zip(values, distill)], out

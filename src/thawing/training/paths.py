@@ -41,16 +41,24 @@ class WholeModel:
     batch_size: int
     cached: bool = False
     summary: dict = field(default_factory=dict)
+    # Anchoring (training/retain.py): (task, indices, sentence embeddings) -> a loss or None; its last value.
+    anchor: Callable | None = None
+    anchored: torch.Tensor | None = None
 
-    def loss(self, task: str, indices: list[int], divisor: float | None = None) -> torch.Tensor:
+    def loss(self, task: str, indices: list[int], divisor: float | None = None, share: float = 1.0) -> torch.Tensor:
+        """The micro-batch's task loss (summed over its items, over `divisor`), plus `share` (the micro-batch's part
+        of the update) of its anchoring loss when the stage anchors."""
         batch = collate(self.base.encoder, self.features[task]["train"], indices)
         device = self.base.encoder.device
         with self.runtime.autocast():
-            logits = self.forward(task, indices, batch, device)
-        return self.base.loss(task, logits, batch["labels"].to(device), divisor)
+            out = self.forward(task, indices, batch, device, embed=self.anchor is not None)
+        logits, embeddings = out if self.anchor is not None else (out, None)
+        loss = self.base.loss(task, logits, batch["labels"].to(device), divisor)
+        self.anchored = self.anchor(task, indices, embeddings) if self.anchor is not None else None
+        return loss if self.anchored is None else loss + share * self.anchored
 
-    def forward(self, task: str, indices: list[int], batch: dict, device) -> torch.Tensor:
-        return self.model(task, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    def forward(self, task: str, indices: list[int], batch: dict, device, embed: bool = False):
+        return self.model(task, batch["input_ids"].to(device), batch["attention_mask"].to(device), embed=embed)
 
     def logits(self, task: str, split: str) -> list[np.ndarray]:
         with self.runtime.autocast():
@@ -64,11 +72,11 @@ class TopLayers(WholeModel):
 
     boundary: dict[str, boundary_cache.BoundaryCache] = field(default_factory=dict)
 
-    def forward(self, task: str, indices: list[int], batch: dict, device) -> torch.Tensor:
+    def forward(self, task: str, indices: list[int], batch: dict, device, embed: bool = False):
         mask = batch["attention_mask"].to(device)
         cache = self.boundary[task]
         return self.model(task, attention_mask=mask, hidden=cache.batch(indices, mask.shape[1], device),
-                          first_layer=cache.first)
+                          first_layer=cache.first, embed=embed)
 
 
 @dataclass
@@ -78,7 +86,8 @@ class CachedHeads(WholeModel):
     cache: dict[str, dict[str, CachedSplit]] = field(default_factory=dict)
     cached: bool = True
 
-    def loss(self, task: str, indices: list[int], divisor: float | None = None) -> torch.Tensor:
+    def loss(self, task: str, indices: list[int], divisor: float | None = None, share: float = 1.0) -> torch.Tensor:
+        # The encoder is frozen: it cannot drift from itself, so there is nothing to anchor.
         features, labels = self.cache[task]["train"].batch(indices, self.base.encoder.device)
         with self.runtime.autocast():
             logits = self.model(task, features=features)

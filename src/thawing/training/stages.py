@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from thawing.config import RunConfig, StageConfig, StageRates
+from thawing.config import RetainConfig, RunConfig, StageConfig, StageRates
 from thawing.errors import ConfigError
 from thawing.freezing import layer_names, select_groups
 from thawing.training.schedule import layer_learning_rates
@@ -36,6 +36,7 @@ class Stage:
     metric: str | None = None
     restore_best: bool = True
     optional: bool = False
+    retain: RetainConfig | None = None  # anchoring to the pretrained encoder (training/retain.py)
 
 
 PRESETS = ("frozen", "heads", "full", "progressive")  # the named plans (`schedule: <name>`)
@@ -170,6 +171,7 @@ def build_plan(config: RunConfig, groups: "OrderedDict[str, list]", run_optional
             metric=cfg.early_stopping.metric or config.selection_metric,
             restore_best=cfg.restore_best,
             optional=cfg.optional,
+            retain=cfg.retain if cfg.retain is not None else config.retain,
         )
         if not stage.optional or run_optional:
             plan.append(stage)
@@ -204,6 +206,7 @@ def plan_summary(plan: list[Stage], groups: "OrderedDict[str, list]") -> dict:
                 "epochs": stage.epochs,
                 "trainable_params": sum(sizes[g] for g in stage.trainable),
                 "groups": [{"name": g, "params": sizes[g], "lr": stage.lrs[g]} for g in stage.trainable],
+                "retain": stage.retain.model_dump(exclude_none=True) if stage.retain else None,
             }
             for stage in plan
         ]

@@ -1,0 +1,55 @@
+"""What every stage of one run shares (`Context`), passed explicitly from `loop.start` to the stages: the prepared data
+and model, the run directory and its lock, the runtime and accelerator, the progress (`TrainState`), probes,
+anchoring, trackers, and whether a signal asked training to stop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from thawing.probes import Probes
+from thawing.run_dir import RunDir
+from thawing.runtime import Runtime
+from thawing.training.checkpoint import TrainState
+from thawing.training.retain import Pretrained
+from thawing.training.setup import Prepared
+from thawing.training.signals import StopRequest
+
+Events = Callable[[str, dict], None]  # the loop's progress: events(name, payload), e.g. for the CLI's printer
+
+
+@dataclass
+class Context:
+    """What every stage of one run shares, passed explicitly."""
+
+    prep: Prepared
+    run: RunDir
+    runtime: Runtime
+    accelerator: object
+    state: TrainState
+    events: Events
+    lock: object = None  # the run directory's lock (`RunDir.lock`), held until the run ends
+    probes: Probes | None = None  # retention probes, with their pretrained side
+    pretrained: Pretrained | None = None  # what anchoring (`retain`) compares against
+    trackers: list = field(default_factory=list)  # live views of metrics.jsonl (`train.report_to`)
+    stop: StopRequest = field(default_factory=StopRequest)  # SIGINT/SIGTERM asked training to stop
+
+    @property
+    def model(self):
+        return self.prep.model
+
+    def log(self, record: dict) -> None:
+        """One record to metrics.jsonl and to every tracker."""
+        self.run.log_metrics(record)
+        for tracker in self.trackers:
+            tracker.log(record)
+
+    def probe(self, point: str, groups: dict) -> None:
+        """Measure every probe at `point` ("start", or the stage that just ended) and log it."""
+        if self.probes is None:
+            return
+        values = self.probes.pretrained if point == "start" else self.probes.measure(groups)
+        for name, metrics in values.items():
+            self.log({"stage": point, "step": self.state.step, "epoch": None, "split": "probe", "task": name,
+                      "metrics": metrics})
+        self.state.probes, self.state.probe_seconds = values, self.probes.seconds
