@@ -473,6 +473,33 @@ def export(
     print(path)
 
 
+@app.command()
+def interpolate(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    alphas: str = typer.Option("0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", help="Comma-separated, from 0 to 1."),
+    floor: Optional[float] = typer.Option(None, help="Keep alphas whose retention is at least this (e.g. 0.99)."),
+    probe: Optional[str] = typer.Option(None, help="The probe whose retention counts (default: the lowest)."),
+    save: bool = typer.Option(True, help="Save the chosen alpha's model as RUN/final-interpolated/."),
+) -> None:
+    """Interpolate the trained encoder with the pretrained one (WiSE-FT), re-fit the heads at each alpha, measure
+    tasks and probes; writes RUN/interpolate/interpolate.json and interpolate.png and prints the chosen alpha."""
+    from thawing.interpolate import interpolate as run_interpolation
+
+    try:
+        values = [float(a) for a in alphas.split(",")]
+    except ValueError:
+        raise InputError(f"--alphas must be numbers separated by commas; got '{alphas}'") from None
+    printer = _TrainPrinter()
+    try:
+        result = run_interpolation(run_dir, values, floor=floor, probe=probe, save=save, events=printer)
+    finally:
+        printer.stop()
+    for point in result["points"]:
+        console.print(f"alpha {point['alpha']:g}: dev {point['dev_score']:.4f}, test {point['score']:.4f}, "
+                      f"retention {point['retention']}", markup=False, highlight=False)
+    console.print(f"chosen: alpha {result['chosen']} ({result['rule']})", markup=False, highlight=False)
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into a message and exit code 2."""
     logging.basicConfig(level=os.environ.get("THAWING_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")

@@ -263,7 +263,9 @@ class ProbeConfig(_Strict):
     @model_validator(mode="after")
     def _fields_of_its_type(self) -> "ProbeConfig":
         fields = {f for fs in PROBE_FIELDS.values() for f in fs}
-        other = sorted((fields - set(PROBE_FIELDS[self.type])) & self.model_fields_set)
+        # A field at its default is not a choice (a run's config.yaml writes every field out).
+        other = sorted(f for f in fields - set(PROBE_FIELDS[self.type])
+                       if getattr(self, f) != type(self).model_fields[f].default)
         if other:
             raise ValueError(f"'{other[0]}' does not apply to a {self.type} probe")
         if self.type != "transfer" and not isinstance(self.data, str):

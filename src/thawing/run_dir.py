@@ -15,6 +15,8 @@ A run:
     run.lock          held (fcntl) by the process that trains in this directory
     tensorboard/      event files, with train.report_to: [tensorboard] (tracking.py)
     report/           report.md, curves.png (written by report.py from the files above)
+    interpolate/      `thawing interpolate`: one heads-only run per alpha, interpolate.json, interpolate.png;
+    final-interpolated/  the chosen alpha's final/ (interpolate.py)
 
 An ONNX export (export.py), a folder of its own: model.onnx, thawing_onnx.json, the tokenizer's files.
 
@@ -62,6 +64,11 @@ LOCK = "run.lock"
 REPORT = "report"
 REPORT_MD = "report.md"  # inside report/
 CURVES = "curves.png"  # inside report/
+# Weight interpolation's (interpolate.py), inside a run.
+INTERPOLATE = "interpolate"
+INTERPOLATE_JSON = "interpolate.json"  # inside interpolate/
+INTERPOLATE_PNG = "interpolate.png"  # inside interpolate/
+INTERPOLATED_FINAL = "final-interpolated"
 # An ONNX export's.
 ONNX_MODEL = "model.onnx"
 ONNX_META = "thawing_onnx.json"
@@ -145,6 +152,10 @@ class RunDir:
     checkpoints = property(lambda self: self.path / CHECKPOINTS)
     model_card = property(lambda self: self.path / FINAL / MODEL_CARD)
     checkpoint = property(lambda self: self.path / CHECKPOINT)
+    interpolate_dir = property(lambda self: self.path / INTERPOLATE)
+    interpolate_json = property(lambda self: self.path / INTERPOLATE / INTERPOLATE_JSON)
+    interpolate_png = property(lambda self: self.path / INTERPOLATE / INTERPOLATE_PNG)
+    interpolated_final = property(lambda self: self.path / INTERPOLATED_FINAL)
     stage_checkpoint = property(lambda self: self.path / STAGE_CHECKPOINT)
     report_dir = property(lambda self: self.path / REPORT)
     report_md = property(lambda self: self.path / REPORT / REPORT_MD)
