@@ -60,9 +60,13 @@ def load_probe(name: str, cfg: ProbeConfig) -> Probe:
                                                                                       line))) for line, r in
                 _rows(test_path, limit["test"])]
     else:  # a fixed carve: each row's side depends on its text only, whatever the seed or the limit
-        held = [zlib.crc32(text.encode()) % 1000 < cfg.test_fraction * 1000 for text, _ in train]
-        test = [row for row, h in zip(train, held) if h][: limit["test"]]
-        train = [row for row, h in zip(train, held) if not h][: limit["train"]]
+        code = [zlib.crc32(text.encode()) for text, _ in train]
+        cut = cfg.test_fraction * 1000
+        # A limit keeps rows in the order of another part of that hash, not the file's first rows: such files (SUBJ,
+        # MR) are often sorted by label.
+        order = sorted(range(len(train)), key=lambda i: code[i] // 1000)
+        test = [train[i] for i in order if code[i] % 1000 < cut][: limit["test"]]
+        train = [train[i] for i in order if code[i] % 1000 >= cut][: limit["train"]]
     labels = sorted({y for _, y in train})
     if len(labels) < 2:
         raise InputError(f"probe '{name}' needs at least two labels in its training rows", path=train_path)
