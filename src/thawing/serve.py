@@ -1,0 +1,463 @@
+"""An HTTP JSON service for a trained run (`thawing serve RUN_DIR`): predictions of every task from one encoder pass,
+embeddings, and what the run is.
+
+    POST /predict  {"texts": [...], "tasks": [...]?}  ->  {"predictions": {task: [one prediction per text]}}
+    POST /embed    {"texts": [...]}                   ->  {"embeddings": [[...], ...], "dimension": D}
+    GET  /health                                      ->  {"status": "ok", "tasks": [...]}
+    GET  /info                                        ->  tasks, labels, the run's test metrics, limits, counters
+
+Concurrent requests are micro-batched: a background task collects requests until they hold `max_batch` texts or the
+first has waited `max_wait_ms`, runs the model once for all of them in a single worker thread (so the event loop
+keeps accepting requests while the model runs) and answers each request with its slice. Every request is validated
+before it joins a batch, so a bad one is answered alone with a 4xx `{"error": ...}` and never reaches its
+neighbours; a batch that fails anyway is run again request by request, so only the request that fails fails.
+
+fastapi and uvicorn are optional (`pip install 'thawing[serve]'`); they are imported only here, when an app is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+from thawing import inference
+from thawing.api import TrainedModel
+from thawing.errors import ThawingError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'thawing[serve]'"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits of the service. A request over `max_texts` texts, or with a text over `max_text_bytes` UTF-8 bytes,
+    gets 413; more than `max_queue` texts waiting gets 503 (so a flood waits in clients, not in server memory)."""
+
+    max_batch: int = 64  # texts per model run (a single larger request runs alone)
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
+    max_texts: int = 256  # per request
+    max_text_bytes: int = 16_384  # per text, UTF-8
+    max_queue: int = 4_096  # texts waiting for the model, all requests together
+
+    def __post_init__(self) -> None:
+        problems = [f"{name} must be positive" for name in ("max_batch", "max_texts", "max_text_bytes", "max_queue")
+                    if getattr(self, name) < 1]
+        if self.max_wait_ms < 0:
+            problems.append("max_wait_ms must be 0 or more")
+        if self.max_queue < self.max_texts:
+            problems.append(f"max_queue ({self.max_queue}) must hold at least one full request ({self.max_texts})")
+        if problems:
+            raise ThawingError("; ".join(problems))
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body read: every text at its limit, each byte escaped as \\uXXXX (6 bytes)."""
+        return self.max_texts * (6 * self.max_text_bytes + 8) + 4096
+
+
+class RequestError(Exception):
+    """A request the service refuses: answered with `status` and `{"error": message}`."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_request(body: bytes, settings: ServeSettings, tasks: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """The texts and tasks of a request body, or a `RequestError` (400 malformed JSON, 413 too large, 422 invalid).
+
+    `tasks` are the model's task names, for a /predict request (which may name some of them); None for /embed,
+    which takes texts alone. Returns the texts and the tasks asked for (all of them when the request names none).
+    """
+    try:
+        payload = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError; RecursionError: [[[[...
+        raise RequestError(400, f"malformed JSON: {str(exc) or type(exc).__name__}") from None
+    if not isinstance(payload, dict):
+        raise RequestError(422, "the body must be a JSON object such as {\"texts\": [\"...\"]}")
+    allowed = {"texts"} if tasks is None else {"texts", "tasks"}
+    unknown = sorted(set(payload) - allowed)
+    if unknown:
+        takes = ", ".join(sorted(allowed))
+        raise RequestError(422, f"unknown field(s) {', '.join(unknown)}; this endpoint takes {takes}")
+    return _texts(payload.get("texts"), settings), _tasks(payload.get("tasks"), tasks)
+
+
+def _texts(texts: Any, settings: ServeSettings) -> list[str]:
+    if not isinstance(texts, list):
+        raise RequestError(422, "'texts' must be a list of strings")
+    if not texts:
+        raise RequestError(422, "'texts' is empty")
+    if len(texts) > settings.max_texts:
+        raise RequestError(413, f"{len(texts)} texts in one request; the limit is {settings.max_texts}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise RequestError(422, f"texts[{i}] is a {type(text).__name__}, not a string")
+        if not text.strip():  # token tasks would see no words at all
+            raise RequestError(422, f"texts[{i}] is empty")
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate such as "\ud800" parses as JSON but is no text
+            raise RequestError(422, f"texts[{i}] is not valid Unicode") from None
+        if size > settings.max_text_bytes:
+            raise RequestError(413, f"texts[{i}] is {size} bytes; the limit is {settings.max_text_bytes}")
+    return texts
+
+
+def _tasks(asked: Any, known: Sequence[str] | None) -> list[str]:
+    if known is None:
+        return []
+    if asked is None:
+        return list(known)
+    if not isinstance(asked, list) or not asked or not all(isinstance(t, str) for t in asked):
+        raise RequestError(422, "'tasks' must be a non-empty list of task names")
+    unknown = [t for t in asked if t not in known]
+    if unknown:
+        raise RequestError(422, f"unknown task(s) {', '.join(unknown)}; this model has {', '.join(known)}")
+    return [t for t in known if t in asked]  # the model's order, each once
+
+
+# ---------------------------------------------------------------------------------------------------- batching
+@dataclass
+class Job:
+    """One validated request waiting for the model."""
+
+    texts: list[str]
+    tasks: list[str]
+    future: asyncio.Future
+
+
+@dataclass
+class BatchStats:
+    """Counters of one micro-batcher, exposed by /info (so clients and tests can see how requests were grouped)."""
+
+    requests: int = 0
+    texts: int = 0
+    batches: int = 0  # model runs
+    largest_batch: int = 0  # texts in the largest model run
+    failed: int = 0  # requests answered with a server error
+
+
+class MicroBatcher:
+    """Groups concurrent jobs into model runs of up to `max_batch` texts, waiting at most `max_wait_ms` after the first.
+
+    `run(jobs)` computes one result per job; it runs in the executor given to `start` (one thread, shared by every
+    batcher, so the model never runs twice at once). A job that would take a non-empty batch past `max_batch` waits
+    for the next one.
+    """
+
+    def __init__(self, run: Callable[[list[Job]], list[Any]], settings: ServeSettings):
+        self.run = run
+        self.settings = settings
+        self.stats = BatchStats()
+        self._pending: deque[Job] = deque()
+        self._queued_texts = 0
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    def start(self, executor: ThreadPoolExecutor) -> None:
+        """Start collecting, on the running event loop."""
+        self._executor = executor
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Stop collecting; requests still waiting get 503."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while self._pending:
+            _answer(self._pending.popleft(), error=RequestError(503, "the server is shutting down"))
+        self._queued_texts = 0
+
+    async def submit(self, texts: list[str], tasks: list[str]) -> Any:
+        """Queue a validated request and wait for its result."""
+        if self._task is None or self._wake is None:
+            raise RuntimeError("MicroBatcher.start() was not called")
+        if self._queued_texts + len(texts) > self.settings.max_queue:
+            raise RequestError(503, f"busy: {self._queued_texts} texts are waiting; try again shortly")
+        job = Job(texts, tasks, asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        self._queued_texts += len(texts)
+        self._wake.set()
+        return await job.future
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            jobs = await self._collect()
+            if jobs:
+                await self._execute(jobs)
+
+    async def _collect(self) -> list[Job]:
+        """Take jobs until `max_batch` texts or the first job's wait is over, whichever comes first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.max_wait_ms / 1000
+        jobs: list[Job] = []
+        size = 0
+        while True:
+            while self._pending and (not jobs or size + len(self._pending[0].texts) <= self.settings.max_batch):
+                job = self._pending.popleft()
+                jobs.append(job)
+                size += len(job.texts)
+                self._queued_texts -= len(job.texts)
+            self._wake.clear()
+            if size >= self.settings.max_batch or self._pending or loop.time() >= deadline:
+                break  # full, or the next job does not fit, or time is up
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
+        if self._pending:
+            self._wake.set()  # what is left starts the next batch at once
+        return [job for job in jobs if not job.future.done()]  # a client that went away needs no answer
+
+    async def _execute(self, jobs: list[Job]) -> None:
+        texts = sum(len(job.texts) for job in jobs)
+        self.stats.requests += len(jobs)
+        self.stats.texts += texts
+        self.stats.largest_batch = max(self.stats.largest_batch, texts)
+        try:
+            results = await self._run_in_thread(jobs)
+        except Exception:
+            if len(jobs) == 1:
+                self._fail(jobs[0])
+                return
+            for job in jobs:  # run each request alone, so that only the one that fails gets an error
+                try:
+                    (result,) = await self._run_in_thread([job])
+                except Exception:
+                    self._fail(job)
+                else:
+                    _answer(job, result)
+            return
+        for job, result in zip(jobs, results):
+            _answer(job, result)
+
+    async def _run_in_thread(self, jobs: list[Job]) -> list[Any]:
+        self.stats.batches += 1
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run, jobs)
+
+    def _fail(self, job: Job) -> None:
+        log.exception("a request failed in the model")
+        self.stats.failed += 1
+        _answer(job, error=RequestError(500, "internal error while running the model"))
+
+
+def _answer(job: Job, result: Any = None, error: Exception | None = None) -> None:
+    if job.future.done():  # the client went away
+        return
+    if error is not None:
+        job.future.set_exception(error)
+    else:
+        job.future.set_result(result)
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+def predict_jobs(model: TrainedModel, jobs: list[Job]) -> list[dict[str, list[dict]]]:
+    """One model run for several requests: one encoder pass per input group (tasks that share tokenization and
+    prompt) over the texts of the requests that ask for one of its tasks; each request gets its slice of its tasks."""
+    found: list[dict[str, list[dict]]] = [{} for _ in jobs]
+    asked = [t for t in model.tasks if any(t in job.tasks for job in jobs)]
+    for group in inference.input_groups(model.model, asked):
+        members = [i for i, job in enumerate(jobs) if any(t in job.tasks for t in group)]
+        texts = [text for i in members for text in jobs[i].texts]
+        with model.runtime.autocast():
+            out = inference.predict(model.model, texts, group, model.batch_size, model.runtime.inference_max_tokens)
+        for i, (a, b) in zip(members, _spans([jobs[i] for i in members])):
+            found[i].update({t: out[t][a:b] for t in group if t in jobs[i].tasks})
+    return [{t: rows[t] for t in job.tasks} for rows, job in zip(found, jobs)]
+
+
+def embed_jobs(model: TrainedModel, jobs: list[Job]) -> list[list[list[float]]]:
+    """One encoder run for several /embed requests; each gets its rows."""
+    vectors = model.encode([text for job in jobs for text in job.texts], batch_size=model.batch_size)
+    return [vectors[a:b].tolist() for a, b in _spans(jobs)]
+
+
+def _spans(jobs: list[Job]) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for job in jobs:
+        spans.append((start, start + len(job.texts)))
+        start += len(job.texts)
+    return spans
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    import resource  # Unix only, like the numbers it gives
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def describe(model: TrainedModel) -> dict:
+    """What /info says about the model and its run: tasks with their types and labels, the run's metrics on test
+    (or dev where a task has no test split: `splits` says which), the embedding size and the runtime."""
+    info: dict[str, Any] = {
+        "run": str(model.run.path) if model.run is not None else None,
+        "tasks": {name: {"type": spec.type, "labels": spec.labels} for name, spec in model.tasks.items()},
+        "embedding_size": model.model.encoder.embedding_size,
+        "device": model.runtime.device,
+        "precision": model.runtime.precision,
+        "metrics": None,
+        "splits": None,
+    }
+    if model.run is not None and model.run.results.is_file():
+        results = model.run.read_json(model.run.results)
+        info["metrics"], info["splits"] = results.get("tasks"), results.get("splits")
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------- the app
+def require_dependencies() -> None:
+    """Fail clearly when the optional serving packages are missing."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise ThawingError(f"thawing serve needs fastapi and uvicorn ({exc}); install them: {INSTALL_HINT}") from None
+
+
+def _json(data: Any, status: int = 200):
+    """Strict JSON (no NaN or Infinity): a non-finite number is a server error, never invalid JSON."""
+    from fastapi.responses import Response
+
+    try:
+        body = json.dumps(data, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        log.error("a response held a non-finite number")
+        status, body = 500, json.dumps({"error": "internal error: a result was not a finite number"})
+    return Response(body, status_code=status, media_type="application/json")
+
+
+async def _read_body(request, limit: int) -> bytes:
+    """The request body, refused (413) once it passes `limit` bytes, whether or not Content-Length says so."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"the body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"the body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def build_app(model: TrainedModel, settings: ServeSettings | None = None):
+    """The FastAPI app serving `model`. Its micro-batchers start and stop with the app's lifespan (run it under
+    uvicorn, or `with TestClient(app)`).
+
+    Example:
+        >>> app = build_app(thawing.load("runs/demo-20261126-101500"))          # doctest: +SKIP
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000)                        # doctest: +SKIP
+    """
+    require_dependencies()
+    from fastapi import FastAPI
+    from starlette.exceptions import HTTPException
+
+    settings = settings or ServeSettings()
+    batchers = {
+        "predict": MicroBatcher(lambda jobs: predict_jobs(model, jobs), settings),
+        "embed": MicroBatcher(lambda jobs: embed_jobs(model, jobs), settings),
+    }
+    info = describe(model)
+    rejected = {"count": 0}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        # One thread runs the model for every endpoint: off the event loop, and never two runs at once.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thawing-model")
+        for batcher in batchers.values():
+            batcher.start(executor)
+        try:
+            yield
+        finally:
+            for batcher in batchers.values():
+                await batcher.stop()
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    app = FastAPI(title="thawing", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(RequestError)
+    async def _refused(request, exc: RequestError):
+        if exc.status < 500:
+            rejected["count"] += 1
+        return _json({"error": str(exc)}, exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request, exc: HTTPException):  # unknown paths and methods: JSON like every other error
+        return _json({"error": str(exc.detail)}, exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _crash(request, exc: Exception):
+        log.exception("unexpected error", exc_info=exc)
+        return _json({"error": "internal error"}, 500)
+
+    # Plain request handlers (Starlette routes): the body is read and checked here, so every refusal is our JSON.
+    async def predict(request):
+        texts, tasks = parse_request(await _read_body(request, settings.max_body_bytes), settings, list(model.tasks))
+        return _json({"predictions": await batchers["predict"].submit(texts, tasks)})
+
+    async def embed(request):
+        texts, _ = parse_request(await _read_body(request, settings.max_body_bytes), settings, None)
+        vectors = await batchers["embed"].submit(texts, [])
+        return _json({"embeddings": vectors, "dimension": info["embedding_size"]})
+
+    async def health(request):
+        return _json({"status": "ok", "tasks": list(model.tasks)})
+
+    async def about(request):
+        stats = {name: asdict(b.stats) for name, b in batchers.items()}
+        stats["rejected"] = rejected["count"]
+        stats["peak_rss_mb"] = peak_rss_mb()
+        return _json({**info, "limits": asdict(settings), "stats": stats})
+
+    app.add_route("/predict", predict, methods=["POST"])
+    app.add_route("/embed", embed, methods=["POST"])
+    app.add_route("/health", health, methods=["GET"])
+    app.add_route("/info", about, methods=["GET"])
+    return app
+
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def listen(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
+    """A socket bound to `host:port` (port 0: a free one), so a taken port fails before the model loads."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise ThawingError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def serve(model: TrainedModel, sock: socket.socket, settings: ServeSettings | None = None,
+          log_level: str = "info") -> None:
+    """Serve `model` on a bound socket (`listen`) until interrupted: uvicorn, one process, the model in one thread."""
+    require_dependencies()
+    import uvicorn
+
+    if log_level not in LOG_LEVELS:
+        raise ThawingError(f"unknown log level '{log_level}'; choose {', '.join(LOG_LEVELS)}")
+    server = uvicorn.Server(uvicorn.Config(build_app(model, settings), log_level=log_level))
+    server.run(sockets=[sock])
