@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -63,6 +64,14 @@ def test_predict_equals_the_python_api(client, model):
     assert only == {"predictions": {"ner": model.predict(TEXTS[:2], task="ner")}}
 
 
+def test_unusual_texts_are_answered(client):
+    texts = ["\x00", "\u200b", "🙂 🙂", "ünïcödé wörds", "paris " * 30, "a\tb\nc"]  # within the 200-byte limit
+    response = client.post("/predict", json={"texts": texts})
+    assert response.status_code == 200, response.text
+    ner = response.json()["predictions"]["ner"]
+    assert [len(p["tags"]) for p in ner] == [len(t.split()) for t in texts]
+
+
 def test_embed_equals_encode(client, model):
     body = client.post("/embed", json={"texts": TEXTS}).json()
     assert body["dimension"] == 32
@@ -76,7 +85,7 @@ def test_health_and_info(client, run):
     assert info["metrics"] == results["tasks"] and info["splits"] == results["splits"]
     assert info["tasks"]["sentiment"] == {"type": "classification", "labels": ["negative", "positive"]}
     assert info["tasks"]["ner"]["type"] == "token-classification"
-    assert info["limits"]["max_texts"] == 8 and info["stats"]["peak_rss_mb"] > 0
+    assert info["settings"]["max_texts"] == 8 and info["stats"]["peak_rss_mb"] > 0
 
 
 # ------------------------------------------------------------------------------------------ bad requests
@@ -91,7 +100,7 @@ BAD = [
     ("texts a string", b'{"texts": "hello"}', 422, "'texts' must be a list"),
     ("empty list", b'{"texts": []}', 422, "'texts' is empty"),
     ("empty text", b'{"texts": ["good", "  "]}', 422, "texts[1] is empty"),
-    ("non-string", b'{"texts": ["good", 3]}', 422, "texts[1] is a int"),
+    ("non-string", b'{"texts": ["good", 3]}', 422, "texts[1] is not a string (int)"),
     ("lone surrogate", b'{"texts": ["\\ud800"]}', 422, "not valid Unicode"),
     ("too many", json.dumps({"texts": ["a"] * 9}).encode(), 413, "9 texts"),
     ("too long", json.dumps({"texts": ["a" * 201]}).encode(), 413, "201 bytes"),
@@ -124,6 +133,8 @@ def test_settings_are_checked():
         ServeSettings(max_batch=0)
     with pytest.raises(ThawingError, match="must hold at least one full request"):
         ServeSettings(max_texts=100, max_queue=10)
+    with pytest.raises(ThawingError, match="threads must be positive"):
+        ServeSettings(threads=0)
 
 
 # ------------------------------------------------------------------------------------------ micro-batching
@@ -272,6 +283,11 @@ def test_serve_command_refuses_a_directory_without_a_model(tmp_path):
 
     with pytest.raises(ThawingError, match="no trained model here"):
         CliRunner().invoke(app, ["serve", str(tmp_path)], catch_exceptions=False)
+
+
+def test_listen_gives_a_tcp_socket_so_responses_are_not_delayed():
+    with listen("127.0.0.1", 0) as sock:  # asyncio sets TCP_NODELAY only on connections of an IPPROTO_TCP socket
+        assert sock.proto == socket.IPPROTO_TCP and sock.getsockname()[0] == "127.0.0.1"
 
 
 def test_listen_refuses_a_taken_port():

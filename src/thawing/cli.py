@@ -425,6 +425,7 @@ def serve(
     max_texts: int = typer.Option(256, min=1, help="Texts per request; more is refused (413)."),
     max_text_bytes: int = typer.Option(16384, min=1, help="UTF-8 bytes per text; more is refused (413)."),
     max_queue: int = typer.Option(4096, min=1, help="Texts waiting for the model; past it requests get 503."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for the model [default: torch's]."),
     device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu or cuda."),
     log_level: str = typer.Option("info", help="uvicorn's log level: critical, error, warning, info, debug."),
 ) -> None:
@@ -434,7 +435,7 @@ def serve(
     require_dependencies()  # a missing package, bad settings or a taken port fail before the model loads
     if log_level not in LOG_LEVELS:
         raise InputError(f"--log-level '{log_level}': choose {', '.join(LOG_LEVELS)}")
-    settings = ServeSettings(max_batch, max_wait_ms, max_texts, max_text_bytes, max_queue)
+    settings = ServeSettings(max_batch, max_wait_ms, max_texts, max_text_bytes, max_queue, threads)
     sock = listen(host, port)
     from thawing.api import load
     from thawing.serve import serve as run_server
