@@ -422,6 +422,7 @@ def serve(
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on (0: a free one, printed)."),
     max_batch: int = typer.Option(64, min=1, help="Texts per model run: concurrent requests are grouped up to it."),
     max_wait_ms: float = typer.Option(5.0, min=0, help="How long a request may wait for others to join its batch."),
+    batch_size: int = typer.Option(16, min=1, help="Texts per encoder forward within a model run, longest first."),
     max_texts: int = typer.Option(256, min=1, help="Texts per request; more is refused (413)."),
     max_text_bytes: int = typer.Option(16384, min=1, help="UTF-8 bytes per text; more is refused (413)."),
     max_queue: int = typer.Option(4096, min=1, help="Texts waiting for the model; past it requests get 503."),
@@ -435,7 +436,8 @@ def serve(
     require_dependencies()  # a missing package, bad settings or a taken port fail before the model loads
     if log_level not in LOG_LEVELS:
         raise InputError(f"--log-level '{log_level}': choose {', '.join(LOG_LEVELS)}")
-    settings = ServeSettings(max_batch, max_wait_ms, max_texts, max_text_bytes, max_queue, threads)
+    settings = ServeSettings(max_batch=max_batch, batch_size=batch_size, max_wait_ms=max_wait_ms, max_texts=max_texts,
+                             max_text_bytes=max_text_bytes, max_queue=max_queue, threads=threads)
     sock = listen(host, port)
     from thawing.api import load
     from thawing.serve import serve as run_server
