@@ -6,7 +6,6 @@ Run: `.venv/bin/python -m pytest -q tests/test_serve.py`
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import socket
@@ -24,7 +23,7 @@ from typer.testing import CliRunner
 import thawing
 from thawing.config import parse_config
 from thawing.errors import ThawingError
-from thawing.serve import MicroBatcher, RequestError, ServeSettings, build_app, listen
+from thawing.serve import ServeSettings, build_app, listen
 from thawing.training.loop import train
 
 fastapi = pytest.importorskip("fastapi")
@@ -135,86 +134,6 @@ def test_settings_are_checked():
         ServeSettings(max_texts=100, max_queue=10)
     with pytest.raises(ThawingError, match="threads must be positive"):
         ServeSettings(threads=0)
-
-
-# ------------------------------------------------------------------------------------------ micro-batching
-
-
-def _batch_run(jobs):
-    """A stand-in model: each text's length; a text 'boom' makes the whole batch fail."""
-    if any("boom" in job.texts for job in jobs):
-        raise ValueError("boom")
-    return [[len(t) for t in job.texts] for job in jobs]
-
-
-async def _submit_all(batcher, requests, delays=None):
-    """Submit each request (after its delay in seconds); its answer, or the status of its refusal."""
-    executor = ThreadPoolExecutor(max_workers=1)
-    batcher.start(executor)
-    try:
-        async def one(texts, delay):
-            await asyncio.sleep(delay)
-            try:
-                return await batcher.submit(texts, [])
-            except RequestError as exc:
-                return exc.status
-        return await asyncio.gather(*(one(texts, d) for texts, d in zip(requests, delays or [0.0] * len(requests))))
-    finally:
-        await batcher.stop()
-        executor.shutdown()
-
-
-def test_batcher_groups_up_to_max_batch_and_answers_each_its_slice():
-    batcher = MicroBatcher(_batch_run, ServeSettings(max_batch=8, max_wait_ms=200))
-    requests = [["x" * (i + 1)] * 3 for i in range(10)]  # 30 texts, 3 per request
-    answers = asyncio.run(_submit_all(batcher, requests))
-    assert answers == [[i + 1] * 3 for i in range(10)]
-    assert batcher.stats.requests == 10 and batcher.stats.texts == 30
-    assert batcher.stats.largest_batch == 6  # two requests fit in 8 texts, a third would not
-    assert batcher.stats.batches == 5
-
-
-@pytest.mark.parametrize("wait_ms,batches", [(0, 4), (1000, 1)])
-def test_batcher_waits_max_wait_for_later_requests(wait_ms, batches):
-    batcher = MicroBatcher(_batch_run, ServeSettings(max_batch=64, max_wait_ms=wait_ms))
-    start = time.perf_counter()
-    answers = asyncio.run(_submit_all(batcher, [["a"], ["bb"], ["ccc"], ["dddd"]], delays=[0, 0.1, 0.2, 0.3]))
-    assert answers == [[1], [2], [3], [4]]
-    assert batcher.stats.batches == batches
-    assert time.perf_counter() - start < 1.0 + 1.5  # the first request waited about max_wait_ms, no longer
-
-
-def test_batcher_refuses_past_max_queue():
-    release = threading.Event()
-
-    def slow(jobs):
-        release.wait(10)
-        return _batch_run(jobs)
-
-    async def scenario():
-        batcher = MicroBatcher(slow, ServeSettings(max_batch=2, max_wait_ms=0, max_texts=2, max_queue=2))
-        executor = ThreadPoolExecutor(max_workers=1)
-        batcher.start(executor)
-        running = asyncio.ensure_future(batcher.submit(["a"], []))  # taken by the model, which now blocks
-        await asyncio.sleep(0.2)
-        waiting = asyncio.ensure_future(batcher.submit(["bb", "cc"], []))  # fills the queue
-        await asyncio.sleep(0.05)
-        with pytest.raises(RequestError, match="busy") as refused:
-            await batcher.submit(["d"], [])
-        release.set()
-        answers = [await running, await waiting]
-        await batcher.stop()
-        executor.shutdown()
-        return refused.value.status, answers
-
-    assert asyncio.run(scenario()) == (503, [[1], [2, 2]])
-
-
-def test_a_failing_request_does_not_fail_its_batch():
-    batcher = MicroBatcher(_batch_run, ServeSettings(max_batch=64, max_wait_ms=200))
-    answers = asyncio.run(_submit_all(batcher, [["ab"], ["boom"], ["abc", "d"]]))
-    assert answers == [[2], 500, [3, 1]]
-    assert batcher.stats.failed == 1
 
 
 # ------------------------------------------------------------------------------------------ a real server

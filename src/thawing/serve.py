@@ -6,32 +6,31 @@ embeddings, and what the run is.
     GET  /health                                      ->  {"status": "ok", "tasks": [...]}
     GET  /info                                        ->  tasks, labels, the run's test metrics, settings, counters
 
-Concurrent requests are micro-batched: a background task collects requests until they hold `max_batch` texts or the
-first has waited `max_wait_ms`, runs the model once for all of them in a single worker thread (so the event loop
-keeps accepting requests while the model runs) and answers each request with its slice. Every request is validated
-before it joins a batch, so a bad one is answered alone with a 4xx `{"error": ...}` and never reaches its
-neighbours; a batch that fails anyway is run again request by request, so only the request that fails fails.
+Concurrent requests are micro-batched (microbatch.py): grouped until they hold `max_batch` texts or the first has
+waited `max_wait_ms`, run by the model once in a single worker thread (so the event loop keeps accepting requests
+while the model runs), each answered with its slice. Every request is validated before it joins a batch, so a bad
+one is answered alone with a 4xx `{"error": ...}` and never reaches its neighbours; a batch that fails anyway is run
+again request by request, so only the request that fails fails (500).
 
 fastapi and uvicorn are optional (`pip install 'thawing[serve]'`); they are imported only here, when an app is built.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import socket
 import sys
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from thawing import inference
 from thawing.api import TrainedModel
 from thawing.errors import ThawingError
+from thawing.microbatch import Busy, Closed, Job, MicroBatcher, RunFailed
 
 log = logging.getLogger(__name__)
 
@@ -138,149 +137,6 @@ def _tasks(asked: Any, known: Sequence[str] | None) -> list[str]:
     if unknown:
         raise RequestError(422, f"unknown task(s) {', '.join(unknown)}; this model has {', '.join(known)}")
     return [t for t in known if t in asked]  # the model's order, each once
-
-
-# ---------------------------------------------------------------------------------------------------- batching
-@dataclass
-class Job:
-    """One validated request waiting for the model."""
-
-    texts: list[str]
-    tasks: list[str]
-    future: asyncio.Future
-
-
-@dataclass
-class BatchStats:
-    """Counters of one micro-batcher, exposed by /info (so clients and tests can see how requests were grouped)."""
-
-    requests: int = 0
-    texts: int = 0
-    batches: int = 0  # model runs
-    largest_batch: int = 0  # texts in the largest model run
-    model_seconds: float = 0.0  # wall time inside model runs (the rest of a request's latency is queue and HTTP)
-    failed: int = 0  # requests answered with a server error
-
-
-class MicroBatcher:
-    """Groups concurrent jobs into model runs of up to `max_batch` texts, waiting at most `max_wait_ms` after the first.
-
-    `run(jobs)` computes one result per job; it runs in the executor given to `start` (one thread, shared by every
-    batcher, so the model never runs twice at once). A job that would take a non-empty batch past `max_batch` waits
-    for the next one.
-    """
-
-    def __init__(self, run: Callable[[list[Job]], list[Any]], settings: ServeSettings):
-        self.run = run
-        self.settings = settings
-        self.stats = BatchStats()
-        self._pending: deque[Job] = deque()
-        self._queued_texts = 0
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
-        self._executor: ThreadPoolExecutor | None = None
-
-    def start(self, executor: ThreadPoolExecutor) -> None:
-        """Start collecting, on the running event loop."""
-        self._executor = executor
-        self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def stop(self) -> None:
-        """Stop collecting; requests still waiting get 503."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        while self._pending:
-            _answer(self._pending.popleft(), error=RequestError(503, "the server is shutting down"))
-        self._queued_texts = 0
-
-    async def submit(self, texts: list[str], tasks: list[str]) -> Any:
-        """Queue a validated request and wait for its result."""
-        if self._task is None or self._wake is None:
-            raise RuntimeError("MicroBatcher.start() was not called")
-        if self._queued_texts + len(texts) > self.settings.max_queue:
-            raise RequestError(503, f"busy: {self._queued_texts} texts are waiting; try again shortly")
-        job = Job(texts, tasks, asyncio.get_running_loop().create_future())
-        self._pending.append(job)
-        self._queued_texts += len(texts)
-        self._wake.set()
-        return await job.future
-
-    async def _loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            jobs = await self._collect()
-            if jobs:
-                await self._execute(jobs)
-
-    async def _collect(self) -> list[Job]:
-        """Take jobs until `max_batch` texts or the first job's wait is over, whichever comes first."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.max_wait_ms / 1000
-        jobs: list[Job] = []
-        size = 0
-        while True:
-            while self._pending and (not jobs or size + len(self._pending[0].texts) <= self.settings.max_batch):
-                job = self._pending.popleft()
-                jobs.append(job)
-                size += len(job.texts)
-                self._queued_texts -= len(job.texts)
-            self._wake.clear()
-            if size >= self.settings.max_batch or self._pending or loop.time() >= deadline:
-                break  # full, or the next job does not fit, or time is up
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
-        if self._pending:
-            self._wake.set()  # what is left starts the next batch at once
-        return [job for job in jobs if not job.future.done()]  # a client that went away needs no answer
-
-    async def _execute(self, jobs: list[Job]) -> None:
-        texts = sum(len(job.texts) for job in jobs)
-        self.stats.requests += len(jobs)
-        self.stats.texts += texts
-        self.stats.largest_batch = max(self.stats.largest_batch, texts)
-        try:
-            results = await self._run_in_thread(jobs)
-        except Exception:
-            if len(jobs) == 1:
-                self._fail(jobs[0])
-                return
-            for job in jobs:  # run each request alone, so that only the one that fails gets an error
-                try:
-                    (result,) = await self._run_in_thread([job])
-                except Exception:
-                    self._fail(job)
-                else:
-                    _answer(job, result)
-            return
-        for job, result in zip(jobs, results):
-            _answer(job, result)
-
-    async def _run_in_thread(self, jobs: list[Job]) -> list[Any]:
-        self.stats.batches += 1
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        try:
-            return await loop.run_in_executor(self._executor, self.run, jobs)
-        finally:
-            self.stats.model_seconds += loop.time() - start
-
-    def _fail(self, job: Job) -> None:
-        log.exception("a request failed in the model")
-        self.stats.failed += 1
-        _answer(job, error=RequestError(500, "internal error while running the model"))
-
-
-def _answer(job: Job, result: Any = None, error: Exception | None = None) -> None:
-    if job.future.done():  # the client went away
-        return
-    if error is not None:
-        job.future.set_exception(error)
-    else:
-        job.future.set_result(result)
 
 
 # ---------------------------------------------------------------------------------------------------- the model
@@ -390,6 +246,18 @@ async def _read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def _submit(batcher: MicroBatcher, texts: list[str], tasks: list[str]) -> Any:
+    """A validated request through the batcher; its failures as HTTP answers."""
+    try:
+        return await batcher.submit(texts, tasks)
+    except Busy as exc:
+        raise RequestError(503, f"busy: {exc}; try again shortly") from None
+    except Closed:
+        raise RequestError(503, "the server is shutting down") from None
+    except RunFailed:
+        raise RequestError(500, "internal error while running the model") from None
+
+
 def build_app(model: TrainedModel, settings: ServeSettings | None = None):
     """The FastAPI app serving `model`. Its micro-batchers start and stop with the app's lifespan (run it under
     uvicorn, or `with TestClient(app)`).
@@ -404,8 +272,10 @@ def build_app(model: TrainedModel, settings: ServeSettings | None = None):
 
     settings = settings or ServeSettings()
     batchers = {
-        "predict": MicroBatcher(lambda jobs: predict_jobs(model, jobs, settings.batch_size), settings),
-        "embed": MicroBatcher(lambda jobs: embed_jobs(model, jobs, settings.batch_size), settings),
+        "predict": MicroBatcher(lambda jobs: predict_jobs(model, jobs, settings.batch_size), settings.max_batch,
+                                settings.max_wait_ms, settings.max_queue),
+        "embed": MicroBatcher(lambda jobs: embed_jobs(model, jobs, settings.batch_size), settings.max_batch,
+                              settings.max_wait_ms, settings.max_queue),
     }
     info = describe(model)
     rejected = {"count": 0}
@@ -444,11 +314,11 @@ def build_app(model: TrainedModel, settings: ServeSettings | None = None):
     # Plain request handlers (Starlette routes): the body is read and checked here, so every refusal is our JSON.
     async def predict(request):
         texts, tasks = parse_request(await _read_body(request, settings.max_body_bytes), settings, list(model.tasks))
-        return _json({"predictions": await batchers["predict"].submit(texts, tasks)})
+        return _json({"predictions": await _submit(batchers["predict"], texts, tasks)})
 
     async def embed(request):
         texts, _ = parse_request(await _read_body(request, settings.max_body_bytes), settings, None)
-        vectors = await batchers["embed"].submit(texts, [])
+        vectors = await _submit(batchers["embed"], texts, [])
         return _json({"embeddings": vectors, "dimension": info["embedding_size"]})
 
     async def health(request):
