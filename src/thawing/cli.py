@@ -500,6 +500,41 @@ def interpolate(
     console.print(f"chosen: alpha {result['chosen']} ({result['rule']})", markup=False, highlight=False)
 
 
+@app.command()
+def serve(
+    run_dir: Path = typer.Argument(..., help="A run directory (or its final/ folder)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; the service has no authentication."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on (0: a free one, printed)."),
+    max_batch: int = typer.Option(64, min=1, help="Texts per model run: concurrent requests are grouped up to it."),
+    max_wait_ms: float = typer.Option(5.0, min=0, help="How long a request may wait for others to join its batch."),
+    batch_size: int = typer.Option(16, min=1, help="Texts per encoder forward within a model run, longest first."),
+    max_texts: int = typer.Option(256, min=1, help="Texts per request; more is refused (413)."),
+    max_text_bytes: int = typer.Option(16384, min=1, help="UTF-8 bytes per text; more is refused (413)."),
+    max_queue: int = typer.Option(4096, min=1, help="Texts waiting for the model; past it requests get 503."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for the model [default: torch's]."),
+    device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu or cuda."),
+    log_level: str = typer.Option("info", help="uvicorn's log level: critical, error, warning, info, debug."),
+) -> None:
+    """Serve a trained run over HTTP: POST /predict, POST /embed, GET /health, GET /info (JSON)."""
+    from thawing.serve import LOG_LEVELS, ServeSettings, listen, require_dependencies
+
+    require_dependencies()  # a missing package, bad settings or a taken port fail before the model loads
+    if log_level not in LOG_LEVELS:
+        raise InputError(f"--log-level '{log_level}': choose {', '.join(LOG_LEVELS)}")
+    settings = ServeSettings(max_batch=max_batch, batch_size=batch_size, max_wait_ms=max_wait_ms, max_texts=max_texts,
+                             max_text_bytes=max_text_bytes, max_queue=max_queue, threads=threads)
+    sock = listen(host, port)
+    from thawing.api import load
+    from thawing.serve import serve as run_server
+
+    with sock:
+        model = load(run_dir, device=device)
+        port = sock.getsockname()[1]
+        console.print(f"serving {run_dir} ({', '.join(model.tasks)}) on http://{host}:{port}", markup=False,
+                      soft_wrap=True)  # one line, whatever the width: scripts read the port from it
+        run_server(model, sock, settings=settings, log_level=log_level)
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into a message and exit code 2."""
     logging.basicConfig(level=os.environ.get("THAWING_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
