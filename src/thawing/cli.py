@@ -280,7 +280,7 @@ def plan(
     groups = parameter_groups(model)
     summary = plan_summary(build_plan(cfg, groups, full or None), groups)
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2, allow_nan=False))
         return
     for stage in summary["stages"]:
         table = Table(
@@ -338,7 +338,7 @@ def evaluate(
     if output is not None:
         from thawing.atomic import write_text
 
-        write_text(output, json.dumps({"split": split, "tasks": results}, indent=2) + "\n")
+        write_text(output, json.dumps({"split": split, "tasks": results}, indent=2, allow_nan=False) + "\n")
 
 
 def _split_pair(item: str) -> tuple[str, str]:
@@ -376,7 +376,8 @@ def predict(
     with atomic_path(output) as tmp:
         with open(tmp, "w") as fh:
             for i, text in enumerate(texts):
-                fh.write(json.dumps({"text": text, **{t: rows[i] for t, rows in predictions.items()}}) + "\n")
+                row = {"text": text, **{t: rows[i] for t, rows in predictions.items()}}
+                fh.write(json.dumps(row, allow_nan=False) + "\n")  # strict JSON: a NaN probability fails here
     console.print(f"wrote {len(texts)} predictions to {output}")
 
 

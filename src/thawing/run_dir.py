@@ -234,7 +234,8 @@ class RunDir:
             state = {k: v.detach().contiguous().cpu() for k, v in model.heads.state_dict().items()}
             save_file(state, str(tmp / HEADS))
             (tmp / LABELS).write_text(json.dumps(labels, indent=2) + "\n")
-            (tmp / TASKS).write_text(json.dumps({t: asdict(s) for t, s in model.specs.items()}, indent=2) + "\n")
+            specs = {t: asdict(s) for t, s in model.specs.items()}
+            (tmp / TASKS).write_text(json.dumps(specs, indent=2, allow_nan=False) + "\n")
             (tmp / MANIFEST).write_text(json.dumps(manifest.build(tmp, labels, UNCHECKED), indent=2) + "\n")
 
     def verify_final(self, labels: dict[str, list[str]]) -> bool:
