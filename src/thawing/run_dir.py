@@ -11,11 +11,12 @@ A run:
     checkpoints/      last/: the state after the last finished stage; step/: inside the stage under way
                       (training/checkpoint.py); removed when the run finishes, unless train.keep_checkpoints
     run.lock          held (fcntl) by the process that trains in this directory
-    report/           report.md, curves.png (written by report.py from the files above)
+    report/           report.md, curves.png, index.html (one self-contained page) and evaluation.json (the final
+                      model's metrics, confusion matrices and per-entity scores per split), written by report.py
 
 A study (several runs side by side, study.py):
     <scenario>/       one run directory per scenario (and seed)
-    study.json, study.md, study.png
+    study.json, study.md, study.png, report/index.html
 
 Files are written atomically and folders built aside, then renamed into place; an existing directory is never
 reused.
@@ -52,6 +53,8 @@ LOCK = "run.lock"
 REPORT = "report"
 REPORT_MD = "report.md"  # inside report/
 CURVES = "curves.png"  # inside report/
+INDEX_HTML = "index.html"  # inside report/: the page people look at, every image inline
+EVALUATION = "evaluation.json"  # inside report/: the final model per split, with confusion matrices
 # A study's.
 STUDY_JSON = "study.json"
 STUDY_MD = "study.md"
@@ -106,6 +109,8 @@ class RunDir:
     stage_checkpoint = property(lambda self: self.path / STAGE_CHECKPOINT)
     report_dir = property(lambda self: self.path / REPORT)
     report_md = property(lambda self: self.path / REPORT / REPORT_MD)
+    index_html = property(lambda self: self.path / REPORT / INDEX_HTML)
+    evaluation = property(lambda self: self.path / REPORT / EVALUATION)
     study_json = property(lambda self: self.path / STUDY_JSON)
     study_md = property(lambda self: self.path / STUDY_MD)
     study_png = property(lambda self: self.path / STUDY_PNG)
