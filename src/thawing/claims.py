@@ -86,6 +86,11 @@ def show(values: list[float], percent: bool = False, signed: bool = False, digit
     return text if len(values) == 1 else f"{text} [{one(min(values))} to {one(max(values))}]"
 
 
+def share(fraction: float) -> str:
+    """A ratio as a percentage, with the digits a small one needs: 62%, 0.36%."""
+    return f"{fraction:.0%}" if fraction >= 0.1 else f"{fraction:.2%}"
+
+
 def above(high: list[float], low: list[float], margin: float = 0.0) -> bool:
     """Every value of `high` above every value of `low`; with a margin, at least `low`'s highest less the margin."""
     return min(high) > max(low) if not margin else min(high) >= max(low) - margin
@@ -169,7 +174,7 @@ def efficiency(rows: dict) -> Claim:
     if not (ps and fs and pt and ft):
         return Claim(claim, "scores or times not recorded", NOT_MEASURED)
     measured = (f"progressive reached {mean(ps) / mean(fs):.1%} of full's score ({show(ps)} vs {show(fs)}) in "
-                f"{mean(pt) / mean(ft):.0%} of its training time ({show(pt, digits=1)} s vs {show(ft, digits=1)} s)")
+                f"{share(mean(pt) / mean(ft))} of its training time ({show(pt, digits=1)} s vs {show(ft, digits=1)} s)")
     return Claim(claim, measured, verdict(above(ps, fs, TOLERANCE) and above(ft, pt)))
 
 
@@ -181,8 +186,8 @@ def frozen_encoder_cost(rows: dict) -> Claim:
     if not (ht and ft):
         return Claim(claim, "times not recorded", NOT_MEASURED)
     params = rows["heads"].get("trainable_params", 0) / max(1, rows["full"].get("trainable_params", 0))
-    measured = (f"heads trained {params:.2%} of full's parameters in {mean(ht) / mean(ft):.0%} of its training time "
-                f"({show(ht, digits=1)} s vs {show(ft, digits=1)} s)")
+    measured = (f"heads trained {share(params)} of full's parameters in {share(mean(ht) / mean(ft))} of its training "
+                f"time ({show(ht, digits=1)} s vs {show(ft, digits=1)} s)")
     return Claim(claim, measured, verdict(above(ft, ht)))
 
 
