@@ -21,6 +21,7 @@ th { background: #f4f4f6; }
 figure { margin: 0.8rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.82rem; color: #555; }
 .note { color: #555; font-size: 0.9rem; }
+.row { display: flex; flex-wrap: wrap; gap: 1.2rem; align-items: flex-start; }
 .supported { color: #136f2d; font-weight: 600; } .unsupported { color: #a1261b; font-weight: 600; }
 .unmeasured { color: #777; font-weight: 600; }
 li { margin: 0.3rem 0; }
@@ -54,6 +55,11 @@ def figure(png: bytes | None, caption: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     text = html.escape(caption)
     return f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{text}\"><figcaption>{text}</figcaption></figure>"
+
+
+def row(blocks: Iterable[str]) -> str:
+    """Blocks side by side, wrapping on a narrow screen (small figures such as confusion matrices)."""
+    return "<div class=\"row\">" + "".join(blocks) + "</div>"
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

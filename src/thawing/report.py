@@ -218,6 +218,7 @@ def _error_blocks(files: RunFiles) -> list[str]:
     blocks = [H.heading("Where the final model goes wrong")]
     if not files.evaluation:
         return blocks + [H.paragraph(f"No breakdown: {files.no_evaluation}.", "note")]
+    shown = []
     for task, splits in files.evaluation["tasks"].items():
         split = files.results.get("splits", {}).get(task, "test" if "test" in splits else "dev")
         detail = (splits.get(split) or {}).get("detail")
@@ -225,8 +226,8 @@ def _error_blocks(files: RunFiles) -> list[str]:
             continue
         if detail["kind"] == "confusion":
             png = figures.confusion_matrix(task, split, detail["labels"], detail["matrix"])
-            blocks.append(H.figure(png, f"{task}: confusion matrix on {split} (rows gold, columns predicted)"))
+            shown.append(H.figure(png, f"{task}: confusion matrix on {split} (rows gold, columns predicted)"))
         else:
             png = figures.per_type_f1(task, split, detail["types"])
-            blocks.append(H.figure(png, f"{task}: F1 per type on {split}"))
-    return blocks
+            shown.append(H.figure(png, f"{task}: F1 per type on {split}"))
+    return blocks + [H.row(shown)]
