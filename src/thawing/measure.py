@@ -12,6 +12,7 @@ after `reset_peak_memory_stats`, which is per scenario either way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -19,9 +20,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import yaml
 
@@ -83,14 +85,17 @@ def train_isolated(config: RunConfig, run_dir: str, scratch: Path, run_optional:
         Path(cfg_path).write_text(config_yaml(config))
         command = [sys.executable, "-m", "thawing", "study-run", cfg_path, run_dir, str(out_path)]
         child = subprocess.Popen(command + (["--full"] if run_optional else []))
-        try:
-            _, status, usage = os.wait4(child.pid, 0)
-        except KeyboardInterrupt:  # the child got the same SIGINT: it checkpoints and stops; wait for it
-            os.wait4(child.pid, 0)
-            raise Interrupted("the study was interrupted; completed scenarios are kept", signal.SIGINT) from None
+        with _forwarding_sigterm(child):
+            try:
+                _, status, usage = os.wait4(child.pid, 0)
+            except KeyboardInterrupt:  # the child got the same SIGINT: it checkpoints and stops; wait for it
+                os.wait4(child.pid, 0)
+                raise Interrupted("the study was interrupted; completed scenarios are kept", signal.SIGINT) from None
         child.returncode = code = os.waitstatus_to_exitcode(status)  # Popen must not wait for it again
-        if code in (130, 143):
-            raise Interrupted(f"the scenario's training stopped on a signal (exit {code})", code - 128)
+        if code in (130, 143) or code < 0:  # stopped after a checkpoint, or killed by a signal before training
+            number = code - 128 if code > 0 else -code
+            raise Interrupted(f"the scenario's training stopped on signal {number}; completed scenarios are kept",
+                              number)
         if code != 0:
             error = ThawingError(f"the scenario's training failed with exit code {code} (its message is above)")
             error.exit_code = code if 0 < code < 128 else 1
@@ -101,3 +106,17 @@ def train_isolated(config: RunConfig, run_dir: str, scratch: Path, run_optional:
     finally:
         for path in (Path(cfg_path), out_path):
             path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _forwarding_sigterm(child: subprocess.Popen) -> Iterator[None]:
+    """A SIGTERM to the study goes on to the scenario's process, which checkpoints and stops (exit 143), instead of
+    leaving it training on its own; a repeated one is harmless (training stops once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: child.send_signal(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
