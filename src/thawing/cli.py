@@ -384,7 +384,11 @@ def predict(
 @app.command()
 def study(
     config: Path = typer.Argument(..., help="YAML config: the tasks, data and model to compare plans on."),
-    scenarios: str = typer.Option("frozen,heads,progressive,full", help="Plan presets to run, comma-separated."),
+    scenarios: str = typer.Option(
+        "frozen,heads,progressive,full",
+        help="Comma-separated: plan presets (frozen, heads, progressive, full), config (the config's own plan), "
+        "head-frozen:<task>, single:<task>, or NAME=schedule.yaml (a stage list; path relative to here).",
+    ),
     set_: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=2 (repeatable)."),
     study_dir: Optional[Path] = typer.Option(
         None, help="Write the study here instead of runs/<name>-study-<timestamp>."
@@ -393,10 +397,17 @@ def study(
     seeds: Optional[str] = typer.Option(
         None, help="Run each scenario with these seeds (e.g. 0,1,2) and report means and ranges."
     ),
+    single_task: bool = typer.Option(
+        False, "--single-task", help="Also run the config's own plan on each task alone (single:<task>)."
+    ),
+    in_process: bool = typer.Option(
+        False, "--in-process", help="Train every scenario in this process (faster to start; CPU memory not measured)."
+    ),
 ) -> None:
     """Train the config once per freezing scenario (and seed) and compare them; prints the study directory last."""
     from thawing.config import load_config
     from thawing.run_dir import RunDir
+    from thawing.scenarios import SINGLE
     from thawing.study import run_study
 
     try:
@@ -405,28 +416,47 @@ def study(
         raise InputError(f"--seeds '{seeds}' must be integers separated by commas") from None
     cfg = load_config(config, set_)
     RunDir.check_creatable(study_dir)
+    names = [s.strip() for s in scenarios.split(",") if s.strip()]
+    names += [f"{SINGLE}{task}" for task in cfg.tasks if single_task and f"{SINGLE}{task}" not in names]
     printer = _TrainPrinter()
     try:
-        result = run_study(
-            cfg,
-            [s.strip() for s in scenarios.split(",") if s.strip()],
-            str(study_dir) if study_dir else None,
-            events=printer,
-            run_optional=full or None,
-            seeds=seed_list,
-        )
+        result = run_study(cfg, names, str(study_dir) if study_dir else None, events=printer,
+                           run_optional=full or None, seeds=seed_list, isolate=not in_process)
     finally:
         printer.stop()
     Console().print(_study_table(result.read_json(result.study_json)["scenarios"]))
     print(result.path)
 
 
+@app.command("study-run", hidden=True)
+def study_run(
+    config: Path = typer.Argument(..., help="The scenario's config (written by `thawing study`)."),
+    run_dir: Path = typer.Argument(..., help="Where its run goes."),
+    output: Path = typer.Argument(..., help="Where its measurement (JSON) goes."),
+    full: bool = typer.Option(False, "--full", help="Also run stages marked optional."),
+) -> None:
+    """One scenario of a study in its own process, so that its peak memory is its own (used by `thawing study`)."""
+    import json
+
+    from thawing.atomic import write_text
+    from thawing.config import load_config
+    from thawing.measure import train_measured
+
+    cfg = load_config(config)
+    printer = _TrainPrinter()
+    try:
+        measured = train_measured(cfg, str(run_dir), events=printer, run_optional=full or None, own_process=True)
+    finally:
+        printer.stop()
+    write_text(output, json.dumps(measured) + "\n")
+
+
 def _study_table(rows: dict):
     from rich.table import Table
 
-    from thawing.study import task_cells
+    from thawing.study_report import first_primary, task_cells
 
-    tasks = list(next(iter(rows.values()))["primary"].items())
+    tasks = list(first_primary(rows).items())
     table = Table(title="study (final metrics; change against frozen)", title_justify="left")
     for col in ["scenario", *(f"{t} ({m})" for t, m in tasks), "score", "trainable", "updates", "wall s"]:
         table.add_column(col, justify="left" if col == "scenario" else "right")
@@ -436,18 +466,19 @@ def _study_table(rows: dict):
             *task_cells(rows, name),
             f"{row['score']:.4f}",
             f"{row['trainable_params']:,}",
-            str(row["updates"]),
-            str(row["wall_s"]),
+            f"{row.get('updates', 0):.0f}",
+            f"{row.get('wall_s', 0):.1f}",
         )
     return table
 
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A finished run directory, or a study directory.")) -> None:
-    """Write the report again from the directory's files (a run's report/, a study's study.md); prints its path."""
+    """Write the report again from the directory's files (a run's report/, a study's study.md and report/); prints
+    the path of its Markdown file (report/index.html beside it is the page to open)."""
     from thawing.report import write_report
     from thawing.run_dir import RunDir
-    from thawing.study import write_study_report
+    from thawing.study_report import write_study_report
 
     if not run_dir.is_dir():
         raise InputError("not a directory", path=run_dir)

@@ -91,6 +91,21 @@ def token_metrics(y_true: list[list[str]], y_pred: list[list[str]], scheme: str 
     }
 
 
+def entity_report(y_true: list[list[str]], y_pred: list[list[str]], scheme: str = "IOB2") -> dict[str, dict]:
+    """Precision, recall, F1 and support per entity type, read as `token_metrics` reads entities (conlleval mode).
+
+    Returns:
+        {type: {"precision", "recall", "f1", "support"}}, types sorted by name.
+    """
+    gold, pred = _to_conll(y_true, scheme.upper()), _to_conll(y_pred, scheme.upper())
+    report = _seqeval().classification_report(gold, pred, output_dict=True, zero_division=0)
+    return {
+        kind: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
+               "support": int(v["support"])}
+        for kind, v in sorted(report.items()) if not kind.endswith(" avg")
+    }
+
+
 def selection_score(results: dict[str, dict[str, float]], primary: dict[str, str], metric: str | None = None) -> float:
     """The one number that ranks checkpoints (higher is better).
 

@@ -1,41 +1,70 @@
-"""A run's report: what each stage trained and how every task moved, read back from the run directory alone.
+"""A run's report: what each stage trained and how every task moved, read back from the run directory.
 
-    report/report.md    model, tasks, the stage table, each task's dev metric (first / best / last evaluation),
-                        final results
-    report/curves.png   each task's primary dev metric, and the selection score, against optimizer steps,
-                        with stage boundaries
+    report/index.html       one self-contained page (figures inline): stages, final results, each task's dev curve
+                            with the stage boundaries where each stage began, training loss per task (smoothed), the
+                            learning rate of every group, retention and drift at each probe point, and the final
+                            model's errors (a confusion matrix per classification task, F1 per entity type)
+    report/report.md        the same tables in Markdown, with curves.png
+    report/evaluation.json  the final model on dev and test, with the confusion matrices (`breakdown.py`)
 
 `thawing train` writes it at the end of a run; `thawing report RUN_DIR` writes it again from the files (the run
-directory is the contract: nothing else is read). The folder is built aside and renamed into place.
+directory is the contract; the only other thing read is the task data, once, for the final model's breakdown). The
+folder is built aside and renamed into place.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from thawing import figures
+from thawing import html_report as H
+from thawing.breakdown import final_evaluation
 from thawing.config import read_yaml
 from thawing.errors import InputError
-from thawing.run_dir import CURVES, REPORT_MD, RunDir
+from thawing.metric_lines import of_split, probe_headline, probe_points, stage_starts, task_shares
+from thawing.run_dir import CURVES, EVALUATION, INDEX_HTML, REPORT_MD, RunDir
 
-SCORE = "*"  # the task name metrics.jsonl uses for the selection score
+
+@dataclass
+class RunFiles:
+    """Everything the report reads, once."""
+
+    run: RunDir
+    config: dict
+    tasks: dict
+    stages: list[dict]
+    results: dict
+    lines: list[dict]
+    primary: dict[str, str]
+    evaluation: dict | None
+    no_evaluation: str | None
+
+    @property
+    def dev(self) -> list[dict]:
+        return of_split(self.lines, "dev")
 
 
-def write_report(path: str | Path) -> Path:
-    """Write `report/` for the run at `path`; returns the report.md path."""
+def write_report(path: str | Path, evaluate: bool = True) -> Path:
+    """Write `report/` for the run at `path`; returns the report.md path. `evaluate=False` skips the final model's
+    breakdown unless an earlier report left one for the same final model."""
     run = RunDir(path)
     if not run.results.is_file():
         raise InputError("no results.json: not a finished thawing run directory", path=run.path)
-    config = _read_config(run)
-    stages, results = run.read_json(run.stages), run.read_json(run.results)
-    tasks = run.read_json(run.tasks)
-    metrics = [m for m in run.read_metrics() if m.get("split", "dev") == "dev"]
-    primary = run.primary_metrics()
-    _check_shapes(run, stages, results)
+    files = read_run(run, evaluate)
+    starts = stage_starts(files.stages, files.lines)
+    curves = figures.dev_curves(files.lines, files.primary, starts)
+    page = run_page(files, starts, curves)
     with run.replacing(run.report_dir) as tmp:
-        curves = _plot_curves(metrics, stages, primary, tmp / CURVES)
-        (tmp / REPORT_MD).write_text(_markdown(run, config, tasks, stages, results, metrics, primary, curves))
+        if curves:
+            (tmp / CURVES).write_bytes(curves)
+        (tmp / REPORT_MD).write_text(markdown(files, curves is not None))
+        (tmp / INDEX_HTML).write_text(page)
+        if files.evaluation:
+            (tmp / EVALUATION).write_text(json.dumps(files.evaluation, indent=2, allow_nan=False) + "\n")
     return run.report_md
 
 
@@ -61,97 +90,172 @@ def _read_config(run: RunDir) -> dict:
     return config if isinstance(config, dict) else {}
 
 
+def read_run(run: RunDir, evaluate: bool = True) -> RunFiles:
+    config = _read_config(run)
+    stages, results = run.read_json(run.stages), run.read_json(run.results)
+    _check_shapes(run, stages, results)
+    try:  # an earlier report's breakdown of the same final model; a damaged one is computed again
+        previous = json.loads(run.evaluation.read_text()) if run.evaluation.is_file() else None
+    except (OSError, ValueError):
+        previous = None
+    evaluation, why = final_evaluation(run, previous, evaluate)
+    return RunFiles(run, config, run.read_json(run.tasks), stages, results, run.read_metrics(),
+                    run.primary_metrics(), evaluation, why)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+# Each table is (header, rows) of strings, rendered as Markdown or HTML.
+
+
+def stage_table(stages: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["stage", "trainable parameters", "epochs", "updates", "best dev score", "at step", "stopped", "wall"]
+    rows = [[s["stage"], f"{s.get('trainable_params', 0):,}", str(s.get("epochs_run", "")), str(s.get("updates", "")),
+             "" if s.get("best_score") is None else f"{s['best_score']:.4f}", str(s.get("best_step", "")),
+             str(s.get("stopped", "")), f"{s.get('wall_s', '')} s"] for s in stages]
+    return header, rows
+
+
+def dev_table(files: RunFiles) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for task, metric in files.primary.items():
+        values = [m["metrics"][metric] for m in files.dev if m["task"] == task and metric in m["metrics"]]
+        if values:
+            rows.append([task, metric, f"{values[0]:.4f}", f"{max(values):.4f}", f"{values[-1]:.4f}"])
+    return ["task", "metric", "first", "best", "last"], rows
+
+
+def results_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    names = sorted({name for r in results["tasks"].values() for name in r})
+    rows = [[task, results.get("splits", {}).get(task, ""), *(f"{v[n]:.4f}" if n in v else "" for n in names)]
+            for task, v in results["tasks"].items()]
+    return ["task", "split", *names], rows
+
+
+def evaluation_table(evaluation: dict) -> tuple[list[str], list[list[str]]]:
+    """The final model on each split it has (dev and test)."""
+    names = sorted({n for splits in evaluation["tasks"].values() for e in splits.values() for n in e["metrics"]})
+    rows = [[task, split, str(e["examples"]), *(f"{e['metrics'][n]:.4f}" if n in e["metrics"] else "" for n in names)]
+            for task, splits in evaluation["tasks"].items() for split, e in splits.items()]
+    return ["task", "split", "examples", *names], rows
+
+
+def probe_table(files: RunFiles) -> tuple[list[str], list[list[str]]]:
+    """Each probe's headline (retention, or drift) at every probe point, the start first."""
+    points = probe_points(files.lines)
+    stages = list(dict.fromkeys(stage for values in points.values() for stage, _, _ in values))
+    rows = []
+    for name, values in points.items():
+        at = {stage: probe_headline(m) for stage, _, m in values}
+        metric = next((h[0] for h in at.values() if h), "")
+        rows.append([name, metric, *(f"{at[s][1]:.4f}" if at.get(s) else "" for s in stages)])
+    return ["probe", "metric", *stages], rows
+
+
+def frozen_heads_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    rows = [[task, h.get("metric", ""), f"{h['start']:.4f}", f"{h['end']:.4f}", f"{h['change']:+.4f}"]
+            for task, h in (results.get("frozen_heads") or {}).items()]
+    return ["task (head never trained)", "metric", "start", "end", "change"], rows
+
+
+def share_table(lines: list[dict]) -> tuple[list[str], list[list[str]]]:
+    shares = task_shares(lines) or {}
+    return ["task", "share of updates"], [[task, f"{share:.1%}"] for task, share in shares.items()]
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(row) + " |" for row in rows
+    ]
+
+
 # ---------------------------------------------------------------------------------------------- markdown
 
 
-def _markdown(run, config, tasks, stages, results, metrics, primary, curves: bool) -> str:
-    model = (config.get("model") or {}).get("name", "?")
-    lines = [f"# {run.path.name}", "", f"Model: `{model}`. Tasks:", ""]
-    for task, spec in tasks.items():
-        lines.append(
-            f"- **{task}**: {spec.get('type')}, {len(spec.get('labels', []))} labels, primary metric {primary[task]}"
-        )
-    lines += [
-        "",
-        "## Stages",
-        "",
-        "| stage | trainable parameters | epochs | updates | best dev score | at step | stopped | wall |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for s in stages:
-        best = "" if s.get("best_score") is None else f"{s['best_score']:.4f}"
-        lines.append(
-            f"| {s['stage']} | {s.get('trainable_params', 0):,} | {s.get('epochs_run', '')} | {s.get('updates', '')} "
-            f"| {best} | {s.get('best_step', '')} | {s.get('stopped', '')} | {s.get('wall_s', '')} s |"
-        )
-    lines += [
-        "",
-        "## Each task on dev",
-        "",
-        "First evaluation, best, and last, in each task's primary metric: a task whose head or encoder stopped "
-        "training shows here what it kept.",
-        "",
-        "| task | metric | first | best | last |",
-        "|---|---|---|---|---|",
-    ]
-    for task, metric in primary.items():
-        values = [m["metrics"][metric] for m in metrics if m["task"] == task and metric in m["metrics"]]
-        if values:
-            lines.append(f"| {task} | {metric} | {values[0]:.4f} | {max(values):.4f} | {values[-1]:.4f} |")
-    names = sorted({name for r in results["tasks"].values() for name in r})
-    lines += [
-        "",
-        "## Final model",
-        "",
-        "| task | split | " + " | ".join(names) + " |",
-        "|---|---|" + "---|" * len(names),
-    ]
-    for task, values in results["tasks"].items():
-        cells = " | ".join(f"{values[n]:.4f}" if n in values else "" for n in names)
-        lines.append(f"| {task} | {results.get('splits', {}).get(task, '')} | {cells} |")
-    lines += ["", f"Selection score: **{results['score']:.4f}**"]
+def markdown(files: RunFiles, curves: bool) -> str:
+    model = (files.config.get("model") or {}).get("name", "?")
+    lines = [f"# {files.run.path.name}", "", f"Model: `{model}`. Tasks:", ""]
+    for task, spec in files.tasks.items():
+        lines.append(f"- **{task}**: {spec.get('type')}, {len(spec.get('labels', []))} labels, "
+                     f"primary metric {files.primary[task]}")
+    lines += ["", "## Stages", "", *md_table(*stage_table(files.stages))]
+    lines += ["", "## Each task on dev", "", "First evaluation, best, and last, in each task's primary metric: a task "
+              "whose head or encoder stopped training shows here what it kept.", "", *md_table(*dev_table(files))]
+    lines += ["", "## Final model", "", *md_table(*results_table(files.results)), "",
+              f"Selection score: **{files.results['score']:.4f}**"]
+    if files.evaluation:
+        lines += ["", "On each split:", "", *md_table(*evaluation_table(files.evaluation))]
+    header, rows = probe_table(files)
+    if rows:
+        lines += ["", "## Retention probes", "", "Retention is the probe's value over the pretrained encoder's; drift "
+                  "how far the weights moved.", "", *md_table(header, rows)]
+    header, rows = frozen_heads_table(files.results)
+    if rows:
+        lines += ["", "## Frozen heads", "", *md_table(header, rows)]
     if curves:
         lines += ["", "## Curves", "", f"![dev metrics by step]({CURVES})"]
+    lines += ["", "Every figure (training loss, learning rates, probes, confusion matrices): "
+              f"[{INDEX_HTML}]({INDEX_HTML})"]
     return "\n".join(lines) + "\n"
 
 
-# ---------------------------------------------------------------------------------------------- plots
+# ---------------------------------------------------------------------------------------------- html
 
 
-def _plot_curves(metrics: list[dict], stages: list[dict], primary: dict[str, str], out: Path) -> bool:
-    """One panel per task and one for the selection score; False when there was nothing to plot."""
-    if not metrics:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    panels = [(task, metric) for task, metric in primary.items()] + [(SCORE, "score")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    boundaries = _stage_starts(stages)
-    for ax, (task, metric) in zip(axes[0], panels):
-        points = [(m["step"], m["metrics"][metric]) for m in metrics if m["task"] == task and metric in m["metrics"]]
-        if points:
-            ax.plot(*zip(*points), marker="o", markersize=3)
-        for step, name in boundaries:
-            ax.axvline(step, color="grey", linestyle=":", linewidth=1)
-            ax.annotate(
-                name, (step, 1), xycoords=("data", "axes fraction"), fontsize=7, rotation=90, va="top", ha="right"
-            )
-        ax.set_title("selection score" if task == SCORE else f"{task} ({metric})", fontsize=10)
-        ax.set_xlabel("optimizer step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return True
+def run_page(files: RunFiles, starts: list[tuple[int, str]], curves: bytes | None) -> str:
+    model = (files.config.get("model") or {}).get("name", "?")
+    tasks = ", ".join(f"{t} ({s.get('type')}, {files.primary[t]})" for t, s in files.tasks.items())
+    blocks = [H.paragraph(f"Model {model}. Tasks: {tasks}. Selection score of the final model: "
+                          f"{files.results['score']:.4f}."),
+              H.heading("Stages"), H.table(*stage_table(files.stages))]
+    blocks += [H.heading("Final model"), H.table(*results_table(files.results))]
+    if files.evaluation:
+        blocks += [H.paragraph("On each split:"), H.table(*evaluation_table(files.evaluation))]
+    blocks += [H.heading("Dev metrics by step"), H.table(*dev_table(files)),
+               H.figure(curves, "each task's primary dev metric and the selection score; dotted lines: stage starts")]
+    blocks += _training_blocks(files, starts) + _probe_blocks(files) + _error_blocks(files)
+    return H.page(files.run.path.name, blocks)
 
 
-def _stage_starts(stages: list[dict]) -> list[tuple[int, str]]:
-    """(optimizer step at which the stage began, stage name), from each stage's update count."""
-    starts, step = [], 0
-    for s in stages:
-        starts.append((step, s["stage"]))
-        step += s.get("updates", 0)
-    return starts
+def _training_blocks(files: RunFiles, starts: list[tuple[int, str]]) -> list[str]:
+    blocks = [H.heading("Training")]
+    loss, rates = figures.training_loss(files.lines, starts), figures.learning_rates(files.lines, starts)
+    if not loss and not rates:
+        return blocks + [H.paragraph("metrics.jsonl holds no training records.", "note")]
+    header, rows = share_table(files.lines)
+    if rows:
+        blocks += [H.table(header, rows)]
+    return blocks + [H.figure(loss, "training loss per task (faint: each record; bold: smoothed)"),
+                     H.figure(rates, "learning rate of every parameter group")]
+
+
+def _probe_blocks(files: RunFiles) -> list[str]:
+    points = probe_points(files.lines)
+    blocks = [H.heading("Retention and drift")]
+    if not points:
+        return blocks + [H.paragraph("No retention probes in this run.", "note")]
+    blocks += [H.table(*probe_table(files)),
+               H.figure(figures.probes(points), "each probe at each probe point (1.0: the pretrained encoder)"),
+               H.figure(figures.weight_changes(points), "relative weight-norm change per group")]
+    header, rows = frozen_heads_table(files.results)
+    if rows:
+        blocks += [H.heading("Heads that never trained", 3), H.table(header, rows)]
+    return blocks
+
+
+def _error_blocks(files: RunFiles) -> list[str]:
+    blocks = [H.heading("Where the final model goes wrong")]
+    if not files.evaluation:
+        return blocks + [H.paragraph(f"No breakdown: {files.no_evaluation}.", "note")]
+    shown = []
+    for task, splits in files.evaluation["tasks"].items():
+        split = files.results.get("splits", {}).get(task, "test" if "test" in splits else "dev")
+        detail = (splits.get(split) or {}).get("detail")
+        if not detail:
+            continue
+        if detail["kind"] == "confusion":
+            png = figures.confusion_matrix(task, split, detail["labels"], detail["matrix"])
+            shown.append(H.figure(png, f"{task}: confusion matrix on {split} (rows gold, columns predicted)"))
+        else:
+            png = figures.per_type_f1(task, split, detail["types"])
+            shown.append(H.figure(png, f"{task}: F1 per type on {split}"))
+    return blocks + [H.row(shown)]

@@ -14,7 +14,8 @@ A run:
                       (training/checkpoint.py); removed when the run finishes, unless train.keep_checkpoints
     run.lock          held (fcntl) by the process that trains in this directory
     tensorboard/      event files, with train.report_to: [tensorboard] (tracking.py)
-    report/           report.md, curves.png (written by report.py from the files above)
+    report/           report.md, curves.png, index.html (one self-contained page) and evaluation.json (the final
+                      model's metrics, confusion matrices and per-entity scores per split), written by report.py
     interpolate/      `thawing interpolate`: one heads-only run per alpha, interpolate.json, interpolate.png;
     final-interpolated/  the chosen alpha's final/ (interpolate.py)
 
@@ -22,7 +23,7 @@ An ONNX export (export.py), a folder of its own: model.onnx, thawing_onnx.json, 
 
 A study (several runs side by side, study.py):
     <scenario>/       one run directory per scenario (and seed)
-    study.json, study.md, study.png
+    study.json, study.md, study.png, report/index.html
 
 Files are written atomically and folders built aside, then renamed into place; an existing directory is never
 reused.
@@ -64,6 +65,8 @@ LOCK = "run.lock"
 REPORT = "report"
 REPORT_MD = "report.md"  # inside report/
 CURVES = "curves.png"  # inside report/
+INDEX_HTML = "index.html"  # inside report/: the page people look at, every image inline
+EVALUATION = "evaluation.json"  # inside report/: the final model per split, with confusion matrices
 # Weight interpolation's (interpolate.py), inside a run.
 INTERPOLATE = "interpolate"
 INTERPOLATE_JSON = "interpolate.json"  # inside interpolate/
@@ -159,6 +162,8 @@ class RunDir:
     stage_checkpoint = property(lambda self: self.path / STAGE_CHECKPOINT)
     report_dir = property(lambda self: self.path / REPORT)
     report_md = property(lambda self: self.path / REPORT / REPORT_MD)
+    index_html = property(lambda self: self.path / REPORT / INDEX_HTML)
+    evaluation = property(lambda self: self.path / REPORT / EVALUATION)
     study_json = property(lambda self: self.path / STUDY_JSON)
     study_md = property(lambda self: self.path / STUDY_MD)
     study_png = property(lambda self: self.path / STUDY_PNG)

@@ -1,0 +1,122 @@
+"""One scenario's training, measured: wall time and peak memory, honestly attributed to that scenario.
+
+Peak CPU memory is `getrusage`'s max RSS, a high-water mark of the whole process that never goes down: measured in a
+process that already trained another scenario it would report that one's peak. So a study trains each scenario in
+its own process (`python -m thawing study-run ...`) by default, and the figure is that process's peak up to the
+final model's results (imports, data, model, caches, training, the final scoring; not the report written after, which
+loads the model again: `process_rss_peak_bytes` is the whole process's). `process_s` is the time from loading the
+data and model to the final results.
+In-process runs (`isolate=False`) leave CPU memory unmeasured. GPU memory is `torch.cuda.max_memory_allocated`
+after `reset_peak_memory_stats`, which is per scenario either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import yaml
+
+from thawing.config import RunConfig
+from thawing.errors import Interrupted, ThawingError
+
+Events = Callable[[str, dict], None]
+
+
+def max_rss_bytes(usage: resource.struct_rusage) -> int:
+    """ru_maxrss in bytes (Linux reports KiB, macOS bytes)."""
+    return int(usage.ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
+
+
+def train_measured(config: RunConfig, run_dir: str, events: Events | None = None, run_optional: bool | None = None,
+                   own_process: bool = False) -> dict:
+    """Train `config` into `run_dir` in this process; returns the measurement (see the module docstring). Memory is
+    read when the loop reports the final results, before the report (which loads the model again) is written."""
+    import torch
+
+    from thawing.training.loop import train
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    started, seen = time.perf_counter(), {}
+
+    def hook(name: str, payload: dict) -> None:
+        if name == "results":
+            seen["rss"] = max_rss_bytes(resource.getrusage(resource.RUSAGE_SELF)) if own_process else None
+            seen["gpu"] = int(torch.cuda.max_memory_allocated()) if cuda else None
+            seen["seconds"] = round(time.perf_counter() - started, 2)
+        if events:
+            events(name, payload)
+
+    train(config, run_dir=run_dir, events=hook, run_optional=run_optional)
+    return {"rss_peak_bytes": seen.get("rss"), "gpu_peak_bytes": seen.get("gpu"), "process_s": seen.get("seconds")}
+
+
+def config_yaml(config: RunConfig) -> str:
+    """The config for another process: only the keys that were set, since a preset takes `train.epochs` and
+    `train.lr` only where the config set them (a full dump would set them all), and tasks in their order (which
+    seeds their batches)."""
+    return yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True), sort_keys=False)
+
+
+def train_isolated(config: RunConfig, run_dir: str, scratch: Path, run_optional: bool | None = None) -> dict:
+    """Train `config` into `run_dir` in a child process (`thawing study-run`), which prints its own progress; returns
+    its measurement.
+
+    Raises:
+        ThawingError: the child failed (its message is on stderr above), with its exit code.
+        Interrupted: Ctrl-C or SIGTERM stopped it (after the child saved a checkpoint).
+    """
+    fd, cfg_path = tempfile.mkstemp(dir=scratch, prefix=".scenario-", suffix=".yaml")
+    os.close(fd)
+    out_path = Path(cfg_path).with_suffix(".json")
+    try:
+        Path(cfg_path).write_text(config_yaml(config))
+        command = [sys.executable, "-m", "thawing", "study-run", cfg_path, run_dir, str(out_path)]
+        child = subprocess.Popen(command + (["--full"] if run_optional else []))
+        with _forwarding_sigterm(child):
+            try:
+                _, status, usage = os.wait4(child.pid, 0)
+            except KeyboardInterrupt:  # the child got the same SIGINT: it checkpoints and stops; wait for it
+                os.wait4(child.pid, 0)
+                raise Interrupted("the study was interrupted; completed scenarios are kept", signal.SIGINT) from None
+        child.returncode = code = os.waitstatus_to_exitcode(status)  # Popen must not wait for it again
+        if code in (130, 143) or code < 0:  # stopped after a checkpoint, or killed by a signal before training
+            number = code - 128 if code > 0 else -code
+            raise Interrupted(f"the scenario's training stopped on signal {number}; completed scenarios are kept",
+                              number)
+        if code != 0:
+            error = ThawingError(f"the scenario's training failed with exit code {code} (its message is above)")
+            error.exit_code = code if 0 < code < 128 else 1
+            raise error
+        measured = json.loads(out_path.read_text())
+        measured["process_rss_peak_bytes"] = max_rss_bytes(usage)  # the whole child, report included
+        return measured
+    finally:
+        for path in (Path(cfg_path), out_path):
+            path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _forwarding_sigterm(child: subprocess.Popen) -> Iterator[None]:
+    """A SIGTERM to the study goes on to the scenario's process, which checkpoints and stops (exit 143), instead of
+    leaving it training on its own; a repeated one is harmless (training stops once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: child.send_signal(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
