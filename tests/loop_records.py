@@ -4,7 +4,8 @@ them. When the loop writes them itself, the same tests run on its records unchan
 
 Probe lines:    {"stage": "start" | <stage just ended>, "step", "epoch": None, "split": "probe", "task": <probe>,
                  "metrics": {...}}
-Training lines: {"stage", "step", "split": "train", "task", "loss", "lr": {group: lr}, "examples_per_s", "time"}
+Training lines: {"stage", "step", "split": "train", "task", "loss", "lr": {group: lr}, "examples_per_s", "time",
+                 "batches"}
 results.json:   "probes": {probe: {metric: end value, "pretrained_<metric>": start value}}, "probe_seconds",
                 "frozen_heads": {task: {"metric", "start", "end", "change"}}
 """
@@ -51,7 +52,7 @@ def training_lines(run: Path, tasks: list[str], groups: list[str]) -> list[dict]
             left = (end - step) / max(1, end - start)
             lines.append({"stage": stage, "step": step, "split": "train", "task": task, "loss": 2.0 / step,
                           "lr": {g: 1e-3 * (0.5 ** i) * left + 1e-6 for i, g in enumerate(groups)},
-                          "examples_per_s": 100.0, "time": 1_700_000_000 + step})
+                          "examples_per_s": 100.0, "time": 1_700_000_000 + step, "batches": 1})
         start = end
     return lines
 
@@ -64,8 +65,10 @@ def add_loop_records(run: Path, retention: dict[str, float], drift: dict[str, fl
     probes = probe_lines(run, retention, drift)
     extra = probes + (training_lines(run, tasks, ["embeddings", "layers.0", "layers.1", *(f"head:{t}" for t in tasks)])
                       if training else [])
-    with open(run / "metrics.jsonl", "a") as fh:
-        fh.write("".join(json.dumps(line) + "\n" for line in extra))
+    # The loop writes training lines of its own; with `training`, these known ones take their place.
+    kept = [line for line in (run / "metrics.jsonl").read_text().splitlines()
+            if not (training and json.loads(line).get("split") == "train")]
+    (run / "metrics.jsonl").write_text("".join(line + "\n" for line in kept + [json.dumps(x) for x in extra]))
     start = {line["task"]: line["metrics"] for line in probes if line["stage"] == "start"}
     end = {line["task"]: line["metrics"] for line in probes}  # the last point wins
     results["probes"] = {

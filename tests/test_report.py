@@ -80,8 +80,8 @@ def test_index_html_is_one_self_contained_page(run):
     pngs = images(page)
     assert pngs and all(p.startswith(PNG) for p in pngs)
     assert (run.path / "report" / "curves.png").read_bytes() in pngs
-    # no training or probe records from this loop yet: the page says so instead of drawing empty plots
-    assert "holds no training records" in page and "No retention probes" in page
+    # the loop's training records give the loss and rate figures; this config has no probes, and the page says so
+    assert "training loss per task" in page and "No retention probes" in page
     for stage in json.loads((run.path / "stages.json").read_text()):
         assert f"<td>{stage['stage']}</td><td>{stage['trainable_params']:,}</td>" in page
 
@@ -126,12 +126,12 @@ def test_the_loops_records_reach_the_report(with_records, monkeypatch):
     heads_end = max(x["step"] for x in lines if x["stage"] == "heads")
     assert seen["starts"] == [(0, "heads"), (heads_end, "all")]
     assert stage_starts(json.loads((with_records / "stages.json").read_text()), lines) == seen["starts"]
-    # training loss, learning rates, probes and weight changes: four more figures
-    assert len(images(page)) == before + 4
+    # the run's own training records drew its loss and rate figures already: probes and weight changes are new
+    assert len(images(page)) == before + 2
     assert "| stsb | spearman_retention | 1.0000 | 1.0000 | 0.9000 |" in text
     assert "| drift | drift | 0.0000 | 0.0000 | 0.0500 |" in text
     assert "| qtype | accuracy | 0.4000 | 0.5000 | +0.1000 |" in text  # the head that never trained
-    assert "<td>sentiment</td><td>33.3%</td>" in page  # the toy records take turns over three tasks
+    assert re.search(r"<td>sentiment</td><td>\d+\.\d%</td>", page)  # each task's share of the micro-batches
 
 
 def test_report_reuses_its_breakdown_and_survives_missing_data(run, tmp_path):

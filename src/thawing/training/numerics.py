@@ -43,7 +43,7 @@ class TrainingRecords:
     in the stage's progress (`StageProgress.log`), so a resumed run logs what the uninterrupted one would have."""
 
     def __init__(self, sums: dict):
-        self.sums = sums  # task -> [summed loss, labelled items, examples]
+        self.sums = sums  # task -> [summed loss, labelled items, examples, micro-batches]
         self.clock = time.perf_counter()
 
     def add(self, batches: list, losses: list[float], train_sets: dict, anchored: dict | None = None
@@ -51,18 +51,20 @@ class TrainingRecords:
         """Add one update (each micro-batch's task loss as the loop computed it, divided by its divisor, and the
         anchoring losses by name); returns the update's mean loss per task."""
         for name, parts in (anchored or {}).items():  # recorded as "tasks" of their own, one value per update
-            row = self.sums.setdefault(name, [0.0, 0, 0])
+            row = self.sums.setdefault(name, [0.0, 0, 0, 0])
             row[0], row[1] = row[0] + sum(parts), row[1] + 1
         update: dict[str, list] = {}
         for (task, indices), loss, divisor in zip(batches, losses, divisors(batches, train_sets)):
-            row = update.setdefault(task, [0.0, 0, 0])
+            row = update.setdefault(task, [0.0, 0, 0, 0])
             row[0] += loss * divisor  # back to the micro-batch's summed loss
             row[1] += train_sets[task].labelled(indices)
             row[2] += len(indices)
-        for task, (total, labelled, examples) in update.items():
-            row = self.sums.setdefault(task, [0.0, 0, 0])
-            row[0], row[1], row[2] = row[0] + total, row[1] + labelled, row[2] + examples
-        return {task: total / max(labelled, 1) for task, (total, labelled, _) in update.items()}
+            row[3] += 1
+        for task, values in update.items():
+            row = self.sums.setdefault(task, [0.0, 0, 0, 0])
+            for i, value in enumerate(values):
+                row[i] += value
+        return {task: total / max(labelled, 1) for task, (total, labelled, _, _) in update.items()}
 
     def log(self, ctx, stage: str, optimizer) -> None:
         """One record per task: its mean loss since the last record, the rate of every group, examples per second."""
@@ -70,10 +72,13 @@ class TrainingRecords:
         examples = sum(row[2] for row in self.sums.values())
         rate = examples / max(now - self.clock, 1e-9)
         lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
-        for task, (total, labelled, _) in sorted(self.sums.items()):
-            ctx.log({"stage": stage, "step": ctx.state.step, "split": "train", "task": task,
-                     "loss": total / max(labelled, 1), "lr": lrs, "examples_per_s": round(rate, 1),
-                     "time": round(time.time(), 3)})
+        for task, (total, labelled, _, batches) in sorted(self.sums.items()):
+            record = {"stage": stage, "step": ctx.state.step, "split": "train", "task": task,
+                      "loss": total / max(labelled, 1), "lr": lrs, "examples_per_s": round(rate, 1),
+                      "time": round(time.time(), 3)}
+            if not task.startswith("retain:"):
+                record["batches"] = batches  # the task's micro-batches since the last record: its share of training
+            ctx.log(record)
         self.sums.clear()
         self.clock = now
 
