@@ -25,12 +25,30 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-@app.callback()
-def _setup() -> None:
-    """Multi-task fine-tuning of sentence encoders."""
-    from transformers.utils import logging as hf_logging
+def _print_version(value: bool) -> None:
+    if value:
+        from thawing import version
 
-    hf_logging.disable_progress_bar()  # thawing shows its own progress; weight-loading bars are noise
+        print(f"thawing {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _setup(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print thawing's version and exit."
+    ),
+) -> None:
+    """Multi-task fine-tuning of sentence encoders."""
+    # thawing shows its own progress; weight-loading and download bars are noise. This runs before every command,
+    # `--help` included, so it must not import transformers (seconds): the variable is read when huggingface_hub
+    # is first imported, and transformers follows it (`disable_progress_bar()` does both, once they are loaded).
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    else:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _check_output(path: Path, overwrite: bool) -> None:
