@@ -111,6 +111,11 @@ class TaskConfig(_Strict):
     loss_weight: float = Field(1.0, ge=0.0)
     label_separator: str = Field("|", min_length=1)  # multi-label CSV/TSV: splits a cell into its labels
     threshold: float | Literal["tune"] | None = None  # multi-label: probability to predict a label; None: 0.5
+    # format: hf only. The dataset's subset (its config name: `sst2` of `glue`), and the dataset's split read for
+    # each of ours (`{dev: validation_matched}`, or a slice `train[:90%]`); unset, train reads train, dev reads dev
+    # or validation, test reads test.
+    hf_subset: str | None = Field(None, min_length=1)
+    hf_split: dict[Literal["train", "dev", "test"], Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
 
     @field_validator("tag_scheme")
     @classmethod
@@ -130,6 +135,18 @@ class TaskConfig(_Strict):
             raise ValueError(f"'{given[0]}' applies only to multi-label tasks; this task's type is {self.type}")
         if isinstance(self.threshold, float) and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1 (or be 'tune'), got {self.threshold}")
+        return self
+
+    @model_validator(mode="after")
+    def _hf_options(self) -> "TaskConfig":
+        given = [name for name, on in (("hf_subset", self.hf_subset is not None), ("hf_split", bool(self.hf_split)))
+                 if on]
+        if given and self.format != "hf":
+            raise ValueError(f"'{given[0]}' applies to Hugging Face datasets: set format: hf (this task's format is "
+                             f"{self.format})")
+        unread = [split for split in self.hf_split if getattr(self.data, split) is None]
+        if unread:
+            raise ValueError(f"hf_split.{unread[0]}: the task has no data.{unread[0]} to read it from")
         return self
 
 

@@ -102,10 +102,14 @@ def _index_entry(task: str, spec: dict, values: dict, results: dict, config: dic
     task_config = (config.get("tasks") or {}).get(task) or {}
     hub = _hub_datasets(task_config)
     source = (task_config.get("data") or {}).get(split)
+    dataset = {"name": hub[0] if hub else _short_path(source) if source else task,
+               "type": hub[0] if hub else "unknown", "split": split}
+    if hub:  # the Hub's own names: the subset (config) and split read for ours
+        dataset.update({"config": task_config["hf_subset"]} if task_config.get("hf_subset") else {},
+                       split=(task_config.get("hf_split") or {}).get(split, split))
     return {
         "task": {"type": task_type(spec["type"]).hub_task, "name": task},
-        "dataset": {"name": hub[0] if hub else _short_path(source) if source else task,
-                    "type": hub[0] if hub else "unknown", "split": split},
+        "dataset": dataset,
         "metrics": [{"type": metric, "value": value, "name": metric} for metric, value in values.items()],
     }
 
@@ -170,9 +174,12 @@ def _task_section(task: str, spec: dict, task_config: dict, results: dict) -> li
     if "tag_scheme" in rule:
         lines.append(f"- Tag scheme: {rule['tag_scheme']}")
     data = task_config.get("data") or {}
-    files = [f"{split} `{_short_path(path)}`" for split, path in data.items() if path]
+    hf_split = task_config.get("hf_split") or {}
+    files = [f"{split} `{_short_path(path)}`" + (f" (split `{hf_split[split]}`)" if split in hf_split else "")
+             for split, path in data.items() if path]
     if files:
-        lines.append("- Data: " + ", ".join(files) + _limit_note(task_config))
+        subset = f", subset `{task_config['hf_subset']}`" if task_config.get("hf_subset") else ""
+        lines.append("- Data: " + ", ".join(files) + subset + _limit_note(task_config))
     values = (results.get("tasks") or {}).get(task)
     if values:
         split = (results.get("splits") or {}).get(task, "test")

@@ -25,7 +25,9 @@ FORMATS = ("jsonl", "csv", "tsv", "conll", "hf")
 _SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",
              ".conll": "conll", ".iob": "conll", ".bio": "conll"}
 # Our split names -> the names a Hugging Face DatasetDict may use for them, in order of preference.
-_HF_SPLITS = {"train": ("train",), "dev": ("dev", "validation"), "test": ("test",)}
+HF_SPLITS = {"train": ("train",), "dev": ("dev", "validation"), "test": ("test",)}
+# A folder written by save_to_disk holds one of these (a DatasetDict, a Dataset); any other folder is a dataset's own.
+_SAVED = ("dataset_dict.json", "state.json")
 
 
 def detect_format(path: str | Path, fmt: str = "auto") -> str:
@@ -50,13 +52,16 @@ def detect_format(path: str | Path, fmt: str = "auto") -> str:
     return found
 
 
-def read_rows(path: str | Path, fmt: str = "auto", split: str | None = None) -> list[Row]:
+def read_rows(path: str | Path, fmt: str = "auto", split: str | None = None, *, hf_subset: str | None = None,
+              hf_split: str | None = None) -> list[Row]:
     """Read a data file (or HF dataset) into `(line, record)` pairs.
 
     Args:
-        path: A file, a `save_to_disk` directory, or (format `hf`) a hub dataset name.
+        path: A file, a `save_to_disk` directory, or (format `hf`) a dataset folder or hub dataset name.
         fmt: One of `auto`, `jsonl`, `csv`, `tsv`, `conll`, `hf`.
         split: For HF datasets with several splits: `train`, `dev` (or `validation`) or `test`.
+        hf_subset: HF only: the dataset's subset (config name) to load.
+        hf_split: HF only: the dataset's own split name (or slice, `train[:90%]`) to read instead of `split`.
 
     Returns:
         The records in file order; CoNLL records are `{"tokens": [...], "tags": [...]}`.
@@ -66,7 +71,7 @@ def read_rows(path: str | Path, fmt: str = "auto", split: str | None = None) -> 
     """
     fmt = detect_format(path, fmt)
     if fmt == "hf":
-        return _read_hf(path, split)
+        return _read_hf(path, split, hf_subset, hf_split)
     text = _read_text(Path(path))
     reader = {"jsonl": _parse_jsonl, "csv": _parse_csv, "tsv": _parse_csv, "conll": _parse_conll}[fmt]
     rows = reader(text, path, "\t" if fmt == "tsv" else ",")
@@ -193,32 +198,53 @@ def _parse_conll(text: str, path: str | Path, _delimiter: str) -> list[Row]:
     return rows
 
 
-def _read_hf(path: str | Path, split: str | None) -> list[Row]:
-    import datasets  # slow to import; only HF inputs need it
-
+def _read_hf(path: str | Path, split: str | None, subset: str | None, hf_split: str | None) -> list[Row]:
+    datasets = import_datasets(path)
+    saved = Path(path).is_dir() and any((Path(path) / name).is_file() for name in _SAVED)
+    if saved and subset is not None:
+        raise InputError(f"hf_subset '{subset}': a folder written by save_to_disk holds no subsets (configs); "
+                         "save each subset to a folder of its own", path=path)
     try:
-        if Path(path).is_dir():
+        if saved:
             loaded = datasets.load_from_disk(str(path))
-        else:
-            loaded = datasets.load_dataset(str(path))
+        else:  # a hub name, or a dataset folder (data files, a README.md naming its configs): load_dataset's own
+            loaded = datasets.load_dataset(str(path), subset, split=hf_split)
     except (FileNotFoundError, ValueError, ConnectionError) as exc:
-        raise InputError(f"cannot load Hugging Face dataset: {exc}", path=path) from None
+        hint = " (hf_subset names a subset, hf_split a split)" if isinstance(exc, ValueError) else ""
+        raise InputError(f"cannot load Hugging Face dataset: {exc}{hint}", path=path) from None
     if isinstance(loaded, datasets.DatasetDict):
-        wanted = split or "train"
-        names = _HF_SPLITS.get(wanted, (wanted,))
+        names = (hf_split,) if hf_split is not None else HF_SPLITS.get(split or "train", (split,))
         name = next((n for n in names if n in loaded), None)
         if name is None:
-            raise InputError(f"no '{wanted}' split (tried {', '.join(names)}); the dataset has "
+            raise InputError(f"no '{hf_split or split or 'train'}' split (tried {', '.join(names)}); the dataset has "
                              f"{', '.join(loaded) or 'no splits'}", path=path)
         loaded = loaded[name]
-    decoders = {col: _label_names(feature) for col, feature in loaded.features.items()}
+    elif saved and hf_split is not None:
+        raise InputError(f"hf_split '{hf_split}': this folder holds a single split (a Dataset, not a DatasetDict)",
+                         path=path)
+    return [(index + 1, record) for index, record in enumerate(dataset_records(loaded))]
+
+
+def import_datasets(path: str | Path | None = None) -> Any:
+    """The `datasets` package, or an error saying how to install it (it is an extra: thawing[hf])."""
+    try:
+        import datasets  # slow to import; only HF inputs need it
+    except ImportError:
+        raise InputError('Hugging Face datasets need the datasets package: pip install "thawing[hf]"',
+                         path=path) from None
+    return datasets
+
+
+def dataset_records(dataset: Any) -> list[dict]:
+    """A `datasets.Dataset`'s rows as dicts, ClassLabel ids turned into their names (so tags and labels read as
+    text, as they would from a file)."""
+    decoders = {col: _label_names(feature) for col, feature in dataset.features.items()}
     decoders = {col: fn for col, fn in decoders.items() if fn is not None}
-    rows: list[Row] = []
-    for index, record in enumerate(loaded.to_list()):
+    records = dataset.to_list()
+    for record in records:
         for col, decode in decoders.items():
             record[col] = decode(record[col])
-        rows.append((index + 1, record))
-    return rows
+    return records
 
 
 def _label_names(feature: Any) -> Any:

@@ -102,7 +102,7 @@ def _load(name: str, cfg: TaskConfig, seed: int) -> tuple[TaskData | None, list[
 
 def _read_split(cfg: TaskConfig, split: str, path: str) -> list[Record]:
     fmt = detect_format(path, cfg.format)
-    rows = read_rows(path, fmt, split)
+    rows = read_rows(path, fmt, split, hf_subset=cfg.hf_subset, hf_split=cfg.hf_split.get(split))
     if split in cfg.limit:
         rows = rows[: max(cfg.limit[split], 0)]
     if not rows:
