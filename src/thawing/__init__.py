@@ -42,7 +42,7 @@ def __getattr__(name: str):
 
         return load_config
     if name == "train":
-        from thawing.training.loop import train
+        from thawing.api import train
 
         return train
     if name == "load_encoder":

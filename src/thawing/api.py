@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from thawing import inference
+from thawing.config import RunConfig
 from thawing.data.records import Example
 from thawing.errors import InputError
 from thawing.model.loading import load_encoder
@@ -158,3 +159,33 @@ def _load_heads(model: MultiTaskModel, run: RunDir) -> None:
                              f"{tuple(expected[name].shape)} ({len(model.specs[task].labels)} labels): tasks.json and "
                              "the heads do not belong together", path=run.heads)
     model.heads.load_state_dict(state)
+
+
+def train(config: RunConfig | dict | str | Path, **options: Any) -> RunDir:
+    """Train per `config` and write a run directory; returns it.
+
+    Args:
+        config: A `RunConfig`, a YAML config's path, or a dict holding what a config file would (relative paths in
+            it are taken from the working directory). In a dict or `RunConfig`, a task's split may also be rows in
+            memory: a list of dicts, or a `datasets.Dataset`; a task's whole `data` may be a `datasets.DatasetDict`.
+            The run directory keeps a JSONL copy of such splits (`data/<task>_<split>.jsonl`, named in its
+            config.yaml), so `thawing train --resume` and `thawing evaluate` read the same rows.
+        options: Passed on to the training loop: `run_dir`, `events`, `run_optional`, `encoder`.
+
+    Raises:
+        ThawingError: For a bad config or bad data (naming the task, split and row of rows in memory), before any
+            run directory exists.
+
+    Example:
+        >>> rows = [{"text": "great film", "label": "pos"}, {"text": "awful film", "label": "neg"}] * 8
+        >>> run = thawing.train({"tasks": {"sentiment": {"type": "classification",
+        ...                                              "data": {"train": rows}}}})  # doctest: +SKIP
+    """
+    from thawing.config import load_config, parse_config, resolve_paths
+    from thawing.training.loop import train as run_training
+
+    if isinstance(config, (str, Path)):
+        config = load_config(config)
+    elif not isinstance(config, RunConfig):
+        config = resolve_paths(parse_config(config), Path.cwd())
+    return run_training(config, **options)

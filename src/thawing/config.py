@@ -8,7 +8,10 @@ directory of the config file, so a config works from any working directory.
 from __future__ import annotations
 
 import difflib
+import json
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -20,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PlainValidator,
     Tag,
     ValidationError,
     field_validator,
@@ -88,6 +92,61 @@ class SplitPaths(_Strict):
     test: str | None = None
 
 
+InlineRows = list[dict[str, Any]]
+"""A split given in memory (Python API): rows of JSON values, as the run directory's JSONL copy holds them."""
+
+
+def _split_source(value: Any) -> str | InlineRows | None:
+    """A task's split: a file (or HF dataset) path, or rows in memory: a list of dicts, or a `datasets.Dataset`
+    (ClassLabel ids become their names, as in `format: hf`)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if _is_hf(value, "Dataset"):
+        from thawing.data.readers import dataset_records
+
+        return dataset_records(value)
+    if isinstance(value, (list, tuple)):
+        for index, row in enumerate(value):
+            if not isinstance(row, Mapping):
+                raise ValueError(f"row {index} is a {type(row).__name__}: rows in memory are dicts of field names "
+                                 "to values")
+        return [dict(row) for row in value]
+    raise ValueError(f"expected a file path, a list of rows (dicts) or a datasets.Dataset, got {type(value).__name__}")
+
+
+def _is_hf(value: Any, name: str) -> bool:
+    """Whether `value` is a `datasets.<name>` (Dataset, DatasetDict), without importing datasets."""
+    return type(value).__name__ == name and type(value).__module__.split(".")[0] == "datasets"
+
+
+def _dataset_dict(value: Any) -> Any:
+    """A `datasets.DatasetDict` given as a task's data: its train, dev (or validation) and test splits; others (e.g.
+    imdb's unsupervised) are not read."""
+    if not _is_hf(value, "DatasetDict"):
+        return value
+    from thawing.data.readers import HF_SPLITS
+
+    found = {ours: next((value[n] for n in names if n in value), None) for ours, names in HF_SPLITS.items()}
+    return {split: part for split, part in found.items() if part is not None}
+
+
+SplitSource = Annotated[Union[str, InlineRows, None], PlainValidator(_split_source)]
+
+
+class TaskSplits(_Strict):
+    """A task's data per split: a path each (a file, a HF dataset), or in memory (a list of dicts, a Dataset)."""
+
+    train: SplitSource
+    dev: SplitSource = None
+    test: SplitSource = None
+
+    def in_memory(self) -> list[str]:
+        """The splits given in memory."""
+        return [split for split in SPLITS if isinstance(getattr(self, split), list)]
+
+
 class HeadConfig(_Strict):
     type: Literal["linear", "mlp"] = "linear"
     hidden_size: int = Field(256, gt=0)
@@ -96,7 +155,7 @@ class HeadConfig(_Strict):
 
 class TaskConfig(_Strict):
     type: Literal["classification", "token-classification", "multi-label"]
-    data: SplitPaths
+    data: Annotated[TaskSplits, BeforeValidator(_dataset_dict)]
     format: Literal["auto", "jsonl", "csv", "tsv", "conll", "hf"] = "auto"
     text_field: str = "text"
     label_field: str = "label"
@@ -147,6 +206,24 @@ class TaskConfig(_Strict):
         unread = [split for split in self.hf_split if getattr(self.data, split) is None]
         if unread:
             raise ValueError(f"hf_split.{unread[0]}: the task has no data.{unread[0]} to read it from")
+        return self
+
+    @model_validator(mode="after")
+    def _rows_in_memory(self) -> "TaskConfig":
+        """Rows in memory keep the fields the task reads, as JSON values: exactly what the run directory's JSONL copy
+        of them gives back when the run resumes or is evaluated. A value JSON cannot hold is refused here, before
+        anything runs."""
+        splits = self.data.in_memory()
+        if splits and self.format != "auto":
+            raise ValueError(f"format: {self.format} applies to files; data.{splits[0]} is in memory (leave format "
+                             "unset)")
+        fields = ((self.tokens_field, self.tags_field) if self.type == "token-classification"
+                  else (self.text_field, self.label_field))
+        for split in splits:
+            rows = getattr(self.data, split)
+            for index, row in enumerate(rows):
+                rows[index] = {name: _json_value(row[name], f"data.{split}, row {index}, field '{name}'")
+                               for name in fields if name in row}
         return self
 
 
@@ -358,6 +435,21 @@ class RunConfig(_Strict):
         return values
 
 
+def _json_value(value: Any, where: str) -> Any:
+    """`value` as JSON gives it back (tuples become lists, numpy scalars and arrays Python numbers and lists)."""
+    def plain(item: Any) -> Any:
+        if type(item).__module__ == "numpy" and hasattr(item, "tolist"):
+            return item.tolist()
+        raise TypeError(type(item).__name__)
+
+    try:
+        return json.loads(json.dumps(value, default=plain))
+    except TypeError as exc:
+        raise ValueError(f"{where}: a {exc} cannot be written to the run directory's JSONL copy of the data") from None
+    except (ValueError, RecursionError) as exc:  # a list that holds itself
+        raise ValueError(f"{where}: cannot be written as JSON ({exc})") from None
+
+
 def metric_problem(metric: str, tasks: dict[str, TaskConfig], key: str) -> str | None:
     """Why `metric` ("task/metric", or a metric name averaged over the tasks that report it) can name no result of
     these tasks, or None when it can. The metrics are those the task types compute (`thawing.task_types`)."""
@@ -479,7 +571,8 @@ def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
         if task.format == "hf":
             continue
         for split in SPLITS:
-            setattr(task.data, split, _resolve(getattr(task.data, split), base))
+            if not isinstance(getattr(task.data, split), list):  # rows in memory have no path
+                setattr(task.data, split, _resolve(getattr(task.data, split), base))
     for probe in config.probes.values():
         if isinstance(probe.data, str):
             probe.data = _resolve(probe.data, base)

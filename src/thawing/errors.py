@@ -9,6 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
+class InMemory(str):
+    """Stands where a file path would for rows given in memory (Python API), e.g. `tasks.sentiment.data.train (in
+    memory)`: an error then names the row by its index in the list (0-based) where a file's names its line."""
+
+
+def place(path: str | Path | None, line: int) -> str:
+    """`line 3` in a file; `row 2` in memory (lines count from 1, list indexes from 0)."""
+    return f"row {line - 1}" if isinstance(path, InMemory) else f"line {line}"
+
+
 class ThawingError(Exception):
     """Base class for user-facing errors; the CLI prints the message and exits with `exit_code`."""
 
@@ -34,7 +44,7 @@ class InputError(ThawingError):
         self.path, self.line, self.field = path, line, field
         where = [str(path)] if path is not None else []
         if line is not None:
-            where.append(f"line {line}")
+            where.append(place(path, line))
         if field is not None:
             where.append(f"field '{field}'")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)

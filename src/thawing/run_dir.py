@@ -3,6 +3,8 @@ a run and of a study is defined here, and nowhere else.
 
 A run:
     config.yaml       the resolved config
+    data/             <task>_<split>.jsonl: a copy of each split that the config gave in memory (Python API), named
+                      in config.yaml, so `--resume` and `evaluate` read the same rows
     runtime.json      what the run ran on: device, precision, packing, compile (`thawing.runtime.Runtime`)
     metrics.jsonl     one JSON object per evaluation and task (stage, step, epoch, split, task, metrics)
     stages.json       one summary per stage
@@ -47,6 +49,7 @@ from thawing.errors import InputError
 # A run's files and folders.
 CONFIG = "config.yaml"
 RUNTIME = "runtime.json"
+DATA = "data"
 METRICS = "metrics.jsonl"
 STAGES = "stages.json"
 RESULTS = "results.json"
@@ -168,6 +171,11 @@ class RunDir:
     study_md = property(lambda self: self.path / STUDY_MD)
     study_png = property(lambda self: self.path / STUDY_PNG)
 
+    def data_copy(self, task: str, split: str) -> Path:
+        """The JSONL copy of a split given in memory. A task name may hold "_", but the split (train, dev, test) is
+        always the last part, so `<task>_<split>` stays unambiguous."""
+        return self.path / DATA / f"{task}_{split}.jsonl"
+
     def tracker_dir(self, name: str) -> Path:
         """Where tracker `name` (e.g. tensorboard) writes its files."""
         return self.path / name
@@ -184,7 +192,24 @@ class RunDir:
 
     # ------------------------------------------------------------------ writers
     def write_config(self, config: RunConfig) -> None:
-        write_text(self.config, dump_config(config))
+        """config.yaml. A split given in memory is first copied to `data_copy(task, split)`, which config.yaml names
+        in its place (a config file can name files only)."""
+        write_text(self.config, dump_config(self.copy_data(config)))
+
+    def copy_data(self, config: RunConfig) -> RunConfig:
+        """Write each split given in memory as JSONL under data/; returns the config with their paths instead."""
+        tasks = dict(config.tasks)
+        for name, task in config.tasks.items():
+            paths = {}
+            for split in task.data.in_memory():
+                path = self.data_copy(name, split)
+                path.parent.mkdir(exist_ok=True)
+                # The rows are JSON values already (config.py), so this copy reads back exactly as they are.
+                write_text(path, "".join(json.dumps(row) + "\n" for row in getattr(task.data, split)))
+                paths[split] = str(path.resolve())
+            if paths:
+                tasks[name] = task.model_copy(update={"data": task.data.model_copy(update=paths)})
+        return config.model_copy(update={"tasks": tasks})
 
     def write_json(self, path: Path, data: object) -> None:
         """Write strict JSON (no NaN or Infinity) atomically."""

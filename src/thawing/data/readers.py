@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from thawing.errors import InputError
+from thawing.errors import InMemory, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ def detect_format(path: str | Path, fmt: str = "auto") -> str:
     Raises:
         InputError: If the file does not exist or its suffix is not a supported one.
     """
+    if isinstance(path, InMemory):
+        return "jsonl"  # rows of JSON values (config.py made them so), as the run directory's copy of them holds
     if fmt != "auto":
         if fmt not in FORMATS:
             raise InputError(f"unknown format '{fmt}'; choose one of auto, {', '.join(FORMATS)}", path=path)

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from thawing.errors import InputError
+from thawing.errors import InputError, place
 
 Record = tuple[int, Any, Any]  # (source line, the input, its label(s) as strings)
 
@@ -60,7 +60,7 @@ def check_label_kinds(labels: Iterable[tuple[int, Any]], path: str, field: str) 
             if first is None:
                 first = (line, kind, item)
             elif (kind == "boolean") != (first[1] == "boolean"):
-                raise InputError(f"label {item!r:.40} is a {kind}, but the label on line {first[0]} "
+                raise InputError(f"label {item!r:.40} is a {kind}, but the label on {place(path, first[0])} "
                                  f"({first[2]!r:.40}) is a {first[1]}: write booleans as strings, or every label as a "
                                  "boolean (labels become text, so true and \"True\" would be one class)", path=path,
                                  line=line, field=field)

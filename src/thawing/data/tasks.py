@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from thawing.config import SPLITS, TaskConfig
 from thawing.data.readers import detect_format, read_rows
 from thawing.data.records import Example, Record
-from thawing.errors import InputError
+from thawing.errors import InMemory, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ def load_tasks(tasks: dict[str, TaskConfig], seed: int = 0) -> dict[str, TaskDat
 
 
 def _load(name: str, cfg: TaskConfig, seed: int) -> tuple[TaskData | None, list[InputError]]:
-    paths = {split: getattr(cfg.data, split) for split in SPLITS if getattr(cfg.data, split) is not None}
+    # Rows in memory are named by their place in the config wherever a file would be named by its path.
+    paths = {split: InMemory(f"tasks.{name}.data.{split} (in memory)") if isinstance(source, list) else source
+             for split in SPLITS if (source := getattr(cfg.data, split)) is not None}
     records: dict[str, list[Record]] = {}
     errors: list[InputError] = []
     for split, path in paths.items():
@@ -102,7 +104,10 @@ def _load(name: str, cfg: TaskConfig, seed: int) -> tuple[TaskData | None, list[
 
 def _read_split(cfg: TaskConfig, split: str, path: str) -> list[Record]:
     fmt = detect_format(path, cfg.format)
-    rows = read_rows(path, fmt, split, hf_subset=cfg.hf_subset, hf_split=cfg.hf_split.get(split))
+    if isinstance(path, InMemory):
+        rows = list(enumerate(getattr(cfg.data, split), start=1))  # "lines" from 1, as a JSONL copy would number them
+    else:
+        rows = read_rows(path, fmt, split, hf_subset=cfg.hf_subset, hf_split=cfg.hf_split.get(split))
     if split in cfg.limit:
         rows = rows[: max(cfg.limit[split], 0)]
     if not rows:
