@@ -102,6 +102,19 @@ def test_pooling_modes(tiny_qwen2_dir, pooling):
     np.testing.assert_allclose(encoder.encode(SENTENCES, batch_size=3), alone, atol=1e-5, rtol=0)
 
 
+def test_the_config_offers_every_pooler_and_max_pooling_saves_for_sentence_transformers(tiny_qwen2_dir, tmp_path):
+    from typing import get_args
+
+    from thawing.config import ModelConfig
+
+    literal = get_args(ModelConfig.model_fields["pooling"].annotation)[0]
+    assert set(get_args(literal)) == set(POOLERS)  # model.pooling accepts exactly what the encoder can run
+    encoder = load_encoder(str(tiny_qwen2_dir), pooling=ModelConfig(pooling="max").pooling)
+    saved = save_encoder(encoder, tmp_path / "max")
+    np.testing.assert_allclose(_st_encode(saved, SENTENCES), encoder.encode(SENTENCES), atol=1e-5, rtol=0)
+    assert load_encoder(str(saved)).pooling == "max"
+
+
 def test_last_pool_handles_left_padding():
     states = torch.arange(2 * 4 * 1, dtype=torch.float32).view(2, 4, 1)
     left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])

@@ -80,7 +80,7 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     name: str = "sentence-transformers/all-MiniLM-L6-v2"
     max_length: int | None = Field(None, gt=0)
-    pooling: Literal["mean", "cls", "last"] | None = None  # None: the model's own pooling
+    pooling: Literal["mean", "cls", "last", "max"] | None = None  # None: the model's own; model/pooling.py POOLERS
     normalize: bool | None = None  # None: the model's own Normalize module decides
     prompt: str | None = None
     trust_remote_code: bool = False
