@@ -8,10 +8,7 @@ directory of the config file, so a config works from any working directory.
 from __future__ import annotations
 
 import difflib
-import json
-import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -31,6 +28,7 @@ from pydantic import (
 )
 
 from thawing.errors import ConfigError
+from thawing.rows import InlineRows, dataset_dict_splits, json_value, split_source
 
 SPLITS = ("train", "dev", "test")
 # A task name becomes part of group names (head:<task>), metric keys (<task>/<metric>) and file rows, where '*' is the
@@ -92,47 +90,7 @@ class SplitPaths(_Strict):
     test: str | None = None
 
 
-InlineRows = list[dict[str, Any]]
-"""A split given in memory (Python API): rows of JSON values, as the run directory's JSONL copy holds them."""
-
-
-def _split_source(value: Any) -> str | InlineRows | None:
-    """A task's split: a file (or HF dataset) path, or rows in memory: a list of dicts, or a `datasets.Dataset`
-    (ClassLabel ids become their names, as in `format: hf`)."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if _is_hf(value, "Dataset"):
-        from thawing.data.readers import dataset_records
-
-        return dataset_records(value)
-    if isinstance(value, (list, tuple)):
-        for index, row in enumerate(value):
-            if not isinstance(row, Mapping):
-                raise ValueError(f"row {index} is a {type(row).__name__}: rows in memory are dicts of field names "
-                                 "to values")
-        return [dict(row) for row in value]
-    raise ValueError(f"expected a file path, a list of rows (dicts) or a datasets.Dataset, got {type(value).__name__}")
-
-
-def _is_hf(value: Any, name: str) -> bool:
-    """Whether `value` is a `datasets.<name>` (Dataset, DatasetDict), without importing datasets."""
-    return type(value).__name__ == name and type(value).__module__.split(".")[0] == "datasets"
-
-
-def _dataset_dict(value: Any) -> Any:
-    """A `datasets.DatasetDict` given as a task's data: its train, dev (or validation) and test splits; others (e.g.
-    imdb's unsupervised) are not read."""
-    if not _is_hf(value, "DatasetDict"):
-        return value
-    from thawing.data.readers import HF_SPLITS
-
-    found = {ours: next((value[n] for n in names if n in value), None) for ours, names in HF_SPLITS.items()}
-    return {split: part for split, part in found.items() if part is not None}
-
-
-SplitSource = Annotated[Union[str, InlineRows, None], PlainValidator(_split_source)]
+SplitSource = Annotated[Union[str, InlineRows, None], PlainValidator(split_source)]
 
 
 class TaskSplits(_Strict):
@@ -155,7 +113,7 @@ class HeadConfig(_Strict):
 
 class TaskConfig(_Strict):
     type: Literal["classification", "token-classification", "multi-label"]
-    data: Annotated[TaskSplits, BeforeValidator(_dataset_dict)]
+    data: Annotated[TaskSplits, BeforeValidator(dataset_dict_splits)]
     format: Literal["auto", "jsonl", "csv", "tsv", "conll", "hf"] = "auto"
     text_field: str = "text"
     label_field: str = "label"
@@ -222,7 +180,7 @@ class TaskConfig(_Strict):
         for split in splits:
             rows = getattr(self.data, split)
             for index, row in enumerate(rows):
-                rows[index] = {name: _json_value(row[name], f"data.{split}, row {index}, field '{name}'")
+                rows[index] = {name: json_value(row[name], f"data.{split}, row {index}, field '{name}'")
                                for name in fields if name in row}
         return self
 
@@ -433,21 +391,6 @@ class RunConfig(_Strict):
             if v not in allowed and not v.startswith("head:"):
                 raise ValueError(f"unknown freeze target '{v}'; choose from {', '.join(allowed)} or head:<task>")
         return values
-
-
-def _json_value(value: Any, where: str) -> Any:
-    """`value` as JSON gives it back (tuples become lists, numpy scalars and arrays Python numbers and lists)."""
-    def plain(item: Any) -> Any:
-        if type(item).__module__ == "numpy" and hasattr(item, "tolist"):
-            return item.tolist()
-        raise TypeError(type(item).__name__)
-
-    try:
-        return json.loads(json.dumps(value, default=plain))
-    except TypeError as exc:
-        raise ValueError(f"{where}: a {exc} cannot be written to the run directory's JSONL copy of the data") from None
-    except (ValueError, RecursionError) as exc:  # a list that holds itself
-        raise ValueError(f"{where}: cannot be written as JSON ({exc})") from None
 
 
 def metric_problem(metric: str, tasks: dict[str, TaskConfig], key: str) -> str | None:
