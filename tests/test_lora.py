@@ -23,10 +23,12 @@ from typer.testing import CliRunner
 from thawing.cli import app
 from thawing.config import LoraSettings, parse_config
 from thawing.errors import ConfigError, ThawingError
+from thawing.freezing import apply_trainable, set_frozen_modes
 from thawing.model import lora
 from thawing.model.groups import parameter_groups
 from thawing.model.loading import load_encoder
 from thawing.training import loop
+from thawing.training.paths import TopLayers, WholeModel, choose_path
 
 TEXTS = ["i love the film", "where is paris ?", "the delivery was late", "john is in london"]
 QV = {"bert": ["attention.self.query", "attention.self.value"], "qwen2": ["self_attn.q_proj", "self_attn.v_proj"]}
@@ -233,6 +235,42 @@ def test_adapters_leave_the_random_state_alone_and_merge_to_the_same_function(ti
     assert not [n for n, _ in encoder.named_parameters() if "lora" in n or "base_layer" in n]
     lora.detach(other, merge=False)  # dropped: the model as it was
     assert all(torch.equal(p, load_encoder(str(tiny_qwen2_dir)).state_dict()[n]) for n, p in twin.state_dict().items())
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_qwen2_dir"])
+def test_below_the_lowest_adapted_layer_the_boundary_cache_gives_the_same_loss_and_gradients(fixture, request,
+                                                                                              tmp_path):
+    raw = toy_config(request.getfixturevalue(fixture), tmp_path, tasks=("qtype",),
+                     schedule=[_stage(layers="layers[-1:]")], cache={"enabled": True, "dtype": "float32"})
+    ctx, plan, _ = loop.start(parse_config(raw), run_dir=str(tmp_path / "run"))
+    stage, model = plan[0], ctx.model
+    lora.attach(model.encoder.backbone, stage.lora, seed=0)
+    groups = parameter_groups(model)
+    with torch.no_grad():  # adapters that change what the top layer computes
+        for name, p in groups[stage.lora.groups[0]]:
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    apply_trainable(groups, stage.trainable)
+    model.train()
+    set_frozen_modes(model, stage.trainable)
+    top = choose_path(model, model, stage.trainable, ctx.prep.features, ctx.runtime, ctx.prep.config, ["qtype"],
+                      lambda payload: None)
+    assert isinstance(top, TopLayers) and top.boundary["qtype"].first == stage.lora.layers[0]
+    whole = WholeModel(model, model, ctx.prep.features, ctx.runtime, 8)
+    params = [(n, p) for g in stage.trainable for n, p in groups[g]]
+    results = []
+    for path in (whole, top):
+        for _, p in params:
+            p.grad = None
+        torch.manual_seed(7)  # the same dropout masks in the adapted layer on both paths
+        loss = path.loss("qtype", [3, 0, 5, 1])
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in params}))
+    (naive_loss, naive_grads), (cached_loss, cached_grads) = results
+    assert cached_loss == pytest.approx(naive_loss, abs=1e-5)
+    assert any(".lora_A." in n for n in naive_grads)
+    for name in naive_grads:
+        torch.testing.assert_close(cached_grads[name], naive_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_restore_best_puts_back_the_adapters_of_the_best_evaluation(tiny_bert_dir, tmp_path):
