@@ -295,6 +295,15 @@ def test_restore_best_puts_back_the_adapters_of_the_best_evaluation(tiny_bert_di
     assert all(torch.equal(p, at_eval[best][n]) for n, p in at_end["adapters"].items())
 
 
+def test_a_stage_can_train_adapters_alone(tiny_bert_dir, tmp_path):
+    schedule = [{"name": "heads", "train": ["heads"], "epochs": 1}, _stage(name="adapters", train=())]
+    config = _config(tiny_bert_dir, tmp_path, schedule, checkpoint_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(config, run_dir=str(tmp_path / "run"), events=_on_step("adapters", 3, _kill))
+    saved = load_file(str(tmp_path / "run" / "checkpoints" / "step" / "trainable.safetensors"))
+    assert len(saved) == 8 and all(".lora_" in k for k in saved)  # A and B of query and value in two layers
+
+
 def test_a_lora_stage_that_does_not_beat_the_plan_is_dropped(tiny_bert_dir, tmp_path):
     schedule = [{"name": "heads", "train": ["heads"], "epochs": 1},
                 {**_stage(), "early_stopping": {"min_delta": 1.0}}]  # no score beats the best by 1.0
