@@ -296,7 +296,7 @@ def plan(
     cfg = load_config(config, set_)
     model = build_model(cfg, load_tasks(cfg.tasks, seed=cfg.train.seed))
     groups = parameter_groups(model)
-    summary = plan_summary(build_plan(cfg, groups, full or None), groups)
+    summary = plan_summary(build_plan(cfg, groups, full or None, model), groups)
     if as_json:
         print(json.dumps(summary, indent=2, allow_nan=False))
         return
@@ -313,6 +313,17 @@ def plan(
         if stage.get("retain"):
             table.caption = "retain: " + ", ".join(f"{k} {v}" for k, v in stage["retain"].items())
         Console().print(table)
+        if "lora" in stage:
+            Console().print(_lora_line(stage["lora"]))
+
+
+def _lora_line(adapters: dict) -> str:
+    """One line on a stage's LoRA adapters, for `thawing plan`."""
+    layers = adapters["layers"]
+    where = layers[0] if len(layers) == 1 else f"{layers[0]} to {layers[-1]}"
+    return (f"LoRA r={adapters['r']}, alpha {adapters['alpha']:g}, dropout {adapters['dropout']:g}: "
+            f"{', '.join(adapters['modules'])} in {where}, {adapters['params']:,} adapter parameters "
+            "(merged into the encoder when the stage ends)")
 
 
 @app.command()

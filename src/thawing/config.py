@@ -274,6 +274,44 @@ class RetainConfig(_Strict):
     l2sp: L2SPConfig | None = None
 
 
+ALL_LINEAR = "all-linear"
+
+
+class LoraSettings(_Strict):
+    """LoRA adapters a stage trains (thawing/model/lora.py): low-rank updates of linear modules of the selected layers,
+    merged into those modules' weights when the stage ends."""
+
+    r: int = Field(8, gt=0)  # the rank of each update
+    alpha: float = Field(16.0, gt=0)  # the update is scaled by alpha / r
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the adapter's input, while the stage trains
+    layers: str | list[str] = "encoder"  # layer selectors (freezing.py): layers[a:b], layers.i, encoder, -layers.i
+    # Generic names (query, key, value, attention_output, intermediate or up, gate, output or down), the model's own
+    # module names (q_proj, attention.self.query, dense), or "all-linear": every linear module of the layers.
+    targets: list[str] | Literal["all-linear"] = Field(default_factory=lambda: ["query", "value"])
+
+    @field_validator("layers")
+    @classmethod
+    def _some_layers(cls, value: str | list[str]) -> str | list[str]:
+        if not value or (isinstance(value, list) and not all(value)):
+            raise ValueError("give a layer selector such as 'layers[-6:]' (an empty one would adapt nothing)")
+        return value
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _some_targets(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != ALL_LINEAR:  # one message, not one per member of the union
+            raise ValueError(f"give a list of module names, e.g. [{value}], or '{ALL_LINEAR}'")
+        if not isinstance(value, list):
+            return value
+        if not value or not all(isinstance(t, str) and t.strip() for t in value):
+            raise ValueError("name at least one module, e.g. [query, value], or give 'all-linear'")
+        if len(set(value)) != len(value):
+            raise ValueError(f"a target is named twice: {value}")
+        if ALL_LINEAR in value:
+            raise ValueError("'all-linear' already names every linear module: give it alone, as targets: all-linear")
+        return value
+
+
 class StageConfig(_Strict):
     """One stage of a plan: which groups train, how fast, for how long, and when to stop."""
 
@@ -289,6 +327,13 @@ class StageConfig(_Strict):
     restore_best: bool = True
     optional: bool = False
     retain: RetainConfig | None = None  # None: the config's top-level `retain`
+    lora: LoraSettings | None = None  # train LoRA adapters too (merged into the encoder when the stage ends)
+
+    @model_validator(mode="after")
+    def _lora_trains(self) -> "StageConfig":
+        if self.lora is not None and self.epochs == 0:  # adapters that never train would be merged as zeros
+            raise ValueError(f"stage '{self.name}' has lora but epochs: 0; a LoRA stage must train")
+        return self
 
 
 PROBE_FIELDS = {  # the fields each probe type reads; setting another one is refused
@@ -345,7 +390,8 @@ def _schedule_kind(value: Any) -> str | None:
 Schedule = Annotated[
     Union[Annotated[list[StageConfig], Tag("[stages]")], Annotated[str, Tag("[preset]")]],
     Discriminator(_schedule_kind, custom_error_type="schedule",
-                  custom_error_message="expected a preset name (frozen, heads, full, progressive) or a list of stages"),
+                  custom_error_message="expected a preset name (frozen, heads, full, progressive, lora) or a list of "
+                                       "stages"),
 ]
 
 

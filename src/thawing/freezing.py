@@ -9,6 +9,8 @@ Selectors name groups (see `model/groups.py`):
     -<selector>    removes what the selector names (e.g. [all, -head:ner])
 A slice that reaches the top layer also selects `norm`, the final norm that sits on top of it.
 BERT's `pooler` is unused by sentence pooling, so only an explicit `pooler` selects it.
+A stage's LoRA adapters are groups of their own, `lora:layers.i` (model/lora.py); no selector names them: a stage's
+`lora` settings add them, and a layer with adapters counts as a layer that trains.
 """
 
 from __future__ import annotations
@@ -39,6 +41,26 @@ def select_groups(selectors: list[str], groups: "OrderedDict[str, list]") -> lis
         names = _resolve(selector[1:] if negate else selector, groups)
         chosen = chosen - names if negate else chosen | names
     return [g for g in groups if g in chosen]
+
+
+def select_layers(selectors: str | list[str], groups: "OrderedDict[str, list]") -> list[int]:
+    """Layer indices from layer selectors only: `layers[a:b]`, `layers.i`, `encoder` (every layer), `-` exclusions.
+    (LoRA adapters go on layers: a selector that names other groups is refused rather than ignored.)
+
+    Raises:
+        ConfigError: a selector of another kind, or selectors that leave no layer.
+    """
+    selectors = [selectors] if isinstance(selectors, str) else list(selectors)
+    for selector in selectors:
+        plain = selector.removeprefix("-")
+        if plain != "encoder" and not _SLICE.match(plain) and not re.fullmatch(r"layers\.\d+", plain):
+            raise ConfigError(f"'{selector}' is not a layer selector: use layers[a:b] (layers[-6:] = the top six), "
+                              "layers.i or encoder (every layer)")
+    picked = set(select_groups(selectors, groups))
+    layers = [int(name.split(".")[1]) for name in layer_names(groups) if name in picked]
+    if not layers:
+        raise ConfigError(f"{selectors} selects no layer of this model")
+    return layers
 
 
 def _resolve(selector: str, groups: "OrderedDict[str, list]") -> set[str]:
@@ -87,7 +109,7 @@ def set_frozen_modes(model: nn.Module, trainable: list[str]) -> None:
     backbone = model.encoder.backbone
     layer_path, layers = find_layers(backbone)
     for index, layer in enumerate(layers):
-        if f"layers.{index}" not in wanted:
+        if f"layers.{index}" not in wanted and f"lora:layers.{index}" not in wanted:  # adapters: the layer trains
             layer.eval()
     if "embeddings" not in wanted:
         for name, module in backbone.named_modules():
@@ -107,8 +129,8 @@ def encoder_frozen(trainable: list[str]) -> bool:
 
 
 def trains_encoder(trainable: list[str]) -> bool:
-    """True when a group of the backbone trains (embeddings, a layer, the final norm)."""
-    return any(g == "embeddings" or g == "norm" or g.startswith("layers.") for g in trainable)
+    """True when a group of the backbone trains (embeddings, a layer, the final norm, a layer's LoRA adapters)."""
+    return any(g == "embeddings" or g == "norm" or g.startswith(("layers.", "lora:")) for g in trainable)
 
 
 def active_tasks(specs: dict, trainable: list[str]) -> list[str]:

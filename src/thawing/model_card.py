@@ -206,6 +206,7 @@ def _stage_section(stages: list[dict], config: dict) -> list[str]:
     # config.yaml records the stages a preset expanded to, so each stage's selectors are there by name.
     schedule = config.get("schedule") if isinstance(config.get("schedule"), list) else []
     trains = {s.get("name"): s.get("train") for s in schedule if isinstance(s, dict)}
+    adapters = {s.get("name"): s["lora"] for s in schedule if isinstance(s, dict) and isinstance(s.get("lora"), dict)}
     lines = ["", "## Training plan", "",
              "Each stage trains the parameter groups it names (the rest stay frozen), with a fresh optimizer.", "",
              "| stage | trains | trainable parameters | epochs | best dev score | stopped | wall time |",
@@ -213,12 +214,26 @@ def _stage_section(stages: list[dict], config: dict) -> list[str]:
     for s in stages:
         groups = trains.get(s.get("stage"))
         groups_cell = ", ".join(f"`{g}`" for g in groups) if groups else ("nothing" if groups == [] else "")
+        if s.get("stage") in adapters:
+            merged = isinstance(s.get("lora"), dict) and s["lora"].get("merged") is True  # stages.json says
+            adapters_cell = _lora_cell(adapters[s["stage"]], merged)
+            groups_cell = f"{groups_cell}, {adapters_cell}" if groups else adapters_cell
         best = "" if s.get("best_score") is None else f"{s['best_score']:.4f}"
         lines.append(f"| {s.get('stage', '')} | {groups_cell} | {s.get('trainable_params', 0):,} "
                      f"| {s.get('epochs_run', '')} | {best} | {s.get('stopped', '')} | {s.get('wall_s', '')} s |")
     total = sum(s.get("wall_s") or 0 for s in stages)
     lines += ["", f"Training took {total:.1f} s over {len(stages)} stage(s)."]
     return lines
+
+
+def _lora_cell(lora: dict, merged: bool) -> str:
+    """A LoRA stage's adapters as the config gave them, and whether they were merged into the encoder (a stage that
+    did not beat the plan's best has its adapters dropped)."""
+    targets = lora.get("targets")
+    named = ", ".join(f"`{t}`" for t in targets) if isinstance(targets, list) else f"`{targets}`"
+    layers = lora.get("layers")
+    where = ", ".join(f"`{x}`" for x in layers) if isinstance(layers, list) else f"`{layers}`"
+    return f"LoRA r={lora.get('r')} on {named} of {where} ({'merged' if merged else 'dropped'})"
 
 
 def _probe_section(probes: object) -> list[str]:

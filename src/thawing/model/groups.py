@@ -2,8 +2,9 @@
 
 An encoder splits into `embeddings`, `layers.0` ... `layers.{L-1}`, `norm` (a final norm, where the
 architecture has one), `pooler` (BERT's unused pooler head, kept apart so it is never mistaken for a
-layer) and `projection` (Dense modules). A multi-task model adds `head:<task>`. Every parameter is in
-exactly one group, and `parameter_groups` asserts it.
+layer) and `projection` (Dense modules). A multi-task model adds `head:<task>`; while a stage's LoRA
+adapters are attached (model/lora.py), `lora:layers.i` holds layer i's. Every parameter is in exactly
+one group, and `parameter_groups` asserts it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def num_layers(backbone: nn.Module) -> int:
 def _backbone_group(name: str, layer_path: str, after_layers: bool) -> str:
     if name.startswith(layer_path + "."):
         index = name[len(layer_path) + 1 :].split(".", 1)[0]
-        return f"layers.{index}"
+        # A LoRA adapter (peft: `...query.lora_A.<adapter>.weight`) is its own group: it trains while its layer's
+        # weights (`...query.base_layer.weight`) stay as they are.
+        return f"lora:layers.{index}" if ".lora_" in name else f"layers.{index}"
     if "pooler" in name:
         return "pooler"
     # A norm registered after the layer stack is the final norm (Qwen2 `norm`, GPT `ln_f`).

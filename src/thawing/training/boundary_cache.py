@@ -40,10 +40,11 @@ class BoundaryCache:
 
 
 def first_trainable_layer(trainable: list[str]) -> int | None:
-    """The lowest trainable layer index, if the embeddings are frozen and some layer trains."""
+    """The lowest trainable layer index (its weights or its LoRA adapters), if the embeddings are frozen and some layer
+    trains."""
     if "embeddings" in trainable:
         return None
-    layers = [int(g.split(".")[1]) for g in trainable if g.startswith("layers.")]
+    layers = [int(g.split(".")[-1]) for g in trainable if g.startswith(("layers.", "lora:layers."))]
     return min(layers) if layers and min(layers) > 0 else None
 
 

@@ -152,14 +152,14 @@ def _state(run: RunDir, folder) -> TrainState | None:
 
 
 def restore(run: RunDir, model: torch.nn.Module, state: TrainState) -> None:
-    """Load the checkpoint's weights into `model` (the boundary checkpoint, then a stage checkpoint's trainable
-    weights over it) and put back torch's random state as it was saved."""
+    """Load the boundary checkpoint's weights into `model` and put back torch's random state as it was saved (the
+    stage checkpoint's, when there is one). A stage checkpoint's own weights load when its stage starts again
+    (`stage_tensors`): a LoRA stage's adapters exist only from then."""
     folders = []
     if (run.checkpoint / STATE).is_file():
         _load(model, run.checkpoint / MODEL, whole=True)
         folders.append(run.checkpoint)
     if state.stage is not None:
-        _load(model, run.stage_checkpoint / TRAINABLE, whole=False)
         folders.append(run.stage_checkpoint)
     rng = _read(load_file, folders[-1] / RNG)
     torch.set_rng_state(rng["cpu"])
@@ -175,9 +175,11 @@ def _load(model: torch.nn.Module, path, whole: bool) -> None:
                          path=path)
 
 
-def stage_tensors(run: RunDir) -> tuple[dict, list[torch.Tensor], list[torch.Tensor] | None]:
-    """A stage checkpoint's optimizer state, start snapshot and best snapshot (None if it had none)."""
+def stage_tensors(run: RunDir, model: torch.nn.Module) -> tuple[dict, list[torch.Tensor], list[torch.Tensor] | None]:
+    """Load a stage checkpoint's trainable weights into `model` (by name: the stage's adapters must be attached);
+    return its optimizer state, start snapshot and best snapshot (None if it had none)."""
     folder = run.stage_checkpoint
+    _load(model, folder / TRAINABLE, whole=False)
     optimizer = _read(lambda p: torch.load(p, weights_only=True), folder / OPTIMIZER)  # no pickled code runs
     begin = _unnumbered(_read(load_file, folder / BEGIN))
     best = _unnumbered(_read(load_file, folder / BEST)) if (folder / BEST).is_file() else None

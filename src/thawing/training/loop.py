@@ -4,8 +4,9 @@
 once; then, for each stage, `run_stage` sets what trains, prepares a fresh optimizer through accelerate, steps
 through task-sampled updates, evaluates, and stops on a plateau with the stage's best weights. The plan stops when a
 stage does not beat the best score so far. Checkpoints follow every stage and, inside a stage, every
-`train.checkpoint_every` updates or minutes and on SIGINT/SIGTERM. Progress goes to an optional
-`events(name, payload)` callback.
+`train.checkpoint_every` updates or minutes and on SIGINT/SIGTERM. A LoRA stage attaches its adapters before it starts
+and merges them once the plan has decided on it, so checkpoints between stages and the final model are plain. Progress
+goes to an optional `events(name, payload)` callback.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from thawing.config import RunConfig
 from thawing.errors import InputError
 from thawing.freezing import active_tasks, apply_trainable, layer_names, parameter_table, set_frozen_modes
+from thawing.model import lora
 from thawing.model.encoder import Encoder
 from thawing.model.groups import parameter_groups
 from thawing.probes import build_probes
@@ -34,7 +36,7 @@ from thawing.training.retain import distill_loss, distills, l2sp_loss, pretraine
 from thawing.training.schedule import lr_multiplier, warmup_steps
 from thawing.training.setup import prepare
 from thawing.training.signals import stop_requests
-from thawing.training.stages import Stage, build_plan, stage_configs, stage_optimizer
+from thawing.training.stages import Stage, build_plan, stage_configs, stage_optimizer, trainable_params
 from thawing.training.updates import StagePlan, divisors
 
 log = logging.getLogger(__name__)
@@ -53,15 +55,23 @@ def train(config: RunConfig, run_dir: str | None = None, events: Events | None =
         if not state.probes:  # the pretrained encoder's values (a resumed run has them logged already)
             ctx.probe("start", groups)
         for stage in plan[state.stages_done :] if not state.plan_stopped else []:
-            params = [p for g in stage.trainable for _, p in groups[g]]
-            inside = checkpoint.stage_tensors(run) if state.stage else None  # resuming inside this stage
+            # A LoRA stage's adapters exist before its parameters are listed and a stage checkpoint loads into them.
+            adapters = lora.attach(ctx.model.encoder.backbone, stage.lora, config.train.seed + state.stages_done
+                                   ) if stage.lora else None
+            stage_groups = parameter_groups(ctx.model) if adapters is not None else groups
+            params = [p for g in stage.trainable for _, p in stage_groups[g]]
+            inside = checkpoint.stage_tensors(run, ctx.model) if state.stage else None  # resuming inside this stage
             begin = inside[1] if inside else checkpoint.snapshot(params)  # put back if the stage loses to the plan
-            summary = run_stage(ctx, stage, groups, params, begin, inside)
-            if not state.best.update(summary["best_score"], min_delta=stage.min_delta):  # the plan's plateau
+            summary = run_stage(ctx, stage, stage_groups, params, begin, inside)
+            beaten = state.best.update(summary["best_score"], min_delta=stage.min_delta)  # the plan's plateau
+            if not beaten:
                 checkpoint.put_back(params, begin)
                 summary["stopped"] += "; plan stopped: stage did not beat the best so far"
                 ctx.events("plan_stop", {"stage": stage.name, "score": summary["best_score"], "best": state.best.best})
                 state.plan_stopped = True
+            if adapters is not None:  # after the stage's and the plan's decisions: from here on, a plain model
+                lora.detach(adapters, merge=beaten)  # put back, the adapters are at their start (zero): dropped
+                summary["lora"]["merged"] = beaten
             ctx.probe(stage.name, groups)
             state.summaries.append(summary)
             state.stages_done += 1
@@ -91,7 +101,7 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
         RunDir.check_creatable(run_dir)
     prep = prepare(config, encoder)
     groups = parameter_groups(prep.model)
-    plan = build_plan(config, groups, run_optional)  # selector errors surface before the run dir exists
+    plan = build_plan(config, groups, run_optional, prep.model)  # selector and target errors: before the run dir
     runtime = resolve_for_training(config, prep)
     accelerator = make_accelerator(runtime)
     probes = build_probes(config, prep.model.encoder, runtime)  # probe data errors surface here too
@@ -99,7 +109,7 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
         probes.start(groups)  # the pretrained side, before a checkpoint is restored
     pretrained = pretrained_side(prep.model, prep.features, groups, plan, runtime, config.train.eval_batch_size)
     if config.train.checkpoint:  # before a run directory exists
-        trainable = max((sum(p.numel() for g in s.trainable for _, p in groups[g]) for s in plan), default=0)
+        trainable = max((trainable_params(s, groups) for s in plan), default=0)
         checkpoint.disk_check(Path(resume or run_dir or "runs"), prep.model, trainable)
     if resume:
         run = RunDir(resume)
@@ -148,7 +158,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
     ctx.events("stage_start", {"stage": stage.name, "table": parameter_table(groups, stage.trainable),
                                "lrs": stage.lrs, "cached": path.cached})
     summary = {"stage": stage.name, "trainable_params": sum(p.numel() for p in params), "cached": path.cached,
-               **path.summary}
+               **path.summary, **({"lora": stage.lora.to_json()} if stage.lora else {})}
     p = state.stage = state.stage or StageProgress(evals=Plateau(min_delta=stage.min_delta, patience=stage.patience))
     if optimizer is None or stage.epochs == 0:  # nothing trains: untrained heads become centroid classifiers
         centroid_heads(path, [t for t in model.specs if t not in state.trained_heads])

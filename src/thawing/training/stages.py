@@ -5,6 +5,10 @@ and when to stop. `build_plan` turns the config (a `schedule` list, a preset nam
 Adam moments are reset at every stage boundary: each stage builds a fresh optimizer over exactly the
 parameters it trains. That keeps the rule "every parameter that trains is in the optimizer, with this
 stage's rate" true by construction, and a newly thawed layer does not inherit stale moments.
+
+A stage with `lora` also trains LoRA adapters (model/lora.py): resolved here against the plain model (`AdapterPlan`),
+their groups (`lora:layers.i`) join the stage's trainable groups at the encoder rate of their layer (layer decay
+included); the loop attaches them when the stage starts and merges them when it ends.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from thawing.config import RetainConfig, RunConfig, StageConfig, StageRates
+from thawing.config import LoraSettings, RetainConfig, RunConfig, StageConfig, StageRates
 from thawing.errors import ConfigError
 from thawing.freezing import layer_names, select_groups
+from thawing.model.lora import AdapterPlan, plan_adapters
 from thawing.training.schedule import layer_learning_rates
 
 
@@ -37,16 +43,27 @@ class Stage:
     restore_best: bool = True
     optional: bool = False
     retain: RetainConfig | None = None  # anchoring to the pretrained encoder (training/retain.py)
+    lora: AdapterPlan | None = None  # adapters this stage attaches, trains and merges (their groups are in trainable)
 
 
-PRESETS = ("frozen", "heads", "full", "progressive")  # the named plans (`schedule: <name>`)
+PRESETS = ("frozen", "heads", "full", "progressive", "lora")  # the named plans (`schedule: <name>`)
 
 
 def preset(name: str, num_layers: int) -> list[StageConfig]:
-    """The named plans. "Top" and "more" layers scale with depth: MiniLM (6) 2 and 6, stella (28) 3 and 14."""
+    """The named plans. "Top" and "more" layers scale with depth: MiniLM (6) 2 and 6, stella (28) 3 and 14; LoRA
+    adapts the top half (MiniLM 3, stella 14)."""
     top = 2 if num_layers <= 12 else 3
     more = min(num_layers, max(num_layers // 2, 6))
+    half = max(1, num_layers // 2)
     plateau = {"patience": 2, "min_delta": 0.001}
+    discriminative = StageConfig(
+        name="discriminative",
+        train=["heads", "projection", f"layers[-{more}:]"],
+        epochs=2,
+        lr={"heads": 3e-4, "encoder": 5e-5},
+        layer_decay=0.8,
+        early_stopping=plateau,
+    )
     stages = {
         "frozen": [StageConfig(name="frozen", train=[], epochs=0)],
         "heads": [StageConfig(name="heads", train=["heads"], epochs=4, lr={"heads": 3e-2}, early_stopping=plateau)],
@@ -65,14 +82,7 @@ def preset(name: str, num_layers: int) -> list[StageConfig]:
                 lr={"heads": 5e-4, "encoder": 5e-5},
                 early_stopping=plateau,
             ),
-            StageConfig(
-                name="discriminative",
-                train=["heads", "projection", f"layers[-{more}:]"],
-                epochs=2,
-                lr={"heads": 3e-4, "encoder": 5e-5},
-                layer_decay=0.8,
-                early_stopping=plateau,
-            ),
+            discriminative,
             StageConfig(
                 name="full",
                 train=["all"],
@@ -81,6 +91,20 @@ def preset(name: str, num_layers: int) -> list[StageConfig]:
                 early_stopping=plateau,
                 optional=True,
             ),
+        ],
+        # Heads first, as in progressive; then rank-16 adapters on the attention queries and values of the top half
+        # (MiniLM: 74k adapter parameters), merged at the stage's end; the discriminative stage only with --full.
+        "lora": [
+            StageConfig(name="heads", train=["heads"], epochs=4, lr={"heads": 3e-2}, early_stopping=plateau),
+            StageConfig(
+                name="lora",
+                train=["heads", "projection"],
+                epochs=3,
+                lr={"heads": 5e-4, "encoder": 5e-4},
+                lora=LoraSettings(r=16, alpha=32, dropout=0.05, layers=f"layers[-{half}:]", targets=["query", "value"]),
+                early_stopping=plateau,
+            ),
+            discriminative.model_copy(update={"optional": True}),
         ],
     }
     assert tuple(stages) == PRESETS
@@ -127,11 +151,13 @@ def group_rates(
 
     The top trainable layer (and the final norm above it) gets the encoder rate; each trainable
     layer below gets `layer_decay` times the one above; embeddings sit one step below the lowest.
+    A layer's LoRA adapters (`lora:layers.i`) count as that layer training and get its rate.
     """
     heads = cfg.lr.heads or config.train.lr.heads
     projection = cfg.lr.projection or config.train.lr.projection or heads
     encoder = cfg.lr.encoder or config.train.lr.encoder
-    ladder = [g for g in ["embeddings"] + layer_names(groups) if g in trainable]
+    adapted = {g.removeprefix("lora:") for g in trainable if g.startswith("lora:")}
+    ladder = [g for g in ["embeddings"] + layer_names(groups) if g in trainable or g in adapted]
     rates = layer_learning_rates(ladder, encoder, cfg.layer_decay) if ladder else {}
     out = {}
     for group in trainable:
@@ -139,6 +165,8 @@ def group_rates(
             out[group] = heads
         elif group == "projection":
             out[group] = projection
+        elif group.startswith("lora:"):
+            out[group] = rates[group.removeprefix("lora:")]
         elif group in rates:
             out[group] = rates[group]
         else:  # norm, pooler: they sit on top of the stack
@@ -146,18 +174,22 @@ def group_rates(
     return out
 
 
-def build_plan(config: RunConfig, groups: "OrderedDict[str, list]", run_optional: bool | None = None) -> list[Stage]:
-    """Resolve the config's stages against the model's groups. Optional stages run only when asked."""
+def build_plan(config: RunConfig, groups: "OrderedDict[str, list]", run_optional: bool | None = None,
+               model: nn.Module | None = None) -> list[Stage]:
+    """Resolve the config's stages against the model's groups. Optional stages run only when asked. `model` (the
+    multi-task model or its encoder, plain) is needed to resolve a stage's `lora` targets."""
     run_optional = config.run_optional if run_optional is None else run_optional
     plan = []
     for cfg in stage_configs(config, len(layer_names(groups))):
         try:
             trainable = select_groups(cfg.train, groups) if cfg.train else []
+            adapters = _adapters(cfg.lora, model, groups) if cfg.lora else None
         except ConfigError as exc:
             raise ConfigError(f"schedule: stage '{cfg.name}': {exc}") from None
         if cfg.train and not trainable and cfg.epochs > 0:
             raise ConfigError(f"schedule: stage '{cfg.name}' trains {cfg.train}, which selects no parameter of this "
                               "model; give train: [] (or freeze: [all]) for a stage that trains nothing")
+        trainable += adapters.groups if adapters else []
         stage = Stage(
             name=cfg.name,
             trainable=trainable,
@@ -172,6 +204,7 @@ def build_plan(config: RunConfig, groups: "OrderedDict[str, list]", run_optional
             restore_best=cfg.restore_best,
             optional=cfg.optional,
             retain=cfg.retain if cfg.retain is not None else config.retain,
+            lora=adapters,
         )
         if not stage.optional or run_optional:
             plan.append(stage)
@@ -180,10 +213,17 @@ def build_plan(config: RunConfig, groups: "OrderedDict[str, list]", run_optional
     return plan
 
 
+def _adapters(settings: LoraSettings, model: nn.Module | None, groups: "OrderedDict[str, list]") -> AdapterPlan:
+    if model is None:
+        raise TypeError("build_plan needs the model to resolve a stage's lora targets")
+    encoder = getattr(model, "encoder", model)
+    return plan_adapters(settings, encoder.backbone, groups)
+
+
 def stage_optimizer(stage: Stage, groups: "OrderedDict[str, list]", weight_decay: float) -> torch.optim.Optimizer:
     """A fresh AdamW over exactly the stage's trainable groups, one param group per named group at its own rate
     (`initial_lr`, which the loop scales by the schedule every update)."""
-    params = [p for g in stage.trainable for _, p in groups[g]]
+    params = [p for g in stage.trainable for _, p in groups[g]]  # with a LoRA stage's adapters attached
     return torch.optim.AdamW(
         [
             {"params": [p for _, p in groups[g]], "lr": stage.lrs[g], "initial_lr": stage.lrs[g], "name": g}
@@ -196,18 +236,27 @@ def stage_optimizer(stage: Stage, groups: "OrderedDict[str, list]", weight_decay
     )
 
 
+def group_sizes(stage: Stage, groups: "OrderedDict[str, list]") -> dict[str, int]:
+    """Parameters per trainable group of `stage`, its adapters included (attached or not)."""
+    sizes = {g: sum(p.numel() for _, p in groups[g]) for g in stage.trainable if g in groups}
+    return {g: sizes[g] if g in sizes else stage.lora.params[g] for g in stage.trainable}  # type: ignore[union-attr]
+
+
+def trainable_params(stage: Stage, groups: "OrderedDict[str, list]") -> int:
+    return sum(group_sizes(stage, groups).values())
+
+
 def plan_summary(plan: list[Stage], groups: "OrderedDict[str, list]") -> dict:
-    """The JSON form of `thawing plan --json`."""
-    sizes = {name: sum(p.numel() for _, p in members) for name, members in groups.items()}
-    return {
-        "stages": [
-            {
-                "name": stage.name,
-                "epochs": stage.epochs,
-                "trainable_params": sum(sizes[g] for g in stage.trainable),
-                "groups": [{"name": g, "params": sizes[g], "lr": stage.lrs[g]} for g in stage.trainable],
-                "retain": stage.retain.model_dump(exclude_none=True) if stage.retain else None,
-            }
-            for stage in plan
-        ]
-    }
+    """The JSON form of `thawing plan --json`: per stage its groups (count, rate) and its adapters, if any."""
+    stages = []
+    for stage in plan:
+        sizes = group_sizes(stage, groups)
+        stages.append({
+            "name": stage.name,
+            "epochs": stage.epochs,
+            "trainable_params": sum(sizes.values()),
+            "groups": [{"name": g, "params": sizes[g], "lr": stage.lrs[g]} for g in stage.trainable],
+            "retain": stage.retain.model_dump(exclude_none=True) if stage.retain else None,
+            **({"lora": stage.lora.to_json()} if stage.lora else {}),
+        })
+    return {"stages": stages}
