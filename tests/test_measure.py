@@ -44,14 +44,17 @@ def test_a_failing_child_is_reported_with_its_exit_code(tiny_bert_dir, tmp_path)
 def test_sigterm_to_the_study_stops_its_scenario_after_a_checkpoint(tiny_bert_dir, tmp_path):
     """Only the study's own process gets the signal (as with `kill PID`): it passes it on, the scenario's process
     checkpoints and stops, and the study exits with 143, leaving no process behind."""
-    raw = toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",), schedule="full")
-    raw["train"].update(epochs=200, eval_every=2)
+    # The config's own plan, a long stage without plateau stopping (the full preset stops after two evaluations
+    # without gain): the signal must find it training.
+    raw = toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",),
+                     schedule=[{"name": "full", "train": ["all"], "epochs": 200}])
+    raw["train"].update(eval_every=2)
     path = write_config(raw, tmp_path / "c.yaml")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    study = subprocess.Popen([sys.executable, "-m", "thawing", "study", str(path), "--scenarios", "full",
+    study = subprocess.Popen([sys.executable, "-m", "thawing", "study", str(path), "--scenarios", "config",
                               "--study-dir", str(tmp_path / "s")], env=env, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics, deadline = tmp_path / "s" / "full" / "metrics.jsonl", time.monotonic() + 240
+    metrics, deadline = tmp_path / "s" / "config" / "metrics.jsonl", time.monotonic() + 240
     while not (metrics.is_file() and metrics.read_text()) and study.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert study.poll() is None, study.stderr.read()
@@ -59,7 +62,7 @@ def test_sigterm_to_the_study_stops_its_scenario_after_a_checkpoint(tiny_bert_di
     _, err = study.communicate(timeout=120)
     assert study.returncode == 143, err
     assert "SIGTERM: training stopped in stage 'full'" in err and "thawing train --resume" in err
-    run = tmp_path / "s" / "full"
+    run = tmp_path / "s" / "config"
     assert (run / "checkpoints").is_dir() and not (run / "results.json").exists()
     with pytest.raises(ProcessLookupError):  # nothing left in the study's process group
         os.killpg(study.pid, 0)
