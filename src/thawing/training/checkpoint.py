@@ -94,12 +94,13 @@ def save(run: RunDir, model: torch.nn.Module, state: TrainState) -> None:
     shutil.rmtree(run.stage_checkpoint, ignore_errors=True)
 
 
-def save_stage(run: RunDir, state: TrainState, named: dict[str, torch.nn.Parameter], optimizer,
+def save_stage(run: RunDir, state: TrainState, named: dict[str, torch.nn.Parameter], optimizer: dict,
                begin: list[torch.Tensor], best: list[torch.Tensor] | None) -> None:
-    """A checkpoint inside a stage: its trainable weights (by name), optimizer, start and best snapshots."""
+    """A checkpoint inside a stage: its trainable weights (by name), its optimizer's state (`optimizer_state`), start
+    and best snapshots."""
     with _writing(run, run.stage_checkpoint) as tmp:
         save_file({n: p.detach().contiguous().cpu() for n, p in named.items()}, str(tmp / TRAINABLE))
-        torch.save(optimizer_state(optimizer), tmp / OPTIMIZER)
+        torch.save(optimizer, tmp / OPTIMIZER)
         save_file(_numbered(begin), str(tmp / BEGIN))
         if best is not None:
             save_file(_numbered(best), str(tmp / BEST))

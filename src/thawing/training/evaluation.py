@@ -44,7 +44,8 @@ def finish(ctx) -> None:
     whole = WholeModel(model, model, ctx.prep.features, ctx.runtime, ctx.prep.config.train.eval_batch_size)
     for task, spec in model.specs.items():
         spec.kind.decide(spec, lambda task=task: whole.logits(task, "dev"), ctx.prep.gold[task]["dev"])
-    run.save_final(model)
+    if ctx.main:  # with several processes every one computes (its share of) the logits; the main one writes
+        run.save_final(model)
     tasks, splits = {}, {}
     for task, spec in model.specs.items():
         splits[task] = "test" if "test" in ctx.prep.features[task] else "dev"
@@ -53,6 +54,8 @@ def finish(ctx) -> None:
                "splits": splits}
     if ctx.probes is not None:
         results.update(probes=ctx.probes.final(ctx.state.probes), probe_seconds=round(ctx.probes.seconds, 2))
+    if not ctx.main:
+        return
     frozen = frozen_heads(run.read_metrics(), ctx.prep.primary, [t for t in model.specs
                                                                   if t not in ctx.state.trained_heads])
     if frozen:
