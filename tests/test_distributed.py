@@ -125,3 +125,76 @@ def test_two_processes_with_ddp_train_the_one_process_model(bert, tmp_path):
     assert mine["score"] == pytest.approx(theirs["score"], abs=1e-6)
     stages = json.loads((runs[0] / "stages.json").read_text())
     assert [s.get("boundary_cache") for s in stages] == [None, "layers.1", None] and stages[0]["cached"]
+
+
+DRIVER = """
+import os, signal, sys
+from thawing.config import load_config
+from thawing.training import loop
+
+config, run_dir, stage, update = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+def events(name, payload):  # only the main process hears events: it alone receives the signal
+    if name == "step" and payload["stage"] == stage and payload["update"] == update:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+loop.train(load_config(config), run_dir=run_dir, events=events)
+"""
+
+
+def _stop_and_resume(config: dict, root: Path, stage: str, update: int, launch: list[str]) -> Path:
+    """Two processes: the main one gets SIGTERM at `update` of `stage` (so both stop at a checkpoint inside it),
+    then `thawing train --resume` with two processes finishes the run. Returns the run directory."""
+    path = write_config(config, root / "config.yaml")
+    driver = root / "driver.py"
+    driver.write_text(DRIVER)
+    run = root / "stopped"
+    result = _launch([*launch, "--num_processes", "2", str(driver), str(path), str(run), stage, str(update)], root)
+    assert result.returncode != 0 and "SIGTERM" in result.stderr, result.stderr[-3000:]
+    state = json.loads((run / "checkpoints" / "step" / "state.json").read_text())
+    assert state["stage"]["update"] == update and not (run / "results.json").exists()
+    result = _launch([*launch, "--num_processes", "2", "-m", "thawing", "train", "--resume", str(run)], root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+def test_two_processes_stopped_by_a_signal_resume_to_the_same_weights(bert, tmp_path):
+    config = _config(bert, tmp_path, SCHEDULE, checkpoint_every=100)
+    single = loop.train(parse_config(config), run_dir=str(tmp_path / "single"))
+    run = _stop_and_resume(config, tmp_path, "top", 3, ["--multi_gpu"])
+    difference = _largest_difference(run, single.path)
+    print(f"DDP, 2 processes stopped and resumed against 1: max abs difference of final weights {difference:.2e}")
+    assert difference <= TOLERANCE
+    assert _records(run) == _records(single.path)
+
+
+# FSDP: the heads alone, then every weight (the full-parameter stage FSDP is for), on the Qwen2 fixture (no dropout),
+# with stage checkpoints every 3 updates (the sharded optimizer state gathered) and a plain resume.
+FSDP_SCHEDULE = [
+    {"name": "heads", "train": ["heads"], "epochs": 1},
+    {"name": "all", "train": ["all"], "epochs": 2, "lr": {"heads": 0.03, "encoder": 0.001}},
+]
+FSDP_CONFIG = str(REPO / "configs" / "accelerate_fsdp.yaml")
+
+
+def test_two_processes_with_fsdp_train_the_one_process_model(tiny_qwen2_dir, tmp_path):
+    config = _config(tiny_qwen2_dir, tmp_path, FSDP_SCHEDULE, checkpoint_every=3)
+    single = loop.train(parse_config(config), run_dir=str(tmp_path / "single"))
+    path = write_config(config, tmp_path / "config.yaml")
+    result = _launch(["--config_file", FSDP_CONFIG, "--num_processes", "2", "-m", "thawing", "train", str(path),
+                      "--run-dir", str(tmp_path / "fsdp")], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "fsdp" / "runtime.json").read_text())["distributed"] == "fsdp"
+    difference = _largest_difference(tmp_path / "fsdp", single.path)
+    print(f"FSDP, 2 processes against 1: max abs difference of final weights {difference:.2e}")
+    assert difference <= TOLERANCE
+    assert _records(tmp_path / "fsdp") == _records(single.path)
+
+
+def test_fsdp_stopped_inside_its_full_stage_resumes_to_the_same_weights(tiny_qwen2_dir, tmp_path):
+    config = _config(tiny_qwen2_dir, tmp_path, FSDP_SCHEDULE, checkpoint_every=100)
+    single = loop.train(parse_config(config), run_dir=str(tmp_path / "single"))
+    run = _stop_and_resume(config, tmp_path, "all", 4, ["--config_file", FSDP_CONFIG])
+    difference = _largest_difference(run, single.path)
+    print(f"FSDP, 2 processes stopped and resumed against 1: max abs difference of final weights {difference:.2e}")
+    assert difference <= TOLERANCE

@@ -36,11 +36,28 @@ def is_main() -> bool:
     return rank() == 0
 
 
+_ALONE = [False]  # inside `alone()`: this process works by itself, whatever the process group
+
+
 def size() -> int:
-    """Processes in the initialized process group (1 when there is none): what collectives span."""
+    """Processes in the initialized process group (1 when there is none, or inside `alone()`): what collectives
+    span."""
     import torch.distributed as dist
 
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if _ALONE[0] or not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size()
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """A block that one process runs by itself (the main one's report, after the others have finished): nothing in
+    it communicates, so inference inside runs every batch here."""
+    before, _ALONE[0] = _ALONE[0], True
+    try:
+        yield
+    finally:
+        _ALONE[0] = before
 
 
 def init(device: str) -> int:

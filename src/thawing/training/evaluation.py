@@ -8,6 +8,7 @@ import shutil
 
 import torch
 
+from thawing import distributed
 from thawing.errors import NonFiniteError
 from thawing.inference import score
 from thawing.metrics import selection_score
@@ -66,7 +67,8 @@ def finish(ctx) -> None:
     if not ctx.prep.config.train.keep_checkpoints:  # results.json says the run is done: nothing resumes it now
         shutil.rmtree(run.checkpoints, ignore_errors=True)
     try:
-        write_report(run.path)
+        with distributed.alone():  # the other processes are done: the report's evaluation runs here alone
+            write_report(run.path)
     except Exception as exc:  # the results are written; a report can be made again with `thawing report`
         log.warning("no report for %s (%s: %s); `thawing report %s` retries", run.path, type(exc).__name__, exc,
                     run.path)

@@ -26,6 +26,7 @@ import contextlib
 import copy
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -146,6 +147,9 @@ class Sharded:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        # FSDP2 warns that an output which is a view loses its hook to an in-place op; the loop never changes an
+        # output in place (losses are computed out of place), so the warning says nothing here.
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
         self.base = model
         self.model = copy.deepcopy(model)  # trainable flags and train/eval modes as the stage set them
         mesh = init_device_mesh(device, (distributed.size(),))
