@@ -123,6 +123,17 @@ def summed(values):
     return values
 
 
+def gathered(value: T) -> list[T]:
+    """Every process's `value` (any picklable value), in rank order, on every process."""
+    if size() == 1:
+        return [value]
+    import torch.distributed as dist
+
+    out: list = [None] * size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def map_batches(batches: Sequence[T], compute: Callable[[T], object], label: str,
                 show: bool | None = None) -> Iterator[tuple[T, object]]:
     """(batch, compute(batch)) for every batch, in order. With several processes each computes every N-th batch (its
@@ -135,15 +146,11 @@ def map_batches(batches: Sequence[T], compute: Callable[[T], object], label: str
         for batch in progress(batches, label, show):
             yield batch, compute(batch)
         return
-    import torch.distributed as dist
-
     here = rank()
     for start in progress(range(0, len(batches), parts), label, show if is_main() else False):
         mine = start + here
         result = compute(batches[mine]) if mine < len(batches) else None
-        gathered: list = [None] * parts
-        dist.all_gather_object(gathered, result)
-        for offset, value in enumerate(gathered):
+        for offset, value in enumerate(gathered(result)):
             if start + offset < len(batches):
                 yield batches[start + offset], value
 

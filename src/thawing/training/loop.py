@@ -80,11 +80,12 @@ def train(config: RunConfig, run_dir: str | None = None, events: Events | None =
             state.summaries.append(summary)
             state.stages_done += 1
             state.heads = {t: spec.head for t, spec in ctx.model.specs.items()}
+            rng = checkpoint.rng_states() if config.train.checkpoint else None  # every process's
             if ctx.main:  # the others hold the same model and state, and write nothing
                 state.metrics_lines = run.metrics_lines()
                 run.write_json(run.stages, state.summaries)
                 if config.train.checkpoint:
-                    checkpoint.save(run, ctx.model, state)
+                    checkpoint.save(run, ctx.model, state, rng)
             agreed_stop(ctx)
             if ctx.stop.requested and not state.plan_stopped and state.stages_done < len(plan):
                 raise signals.interrupted(ctx, stage)
@@ -244,10 +245,10 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
                                                                                                      p.update, saved))):
                     if not due:
                         stepping.pull()
-                    saved_optimizer = stepping.optimizer_state()
+                    saved_optimizer, rng = stepping.optimizer_state(), checkpoint.rng_states()  # every process's
                     if ctx.main:
                         state.metrics_lines = ctx.run.metrics_lines()
-                        checkpoint.save_stage(ctx.run, state, named, saved_optimizer, begin, best)
+                        checkpoint.save_stage(ctx.run, state, named, saved_optimizer, begin, best, rng)
                     saved = (p.update, time.monotonic())
                 if ctx.stop.requested:
                     raise signals.interrupted(ctx, stage)
