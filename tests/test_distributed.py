@@ -23,8 +23,14 @@ from safetensors.torch import load_file
 from toy import toy_config, write_config
 
 from thawing import distributed
+from thawing.cli import app
 from thawing.config import parse_config
+from thawing.errors import ConfigError, InputError
+from thawing.model.groups import parameter_groups
 from thawing.training import loop
+from thawing.training.setup import prepare
+from thawing.training.stages import build_plan
+from thawing.training.stepping import fsdp_settings
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -102,6 +108,40 @@ def test_a_micro_batch_splits_into_contiguous_slices():
     assert slices == [[7, 3], [9, 1], [4]]
     assert [distributed.shard([5], parts=2, index=i) for i in range(2)] == [[5], []]
     assert distributed.shard(indices) == indices  # one process takes the whole micro-batch
+
+
+def test_commands_other_than_train_refuse_to_run_under_a_launcher(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(app, ["plan", str(tmp_path / "config.yaml")])
+    assert isinstance(result.exception, InputError) and "only `thawing train`" in str(result.exception)
+
+
+def _fsdp_problems(model_dir: Path, root: Path, monkeypatch, env: dict, schedule: list, **train) -> str:
+    """What `fsdp_settings` refuses, for the launcher variables `env` and a run config."""
+    for name, value in {"WORLD_SIZE": "2", "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", **env}.items():
+        monkeypatch.setenv(name, value)
+    raw = toy_config(model_dir, root, tasks=("sentiment",), schedule=schedule)
+    raw["train"].update(train)
+    config = parse_config(raw)
+    model = prepare(config).model
+    with pytest.raises(ConfigError) as caught:
+        fsdp_settings(config, build_plan(config, parameter_groups(model), None, model))
+    return str(caught.value)
+
+
+def test_fsdp_refuses_what_it_does_not_support(bert, tmp_path, monkeypatch):
+    full = [{"name": "all", "train": ["all"], "epochs": 1}]
+    refused = _fsdp_problems(bert, tmp_path, monkeypatch, {"WORLD_SIZE": "1", "FSDP_VERSION": "1",
+                                                           "FSDP_OFFLOAD_PARAMS": "true"}, full)
+    assert "needs several processes" in refused and "fsdp_version 1" in refused
+    assert "fsdp_offload_params: true is not supported" in refused
+    schedule = [{"name": "lora", "train": ["heads"], "epochs": 1, "lora": {"r": 2}},
+                {"name": "all", "train": ["all"], "epochs": 1, "retain": {"l2sp": {"weight": 0.1}}}]
+    refused = _fsdp_problems(bert, tmp_path, monkeypatch, {}, schedule, compile=True, mixed_precision="fp16")
+    assert "stage 'lora': LoRA" in refused and "stage 'all': retain.l2sp" in refused and "train.compile" in refused
+    assert "fp16" in refused
 
 
 def test_two_processes_with_ddp_train_the_one_process_model(bert, tmp_path):

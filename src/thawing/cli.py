@@ -36,11 +36,16 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _setup(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print thawing's version and exit."
     ),
 ) -> None:
     """Multi-task fine-tuning of sentence encoders."""
+    if distributed.world_size() > 1 and ctx.invoked_subcommand != "train":
+        # Every process would run the whole command and write the same output: only training is shared out.
+        raise InputError(f"`thawing {ctx.invoked_subcommand}` runs in one process; of the commands only `thawing "
+                         "train` runs under accelerate launch or torchrun")
     # thawing shows its own progress; weight-loading and download bars are noise. This runs before every command,
     # `--help` included, so it must not import transformers (seconds): the variable is read when huggingface_hub
     # is first imported, and transformers follows it (`disable_progress_bar()` does both, once they are loaded).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -160,5 +161,9 @@ def make_accelerator(runtime: Runtime, processes: int = 1):
         # accelerate keeps one process-wide state and refuses a second precision in a process; a single-process
         # caller (the Python API, a study, the tests) may train in fp32 and then in bf16. (No public reset exists.)
         AcceleratorState._reset_state()
+    asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # an accelerate config's (accelerate launch)
+    if asked not in ("no", runtime.precision):
+        log.warning("accelerate's mixed_precision '%s' is not used: thawing's train.mixed_precision decides (%s)",
+                    asked, runtime.precision)
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if processes > 1 else []
     return Accelerator(mixed_precision=runtime.precision, cpu=runtime.device == "cpu", kwargs_handlers=handlers)

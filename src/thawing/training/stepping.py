@@ -95,6 +95,11 @@ def fsdp_settings(config, plan) -> FsdpSettings:
                             "FSDP config)")
     if problems:
         raise ConfigError("FSDP: " + "; ".join(problems))
+    unread = sorted(k for k in os.environ if k.startswith("FSDP_") and k not in _FSDP_HONOURED
+                    and k not in ("FSDP_VERSION", "FSDP_RESHARD_AFTER_FORWARD"))
+    if unread:
+        log.info("FSDP: %s do not apply (thawing wraps each transformer layer and saves whole-model files)",
+                 ", ".join(k.lower() for k in unread))
     reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower()
     return FsdpSettings(reshard_after_forward=reshard not in ("false", "shard_grad_op", "2"))
 
