@@ -1,6 +1,7 @@
 """Several processes training one model on CPU through gloo: `accelerate launch --num_processes 2 -m thawing train`
-(DDP, and FSDP2 through configs/accelerate_fsdp.yaml) ends with the weights one process trains at the same global
-batch, in one run directory; a run stopped by a signal resumes with two processes to the same weights.
+with configs/accelerate/ddp.yaml (DDP) or configs/accelerate/fsdp.yaml (FSDP2) ends with the weights one process
+trains at the same global batch, in one run directory; a run stopped by a signal (under torchrun) resumes with two
+processes to the same weights.
 
 Each two-process run starts two Python processes that import torch and transformers: about 10-20 s on the shared
 2-core machine. Models and heads without dropout: each process draws its own dropout masks, which one process would
@@ -33,7 +34,9 @@ from thawing.training.stages import build_plan
 from thawing.training.stepping import fsdp_settings
 
 REPO = Path(__file__).resolve().parents[1]
-ACCELERATE = Path(sys.executable).with_name("accelerate")
+LAUNCHERS = {"accelerate": [str(Path(sys.executable).with_name("accelerate")), "launch"],
+             "torchrun": [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2"]}
+DDP_CONFIG = str(REPO / "configs" / "accelerate" / "ddp.yaml")
 TOLERANCE = 1e-5  # fp32, two processes against one: float reduction order only
 
 # Every path a stage can take: cached heads (the feature cache, built once), the top layer over the boundary cache
@@ -56,10 +59,9 @@ def _environment() -> dict:
     return env
 
 
-def _launch(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(ACCELERATE), "launch", *args], cwd=cwd, env=_environment(), capture_output=True,
-                            text=True, timeout=timeout)
-    return result
+def _launch(args: list[str], cwd: Path, launcher: str = "accelerate") -> subprocess.CompletedProcess:
+    return subprocess.run([*LAUNCHERS[launcher], *args], cwd=cwd, env=_environment(), capture_output=True, text=True,
+                          timeout=240)
 
 
 def _no_dropout(model_dir: Path, root: Path) -> Path:
@@ -150,7 +152,7 @@ def test_two_processes_with_ddp_train_the_one_process_model(bert, tmp_path):
     work = tmp_path / "launch"
     work.mkdir()
     path = write_config(config, tmp_path / "config.yaml")
-    result = _launch(["--multi_gpu", "--num_processes", "2", "-m", "thawing", "train", str(path)], cwd=work)
+    result = _launch(["--config_file", DDP_CONFIG, "--num_processes", "2", "-m", "thawing", "train", str(path)], work)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((work / "runs").iterdir())
     assert len(runs) == 1 and result.stdout.strip().endswith(runs[0].name)  # one run directory, named once
@@ -184,12 +186,18 @@ loop.train(load_config(config), run_dir=run_dir, events=events)
 
 def _stop_and_resume(config: dict, root: Path, stage: str, update: int, launch: list[str]) -> Path:
     """Two processes: the main one gets SIGTERM at `update` of `stage` (so both stop at a checkpoint inside it),
-    then `thawing train --resume` with two processes finishes the run. Returns the run directory."""
+    then `thawing train --resume` with two processes finishes the run. Returns the run directory. `launch`: the
+    accelerate launch options of both launches, or [] to stop under torchrun (and resume with accelerate's DDP)."""
     path = write_config(config, root / "config.yaml")
     driver = root / "driver.py"
     driver.write_text(DRIVER)
     run = root / "stopped"
-    result = _launch([*launch, "--num_processes", "2", str(driver), str(path), str(run), stage, str(update)], root)
+    arguments = [str(driver), str(path), str(run), stage, str(update)]
+    if launch:
+        result = _launch([*launch, "--num_processes", "2", *arguments], root)
+    else:
+        result = _launch(arguments, root, launcher="torchrun")
+        launch = ["--config_file", DDP_CONFIG]
     assert result.returncode != 0 and "SIGTERM" in result.stderr, result.stderr[-3000:]
     state = json.loads((run / "checkpoints" / "step" / "state.json").read_text())
     assert state["stage"]["update"] == update and not (run / "results.json").exists()
@@ -206,9 +214,9 @@ def test_two_processes_stopped_by_a_signal_resume_to_the_same_weights(tiny_bert_
         task["head"] = {"dropout": 0.1}
     path = write_config(config, tmp_path / "config.yaml")
     result = _launch(["--multi_gpu", "--num_processes", "2", "-m", "thawing", "train", str(path), "--run-dir",
-                      str(tmp_path / "uninterrupted")], tmp_path)
+                      str(tmp_path / "uninterrupted")], tmp_path)  # accelerate's flags, without a config file
     assert result.returncode == 0, result.stderr[-3000:]
-    run = _stop_and_resume(config, tmp_path, "top", 3, ["--multi_gpu"])
+    run = _stop_and_resume(config, tmp_path, "top", 3, [])
     difference = _largest_difference(run, tmp_path / "uninterrupted")
     print(f"DDP with dropout, stopped and resumed against uninterrupted (2 processes each): max abs difference "
           f"{difference:.2e}")
@@ -216,33 +224,40 @@ def test_two_processes_stopped_by_a_signal_resume_to_the_same_weights(tiny_bert_
     assert _records(run) == _records(tmp_path / "uninterrupted")
 
 
-# FSDP: the heads alone, then every weight (the full-parameter stage FSDP is for), on the Qwen2 fixture (no dropout),
-# with stage checkpoints every 3 updates (the sharded optimizer state gathered) and a plain resume.
+# FSDP: the heads alone, then every weight (the full-parameter stage FSDP is for), on the Qwen2 fixture (no dropout).
 FSDP_SCHEDULE = [
     {"name": "heads", "train": ["heads"], "epochs": 1},
     {"name": "all", "train": ["all"], "epochs": 2, "lr": {"heads": 0.03, "encoder": 0.001}},
 ]
-FSDP_CONFIG = str(REPO / "configs" / "accelerate_fsdp.yaml")
+FSDP_CONFIG = str(REPO / "configs" / "accelerate" / "fsdp.yaml")
 
 
-def test_two_processes_with_fsdp_train_the_one_process_model(tiny_qwen2_dir, tmp_path):
-    config = _config(tiny_qwen2_dir, tmp_path, FSDP_SCHEDULE, checkpoint_every=3)
-    single = loop.train(parse_config(config), run_dir=str(tmp_path / "single"))
+@pytest.fixture(scope="module")
+def fsdp_reference(tiny_qwen2_dir, tmp_path_factory) -> tuple[dict, Path]:
+    """The FSDP tests' config (stage checkpoints every 3 updates: the sharded optimizer state is gathered) and its
+    one-process run."""
+    root = tmp_path_factory.mktemp("fsdp")
+    config = _config(tiny_qwen2_dir, root, FSDP_SCHEDULE, checkpoint_every=3)
+    return config, loop.train(parse_config(config), run_dir=str(root / "single")).path
+
+
+def test_two_processes_with_fsdp_train_the_one_process_model(fsdp_reference, tmp_path):
+    config, single = fsdp_reference
     path = write_config(config, tmp_path / "config.yaml")
     result = _launch(["--config_file", FSDP_CONFIG, "--num_processes", "2", "-m", "thawing", "train", str(path),
                       "--run-dir", str(tmp_path / "fsdp")], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "fsdp" / "runtime.json").read_text())["distributed"] == "fsdp"
-    difference = _largest_difference(tmp_path / "fsdp", single.path)
+    difference = _largest_difference(tmp_path / "fsdp", single)
     print(f"FSDP, 2 processes against 1: max abs difference of final weights {difference:.2e}")
     assert difference <= TOLERANCE
-    assert _records(tmp_path / "fsdp") == _records(single.path)
+    assert _records(tmp_path / "fsdp") == _records(single)
 
 
-def test_fsdp_stopped_inside_its_full_stage_resumes_to_the_same_weights(tiny_qwen2_dir, tmp_path):
-    config = _config(tiny_qwen2_dir, tmp_path, FSDP_SCHEDULE, checkpoint_every=100)
-    single = loop.train(parse_config(config), run_dir=str(tmp_path / "single"))
+def test_fsdp_stopped_inside_its_full_stage_resumes_to_the_same_weights(fsdp_reference, tmp_path):
+    config, single = fsdp_reference
     run = _stop_and_resume(config, tmp_path, "all", 4, ["--config_file", FSDP_CONFIG])
-    difference = _largest_difference(run, single.path)
+    difference = _largest_difference(run, single)
     print(f"FSDP, 2 processes stopped and resumed against 1: max abs difference of final weights {difference:.2e}")
     assert difference <= TOLERANCE
+    assert _records(run) == _records(single)

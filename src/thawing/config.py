@@ -206,7 +206,7 @@ class TrainConfig(_Strict):
     pack_width: int | None = Field(None, gt=0)  # tokens per packed row; None: the model's max_length
     compile: bool | None = None  # torch.compile each layer; None: once training runs packed with varlen
     # Recompute each layer's activations in the backward instead of keeping them: less memory, about a third more
-    # compute per training step (the backbone's own `gradient_checkpointing_enable`, non-reentrant).
+    # compute per training step (the backbone's own activation checkpointing, non-reentrant).
     gradient_checkpointing: bool = False
     epochs: float = Field(3, gt=0)
     lr: LearningRates = Field(default_factory=LearningRates)

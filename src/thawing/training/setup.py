@@ -88,7 +88,11 @@ def checkpoint_activations(encoder: Encoder) -> None:
         raise ConfigError(f"train.gradient_checkpointing: {type(backbone).__name__} does not support gradient "
                           "checkpointing; set it to false")
     # Non-reentrant: it works with inputs that need no gradient (the boundary cache's) and with DDP's hooks.
-    backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # transformers 5 names it activation checkpointing (the old name warns); 4 has the old name only.
+    if hasattr(backbone, "activation_checkpointing_enable"):
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def prepare(config: RunConfig, encoder: Encoder | None = None) -> Prepared:
