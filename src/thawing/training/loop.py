@@ -25,7 +25,7 @@ from thawing.probes import build_probes
 from thawing.run_dir import RunDir
 from thawing.runtime import make_accelerator, resolve_for_training
 from thawing.tracking import close_all, open_trackers
-from thawing.training import checkpoint, signals
+from thawing.training import checkpoint, memory, signals
 from thawing.training.checkpoint import StageProgress, TrainState
 from thawing.training.context import Context, Events
 from thawing.training.evaluation import evaluate, finish
@@ -139,6 +139,20 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
     return ctx, plan, groups
 
 
+def accumulate(ctx: Context, path, batches: list, train_sets: dict) -> tuple[list, dict]:
+    """One update's backward passes: every micro-batch's loss, each divided so that the update averages its items.
+    With `retain`, each micro-batch also carries its share of the distillation loss (training/retain.py); `anchors`
+    keeps it apart for the records."""
+    losses, anchors = [], {}
+    for (task, indices), divisor in zip(batches, divisors(batches, train_sets)):
+        micro_loss = path.loss(task, indices, divisor, share=1 / len(batches))
+        ctx.accelerator.backward(micro_loss)
+        losses.append(micro_loss.detach())
+        if path.anchored is not None:
+            anchors.setdefault("retain:distill", []).append(path.anchored.detach() / len(batches))
+    return losses, anchors
+
+
 def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: list | None = None,
               inside: tuple | None = None) -> dict:
     """One stage, top to bottom: what trains, the forward path, then epochs of updates, each update accumulated over
@@ -179,16 +193,18 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
         while p.micro < updates.micro_total and not p.stopped:  # a fractional last epoch ends with whole updates
             grouped = updates.epoch(p.epoch, p.epoch_start)
             for batches in grouped[p.position :]:
-                # One update: every micro-batch's loss, each divided so that the update averages its items.
-                # With `retain`, each micro-batch also carries its share of the distillation loss, and the update
-                # an L2-SP penalty (training/retain.py); `anchors` keeps them apart for the records.
-                losses, anchors = [], {}
-                for (task, indices), divisor in zip(batches, divisors(batches, train_sets)):
-                    micro_loss = path.loss(task, indices, divisor, share=1 / len(batches))
-                    ctx.accelerator.backward(micro_loss)
-                    losses.append(micro_loss.detach())
-                    if path.anchored is not None:
-                        anchors.setdefault("retain:distill", []).append(path.anchored.detach() / len(batches))
+                while True:  # out of GPU memory: the same update again in smaller pieces (training/memory.py)
+                    try:
+                        pieces = memory.split(batches, p.split)
+                        losses, anchors = accumulate(ctx, path, pieces, train_sets)
+                        break
+                    except Exception as exc:
+                        if not memory.out_of_memory(exc):
+                            raise
+                        parts = memory.after_oom(optimizer, p.split, batches, stage.name, p.update)
+                        if not parts:  # single examples already
+                            raise
+                        p.split = parts
                 penalty = l2sp_loss(stage.retain, ctx.pretrained, named)
                 if penalty is not None:
                     ctx.accelerator.backward(penalty)
@@ -209,7 +225,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
                 optimizer.zero_grad(set_to_none=True)
                 p.micro, p.update, p.position, state.step = (p.micro + len(batches), p.update + 1, p.position + 1,
                                                              state.step + 1)
-                task_losses = tracked.add(batches, values, train_sets, anchored)
+                task_losses = tracked.add(pieces, values, train_sets, anchored)
                 ctx.events("step", {"stage": stage.name, "update": p.update, "total": max(updates.updates, p.update),
                                     "loss": sum(values), "tasks": task_losses,
                                     "examples": sum(len(indices) for _, indices in batches)})
@@ -237,7 +253,8 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
                                                                   if g.startswith("head:")})
         summary.update(epochs_run=round(p.micro / updates.per_epoch, 3), updates=p.update,
                        stopped=p.stopped or "completed")
-        summary.update({k: v for k, v in (("skipped_updates", p.skipped), ("nonfinite_updates", p.nonfinite)) if v})
+        summary.update({k: v for k, v in (("skipped_updates", p.skipped), ("nonfinite_updates", p.nonfinite),
+                                          ("micro_batch_pieces", p.split if p.split > 1 else 0)) if v})
     ctx.accelerator.unwrap_model(stepped_model, keep_fp32_wrapper=False)
     ctx.accelerator.free_memory()  # accelerate lets go of this stage's optimizer (its Adam moments)
     summary.update(best_score=p.evals.best, best_step=state.step if p.evals.best_at is None else p.evals.best_at,
