@@ -16,12 +16,12 @@ tests)
     timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_packing.py tests/test_memory.py \
         >"$out/gpu_tests.log" 2>&1
     echo "tests rc=$?"; tail -n 15 "$out/gpu_tests.log"
-    timeout 220 python bench/gpu_stages.py --e2e "" --oom-tokens 0 --epochs 2 --output "$out/gpu_stages.json" \
+    timeout 300 python bench/gpu_stages.py --e2e "" --oom-tokens 0 --epochs 2 --output "$out/gpu_stages.json" \
         >"$out/gpu_stages.log" 2>&1
     echo "stages rc=$?"; grep -E '^\[|Error|error' "$out/gpu_stages.log" | tail -n 20
     ;;
 e2e)
-    timeout 400 python bench/gpu_stages.py --stages "" --e2e progressive,full --e2e-epochs 1 --oom-tokens 131072 \
+    timeout 300 python bench/gpu_stages.py --stages "" --e2e progressive,full --e2e-epochs 1 --oom-tokens 131072 \
         --output "$out/gpu_e2e.json" >"$out/gpu_e2e.log" 2>&1
     echo "e2e rc=$?"; grep -E '^\[|Error|error|out of GPU memory' "$out/gpu_e2e.log" | tail -n 20
     ;;
