@@ -180,7 +180,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
         summary.update(epochs_run=0, updates=0, stopped="no training (frozen)")
     else:
         train_sets = {t: ctx.prep.features[t]["train"] for t in active}
-        updates = StagePlan.build(train_sets, cfg.train, stage.name, stage.epochs, ctx.runtime.packing is not None)
+        updates = StagePlan.build(train_sets, cfg.train, stage.name, stage.epochs, path.packs)
         warm, best, named = warmup_steps(stage.warmup, updates.updates), None, named_params(groups, stage.trainable)
         begin = checkpoint.snapshot(params) if begin is None and cfg.train.checkpoint else begin
         if inside:
