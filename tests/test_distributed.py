@@ -160,6 +160,7 @@ def test_two_processes_with_ddp_train_the_one_process_model(bert, tmp_path):
     print(f"DDP, 2 processes against 1: max abs difference of final weights {difference:.2e}")
     assert difference <= TOLERANCE
     assert _records(runs[0]) == _records(single.path)  # the same evaluations and training records, once each
+    assert (runs[0] / "report" / "index.html").is_file() and "no report" not in result.stderr
     runtime = json.loads((runs[0] / "runtime.json").read_text())
     assert (runtime["world_size"], runtime["distributed"]) == (2, "ddp")
     mine, theirs = (json.loads((r / "results.json").read_text()) for r in (runs[0], single.path))

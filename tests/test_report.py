@@ -109,6 +109,22 @@ def test_final_model_breakdown_agrees_with_its_results(run):
     assert set(evaluation["tasks"]["sentiment"]) == {"dev"} and set(evaluation["tasks"]["qtype"]) == {"dev", "test"}
 
 
+def test_the_breakdown_made_from_trainings_logits_is_the_saved_models(run):
+    """Training writes the breakdown from the logits of its final evaluation (no second pass over dev and test);
+    it equals the one computed from the saved model and the run's data."""
+    from thawing.breakdown import evaluate_final
+    from thawing.run_dir import RunDir
+
+    written = json.loads((run.path / "report" / "evaluation.json").read_text())
+    again = evaluate_final(RunDir(run.path))
+    assert written["final"] == again["final"] and written["tasks"].keys() == again["tasks"].keys()
+    for task, splits in again["tasks"].items():
+        for split, entry in splits.items():
+            assert written["tasks"][task][split]["examples"] == entry["examples"]
+            assert written["tasks"][task][split]["metrics"] == pytest.approx(entry["metrics"], abs=1e-6)
+            assert written["tasks"][task][split]["detail"] == entry["detail"]
+
+
 def test_the_loops_records_reach_the_report(with_records, monkeypatch):
     seen = {}
     draw = report_module.figures.dev_curves

@@ -1,9 +1,9 @@
 """The final model, looked at closely: each task's metrics on dev and test, with where it goes wrong (a confusion
 matrix for classification, F1 per entity type for token tasks, F1 per label for multi-label tasks).
 
-The run directory holds the model but not the data, so this is computed once, when the report is first written
-(at the end of training, with the data at hand), and kept in `report/evaluation.json`; a later `thawing report`
-reuses it while `final/` is unchanged, and recomputes it when it can.
+The run directory holds the model but not the data, so this is computed once, at the end of training from the logits
+the final evaluation computed anyway (`evaluation`), and kept in `report/evaluation.json`; a later `thawing report`
+reuses it while `final/` is unchanged, and recomputes it from the run's data (`evaluate_final`) when it can.
 """
 
 from __future__ import annotations
@@ -64,6 +64,18 @@ def final_stamp(run: RunDir) -> int:
     return run.heads.stat().st_mtime_ns
 
 
+def split_entry(spec, logits: Sequence[np.ndarray], gold: Sequence) -> dict:
+    """One task on one split: its example count, metrics and errors."""
+    detail = DETAILS.get(spec.type)
+    return {"examples": len(gold), "metrics": spec.kind.metrics(spec, logits, gold),
+            "detail": detail(spec, logits, gold) if detail else None}
+
+
+def evaluation(run: RunDir, tasks: dict[str, dict[str, dict]]) -> dict:
+    """The breakdown of the run's current final model from its `split_entry`s ({task: {split: entry}})."""
+    return {"final": final_stamp(run), "tasks": tasks}
+
+
 def evaluate_final(run: RunDir) -> dict:
     """Every task of the final model on each of its dev and test splits: {"final": stamp, "tasks": {task: {split:
     {"metrics": ..., "detail": ...}}}}.
@@ -83,15 +95,9 @@ def evaluate_final(run: RunDir) -> dict:
             examples = split_examples(config, task, spec.labels, split)
             if not examples:
                 continue
-            logits = model.logits(task, examples)
-            gold = [e.label for e in examples]
-            detail = DETAILS.get(spec.type)
-            tasks.setdefault(task, {})[split] = {
-                "examples": len(examples),
-                "metrics": spec.kind.metrics(spec, logits, gold),
-                "detail": detail(spec, logits, gold) if detail else None,
-            }
-    return {"final": final_stamp(run), "tasks": tasks}
+            tasks.setdefault(task, {})[split] = split_entry(spec, model.logits(task, examples),
+                                                            [e.label for e in examples])
+    return evaluation(run, tasks)
 
 
 def final_evaluation(run: RunDir, previous: dict | None, compute: bool = True) -> tuple[dict | None, str | None]:

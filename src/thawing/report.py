@@ -48,13 +48,14 @@ class RunFiles:
         return of_split(self.lines, "dev")
 
 
-def write_report(path: str | Path, evaluate: bool = True) -> Path:
+def write_report(path: str | Path, evaluate: bool = True, evaluation: dict | None = None) -> Path:
     """Write `report/` for the run at `path`; returns the report.md path. `evaluate=False` skips the final model's
-    breakdown unless an earlier report left one for the same final model."""
+    breakdown unless an earlier report left one for the same final model; `evaluation` is one already computed
+    (training passes the one made from its final logits, `breakdown.evaluation`)."""
     run = RunDir(path)
     if not run.results.is_file():
         raise InputError("no results.json: not a finished thawing run directory", path=run.path)
-    files = read_run(run, evaluate)
+    files = read_run(run, evaluate, evaluation)
     starts = stage_starts(files.stages, files.lines)
     curves = figures.dev_curves(files.lines, files.primary, starts)
     page = run_page(files, starts, curves)
@@ -90,12 +91,12 @@ def _read_config(run: RunDir) -> dict:
     return config if isinstance(config, dict) else {}
 
 
-def read_run(run: RunDir, evaluate: bool = True) -> RunFiles:
+def read_run(run: RunDir, evaluate: bool = True, given: dict | None = None) -> RunFiles:
     config = _read_config(run)
     stages, results = run.read_json(run.stages), run.read_json(run.results)
     _check_shapes(run, stages, results)
     try:  # an earlier report's breakdown of the same final model; a damaged one is computed again
-        previous = json.loads(run.evaluation.read_text()) if run.evaluation.is_file() else None
+        previous = given or (json.loads(run.evaluation.read_text()) if run.evaluation.is_file() else None)
     except (OSError, ValueError):
         previous = None
     evaluation, why = final_evaluation(run, previous, evaluate)

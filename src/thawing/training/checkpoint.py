@@ -53,6 +53,7 @@ class StageProgress:
     update: int = 0  # updates done in the stage
     skipped: int = 0  # fp16 steps the loss scaler skipped
     nonfinite: int = 0  # updates skipped for a non-finite loss or gradient (`train.nonfinite: skip`)
+    split: int = 1  # pieces each micro-batch runs in, after running out of GPU memory (memory.py)
     has_best: bool = False  # an evaluation found a best state (its weights are in best.safetensors)
     stopped: str = ""  # why the stage stopped early (a plateau)
     log: dict[str, list] = field(default_factory=dict)  # training-record sums since the last record (numerics.py)

@@ -9,6 +9,7 @@ import shutil
 import torch
 
 from thawing import distributed
+from thawing.breakdown import SPLITS, evaluation, split_entry
 from thawing.errors import NonFiniteError
 from thawing.inference import score
 from thawing.metrics import selection_score
@@ -43,14 +44,18 @@ def finish(ctx) -> None:
         raise NonFiniteError(f"{len(bad)} weights are not finite (first: {bad[0]}); no final model was written")
     model.eval()
     whole = WholeModel(model, model, ctx.prep.features, ctx.runtime, ctx.prep.config.train.eval_batch_size)
+    # Every task's dev and test logits, once: for the decision rules, results.json and the report's breakdown.
+    logits = {task: {split: whole.logits(task, split) for split in SPLITS if split in ctx.prep.features[task]}
+              for task in model.specs}
+    gold = ctx.prep.gold
     for task, spec in model.specs.items():
-        spec.kind.decide(spec, lambda task=task: whole.logits(task, "dev"), ctx.prep.gold[task]["dev"])
+        spec.kind.decide(spec, lambda task=task: logits[task]["dev"], gold[task]["dev"])
     if ctx.main:  # with several processes every one computes (its share of) the logits; the main one writes
         run.save_final(model)
     tasks, splits = {}, {}
     for task, spec in model.specs.items():
         splits[task] = "test" if "test" in ctx.prep.features[task] else "dev"
-        tasks[task] = score(spec, whole.logits(task, splits[task]), ctx.prep.gold[task][splits[task]])
+        tasks[task] = score(spec, logits[task][splits[task]], gold[task][splits[task]])
     results = {"tasks": tasks, "score": selection_score(tasks, ctx.prep.primary, ctx.prep.config.selection_metric),
                "splits": splits}
     if ctx.probes is not None:
@@ -67,8 +72,10 @@ def finish(ctx) -> None:
     if not ctx.prep.config.train.keep_checkpoints:  # results.json says the run is done: nothing resumes it now
         shutil.rmtree(run.checkpoints, ignore_errors=True)
     try:
-        with distributed.alone():  # the other processes are done: the report's evaluation runs here alone
-            write_report(run.path)
+        with distributed.alone():  # the other processes are done: anything the report computes runs here alone
+            write_report(run.path, evaluation=evaluation(run, {
+                task: {split: split_entry(model.specs[task], out, gold[task][split]) for split, out in by_split.items()}
+                for task, by_split in logits.items()}))
     except Exception as exc:  # the results are written; a report can be made again with `thawing report`
         log.warning("no report for %s (%s: %s); `thawing report %s` retries", run.path, type(exc).__name__, exc,
                     run.path)

@@ -27,7 +27,7 @@ from thawing.probes import build_probes
 from thawing.run_dir import RunDir
 from thawing.runtime import make_accelerator, resolve_for_training
 from thawing.tracking import close_all, open_trackers
-from thawing.training import checkpoint, signals
+from thawing.training import checkpoint, memory, signals
 from thawing.training.checkpoint import StageProgress, TrainState
 from thawing.training.context import Context, Events
 from thawing.training.evaluation import evaluate, finish
@@ -155,6 +155,21 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
     return ctx, plan, groups
 
 
+def accumulate(ctx: Context, path, stepping, batches: list, train_sets: dict) -> tuple[list, dict]:
+    """One update's backward passes: every micro-batch's loss, each divided so that the update averages its items.
+    With `retain`, each micro-batch also carries its share of the distillation loss (training/retain.py); `anchors`
+    keeps it apart for the records. With several processes each runs its slice of every micro-batch, and gradients
+    are exchanged after the last (training/stepping.py)."""
+    losses, anchors = [], {}
+    for i, ((task, indices), divisor) in enumerate(zip(batches, divisors(batches, train_sets))):
+        loss, anchored = micro_backward(ctx, path, stepping, task, indices, divisor, len(batches),
+                                        last=i == len(batches) - 1)
+        losses.append(loss)
+        if anchored is not None:
+            anchors.setdefault("retain:distill", []).append(anchored)
+    return losses, anchors
+
+
 def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: list | None = None,
               inside: tuple | None = None) -> dict:
     """One stage, top to bottom: what trains, the forward path, then epochs of updates, each update accumulated over
@@ -182,7 +197,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
         summary.update(epochs_run=0, updates=0, stopped="no training (frozen)")
     else:
         train_sets = {t: ctx.prep.features[t]["train"] for t in active}
-        updates = StagePlan.build(train_sets, cfg.train, stage.name, stage.epochs, ctx.runtime.packing is not None)
+        updates = StagePlan.build(train_sets, cfg.train, stage.name, stage.epochs, path.packs)
         warm, best, named = warmup_steps(stage.warmup, updates.updates), None, named_params(groups, stage.trainable)
         begin = checkpoint.snapshot(params) if begin is None and cfg.train.checkpoint else begin
         if inside:
@@ -195,17 +210,19 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
         while p.micro < updates.micro_total and not p.stopped:  # a fractional last epoch ends with whole updates
             grouped = updates.epoch(p.epoch, p.epoch_start)
             for batches in grouped[p.position :]:
-                # One update: every micro-batch's loss, each divided so that the update averages its items.
-                # With `retain`, each micro-batch also carries its share of the distillation loss, and the update
-                # an L2-SP penalty (training/retain.py); `anchors` keeps them apart for the records.
-                # With several processes each runs its slice of every micro-batch (training/stepping.py).
-                losses, anchors = [], {}
-                for i, ((task, indices), divisor) in enumerate(zip(batches, divisors(batches, train_sets))):
-                    micro_loss, anchored = micro_backward(ctx, path, stepping, task, indices, divisor, len(batches),
-                                                          last=i == len(batches) - 1)
-                    losses.append(micro_loss)
-                    if anchored is not None:
-                        anchors.setdefault("retain:distill", []).append(anchored)
+                while True:  # out of GPU memory: the same update again in smaller pieces (training/memory.py)
+                    try:
+                        pieces = memory.split(batches, p.split)
+                        losses, anchors = accumulate(ctx, path, stepping, pieces, train_sets)
+                        break
+                    except Exception as exc:
+                        # With several processes the others are inside the update's gradient exchange: no retry.
+                        if not memory.out_of_memory(exc) or distributed.size() > 1:
+                            raise
+                        parts = memory.after_oom(optimizer, p.split, batches, stage.name, p.update)
+                        if not parts:  # single examples already
+                            raise
+                        p.split = parts
                 penalty = l2sp_loss(stage.retain, ctx.pretrained, named)
                 if penalty is not None:  # every process adds the same gradient (after DDP's averaging)
                     ctx.accelerator.backward(penalty)
@@ -225,7 +242,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
                 optimizer.zero_grad(set_to_none=True)
                 p.micro, p.update, p.position, state.step = (p.micro + len(batches), p.update + 1, p.position + 1,
                                                              state.step + 1)
-                task_losses = tracked.add(batches, values, train_sets, anchored)
+                task_losses = tracked.add(pieces, values, train_sets, anchored)
                 ctx.events("step", {"stage": stage.name, "update": p.update, "total": max(updates.updates, p.update),
                                     "loss": sum(values), "tasks": task_losses,
                                     "examples": sum(len(indices) for _, indices in batches)})
@@ -263,9 +280,10 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
                                                                   if g.startswith("head:")})
         summary.update(epochs_run=round(p.micro / updates.per_epoch, 3), updates=p.update,
                        stopped=p.stopped or "completed")
-        summary.update({k: v for k, v in (("skipped_updates", p.skipped), ("nonfinite_updates", p.nonfinite)) if v})
+        summary.update({k: v for k, v in (("skipped_updates", p.skipped), ("nonfinite_updates", p.nonfinite),
+                                          ("micro_batch_pieces", p.split if p.split > 1 else 0)) if v})
     if stepping is not None:
-        stepping.release()  # FSDP: the trained weights gathered into the model, the sharded copy dropped
+        stepping.release()  # FSDP: the sharded copy dropped (its weights were pulled into the model)
     ctx.accelerator.free_memory()  # accelerate lets go of this stage's optimizer (its Adam moments)
     summary.update(best_score=p.evals.best, best_step=state.step if p.evals.best_at is None else p.evals.best_at,
                    wall_s=round(time.perf_counter() - started, 2))

@@ -1,0 +1,216 @@
+"""GPU: the stages of a plan on the stella-shaped model, through thawing's own loop (`thawing.training.loop.train`).
+
+Three parts, each writing into one JSON that is rewritten after every row (a run cut short keeps what it measured):
+
+- stages: the progressive preset's stages (heads on cached embeddings, the top 3 layers and the top half on their
+  boundary caches, full fine-tuning) and a LoRA stage (rank 16 on the queries and values of the top half), each a
+  one-stage plan of --epochs epochs over AG News lengths, with the runtime's GPU defaults (bf16, varlen packing,
+  compiled layers) and --max-tokens real tokens per batch. Throughput counts the updates after the first 3
+  (compilation and warm-up left out) as examples/s and real tokens/s (examples/s x the mean tokens per training
+  example); MFU counts the FLOPs of what each stage computes per real token, over a bf16 matmul rate measured in the
+  same run: full 6N; the top 3 layers (the top half) from the boundary cache 6N x 3/L (6N x half/L); LoRA on the top
+  half 2N forward + 2N x half/L for the backward through the adapted layers (the adapters' own FLOPs are under 1%).
+  N = non-embedding parameters, L = layers. Peak memory covers the whole one-stage run (cache building included).
+- end_to_end: `schedule: progressive` (the optional full stage included; the plan stops where a stage does not beat
+  the best dev score so far) against `schedule: full`, with --e2e-epochs epochs per stage: time and peak memory per
+  stage, wall time of the whole run, scores.
+- oom: a full stage at --oom-tokens real tokens per batch (too many for the card): the update runs out of memory,
+  runs again in pieces (training/memory.py), and the stage completes. Records the pieces and the time.
+
+Data: AG News test (7,600 rows) cut deterministically into train/dev/test 8:1:1 (row i mod 10). Model: a random
+Qwen2 of stella_en_1.5B_v5's shape (bench/throughput.py), BPE tokenizer trained on the texts.
+
+Run (GPU): PYTHONPATH=src THAWING_DATASETS=.gpu-data python bench/gpu_stages.py --output $OUT/gpu_stages.json
+Check on CPU: HF_HUB_OFFLINE=1 .venv/bin/python bench/gpu_stages.py --model tiny-qwen2 --device cpu --n 400 \
+                  --max-tokens 2048 --oom-tokens 0 --output /tmp/gpu_stages.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from gpu_throughput import matmul_peak  # noqa: E402
+from report import write_report  # noqa: E402
+from throughput import DATA, random_qwen2, sync  # noqa: E402
+
+STAGES = {  # the progressive preset's stages at its rates (heads, top3, disc: stella's "top" and "more" layers), LoRA
+    "heads": {"name": "heads", "train": ["heads"], "lr": {"heads": 3e-2}},
+    "disc": {"name": "disc", "train": ["heads", "projection", "layers[-HALF:]"], "lr": {"heads": 3e-4, "encoder": 5e-5},
+             "layer_decay": 0.8},
+    "full": {"name": "full", "train": ["all"], "lr": {"heads": 3e-2, "encoder": 3e-5}},
+    "top3": {"name": "top3", "train": ["heads", "projection", "layers[-3:]"], "lr": {"heads": 5e-4, "encoder": 5e-5}},
+    "lora": {"name": "lora", "train": ["heads", "projection"], "lr": {"heads": 5e-4, "encoder": 5e-4},
+             "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "layers": "layers[-HALF:]",
+                      "targets": ["query", "value"]}},
+}
+
+
+def split_ag_news(root: Path, n: int) -> dict[str, str]:
+    rows = [json.loads(line) for _, line in zip(range(n), open(DATA / "ag_news/test.jsonl"))]
+    parts = {"train": [r for i, r in enumerate(rows) if i % 10 < 8],
+             "dev": [r for i, r in enumerate(rows) if i % 10 == 8],
+             "test": [r for i, r in enumerate(rows) if i % 10 == 9]}
+    out = {}
+    for name, part in parts.items():
+        out[name] = str(root / f"{name}.jsonl")
+        Path(out[name]).write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in part))
+    return out
+
+
+class Recorder:
+    """Events callback: when each update ends (and how many examples it had), and each stage's peak GPU memory."""
+
+    def __init__(self, device: str):
+        self.device, self.steps, self.stages = device, [], {}
+
+    def __call__(self, name: str, payload: dict) -> None:
+        import torch
+
+        if name == "step":
+            sync(self.device)
+            self.steps.append((time.perf_counter(), payload["examples"]))
+        elif name == "stage_end" and self.device == "cuda":
+            self.stages[payload["stage"]] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
+            torch.cuda.reset_peak_memory_stats()
+
+
+def train_once(raw: dict, schedule, encoder, run_dir: Path, device: str, run_optional: bool | None = None):
+    import torch
+
+    from thawing.config import parse_config
+    from thawing.training import loop
+
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    events = Recorder(device)
+    began = time.perf_counter()
+    run = loop.train(parse_config({**raw, "schedule": schedule}), run_dir=str(run_dir), events=events,
+                     encoder=encoder, run_optional=run_optional)
+    return run, events, time.perf_counter() - began
+
+
+def stage_row(raw, name, encoder, runs, args, n_params, layers, peak, mean_tokens) -> dict:
+    stage = json.loads(json.dumps(STAGES[name]).replace("HALF", str(layers // 2)))
+    run, events, wall = train_once(raw, [{**stage, "epochs": args.epochs}], encoder, runs / name, args.device)
+    [summary] = run.read_json(run.stages)
+    shutil.rmtree(run.path)  # a 1.5B model's final/ is 6 GB: the GPU machine's disk holds a few
+    steps = events.steps[3:]  # the first 3 updates compile and warm up
+    seconds = steps[-1][0] - steps[0][0]
+    examples_per_s = sum(n for _, n in steps[1:]) / seconds
+    tokens_per_s = examples_per_s * mean_tokens
+    half = layers // 2
+    flops = {"heads": 0, "full": 6 * n_params, "top3": 6 * n_params * 3 / layers, "disc": 6 * n_params * half / layers,
+             "lora": 2 * n_params + 2 * n_params * half / layers}[name]
+    row = {"trainable_params": summary["trainable_params"], "updates": summary["updates"],
+           "timed_updates": len(steps) - 1, "examples_per_s": round(examples_per_s, 1),
+           "real_tokens_per_s": round(tokens_per_s), "mfu": round(tokens_per_s * flops / peak, 4) if flops else None,
+           "stage_wall_s": summary["wall_s"], "run_wall_s": round(wall, 1), "best_score": summary["best_score"],
+           "peak_gpu_gb": events.stages.get(name)}
+    for key in ("cached", "feature_cache_mb", "boundary_cache", "boundary_cache_mb", "lora", "micro_batch_pieces"):
+        if key in summary:
+            row[key] = summary[key]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="stella-shape")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--n", type=int, default=7600, help="AG News rows to use (8:1:1 train/dev/test)")
+    parser.add_argument("--max-tokens", type=int, default=16384)
+    parser.add_argument("--epochs", type=float, default=3, help="epochs of each stage in the stages part")
+    parser.add_argument("--stages", default="heads,top3,disc,lora,full")
+    parser.add_argument("--e2e", default="progressive,full", help="presets of the end-to-end part ('' for none)")
+    parser.add_argument("--e2e-epochs", type=float, default=1)
+    parser.add_argument("--oom-tokens", type=int, default=131072, help="0: skip the out-of-memory part")
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    began = time.perf_counter()
+    root = Path(tempfile.mkdtemp(prefix="thawing-gpu-stages-"))
+    data = split_ag_news(root, args.n)
+    texts = [json.loads(line)["text"] for line in open(data["train"])]
+    encoder = random_qwen2(args.model, texts[:5000], args.device).to(args.device)
+    n_params = sum(p.numel() for p in encoder.parameters()) - encoder.backbone.get_input_embeddings().weight.numel()
+    layers = encoder.backbone.config.num_hidden_layers
+    mean_tokens = sum(map(len, encoder.token_ids(texts))) / len(texts)
+    peak = matmul_peak(args.device)
+    raw = {
+        "name": "gpu-stages",
+        "model": {"name": "stella-shape (random weights)", "max_length": 512},
+        "tasks": {"topic": {"type": "classification", "data": data}},
+        "train": {"seed": 0, "device": args.device, "max_tokens": args.max_tokens, "checkpoint": False},
+        "cache": {"dir": str(root / "cache"), "max_gb": 40},
+    }
+    report = {
+        "command": " ".join(sys.argv),
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
+        "gpu_memory_gb": round(torch.cuda.get_device_properties(0).total_memory / 1e9, 1) if args.device == "cuda"
+        else None,
+        "torch": torch.__version__,
+        "non_embedding_params": n_params,
+        "layers": layers,
+        "matmul_peak_tflops": round(peak / 1e12, 1),
+        "train_examples": len(texts),
+        "mean_tokens": round(mean_tokens, 1),
+        "max_tokens": args.max_tokens,
+        "stages": {},
+        "end_to_end": {},
+        "oom": {},
+    }
+    runs = root / "runs"
+
+    def save(part, key, value):
+        report[part][key] = value
+        print(f"[{time.perf_counter() - began:.0f} s]", part, key, json.dumps(value), flush=True)
+        write_report(report, args.output)
+
+    for name in filter(None, args.stages.split(",")):
+        try:
+            save("stages", name, stage_row(raw, name, encoder, runs, args, n_params, layers, peak, mean_tokens))
+        except Exception as exc:  # one GPU session: a failing row is recorded, the others still run
+            save("stages", name, {"error": f"{type(exc).__name__}: {exc}"[:600]})
+    for preset in filter(None, args.e2e.split(",")):
+        try:
+            raw_e2e = {**raw, "train": {**raw["train"], "epochs": args.e2e_epochs}}
+            run, events, wall = train_once(raw_e2e, preset, encoder, runs / f"e2e-{preset}", args.device,
+                                           run_optional=True)
+            results, stages = run.read_json(run.results), run.read_json(run.stages)
+            shutil.rmtree(run.path)
+            save("end_to_end", preset, {
+                "wall_s": round(wall, 1), "score": results["score"],
+                "stages": [{"stage": s["stage"], "wall_s": s["wall_s"], "updates": s["updates"],
+                            "epochs_run": s["epochs_run"], "best_score": s["best_score"], "stopped": s["stopped"],
+                            "cached": s["cached"], "peak_gpu_gb": events.stages.get(s["stage"])}
+                           for s in stages]})
+        except Exception as exc:
+            save("end_to_end", preset, {"error": f"{type(exc).__name__}: {exc}"[:600]})
+    if args.oom_tokens:
+        raw_oom = {**raw, "train": {**raw["train"], "max_tokens": args.oom_tokens}}
+        try:
+            run, events, wall = train_once(raw_oom, [{**STAGES["full"], "epochs": 1}], encoder, runs / "oom",
+                                           args.device)
+            [summary] = run.read_json(run.stages)
+            shutil.rmtree(run.path)
+            save("oom", "full", {"max_tokens": args.oom_tokens, "micro_batch_pieces": summary.get("micro_batch_pieces"),
+                                 "updates": summary["updates"], "stage_wall_s": summary["wall_s"],
+                                 "peak_gpu_gb": events.stages.get("full")})
+        except Exception as exc:
+            save("oom", "full", {"error": f"{type(exc).__name__}: {exc}"[:600]})
+    write_report(report, args.output)
+
+
+if __name__ == "__main__":
+    main()
