@@ -10,7 +10,7 @@ forwards through, clips, steps and checkpoints.
                  model) reads the plain model, as with one process.
 
 Both average gradients over the processes, and each process's micro-batch loss is its slice's sum over the whole
-micro-batch's divisor, so the loop multiplies it by the number of processes (`scale`): the update is the one a single
+micro-batch's divisor, so `micro_backward` multiplies it by the number of processes: the update is the one a single
 process computes over the whole micro-batch.
 
 Why a copy for FSDP: sharding replaces a module's parameters in place and cannot be undone, while between stages
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from thawing import distributed
-from thawing.errors import ConfigError
+from thawing.errors import ConfigError, InputError
 from thawing.model.groups import find_layers, parameter_groups
 from thawing.training.checkpoint import load_optimizer_state, optimizer_state
 from thawing.training.stages import stage_optimizer
@@ -136,7 +136,7 @@ class Replicated:
 
     def load_optimizer_state(self, saved: dict) -> None:
         if saved.get("fsdp"):
-            raise ConfigError("this stage checkpoint was taken under FSDP; resume it with the same FSDP launch")
+            raise InputError("this stage checkpoint was taken under FSDP; resume it with the FSDP config")
         load_optimizer_state(self.optimizer, saved)
 
     def release(self) -> None:
@@ -199,7 +199,7 @@ class Sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         if not saved.get("fsdp"):
-            raise ConfigError("this stage checkpoint was taken without FSDP; resume it without the FSDP config")
+            raise InputError("this stage checkpoint was taken without FSDP; resume it without the FSDP config")
         set_optimizer_state_dict(self.model, self.optimizer, saved["optimizer"],
                                  options=StateDictOptions(full_state_dict=True))
 
