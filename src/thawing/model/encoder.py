@@ -19,7 +19,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from thawing.data.batching import sorted_batches
-from thawing.distributed import map_batches
+from thawing.distributed import is_main, map_batches
 from thawing.model import packing
 from thawing.model.groups import find_layers
 from thawing.model.pooling import POOLERS
@@ -239,9 +239,10 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
 
 
 def progress(items: Sequence, label: str, enabled: bool | None = None) -> Iterator:
-    """Iterate with a progress bar on an interactive terminal when there are many items (or when asked)."""
+    """Iterate with a progress bar on an interactive terminal when there are many items (or when asked); under a
+    launcher, in the main process only."""
     if enabled is None:
-        enabled = len(items) >= 64 and sys.stderr.isatty()
+        enabled = len(items) >= 64 and sys.stderr.isatty() and is_main()
     if not enabled:
         yield from items
         return
