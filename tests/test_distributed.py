@@ -34,8 +34,9 @@ from thawing.training.stages import build_plan
 from thawing.training.stepping import fsdp_settings
 
 REPO = Path(__file__).resolve().parents[1]
-LAUNCHERS = {"accelerate": [str(Path(sys.executable).with_name("accelerate")), "launch"],
-             "torchrun": [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2"]}
+# Free ports, chosen by the launchers: another job on the machine may hold the default one (29500).
+LAUNCHERS = {"accelerate": [str(Path(sys.executable).with_name("accelerate")), "launch", "--main_process_port", "0"],
+             "torchrun": [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]}
 DDP_CONFIG = str(REPO / "configs" / "accelerate" / "ddp.yaml")
 TOLERANCE = 1e-5  # fp32, two processes against one: float reduction order only
 
