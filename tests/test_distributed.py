@@ -4,8 +4,8 @@ trains at the same global batch, in one run directory; a run stopped by a signal
 processes to the same weights.
 
 Each two-process run starts two Python processes that import torch and transformers: about 10-20 s on the shared
-2-core machine. Models and heads without dropout: each process draws its own dropout masks, which one process would
-draw differently.
+2-core machine. The runs compared with one process have no dropout (model or heads): each process draws its own
+masks, which one process would draw differently.
 
 Run: `.venv/bin/python -m pytest -q tests/test_distributed.py`
 """
