@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from thawing.config import parse_config
 from thawing.errors import InputError, ModelNotFoundError, ThawingError
 from thawing.training.loop import train
 
+SRC = Path(__file__).resolve().parents[1] / "src"
 REPO = "someone/toy-model"
 PROMPT = "which question : "
 TEXTS = ["who won the game ?", "the movie was great", "john is in paris"]
@@ -233,9 +235,10 @@ def test_unknown_repo_id_is_a_clear_error(cache, tmp_path):
 def test_cli_error_has_no_traceback(tmp_path):
     texts = tmp_path / "in.txt"
     texts.write_text("a text\n")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}  # this checkout's thawing
     done = subprocess.run([sys.executable, "-m", "thawing", "predict", "nobody/nothing", "-i", str(texts), "-o",
-                           str(tmp_path / "out.jsonl")], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+                           str(tmp_path / "out.jsonl")], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "cannot find model 'nobody/nothing'" in done.stderr
 
