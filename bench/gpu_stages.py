@@ -42,6 +42,8 @@ from gpu_throughput import matmul_peak  # noqa: E402
 from report import write_report  # noqa: E402
 from throughput import DATA, random_qwen2, sync  # noqa: E402
 
+from thawing.errors import Interrupted  # noqa: E402
+
 STAGES = {  # the progressive preset's stages at its rates (heads, top3, disc: stella's "top" and "more" layers), LoRA
     "heads": {"name": "heads", "train": ["heads"], "lr": {"heads": 3e-2}},
     "disc": {"name": "disc", "train": ["heads", "projection", "layers[-HALF:]"], "lr": {"heads": 3e-4, "encoder": 5e-5},
@@ -180,6 +182,8 @@ def main() -> None:
     for name in filter(None, args.stages.split(",")):
         try:
             save("stages", name, stage_row(raw, name, encoder, runs, args, n_params, layers, peak, mean_tokens))
+        except Interrupted:  # a time limit's SIGTERM ends the script, not the row
+            raise
         except Exception as exc:  # one GPU session: a failing row is recorded, the others still run
             save("stages", name, {"error": f"{type(exc).__name__}: {exc}"[:600]})
     for preset in filter(None, args.e2e.split(",")):
@@ -195,6 +199,8 @@ def main() -> None:
                             "epochs_run": s["epochs_run"], "best_score": s["best_score"], "stopped": s["stopped"],
                             "cached": s["cached"], "peak_gpu_gb": events.stages.get(s["stage"])}
                            for s in stages]})
+        except Interrupted:
+            raise
         except Exception as exc:
             save("end_to_end", preset, {"error": f"{type(exc).__name__}: {exc}"[:600]})
     if args.oom_tokens:
@@ -207,6 +213,8 @@ def main() -> None:
             save("oom", "full", {"max_tokens": args.oom_tokens, "micro_batch_pieces": summary.get("micro_batch_pieces"),
                                  "updates": summary["updates"], "stage_wall_s": summary["wall_s"],
                                  "peak_gpu_gb": events.stages.get("full")})
+        except Interrupted:
+            raise
         except Exception as exc:
             save("oom", "full", {"error": f"{type(exc).__name__}: {exc}"[:600]})
     write_report(report, args.output)

@@ -228,3 +228,11 @@ def test_study_command_trains_each_scenario_in_its_own_process(tiny_bert_dir, tm
     assert isinstance(result.exception, InputError) and result.exception.exit_code == 2
     assert "unknown scenario 'warm'" in str(result.exception)
     assert not (tmp_path / "t").exists()
+
+
+def test_the_lora_preset_runs_as_a_scenario(tiny_bert_dir, tmp_path):
+    """Its plan resolves adapter targets against the model, before anything trains."""
+    config = parse_config(toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",), train={"epochs": 1}))
+    study = run_study(config, ["lora"], str(tmp_path / "s"), isolate=False)
+    stages = json.loads((study.path / "lora" / "stages.json").read_text())
+    assert [s["stage"] for s in stages][:2] == ["heads", "lora"] and stages[1]["lora"]["params"] > 0

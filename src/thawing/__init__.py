@@ -5,12 +5,14 @@ Example:
     >>> run = thawing.train(thawing.load_config("configs/demo.yaml"))   # doctest: +SKIP
     >>> model = thawing.load(run.path)                                   # doctest: +SKIP
     >>> model.predict(["Where is my parcel?"], task="topic")             # doctest: +SKIP
+    >>> thawing.push(run.path, "someone/support-topics")                 # doctest: +SKIP
+    >>> model = thawing.load("someone/support-topics")                   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"  # the source tree's version; pyproject.toml reads it from here
-__all__ = ["load", "load_config", "train", "load_encoder", "version"]
+__all__ = ["load", "load_config", "train", "load_encoder", "push", "version"]
 
 
 def version() -> str:
@@ -45,6 +47,10 @@ def __getattr__(name: str):
         from thawing.api import train
 
         return train
+    if name == "push":
+        from thawing.hub import push
+
+        return push
     if name == "load_encoder":
         from thawing.model.loading import load_encoder
 

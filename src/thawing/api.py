@@ -33,11 +33,14 @@ class TrainedModel:
     """A trained multi-task model: its encoder, its heads and their label sets, on a resolved runtime (device,
     precision, packing)."""
 
-    def __init__(self, model: MultiTaskModel, runtime: Runtime, run: RunDir | None = None, batch_size: int = 64):
+    def __init__(self, model: MultiTaskModel, runtime: Runtime, run: RunDir | None = None, batch_size: int = 64,
+                 name: str | None = None):
         self.model = model.eval()
         self.runtime = runtime
         self.run = run
         self.batch_size = batch_size
+        # What to call the model: its run directory's name, or the repo id it was loaded by.
+        self.name = name or (run.path.name if run is not None else "model")
 
     @property
     def tasks(self) -> dict[str, TaskSpec]:
@@ -79,28 +82,40 @@ class TrainedModel:
         return inference.score(self.tasks[task], logits, [e.label for e in examples])
 
 
-def load(run_dir: str | Path, device: str = "auto", mixed_precision: str = "auto", packing: bool | None = None,
-         trust_remote_code: bool = False) -> TrainedModel:
-    """Load `run_dir/final` (or a `final/` folder itself) into a `TrainedModel`, on a runtime resolved as for
-    `thawing embed` (auto: a GPU in bf16 with varlen packing where there is one; CPU in fp32 otherwise).
+def load(model: str | Path, device: str = "auto", mixed_precision: str = "auto", packing: bool | None = None,
+         trust_remote_code: bool = False, revision: str | None = None) -> TrainedModel:
+    """Load a trained model into a `TrainedModel`, on a runtime resolved as for `thawing embed` (auto: a GPU in bf16
+    with varlen packing where there is one; CPU in fp32 otherwise).
 
-    `final/manifest.json` is checked first: a file changed since training (or a label list in another order) is
-    refused. A model saved before manifests existed loads with a warning. `trust_remote_code` runs an encoder's own
-    modeling code (a run trained with `model.trust_remote_code: true`); it is never taken from the run's files.
+    `model` is a run directory (its final/ is loaded), a final/ folder itself, or the Hugging Face repo id
+    ("owner/name") of a model pushed with `thawing push`: downloaded, or read from the Hugging Face cache (offline
+    with HF_HUB_OFFLINE=1). A local folder of that name takes precedence over the repo.
+
+    `manifest.json` is checked first: a file changed since training (or a label list in another order) is refused,
+    in a download as in a run. A model saved before manifests existed loads with a warning. `trust_remote_code`
+    runs an encoder's own modeling code (a run trained with `model.trust_remote_code: true`); it is never taken from
+    the model's files. `revision` is a branch, tag or commit of the repo (a repo id only).
 
     Raises:
         InputError: for a folder that holds no trained model, a damaged or changed one.
+        ModelNotFoundError: for a repo id that is neither a local folder nor found in the cache or on the Hub.
         ThawingError: for an encoder with its own code without `trust_remote_code`.
     """
-    run = RunDir.of_model(run_dir)
+    from thawing.hub import model_folder
+
+    folder = model_folder(model, revision)
+    local = folder == Path(model).expanduser()
+    run = RunDir.of_model(folder)
     if not run.tasks.is_file():
-        raise InputError("no trained model here (expected final/tasks.json)", path=Path(run_dir))
+        where = "" if local else f" (the Hugging Face repo '{model}')"
+        raise InputError(f"no trained model here{where} (expected final/tasks.json, or tasks.json in a model folder; "
+                         "a plain sentence encoder loads with thawing.load_encoder)", path=folder)
     specs = task_specs(run.read_json(run.tasks), run.tasks)
     if not run.verify_final({t: s.labels for t, s in specs.items()}):
         log.warning("%s has no manifest.json (saved by an older thawing): its files cannot be checked", run.final)
     encoder = load_encoder(str(run.encoder_dir), trust_remote_code=trust_remote_code)
-    model = MultiTaskModel(encoder, specs)
-    _load_heads(model, run)
+    multitask = MultiTaskModel(encoder, specs)
+    _load_heads(multitask, run)
 
     def sample():
         ids = encoder.pad(encoder.token_ids(["a sentence to check packing with.", "and another one"]))
@@ -108,9 +123,9 @@ def load(run_dir: str | Path, device: str = "auto", mixed_precision: str = "auto
 
     runtime = resolve(encoder, device=device, precision=mixed_precision, packing_=packing, training=False,
                       sample=sample)
-    model.to(runtime.device)
+    multitask.to(runtime.device)
     apply(runtime, encoder)
-    return TrainedModel(model, runtime, run)
+    return TrainedModel(multitask, runtime, run, name=run.path.name if local else str(model))
 
 
 def task_specs(raw: Any, path: Path) -> dict[str, TaskSpec]:

@@ -24,6 +24,7 @@ app = typer.Typer(
     help="Multi-task fine-tuning of sentence encoders.",
 )
 console = Console(stderr=True)
+_MODEL_HELP = "A run directory (or its final/ folder), or the Hugging Face repo id of a pushed model."
 
 
 def _print_version(value: bool) -> None:
@@ -340,7 +341,8 @@ def _lora_line(adapters: dict) -> str:
 
 @app.command()
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="A run directory."),
+    run_dir: str = typer.Argument(..., help="A run directory, or the Hugging Face repo id of a pushed model (with "
+                                  "--data for each task: it has no run config)."),
     split: str = typer.Option("test", help="Split to evaluate: train, dev or test."),
     data: list[str] = typer.Option(
         [], "--data", help="Evaluate a task on another file: --data task=path (repeatable)."
@@ -355,22 +357,32 @@ def evaluate(
 
     from thawing.api import load
     from thawing.config import SPLITS, load_config
-    from thawing.inference import split_examples
+    from thawing.hub import model_folder
+    from thawing.inference import file_examples, split_examples
     from thawing.run_dir import RunDir
 
     if split not in SPLITS:
         raise InputError(f"--split '{split}' is not a split; choose {', '.join(SPLITS)}")
     if output is not None:
         _check_output(output, overwrite=False)
-    cfg = load_config(RunDir(run_dir).config)
     overrides = dict(_split_pair(item) for item in data)
-    model = load(run_dir, trust_remote_code=trust_remote_code)
+    folder = model_folder(run_dir)
+    run = RunDir.of_model(folder)
+    # A model without its run (a Hugging Face download) has no config.yaml: nothing names its data or their fields.
+    cfg = None if run.stands_alone() else load_config(run.config)
+    if cfg is None and not overrides:
+        raise InputError(f"'{run_dir}' has no run config (config.yaml) to find its data in: give --data task=FILE "
+                         "for the tasks to evaluate (fields: text and label, or tokens and tags)")
+    model = load(str(folder), trust_remote_code=trust_remote_code)
     unknown = set(overrides) - set(model.tasks)
     if unknown:
         raise InputError(f"--data names unknown task(s) {', '.join(sorted(unknown))}; tasks: {', '.join(model.tasks)}")
     results = {}
     for task, spec in model.tasks.items():
-        examples = split_examples(cfg, task, spec.labels, split, overrides.get(task))
+        if cfg is None:
+            examples = file_examples(spec, split, overrides[task]) if task in overrides else None
+        else:
+            examples = split_examples(cfg, task, spec.labels, split, overrides.get(task))
         if not examples:
             console.print(f"task '{task}' has no {split} split; skipped (give --data {task}=FILE)", markup=False)
             continue
@@ -391,7 +403,7 @@ def _split_pair(item: str) -> tuple[str, str]:
 
 @app.command()
 def predict(
-    run_dir: Path = typer.Argument(..., help="A run directory."),
+    run_dir: str = typer.Argument(..., help=_MODEL_HELP),
     input: Path = typer.Option(..., "--input", "-i", help="Texts: .txt (one per line), .jsonl, .csv or .tsv."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write one JSON line per input."),
     task: Optional[str] = typer.Option(None, help="Only this task (default: every task)."),
@@ -528,7 +540,7 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run directory, o
 
 @app.command()
 def export(
-    run_dir: Path = typer.Argument(..., help="A finished run directory (or its final/ folder)."),
+    run_dir: str = typer.Argument(..., help=_MODEL_HELP),
     format_: str = typer.Option("onnx", "--format", help="Export format: onnx."),
     output: Path = typer.Option(
         ..., "--output", "-o", help="Folder to write: the graph, the tokenizer and thawing_onnx.json."
@@ -544,6 +556,26 @@ def export(
     path = export_run(run_dir, output, format=format_, quantize=quantize, overwrite=overwrite)
     console.print(f"exported {run_dir} as ONNX to {path}", markup=False, highlight=False)
     print(path)
+
+
+@app.command()
+def push(
+    run_dir: Path = typer.Argument(..., help="A finished run directory (or its final/ folder)."),
+    repo_id: str = typer.Argument(..., help="The Hugging Face repo to push to: owner/name (created if new)."),
+    private: bool = typer.Option(False, "--private", help="Create the repo private (an existing public one is "
+                                 "refused, not changed)."),
+    revision: Optional[str] = typer.Option(None, help="The branch to push to (created if new) [default: main]."),
+    commit_message: Optional[str] = typer.Option(
+        None, help="The commit's message [default: Upload <run name> with thawing]."
+    ),
+) -> None:
+    """Upload a finished run's model (its final/ folder, with the model card as README.md) to the Hugging Face Hub,
+    where `thawing.load("owner/name")` finds it; prints the commit's URL. The token: HF_TOKEN, or `hf auth login`."""
+    from thawing.hub import push as push_model
+
+    url = push_model(run_dir, repo_id, private=private, revision=revision, commit_message=commit_message)
+    console.print(f"pushed {run_dir} to {repo_id}", markup=False, highlight=False)
+    print(url)
 
 
 @app.command()
@@ -575,7 +607,7 @@ def interpolate(
 
 @app.command()
 def serve(
-    run_dir: Path = typer.Argument(..., help="A run directory (or its final/ folder)."),
+    run_dir: str = typer.Argument(..., help=_MODEL_HELP),
     host: str = typer.Option("127.0.0.1", help="Address to bind; the service has no authentication."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on (0: a free one, printed)."),
     max_batch: int = typer.Option(64, min=1, help="Texts per model run: concurrent requests are grouped up to it."),

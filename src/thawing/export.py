@@ -32,7 +32,7 @@ from thawing.data.batching import placeholder_word
 from thawing.errors import InputError, ThawingError
 from thawing.model.encoder import Encoder
 from thawing.model.multitask import MultiTaskModel
-from thawing.run_dir import ONNX_META, ONNX_MODEL, RunDir
+from thawing.run_dir import ONNX_META, ONNX_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ class ExportGraph(nn.Module):
 
 def export_run(run_dir: str | Path, output: str | Path, format: str = "onnx", quantize: str | None = None,
                overwrite: bool = False) -> Path:
-    """Export the trained model of `run_dir` (a run directory or its final/ folder) into the new folder `output`.
+    """Export the trained model of `run_dir` (a run directory, its final/ folder, or a Hugging Face repo id, as
+    `thawing.load` takes them) into the new folder `output`.
 
     Returns:
         `output`, holding model.onnx, thawing_onnx.json and the tokenizer's files.
@@ -106,11 +107,11 @@ def export_run(run_dir: str | Path, output: str | Path, format: str = "onnx", qu
             worst = max(differences, key=lambda name: differences[name]["relative"])
             if differences[worst]["relative"] > TOLERANCE:
                 raise ThawingError(
-                    f"{RunDir.of_model(run_dir).path}: the traced ONNX graph gives output '{worst}' "
+                    f"{trained.run.path}: the traced ONNX graph gives output '{worst}' "
                     f"{differences[worst]['max_abs']:.3g} away from the PyTorch model (tolerance {TOLERANCE}); this "
                     "architecture does not trace to one graph for every batch, so nothing was written")
         encoder.tokenizer.save_pretrained(tmp)
-        meta = metadata(trained.model, names, quantize, differences, RunDir.of_model(run_dir).path.name)
+        meta = metadata(trained.model, names, quantize, differences, trained.name)
         (tmp / ONNX_META).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
     log.info("exported %s to %s", run_dir, output)
     return output

@@ -108,3 +108,13 @@ def split_examples(config: RunConfig, task: str, labels: list[str], split: str, 
     if path is not None:
         return load_split(task_cfg, split, path, labels)
     return load_task(task, task_cfg, seed=config.train.seed).splits.get(split)
+
+
+def file_examples(spec: TaskSpec, split: str, path: str) -> list[Example]:
+    """The labelled examples in `path` for a model without its run (a Hugging Face download has no config.yaml): the
+    fields are the task type's defaults (text and label; tokens and tags), as no config names others."""
+    from thawing.config import TaskConfig
+    from thawing.data.tasks import load_split
+
+    task_cfg = TaskConfig(type=spec.type, data={"train": path}, tag_scheme=spec.tag_scheme, labels=list(spec.labels))
+    return load_split(task_cfg, split, path, list(spec.labels))

@@ -6,7 +6,8 @@ is named in the body only), license (the base model's, read from its own card wh
 none), datasets (the hub datasets of `format: hf` tasks; files are named in the body), metrics, and model-index (each
 task's final metrics). Body: each task's labels, head, prompt, data and final metrics; the stage plan with trainable
 parameters and wall time; retention probes where results.json has them (`probes`); usage with `thawing.load`,
-sentence-transformers (`final/encoder/`, with each task's prompt by name) and an ONNX export.
+sentence-transformers (`final/encoder/`, with each task's prompt by name) and an ONNX export. `thawing push` uploads
+the card with its usage section rewritten to load the model by repo id (`card_for_repo`).
 """
 
 from __future__ import annotations
@@ -262,18 +263,52 @@ def _cell(value: object) -> str:
 # ---------------------------------------------------------------------------------------------- usage
 
 
-def _usage_section(name: str, tasks: dict) -> list[str]:
-    """Snippets with paths relative to the folder that holds the run."""
+USAGE = "## Usage"
+
+
+def card_for_repo(card: str, repo_id: str, tasks: dict) -> str | None:
+    """`card` (a run's final/README.md) for the Hugging Face repo `repo_id`: its usage section (from its heading to
+    the next section, so edits elsewhere stay) rewritten to load the model by repo id. None when the card has no
+    such section (edited away).
+
+    Example:
+        >>> tasks = {"t": {"type": "classification", "labels": ["a", "b"], "head": {"type": "linear"}}}
+        >>> card_for_repo("# r\n\n## Usage\n\nold\n", "someone/r", tasks)[:40]
+        '# r\n\n## Usage\n\nFrom the Hugging Face '
+    """
+    lines = card.splitlines()
+    if USAGE not in lines:
+        return None
+    start = lines.index(USAGE)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    before = lines[:start]
+    while before and not before[-1].strip():  # the section brings its own blank line
+        before.pop()
+    return "\n".join(before + _usage_section(repo_id, tasks, hub=True) + [""] * (end < len(lines)) + lines[end:]) + "\n"
+
+
+def _usage_section(name: str, tasks: dict, hub: bool = False) -> list[str]:
+    """Snippets that load the model `name`: a run directory (paths relative to the folder that holds it), or with
+    `hub`, a Hugging Face repo id."""
     first = next(iter(tasks))
     prompted = next((t for t, spec in tasks.items() if spec.get("prompt")), None)
-    lines = ["", "## Usage", "", "Paths are relative to the folder that holds the run directory.", "",
-             "With thawing:", "", "```python", "import thawing", "",
-             f'model = thawing.load("{name}")  # the run directory, or its {FINAL}/ folder',
+    if hub:
+        where = ["From the Hugging Face Hub: downloaded the first time, then read from the Hugging Face cache."]
+        load = f'model = thawing.load("{name}")'
+        # SentenceTransformer takes no subfolder, and the repo's root is thawing's layout: it needs encoder/'s path.
+        st = ["from huggingface_hub import snapshot_download", "from sentence_transformers import SentenceTransformer",
+              "", f'folder = snapshot_download("{name}", allow_patterns=["{ENCODER}/*"])  # the encoder\'s files only',
+              f'encoder = SentenceTransformer(f"{{folder}}/{ENCODER}")']
+    else:
+        where = ["Paths are relative to the folder that holds the run directory."]
+        load = f'model = thawing.load("{name}")  # the run directory, or its {FINAL}/ folder'
+        st = ["from sentence_transformers import SentenceTransformer", "",
+              f'encoder = SentenceTransformer("{name}/{FINAL}/{ENCODER}")']
+    lines = ["", USAGE, "", *where, "", "With thawing:", "", "```python", "import thawing", "", load,
              f'print(model.predict(["{EXAMPLE}"], task="{first}"))',
              f'print(model.encode(["{EXAMPLE}"]).shape)  # sentence embeddings', "```", "",
-             "With sentence-transformers (the encoder alone: embeddings; each task's prompt is a named prompt):", "",
-             "```python", "from sentence_transformers import SentenceTransformer", "",
-             f'encoder = SentenceTransformer("{name}/{FINAL}/{ENCODER}")']
+             f"With sentence-transformers (the encoder alone, in `{ENCODER}/`: embeddings; each task's prompt is a "
+             "named prompt):", "", "```python", *st]
     if prompted:
         lines.append(f'vectors = encoder.encode(["{EXAMPLE}"], prompt_name="{prompted}")  # the prompt of {prompted}')
     else:
@@ -283,7 +318,7 @@ def _usage_section(name: str, tasks: dict) -> list[str]:
 
 
 def _onnx_usage(name: str, tasks: dict) -> list[str]:
-    folder = f"{name}-onnx"
+    folder = f"{name.rsplit('/', 1)[-1]}-onnx"  # a run directory's name, or a repo's name without its owner
     sentence = next((t for t, spec in tasks.items() if task_type(spec["type"]).reads == "sentence"), None)
     lines = ["", "As ONNX (one graph: the encoder, every head and the embedding; run with onnxruntime):", "",
              "```bash", 'pip install "thawing[onnx]"', f"thawing export {name} --format onnx --output {folder}", "```",

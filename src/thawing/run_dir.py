@@ -12,7 +12,8 @@ A run:
     results.json      {"tasks": {task: {metric: value}}, "score": ..., "splits": {task: split}}
     final/            encoder/ (sentence-transformers layout), heads.safetensors, labels.json, tasks.json,
                       manifest.json (the sha256 of each file and the labels, checked by `thawing.load`),
-                      README.md (the model card, model_card.py)
+                      README.md (the model card, model_card.py); what `thawing push` uploads to a Hugging Face
+                      repo (hub.py), whose download `thawing.load` reads as a final/ folder on its own
     checkpoints/      last/: the state after the last finished stage; step/: inside the stage under way
                       (training/checkpoint.py); removed when the run finishes, unless train.keep_checkpoints
     run.lock          held (fcntl) by the process that trains in this directory
@@ -88,8 +89,10 @@ STUDY_PNG = "study.png"
 class RunDir:
     """Paths and writers for one run (or study) directory."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, final: str | Path | None = None):
         self.path = Path(path)
+        # A trained model's folder on its own (a Hugging Face download, a copy of final/) has no run around it.
+        self._final = Path(final) if final is not None else None
 
     @classmethod
     def create(cls, name: str, explicit: str | Path | None = None, base: str | Path = "runs") -> "RunDir":
@@ -141,9 +144,13 @@ class RunDir:
 
     @classmethod
     def of_model(cls, path: str | Path) -> "RunDir":
-        """The run that holds a trained model: `path` is the run directory or its `final/` folder."""
+        """The run that holds a trained model: `path` is the run directory or its `final/` folder; or a model folder
+        on its own (tasks.json in it, no run around it: a Hugging Face download, `final-interpolated/`), whose run
+        files (config.yaml, results.json, ...) are then absent."""
         path = Path(path)
-        return cls(path if (path / FINAL).is_dir() or path.name != FINAL else path.parent)
+        if (path / FINAL).is_dir() or (path.name != FINAL and not (path / TASKS).is_file()):
+            return cls(path)
+        return cls(path.parent) if path.name == FINAL else cls(path, final=path)
 
     # ------------------------------------------------------------------ paths
     config = property(lambda self: self.path / CONFIG)
@@ -151,13 +158,13 @@ class RunDir:
     metrics = property(lambda self: self.path / METRICS)
     stages = property(lambda self: self.path / STAGES)
     results = property(lambda self: self.path / RESULTS)
-    final = property(lambda self: self.path / FINAL)
-    manifest = property(lambda self: self.path / FINAL / MANIFEST)
-    encoder_dir = property(lambda self: self.path / FINAL / ENCODER)
-    heads = property(lambda self: self.path / FINAL / HEADS)
-    tasks = property(lambda self: self.path / FINAL / TASKS)
+    final = property(lambda self: self._final or self.path / FINAL)
+    manifest = property(lambda self: self.final / MANIFEST)
+    encoder_dir = property(lambda self: self.final / ENCODER)
+    heads = property(lambda self: self.final / HEADS)
+    tasks = property(lambda self: self.final / TASKS)
     checkpoints = property(lambda self: self.path / CHECKPOINTS)
-    model_card = property(lambda self: self.path / FINAL / MODEL_CARD)
+    model_card = property(lambda self: self.final / MODEL_CARD)
     checkpoint = property(lambda self: self.path / CHECKPOINT)
     interpolate_dir = property(lambda self: self.path / INTERPOLATE)
     interpolate_json = property(lambda self: self.path / INTERPOLATE / INTERPOLATE_JSON)
@@ -180,6 +187,10 @@ class RunDir:
     def tracker_dir(self, name: str) -> Path:
         """Where tracker `name` (e.g. tensorboard) writes its files."""
         return self.path / name
+
+    def stands_alone(self) -> bool:
+        """Whether this is a model folder without its run around it (see `of_model`): no config.yaml, results.json."""
+        return self._final is not None
 
     def is_study(self) -> bool:
         return self.study_json.is_file()

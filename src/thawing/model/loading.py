@@ -44,7 +44,8 @@ def load_encoder(
     """Load an encoder by directory or hub id.
 
     Args:
-        name: a directory or hub id; see `resolve_model`.
+        name: a directory or hub id; see `resolve_model`. A trained thawing model (a run directory, its final/
+            folder, or the hub id it was pushed to) gives its fine-tuned encoder.
         max_length: overrides the model's own maximum sequence length.
         pooling: overrides the model's pooling ("mean", "cls", "last", "max"); plain transformers
             models default to mean pooling.
@@ -54,7 +55,7 @@ def load_encoder(
     Raises:
         ThawingError: for custom code without `trust_remote_code`, or an unsupported layout.
     """
-    root = resolve_model(name)
+    root = _encoder_of_trained(resolve_model(name))
     modules = _read_json(root / "modules.json") if (root / "modules.json").is_file() else None
     with _loading(root, "sentence-transformers modules (modules.json)"):
         layout = _parse_modules(root, modules)
@@ -82,6 +83,18 @@ def load_encoder(
         max_length=max_length or st_cfg.get("max_seq_length") or _default_max_length(backbone, tokenizer),
         do_lower_case=bool(st_cfg.get("do_lower_case", False)),
     )
+
+
+def _encoder_of_trained(root: Path) -> Path:
+    """The encoder folder of a trained thawing model at `root` (a run, its final/, a pushed repo's download: the
+    encoder is in encoder/ there), or `root` itself."""
+    from thawing.run_dir import RunDir
+
+    run = RunDir.of_model(root)
+    if run.tasks.is_file() and run.encoder_dir.is_dir():
+        log.info("%s is a trained thawing model: using its encoder, %s", root, run.encoder_dir)
+        return run.encoder_dir
+    return root
 
 
 @contextlib.contextmanager

@@ -1,0 +1,221 @@
+"""Sharing a trained model through the Hugging Face Hub: find it by repo id (`thawing.load("owner/name")`), and push a
+finished run's final/ folder to a repo (`thawing push`).
+
+A repo holds exactly what final/ holds (encoder/ in sentence-transformers layout, heads.safetensors, labels.json,
+tasks.json, manifest.json), with the model card as its README.md, so the Hub shows it; `thawing.load` checks the
+download against manifest.json as it checks a run's final/.
+
+huggingface_hub is imported inside the functions: the CLI's start-up must stay light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from thawing.errors import InputError, ModelNotFoundError, ThawingError
+from thawing.run_dir import MODEL_CARD, RunDir
+
+log = logging.getLogger(__name__)
+
+# owner/name, as the Hub spells repo ids (letters, digits, '-', '_', '.'); huggingface_hub checks the finer rules.
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_repo_id(name: str) -> bool:
+    """Whether `name` has the form of a Hugging Face repo id, owner/name (it may still name a local folder)."""
+    return bool(_REPO_ID.fullmatch(name))
+
+
+def model_folder(name: str | Path, revision: str | None = None) -> Path:
+    """The folder of the trained model `name`: a local folder (a run directory, its final/ folder), which always takes
+    precedence; else the snapshot of the Hugging Face repo `name` (a string owner/name), downloaded or read from the
+    Hugging Face cache (as huggingface_hub does: HF_HUB_OFFLINE, HF_HUB_CACHE and HF_HOME apply).
+
+    Args:
+        name: a folder, or a repo id such as "someone/my-thawing-model". A `Path` is always a folder.
+        revision: a branch, tag or commit of the repo (default: main); refused for a local folder.
+
+    Raises:
+        InputError: a revision for a local folder; a name that is neither a folder nor a repo id.
+        ModelNotFoundError: a repo id that cannot be found, naming it and why.
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        if revision is not None:
+            raise InputError(f"revision '{revision}' applies to a Hugging Face repo id; this is a local folder",
+                             path=path)
+        return path
+    if isinstance(name, Path) or not is_repo_id(name):
+        raise InputError("not found: no such folder (nor a Hugging Face repo id, owner/name)", path=path)
+    return download(name, revision)
+
+
+def download(repo_id: str, revision: str | None = None) -> Path:
+    """The snapshot folder of repo `repo_id` at `revision`: from the Hugging Face cache, or downloaded into it.
+
+    Raises:
+        ModelNotFoundError: naming the repo and why (not in the cache while offline, no such repo or revision, ...).
+    """
+    from huggingface_hub import snapshot_download
+
+    from thawing import version
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, library_name="thawing", library_version=version()))
+    except Exception as exc:  # the hub client raises many unrelated types (HTTP, offline, validation, cache)
+        raise ModelNotFoundError(f"cannot find model '{repo_id}': there is no such folder here, and "
+                                 f"{_why_not_found(exc, revision)}") from None
+
+
+def _why_not_found(exc: Exception, revision: str | None) -> str:
+    from huggingface_hub import constants, errors
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    incomplete = getattr(errors, "IncompleteSnapshotError", ())  # huggingface_hub 1.x and later
+
+    if isinstance(exc, HFValidationError):
+        return f"it is not a valid Hugging Face repo id ({_first_line(exc)})"
+    if isinstance(exc, GatedRepoError):  # before RepositoryNotFoundError, which it extends
+        return "the repo is gated: accept its conditions on huggingface.co, then log in (`hf auth login`)"
+    if isinstance(exc, RepositoryNotFoundError):
+        return ("the Hugging Face Hub has no such repo (or it is private: log in with `hf auth login` or set "
+                "HF_TOKEN)")
+    if isinstance(exc, RevisionNotFoundError):
+        return f"the repo has no revision '{revision}'"
+    if isinstance(exc, incomplete):
+        return f"its copy in the Hugging Face cache is incomplete ({_first_line(exc)})"
+    if isinstance(exc, LocalEntryNotFoundError):
+        where = f"the Hugging Face cache ({constants.HF_HUB_CACHE})"
+        if constants.HF_HUB_OFFLINE:
+            return f"it is not in {where}, and HF_HUB_OFFLINE is set (nothing is downloaded)"
+        return f"it is not in {where}, and the Hub could not be reached"
+    return f"the Hub could not give it ({type(exc).__name__}: {_first_line(exc)})"
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------------- push
+
+
+def push(run_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+         commit_message: str | None = None, token: str | None = None) -> str:
+    """Upload the trained model of a finished run to the Hugging Face repo `repo_id` (created if it does not exist);
+    returns the URL of the commit.
+
+    The repo's files become exactly final/'s (files of an earlier push that final/ lacks are deleted, so the manifest
+    holds for the download), with the model card as README.md, its usage section naming `repo_id`.
+
+    Args:
+        run_dir: a finished run directory (or its final/ folder).
+        repo_id: owner/name: your user name or an organization, then the model's name.
+        private: create the repo private; an existing public repo is refused (its visibility is not changed).
+        revision: the branch to push to (created from main if it does not exist); default: main.
+        commit_message: default "Upload <run name> with thawing".
+        token: a Hugging Face token with write access; default: HF_TOKEN or the one `hf auth login` saved.
+
+    Raises:
+        InputError: a bad repo id or commit message; a run without final/, unfinished, or whose final/ does not
+            match its manifest.
+        ThawingError: what the Hub answered (no token, no write access, offline, ...), naming the repo.
+
+    Example:
+        >>> thawing.push("runs/demo-20261126-101500", "someone/support-topics")  # doctest: +SKIP
+        'https://huggingface.co/someone/support-topics/commit/...'
+    """
+    from huggingface_hub import HfApi
+
+    from thawing import version
+    from thawing.model_card import card_for_repo
+
+    if not is_repo_id(repo_id):
+        raise InputError(f"repo id '{repo_id}' must be owner/name (a user or organization, then the model's name)")
+    if commit_message is not None and not commit_message.strip():
+        raise InputError("the commit message is empty")
+    run = finished_run(run_dir)
+    tasks = run.read_json(run.tasks)
+    card = card_for_repo(run.model_card.read_text(encoding="utf-8"), repo_id, tasks)
+    if card is None:  # an edited card: uploaded as the user wrote it
+        log.warning("%s has no usage section of thawing's: uploaded as it is", run.model_card)
+        card = run.model_card.read_text(encoding="utf-8")
+    api = HfApi(library_name="thawing", library_version=version())
+    auth = token or True  # True: huggingface_hub's own clear error when no token is found
+    with _staged(run.final, card) as folder:
+        try:
+            # private=None leaves a new repo's visibility to the Hub's default (public, or the organization's)
+            api.create_repo(repo_id, private=True if private else None, exist_ok=True, token=auth)
+            if private and not api.repo_info(repo_id, token=auth).private:
+                raise ThawingError(f"'{repo_id}' exists and is public: --private does not change an existing repo "
+                                   "(make it private in its settings, or push without --private)")
+            if revision is not None:
+                api.create_branch(repo_id, branch=revision, exist_ok=True, token=auth)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, token=auth,
+                                       commit_message=commit_message or f"Upload {run.path.name} with thawing",
+                                       delete_patterns="*")  # the Hub keeps .gitattributes whatever the pattern
+        except ThawingError:
+            raise
+        except Exception as exc:  # HTTP errors, no token, offline, a bad branch name: each its own type
+            raise ThawingError(f"cannot push to '{repo_id}': {type(exc).__name__}: {_first_line(exc)}") from None
+    log.info("pushed %s to %s", run.final, repo_id)
+    return str(commit.commit_url)
+
+
+def finished_run(run_dir: str | Path) -> RunDir:
+    """The run of `run_dir` (a run directory or its final/ folder), once checked to be finished and whole.
+
+    Raises:
+        InputError: no such folder; no final/; a run that has not finished (no results.json or model card yet); a
+            final/ that does not match its manifest.
+    """
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise InputError("not found: no such run directory", path=path)
+    run = RunDir.of_model(path)
+    if not run.final.is_dir() or not run.config.is_file():
+        raise InputError("no trained model to push: expected a run directory with a final/ folder (a run saves "
+                         "final/ when it ends)", path=path)
+    if not run.results.is_file() or not run.model_card.is_file():
+        raise InputError("this run has not finished (no results.json or final/README.md yet): wait for it to end, "
+                         f"or finish it with `thawing train --resume {run.path}`", path=run.path)
+    tasks = run.read_json(run.tasks)
+    if not isinstance(tasks, dict) or not all(isinstance(spec, dict) for spec in tasks.values()):
+        raise InputError("expected an object of tasks: the file is damaged", path=run.tasks)
+    if not run.verify_final({task: spec.get("labels") for task, spec in tasks.items()}):
+        raise InputError("final/ has no manifest.json (saved by an older thawing), so a download could not be "
+                         "checked; train again to push", path=run.final)
+    return run
+
+
+@contextlib.contextmanager
+def _staged(final: Path, card: str) -> Iterator[Path]:
+    """A temporary folder holding final/'s files, linked rather than copied (an encoder can be gigabytes), and `card`
+    as README.md. Hidden files (a .DS_Store) stay behind, as the manifest ignores them."""
+    with tempfile.TemporaryDirectory(prefix="thawing-push-") as tmp:
+        root = Path(tmp) / "model"
+        for source in sorted(p for p in final.rglob("*") if p.is_file()):
+            relative = source.relative_to(final)
+            if relative.as_posix() == MODEL_CARD or any(part.startswith(".") for part in relative.parts):
+                continue
+            target = root / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:  # another file system, or one without hard links
+                os.symlink(source.resolve(), target)
+        root.mkdir(exist_ok=True)
+        (root / MODEL_CARD).write_text(card, encoding="utf-8")
+        yield root
