@@ -23,7 +23,7 @@ from thawing.probes import build_probes
 from thawing.run_dir import RunDir
 from thawing.runtime import make_accelerator, resolve_for_training
 from thawing.tracking import close_all, open_trackers
-from thawing.training import checkpoint, signals
+from thawing.training import checkpoint, signals, small_data
 from thawing.training.checkpoint import StageProgress, TrainState
 from thawing.training.context import Context, Events
 from thawing.training.evaluation import evaluate, finish
@@ -57,7 +57,8 @@ def train(config: RunConfig, run_dir: str | None = None, events: Events | None =
             inside = checkpoint.stage_tensors(run) if state.stage else None  # resuming inside this stage
             begin = inside[1] if inside else checkpoint.snapshot(params)  # put back if the stage loses to the plan
             summary = run_stage(ctx, stage, groups, params, begin, inside)
-            if not state.best.update(summary["best_score"], min_delta=stage.min_delta):  # the plan's plateau
+            # The plan's plateau (not on a dev split too small to choose by: training/small_data.py)
+            if not state.best.update(summary["best_score"], min_delta=stage.min_delta) and stage.stops_plan:
                 checkpoint.put_back(params, begin)
                 summary["stopped"] += "; plan stopped: stage did not beat the best so far"
                 ctx.events("plan_stop", {"stage": stage.name, "score": summary["best_score"], "best": state.best.best})
@@ -92,6 +93,12 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
     prep = prepare(config, encoder)
     groups = parameter_groups(prep.model)
     plan = build_plan(config, groups, run_optional)  # selector errors surface before the run dir exists
+    if small_data.is_small(prep.features, config.train.small_data):
+        log.warning("the smallest dev split has %d examples (< train.small_data.min_dev %d): stages run their "
+                    "epochs (at least %d updates) without plateau stops or best-epoch selection",
+                    small_data.smallest_dev(prep.features), config.train.small_data.min_dev,
+                    config.train.small_data.min_updates)
+        plan = small_data.adapt_plan(plan, config.train.small_data)
     runtime = resolve_for_training(config, prep)
     accelerator = make_accelerator(runtime)
     probes = build_probes(config, prep.model.encoder, runtime)  # probe data errors surface here too
@@ -156,7 +163,17 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
         summary.update(epochs_run=0, updates=0, stopped="no training (frozen)")
     else:
         train_sets = {t: ctx.prep.features[t]["train"] for t in active}
-        updates = StagePlan.build(train_sets, cfg.train, stage.name, stage.epochs, ctx.runtime.packing is not None)
+        packed = ctx.runtime.packing is not None
+        updates = StagePlan.build(train_sets, cfg.train, stage.name, stage.epochs, packed)
+        epochs = small_data.scaled_epochs(stage.epochs, updates.updates, stage.min_updates)
+        if epochs != stage.epochs:  # a small run: enough updates to move (training/small_data.py)
+            updates = StagePlan.build(train_sets, cfg.train, stage.name, epochs, packed)
+            summary["epochs_scaled"] = epochs
+        if stage.centroid_start and not inside:  # a small run: heads start at the frozen baseline
+            # Single-label heads only: a multi-label head's sigmoid thresholds would not survive the scaling.
+            centroid_heads(path, [t for t in active if t not in state.trained_heads and f"head:{t}" in stage.trainable
+                                  and model.specs[t].head.get("type") == "linear"
+                                  and model.specs[t].kind.name != "multi-label"], scale=True)
         warm, best, named = warmup_steps(stage.warmup, updates.updates), None, named_params(groups, stage.trainable)
         begin = checkpoint.snapshot(params) if begin is None and cfg.train.checkpoint else begin
         if inside:

@@ -37,6 +37,10 @@ class Stage:
     restore_best: bool = True
     optional: bool = False
     retain: RetainConfig | None = None  # anchoring to the pretrained encoder (training/retain.py)
+    # Set for runs whose dev split is too small to choose by (training/small_data.py); the defaults change nothing.
+    stops_plan: bool = True  # a stage that does not beat the best so far stops the plan
+    min_updates: int = 0  # epochs are raised until the stage runs at least this many updates
+    centroid_start: bool = False  # untrained linear heads start from the class centroids
 
 
 PRESETS = ("frozen", "heads", "full", "progressive")  # the named plans (`schedule: <name>`)
