@@ -104,8 +104,10 @@ def make_splits(name: str, mode: dict, work: Path) -> dict[str, Path]:
     out = {}
     for split, rows in (("train", train), ("dev", dev), ("test", test)):
         limit = mode[split].get(name)
-        if limit is not None and limit < len(rows):  # a seeded sample, not the first rows (files may be sorted)
+        if limit is not None and limit < len(rows) and kind == "token":  # seeded, not the first rows (may be sorted)
             rows = [rows[i] for i in sorted(random.Random(0).sample(range(len(rows)), limit))]
+        elif limit is not None and limit < len(rows):  # stratified: a rare class (TREC's ABBR) stays in every split
+            rows = stratified(rows, field, [limit, len(rows) - limit])[0]
         path = work / "data" / name / f"{split}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = [{"tokens": r["tokens"], "tags": r["tags"]} if kind == "token"
