@@ -46,7 +46,7 @@ def test_small_dev_runs_every_stage_for_at_least_min_updates(tiny_bert_dir, tmp_
 
 
 def test_a_large_enough_dev_split_keeps_the_plain_rules(tiny_bert_dir, tmp_path):
-    run = _run(tiny_bert_dir, tmp_path, "plain", {"min_dev": 0, "min_updates": 12}, schedule=PLAN)
+    run = _run(tiny_bert_dir, tmp_path, "plain", {"min_dev": 0}, schedule=PLAN)
     stages = _stages(run)
     assert "epochs_scaled" not in stages[0] and stages[0]["updates"] < 12
     assert "plan stopped" in stages[-1]["stopped"]  # the same plan, judged by dev, stops at stage two
@@ -68,3 +68,14 @@ def test_centroid_init_starts_heads_at_the_frozen_baseline(tiny_bert_dir, tmp_pa
     np.testing.assert_array_equal(probs["centroid"].argsort(axis=1), probs["frozen"].argsort(axis=1))
     assert probs["centroid"].max(axis=1).min() > probs["frozen"].max(axis=1).min()
     assert not np.allclose(probs["random"], probs["frozen"], atol=1e-3)
+
+
+def test_settings_that_would_do_nothing_are_refused():
+    import pytest
+    from pydantic import ValidationError
+
+    from thawing.config import SmallDataConfig
+
+    with pytest.raises(ValidationError, match="no effect with min_dev 0"):
+        SmallDataConfig(min_dev=0, min_updates=12)
+    assert SmallDataConfig(min_dev=0, min_updates=50, centroid_init=True).min_dev == 0  # defaults, as config.yaml

@@ -173,6 +173,16 @@ class SmallDataConfig(_Strict):
     min_updates: int = Field(50, ge=0)
     centroid_init: bool = True
 
+    @model_validator(mode="after")
+    def _used(self) -> "SmallDataConfig":
+        # With min_dev 0 no run is small, and the other two would be silently ignored. Values at their defaults pass:
+        # a run's config.yaml writes every field out, and `--resume` reads it back.
+        given = [name for name in ("min_updates", "centroid_init")
+                 if getattr(self, name) != type(self).model_fields[name].default]
+        if self.min_dev == 0 and given:
+            raise ValueError(f"'{given[0]}' has no effect with min_dev 0 (no run is treated as small data)")
+        return self
+
 
 class TrainConfig(_Strict):
     batch_size: int = Field(32, gt=0)
