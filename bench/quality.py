@@ -6,7 +6,7 @@ Methods, each scored on the data set's test split:
                    grow with the square of the data; SetFit is a few-shot method), if setfit is installed
     hf             Hugging Face Trainer, AutoModelForSequenceClassification from the MiniLM folder, lr 5e-5,
                    3 epochs (1 in --quick), warmup 10%, the best epoch on dev
-    thawing:<p>    thawing, one task per run, preset <p> (frozen, heads, progressive, full)
+    thawing:<p>    thawing, one task per run, preset <p> (frozen, heads, progressive, full, lora)
     multi:<p>      thawing, every data set of the run as one multi-task model, preset <p>
 
 Data (fixed splits, drawn once with seed 0 and written under --work, so every method reads the same files):
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 DATA = REPO.parent / "shared" / "datasets"
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-PRESETS = ("frozen", "heads", "progressive", "full")
+PRESETS = ("frozen", "heads", "progressive", "full", "lora")
 
 # name: (source folder, label field, kind); kind "token" is CoNLL (tokens + tags)
 SOURCES = {

@@ -16,7 +16,7 @@ from thawing.config import HeadConfig, TrainConfig, parse_config
 from thawing.model.heads import Head
 from thawing.task_types import TASK_TYPES
 from thawing.training.features import CachedSplit
-from thawing.training.head_check import cross_validate, stratified_folds
+from thawing.training.head_check import compare, cross_validate, stratified_folds
 from thawing.training.loop import train
 from thawing.training.small_data import raised_epochs
 from thawing.training.stages import Stage
@@ -135,7 +135,8 @@ def test_cross_validation_prefers_training_where_the_centroids_misplace_the_boun
     features = torch.cat([upper, lower])
     labels = torch.tensor([0] * 20 + [1] * 20)
     check = _check(features, labels, lr=0.1)
-    assert check["folds"] == 5 and check["trained"] > check["centroid"] and check["train"] is True
+    assert check["folds"] == 5 and check["trained"] - check["centroid"] > check["standard_error"] > 0
+    assert check["train"] is True
 
 
 def test_cross_validation_keeps_the_centroids_on_a_tie_and_leaves_the_random_state_alone():
@@ -145,6 +146,19 @@ def test_cross_validation_keeps_the_centroids_on_a_tie_and_leaves_the_random_sta
     check = _check(features, labels, lr=0.0, rng_seed=7)
     assert check["trained"] == check["centroid"] and check["train"] is False
     assert torch.equal(torch.rand(1), before)
+
+
+def test_training_must_win_by_more_than_one_standard_error():
+    none = torch.zeros(43, dtype=torch.bool)
+    one, two = none.clone(), none.clone()
+    one[0] = True
+    two[:2] = True
+    assert compare(one, none)["train"] is False  # one example in 43: exactly one standard error, not more
+    assert compare(two, none)["train"] is True
+    assert compare(none, none) == {"centroid": 0.0, "trained": 0.0, "standard_error": 0.0, "train": False}
+    swapped = two.clone()
+    swapped[2:4] = True  # the centroids get those two right, and two more: training loses
+    assert compare(two, swapped)["train"] is False
 
 
 def test_cross_validation_needs_two_examples_of_every_class():

@@ -228,3 +228,13 @@ def test_study_command_trains_each_scenario_in_its_own_process(tiny_bert_dir, tm
     assert isinstance(result.exception, InputError) and result.exception.exit_code == 2
     assert "unknown scenario 'warm'" in str(result.exception)
     assert not (tmp_path / "t").exists()
+
+
+def test_a_lora_scenario_resolves_its_adapters_before_anything_runs(tiny_bert_dir, tmp_path):
+    # A LoRA stage's targets are resolved against the model, which the study's plan check must hand to build_plan.
+    from thawing.study import prepare_scenarios
+
+    config = parse_config(toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",)))
+    _, plans = prepare_scenarios(config, ["heads", "lora"], None)
+    assert [s["stage"] for s in plans["lora"]] == ["heads", "lora"]
+    assert plans["lora"][1]["trainable_params"] > plans["heads"][0]["trainable_params"]

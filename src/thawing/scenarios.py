@@ -174,9 +174,10 @@ def with_schedule(config: RunConfig, stages: list[StageConfig], source: str = "c
     return parse_config(raw, source=source)
 
 
-def check_plans(scenarios: list[Scenario], groups: "OrderedDict[str, list]", run_optional: bool | None) -> dict:
+def check_plans(scenarios: list[Scenario], groups: "OrderedDict[str, list]", run_optional: bool | None,
+                model=None) -> dict:
     """Resolve every scenario's stages against the model's groups (heads of tasks a scenario lacks left out); returns
-    each scenario's plan: stage names and trainable parameters per stage.
+    each scenario's plan: stage names and trainable parameters per stage. `model` (plain) resolves LoRA stages' targets.
 
     Raises:
         ConfigError: a selector that names nothing, or a plan with no stage to run (named by scenario).
@@ -187,7 +188,7 @@ def check_plans(scenarios: list[Scenario], groups: "OrderedDict[str, list]", run
     for s in scenarios:
         own = OrderedDict((g, m) for g, m in groups.items() if not g.startswith("head:") or g[5:] in s.config.tasks)
         try:
-            summary = plan_summary(build_plan(s.config, own, run_optional), own)
+            summary = plan_summary(build_plan(s.config, own, run_optional, model), own)
         except ConfigError as exc:
             raise ConfigError(f"scenario '{s.name}': {exc}") from None
         plans[s.name] = [{"stage": st["name"], "trainable_params": st["trainable_params"]} for st in summary["stages"]]

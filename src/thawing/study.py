@@ -85,9 +85,10 @@ def prepare_scenarios(config: RunConfig, specs: list[str], run_optional: bool | 
     from thawing.training.setup import build_model
 
     parse_scenarios(config, specs, None)
-    groups = parameter_groups(build_model(config, load_tasks(config.tasks, seed=config.train.seed)))
+    model = build_model(config, load_tasks(config.tasks, seed=config.train.seed))
+    groups = parameter_groups(model)
     scenarios = parse_scenarios(config, specs, len(layer_names(groups)))
-    return scenarios, check_plans(scenarios, groups, run_optional)
+    return scenarios, check_plans(scenarios, groups, run_optional, model)  # the model resolves LoRA targets
 
 
 def reference_scenario(config: RunConfig, names: list[str]) -> str | None:
