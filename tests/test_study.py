@@ -230,11 +230,9 @@ def test_study_command_trains_each_scenario_in_its_own_process(tiny_bert_dir, tm
     assert not (tmp_path / "t").exists()
 
 
-def test_a_lora_scenario_resolves_its_adapters_before_anything_runs(tiny_bert_dir, tmp_path):
-    # A LoRA stage's targets are resolved against the model, which the study's plan check must hand to build_plan.
-    from thawing.study import prepare_scenarios
-
-    config = parse_config(toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",)))
-    _, plans = prepare_scenarios(config, ["heads", "lora"], None)
-    assert [s["stage"] for s in plans["lora"]] == ["heads", "lora"]
-    assert plans["lora"][1]["trainable_params"] > plans["heads"][0]["trainable_params"]
+def test_the_lora_preset_runs_as_a_scenario(tiny_bert_dir, tmp_path):
+    """Its plan resolves adapter targets against the model, before anything trains."""
+    config = parse_config(toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",), train={"epochs": 1}))
+    study = run_study(config, ["lora"], str(tmp_path / "s"), isolate=False)
+    stages = json.loads((study.path / "lora" / "stages.json").read_text())
+    assert [s["stage"] for s in stages][:2] == ["heads", "lora"] and stages[1]["lora"]["params"] > 0

@@ -366,3 +366,27 @@ def test_packed_training_matches_padded(tiny_qwen2_dir, tmp_path, caplog, monkey
 def test_packed_token_budget_batches_run(tiny_bert_dir, tmp_path):
     run = _run(tiny_bert_dir, tmp_path, train={"epochs": 1, "seed": 0, "max_tokens": 64, "packing": True})
     assert run.read_json(run.stages)[0]["updates"] > 0
+
+
+def test_gradient_checkpointing_trains_to_the_same_weights(tiny_bert_dir, tmp_path):
+    """train.gradient_checkpointing recomputes each training layer's forward in the backward (the modules inside its
+    layers run more often) and ends with the weights the plain run ends with (dropout included: the recompute
+    replays its masks)."""
+    schedule = [{"name": "top", "train": ["heads", "layers[-1:]"], "epochs": 1},
+                {"name": "all", "train": ["all"], "epochs": 1, "lr": {"heads": 0.03, "encoder": 0.001}}]
+    calls, runs = {}, {}
+    for checkpointing in (False, True):
+        raw = toy_config(tiny_bert_dir, tmp_path / str(checkpointing), schedule=schedule)
+        raw["train"]["gradient_checkpointing"] = checkpointing
+        encoder = load_encoder(str(tiny_bert_dir))
+        counted = calls.setdefault(checkpointing, [0])
+        for layer in encoder.backbone.encoder.layer:
+            layer.attention.register_forward_hook(lambda *_, counted=counted: counted.__setitem__(0, counted[0] + 1))
+        runs[checkpointing] = train(parse_config(raw), run_dir=str(tmp_path / f"run-{checkpointing}"), encoder=encoder)
+    assert calls[True][0] > calls[False][0]
+    worst = 0.0
+    for name in ("heads.safetensors", "encoder/model.safetensors"):
+        plain, checkpointed = (load_file(str(runs[c].final / name)) for c in (False, True))
+        worst = max([worst] + [(checkpointed[k] - plain[k]).abs().max().item() for k in plain])
+    print(f"gradient checkpointing against none: max abs difference of final weights {worst:.2e}")
+    assert worst <= 1e-6

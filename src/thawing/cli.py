@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from thawing import distributed
 from thawing.errors import InputError, ThawingError
 
 app = typer.Typer(
@@ -36,11 +37,16 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _setup(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print thawing's version and exit."
     ),
 ) -> None:
     """Multi-task fine-tuning of sentence encoders."""
+    if distributed.world_size() > 1 and ctx.invoked_subcommand != "train":
+        # Every process would run the whole command and write the same output: only training is shared out.
+        raise InputError(f"`thawing {ctx.invoked_subcommand}` runs in one process; of the commands only `thawing "
+                         "train` runs under accelerate launch or torchrun")
     # thawing shows its own progress; weight-loading and download bars are noise. This runs before every command,
     # `--help` included, so it must not import transformers (seconds): the variable is read when huggingface_hub
     # is first imported, and transformers follows it (`disable_progress_bar()` does both, once they are loaded).
@@ -261,19 +267,25 @@ def train(
         raise InputError("give a CONFIG to train, or --resume RUN_DIR to continue a stopped run (not both)")
     if resume is not None and (set_ or run_dir or full):
         raise InputError("--resume continues a run as it was configured: --set, --run-dir and --full do not apply")
-    printer = _TrainPrinter()
+    main = distributed.is_main()  # under `accelerate launch` / `torchrun`: only rank 0 prints and logs
+    if not main:
+        logging.getLogger().setLevel(logging.ERROR)
+    printer = _TrainPrinter() if main else None
     try:
         if resume is not None:
             run = resume_run(resume, events=printer)
         else:
             cfg = load_config(config, set_)
-            RunDir.check_creatable(run_dir)  # before the data and the model load, not after
+            if main:  # before the data and the model load, not after (the main process makes the directory)
+                RunDir.check_creatable(run_dir)
             run = run_training(
                 cfg, run_dir=str(run_dir) if run_dir else None, events=printer, run_optional=full or None
             )
     finally:
-        printer.stop()
-    print(run.path)
+        if printer is not None:
+            printer.stop()
+    if main:
+        print(run.path)
 
 
 @app.command()

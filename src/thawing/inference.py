@@ -17,7 +17,8 @@ import torch
 from thawing.config import RunConfig
 from thawing.data.batching import Features, collate, sorted_batches
 from thawing.data.records import Example
-from thawing.model.encoder import evaluating, progress
+from thawing.distributed import map_batches
+from thawing.model.encoder import evaluating
 from thawing.model.multitask import MultiTaskModel, TaskSpec
 
 
@@ -37,17 +38,25 @@ def logits_by_task(model: MultiTaskModel, tasks: Sequence[str], feats: Features,
     device = model.encoder.device
     left = model.encoder.tokenizer.padding_side == "left"
     readers = {model.specs[t].kind.reads for t in tasks}
-    with evaluating(model):
-        for idx in progress(sorted_batches(feats.lengths, batch_size, max_tokens), label or "Predicting"):
-            batch = collate(model.encoder, feats, idx)
-            mask = batch["attention_mask"].to(device)
-            states = model.encoder.token_states(batch["input_ids"].to(device), mask)
-            inputs = {reads: model.read(next(t for t in tasks if model.specs[t].kind.reads == reads), states, mask)
-                      for reads in readers}
+
+    def compute(idx: list[int]) -> dict[str, list]:
+        batch = collate(model.encoder, feats, idx)
+        mask = batch["attention_mask"].to(device)
+        states = model.encoder.token_states(batch["input_ids"].to(device), mask)
+        inputs = {reads: model.read(next(t for t in tasks if model.specs[t].kind.reads == reads), states, mask)
+                  for reads in readers}
+        rows = {}
+        for task in tasks:
+            kind = model.specs[task].kind
+            logits = model.heads[task](inputs[kind.reads]).float().cpu().numpy()
+            rows[task] = list(kind.gather(logits, feats, idx, left))
+        return rows
+
+    with evaluating(model):  # with several processes, each runs its share of the batches and all get every row
+        for idx, rows in map_batches(sorted_batches(feats.lengths, batch_size, max_tokens), compute,
+                                     label or "Predicting"):
             for task in tasks:
-                kind = model.specs[task].kind
-                logits = model.heads[task](inputs[kind.reads]).float().cpu().numpy()
-                for i, row in zip(idx, kind.gather(logits, feats, idx, left)):
+                for i, row in zip(idx, rows[task]):
                     out[task][i] = row
     return out
 

@@ -5,7 +5,8 @@ A run:
     config.yaml       the resolved config
     data/             <task>_<split>.jsonl: a copy of each split that the config gave in memory (Python API), named
                       in config.yaml, so `--resume` and `evaluate` read the same rows
-    runtime.json      what the run ran on: device, precision, packing, compile (`thawing.runtime.Runtime`)
+    runtime.json      what the run ran on: device, precision, packing, compile (`thawing.runtime.Runtime`), and
+                      world_size and distributed (ddp, fsdp or null): the processes that trained it
     metrics.jsonl     one JSON object per evaluation and task (stage, step, epoch, split, task, metrics)
     stages.json       one summary per stage
     results.json      {"tasks": {task: {metric: value}}, "score": ..., "splits": {task: split}}

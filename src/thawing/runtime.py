@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import asdict, dataclass
 
 import torch
 
+from thawing import distributed
 from thawing.errors import ThawingError
 from thawing.model import packing
 
@@ -124,8 +126,9 @@ def apply(runtime: Runtime, encoder) -> None:
         encoder.compile_layers()
 
 
-def resolve_for_training(config, prep) -> Runtime:
-    """The training runtime from the config's `train` switches, checked on the first task's training batch."""
+def resolve_for_training(config, prep, sharded: bool = False) -> Runtime:
+    """The training runtime from the config's `train` switches, checked on the first task's training batch.
+    `sharded` (FSDP): layers are not compiled (auto; `compile: true` is refused before this)."""
     from thawing.data.batching import collate
 
     cfg = config.train
@@ -137,16 +140,20 @@ def resolve_for_training(config, prep) -> Runtime:
         return batch["input_ids"], batch["attention_mask"]
 
     runtime = resolve(encoder, device=cfg.device, precision=cfg.mixed_precision, packing_=cfg.packing,
-                      pack_width=cfg.pack_width, compile_=cfg.compile, pad_to_multiple_of=cfg.pad_to_multiple_of,
-                      sample=sample)
+                      pack_width=cfg.pack_width, compile_=False if sharded else cfg.compile,
+                      pad_to_multiple_of=cfg.pad_to_multiple_of, sample=sample)
+    # Packing is chosen by measuring, which may tip differently on two devices: every process takes the main one's.
+    runtime = distributed.agree(runtime)
     prep.model.to(runtime.device)
     apply(runtime, encoder)
     return runtime
 
 
-def make_accelerator(runtime: Runtime):
-    """The accelerate `Accelerator` for a run: its device and mixed precision (fp16 loss scaling) are the runtime's."""
-    from accelerate import Accelerator
+def make_accelerator(runtime: Runtime, processes: int = 1):
+    """The accelerate `Accelerator` for a run: its device and mixed precision (fp16 loss scaling) are the runtime's.
+    With several processes (DDP), a micro-batch runs one task's head, so the others' get no gradient in it:
+    `find_unused_parameters` lets DDP finish its reduction without them."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState, PartialState
 
     state = AcceleratorState._shared_state
@@ -154,4 +161,9 @@ def make_accelerator(runtime: Runtime):
         # accelerate keeps one process-wide state and refuses a second precision in a process; a single-process
         # caller (the Python API, a study, the tests) may train in fp32 and then in bf16. (No public reset exists.)
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=runtime.precision, cpu=runtime.device == "cpu")
+    asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # an accelerate config's (accelerate launch)
+    if asked not in ("no", runtime.precision):
+        log.warning("accelerate's mixed_precision '%s' is not used: thawing's train.mixed_precision decides (%s)",
+                    asked, runtime.precision)
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if processes > 1 else []
+    return Accelerator(mixed_precision=runtime.precision, cpu=runtime.device == "cpu", kwargs_handlers=handlers)

@@ -88,7 +88,7 @@ def prepare_scenarios(config: RunConfig, specs: list[str], run_optional: bool | 
     model = build_model(config, load_tasks(config.tasks, seed=config.train.seed))
     groups = parameter_groups(model)
     scenarios = parse_scenarios(config, specs, len(layer_names(groups)))
-    return scenarios, check_plans(scenarios, groups, run_optional, model)  # the model resolves LoRA targets
+    return scenarios, check_plans(scenarios, groups, run_optional, model)
 
 
 def reference_scenario(config: RunConfig, names: list[str]) -> str | None:

@@ -19,6 +19,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from thawing.data.batching import sorted_batches
+from thawing.distributed import is_main, map_batches
 from thawing.model import packing
 from thawing.model.groups import find_layers
 from thawing.model.pooling import POOLERS
@@ -213,11 +214,14 @@ class Encoder(nn.Module):
         device = self.device
         batches = sorted_batches([len(x) for x in ids], batch_size, max_tokens)
         out = np.empty((len(ids), self.embedding_size), dtype=np.float32)
-        with evaluating(self):
-            for chunk in progress(batches, "Encoding", show_progress):
-                batch = {k: v.to(device) for k, v in self.pad([ids[i] for i in chunk]).items()}
-                sentence = self.pool(self.token_states(**batch), batch["attention_mask"])
-                out[chunk] = sentence.float().cpu().numpy()
+
+        def compute(chunk: list[int]) -> np.ndarray:
+            batch = {k: v.to(device) for k, v in self.pad([ids[i] for i in chunk]).items()}
+            return self.pool(self.token_states(**batch), batch["attention_mask"]).float().cpu().numpy()
+
+        with evaluating(self):  # with several processes, each encodes its share of the batches; all get every row
+            for chunk, rows in map_batches(batches, compute, "Encoding", show_progress):
+                out[chunk] = rows
         return out
 
 
@@ -235,9 +239,10 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
 
 
 def progress(items: Sequence, label: str, enabled: bool | None = None) -> Iterator:
-    """Iterate with a progress bar on an interactive terminal when there are many items (or when asked)."""
+    """Iterate with a progress bar on an interactive terminal when there are many items (or when asked); under a
+    launcher, in the main process only."""
     if enabled is None:
-        enabled = len(items) >= 64 and sys.stderr.isatty()
+        enabled = len(items) >= 64 and sys.stderr.isatty() and is_main()
     if not enabled:
         yield from items
         return

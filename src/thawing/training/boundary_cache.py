@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import torch
 
 from thawing.data.batching import Features, collate, sorted_batches
+from thawing.distributed import map_batches
 from thawing.model.boundary import check_boundary, hidden_at
-from thawing.model.encoder import Encoder, progress
+from thawing.model.encoder import Encoder
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -80,9 +81,15 @@ def build(encoder: Encoder, first: int, features: Features, batch_size: int, dty
     """Run the frozen layers below `first` once over every example (batches of `batch_size`, or `max_tokens`)."""
     states: list[torch.Tensor | None] = [None] * len(features)
     device = encoder.device
-    for idx in progress(sorted_batches(features.lengths, batch_size, max_tokens), f"Caching layer {first} input"):
+
+    def compute(idx: list[int]) -> list[torch.Tensor]:
         batch = collate(encoder, features, idx)
         hidden = hidden_at(encoder, first, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        for row, i in enumerate(idx):
-            states[i] = hidden[row, : len(features.input_ids[i])].to(dtype).cpu().clone()
+        return [hidden[row, : len(features.input_ids[i])].to(dtype).cpu().clone() for row, i in enumerate(idx)]
+
+    # With several processes each computes its share of the batches and all receive every state: built once in all.
+    batches = sorted_batches(features.lengths, batch_size, max_tokens)
+    for idx, rows in map_batches(batches, compute, f"Caching layer {first} input"):
+        for i, state in zip(idx, rows):
+            states[i] = state
     return BoundaryCache(first, states)  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from thawing import distributed
 from thawing.atomic import recover
 from thawing.errors import InputError, ThawingError
 from thawing.run_dir import RunDir
@@ -87,24 +88,27 @@ class TrainState:
         return cls(**{**data, "best": Plateau(**data["best"]), "stage": stage})
 
 
-def save(run: RunDir, model: torch.nn.Module, state: TrainState) -> None:
-    """The boundary checkpoint after a stage: the whole model. The stage's own checkpoint is no longer needed."""
+def save(run: RunDir, model: torch.nn.Module, state: TrainState, rng: dict[str, torch.Tensor] | None = None) -> None:
+    """The boundary checkpoint after a stage: the whole model. The stage's own checkpoint is no longer needed.
+    `rng`: the random states to save (`rng_states()`; default: this process's)."""
     with _writing(run, run.checkpoint) as tmp:
         save_model(model, str(tmp / MODEL))  # handles tied weights, unlike save_file
-        _finish(tmp, state)
+        _finish(tmp, state, rng)
     shutil.rmtree(run.stage_checkpoint, ignore_errors=True)
 
 
-def save_stage(run: RunDir, state: TrainState, named: dict[str, torch.nn.Parameter], optimizer,
-               begin: list[torch.Tensor], best: list[torch.Tensor] | None) -> None:
-    """A checkpoint inside a stage: its trainable weights (by name), optimizer, start and best snapshots."""
+def save_stage(run: RunDir, state: TrainState, named: dict[str, torch.nn.Parameter], optimizer: dict,
+               begin: list[torch.Tensor], best: list[torch.Tensor] | None,
+               rng: dict[str, torch.Tensor] | None = None) -> None:
+    """A checkpoint inside a stage: its trainable weights (by name), its optimizer's state (`optimizer_state`), start
+    and best snapshots."""
     with _writing(run, run.stage_checkpoint) as tmp:
         save_file({n: p.detach().contiguous().cpu() for n, p in named.items()}, str(tmp / TRAINABLE))
-        torch.save(optimizer_state(optimizer), tmp / OPTIMIZER)
+        torch.save(optimizer, tmp / OPTIMIZER)
         save_file(_numbered(begin), str(tmp / BEGIN))
         if best is not None:
             save_file(_numbered(best), str(tmp / BEST))
-        _finish(tmp, state)
+        _finish(tmp, state, rng)
 
 
 @contextlib.contextmanager
@@ -118,12 +122,23 @@ def _writing(run: RunDir, folder) -> Iterator:
                            "previous checkpoint is kept") from exc
 
 
-def _finish(folder, state: TrainState) -> None:
-    """The random state, then state.json: written last, it marks the folder complete."""
-    rng = {"cpu": torch.get_rng_state()}
+def rng_states() -> dict[str, torch.Tensor]:
+    """torch's random states (CPU, and each GPU's). With several processes, every one's (a collective: all of them
+    call it): each draws its own dropout masks, so each resumes from its own state, saved as `<name>@<rank>` beside
+    the main process's plain names."""
+    own = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
-        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(rng, str(folder / RNG))
+        own.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    if distributed.size() == 1:
+        return own
+    everyone = distributed.gathered(own)
+    return {name + (f"@{rank}" if rank else ""): state for rank, states in enumerate(everyone)
+            for name, state in states.items()}
+
+
+def _finish(folder, state: TrainState, rng: dict[str, torch.Tensor] | None = None) -> None:
+    """The random states, then state.json: written last, it marks the folder complete."""
+    save_file(rng if rng is not None else rng_states(), str(folder / RNG))
     (folder / STATE).write_text(json.dumps(state.to_json(), indent=2, allow_nan=False) + "\n")
 
 
@@ -162,7 +177,10 @@ def restore(run: RunDir, model: torch.nn.Module, state: TrainState) -> None:
         folders.append(run.checkpoint)
     if state.stage is not None:
         folders.append(run.stage_checkpoint)
-    rng = _read(load_file, folders[-1] / RNG)
+    saved = _read(load_file, folders[-1] / RNG)
+    mark = f"@{distributed.rank()}"  # this process's own states, where the run had as many processes
+    mine = {k[: -len(mark)]: v for k, v in saved.items() if k.endswith(mark)} if distributed.rank() else {}
+    rng = mine or {k: v for k, v in saved.items() if "@" not in k}
     torch.set_rng_state(rng["cpu"])
     cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():

@@ -33,13 +33,17 @@ class Context:
     pretrained: Pretrained | None = None  # what anchoring (`retain`) compares against
     trackers: list = field(default_factory=list)  # live views of metrics.jsonl (`train.report_to`)
     stop: StopRequest = field(default_factory=StopRequest)  # SIGINT/SIGTERM asked training to stop
+    main: bool = True  # this process writes the run directory and logs (the only one, or rank 0 of several)
+    fsdp: object = None  # FSDP settings when the launcher asked for FSDP (training/stepping.py), else None
 
     @property
     def model(self):
         return self.prep.model
 
     def log(self, record: dict) -> None:
-        """One record to metrics.jsonl and to every tracker."""
+        """One record to metrics.jsonl and to every tracker (the main process's; the others hold the same values)."""
+        if not self.main:
+            return
         self.run.log_metrics(record)
         for tracker in self.trackers:
             tracker.log(record)

@@ -8,6 +8,7 @@ import shutil
 
 import torch
 
+from thawing import distributed
 from thawing.breakdown import SPLITS, evaluation, split_entry
 from thawing.errors import NonFiniteError
 from thawing.inference import score
@@ -49,7 +50,8 @@ def finish(ctx) -> None:
     gold = ctx.prep.gold
     for task, spec in model.specs.items():
         spec.kind.decide(spec, lambda task=task: logits[task]["dev"], gold[task]["dev"])
-    run.save_final(model)
+    if ctx.main:  # with several processes every one computes (its share of) the logits; the main one writes
+        run.save_final(model)
     tasks, splits = {}, {}
     for task, spec in model.specs.items():
         splits[task] = "test" if "test" in ctx.prep.features[task] else "dev"
@@ -58,6 +60,8 @@ def finish(ctx) -> None:
                "splits": splits}
     if ctx.probes is not None:
         results.update(probes=ctx.probes.final(ctx.state.probes), probe_seconds=round(ctx.probes.seconds, 2))
+    if not ctx.main:
+        return
     frozen = frozen_heads(run.read_metrics(), ctx.prep.primary, [t for t in model.specs
                                                                   if t not in ctx.state.trained_heads])
     if frozen:
@@ -68,9 +72,10 @@ def finish(ctx) -> None:
     if not ctx.prep.config.train.keep_checkpoints:  # results.json says the run is done: nothing resumes it now
         shutil.rmtree(run.checkpoints, ignore_errors=True)
     try:
-        write_report(run.path, evaluation=evaluation(run, {
-            task: {split: split_entry(model.specs[task], out, gold[task][split]) for split, out in by_split.items()}
-            for task, by_split in logits.items()}))
+        with distributed.alone():  # the other processes are done: anything the report computes runs here alone
+            write_report(run.path, evaluation=evaluation(run, {
+                task: {split: split_entry(model.specs[task], out, gold[task][split]) for split, out in by_split.items()}
+                for task, by_split in logits.items()}))
     except Exception as exc:  # the results are written; a report can be made again with `thawing report`
         log.warning("no report for %s (%s: %s); `thawing report %s` retries", run.path, type(exc).__name__, exc,
                     run.path)

@@ -12,10 +12,12 @@ Progress goes to an optional `events(name, payload)` callback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
 
+from thawing import distributed
 from thawing.config import RunConfig
 from thawing.errors import InputError
 from thawing.freezing import active_tasks, apply_trainable, layer_names, parameter_table, set_frozen_modes
@@ -37,7 +39,9 @@ from thawing.training.retain import distill_loss, distills, l2sp_loss, pretraine
 from thawing.training.schedule import lr_multiplier, warmup_steps
 from thawing.training.setup import prepare
 from thawing.training.signals import stop_requests
-from thawing.training.stages import Stage, build_plan, stage_configs, stage_optimizer, trainable_params
+from thawing.training.stages import Stage, build_plan, stage_configs, trainable_params
+from thawing.training.stepping import fsdp_settings, micro_backward, prepare_stepping
+from thawing.training.stepping import mode as stepping_mode
 from thawing.training.updates import StagePlan, divisors
 
 log = logging.getLogger(__name__)
@@ -78,10 +82,13 @@ def train(config: RunConfig, run_dir: str | None = None, events: Events | None =
             state.summaries.append(summary)
             state.stages_done += 1
             state.heads = {t: spec.head for t, spec in ctx.model.specs.items()}
-            state.metrics_lines = run.metrics_lines()
-            run.write_json(run.stages, state.summaries)
-            if config.train.checkpoint:
-                checkpoint.save(run, ctx.model, state)
+            rng = checkpoint.rng_states() if config.train.checkpoint else None  # every process's
+            if ctx.main:  # the others hold the same model and state, and write nothing
+                state.metrics_lines = run.metrics_lines()
+                run.write_json(run.stages, state.summaries)
+                if config.train.checkpoint:
+                    checkpoint.save(run, ctx.model, state, rng)
+            agreed_stop(ctx)
             if ctx.stop.requested and not state.plan_stopped and state.stages_done < len(plan):
                 raise signals.interrupted(ctx, stage)
             if state.plan_stopped:
@@ -96,17 +103,21 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
     """Everything before the first stage: data, model and plan (input errors surface before a run directory exists),
     the runtime, the run directory (new, or the stopped one with its checkpoint restored). Returns the run's context,
     its plan and the model's parameter groups."""
-    resumed = checkpoint.read_state(RunDir(resume)) if resume else None
+    processes = distributed.init(config.train.device)  # several: before the model moves to this process's device
+    main = distributed.is_main()
+    # The main process reads (and, after a kill mid-swap, repairs) the checkpoint; the others take its reading.
+    resumed = distributed.agree(checkpoint.read_state(RunDir(resume)) if resume and main else None)
     if resumed:  # the plan must be the one the checkpoint was taken in
         run_optional = resumed.run_optional
-    if not resume:  # a run directory that cannot be made fails now, not after the data, model and plan have loaded
+    if not resume and main:  # a run directory that cannot be made fails now, not after the data and model load
         RunDir.check_creatable(run_dir)
     prep = prepare(config, encoder)
     groups = parameter_groups(prep.model)
     plan = build_plan(config, groups, run_optional, prep.model)  # selector and target errors: before the run dir
-    runtime = resolve_for_training(config, prep)
+    fsdp = fsdp_settings(config, plan) if stepping_mode() == "fsdp" else None
+    runtime = resolve_for_training(config, prep, sharded=fsdp is not None)
     plan = small_data.adapt_plan(plan, prep.features, prep.model.specs, config.train, runtime.packing is not None)
-    accelerator = make_accelerator(runtime)
+    accelerator = make_accelerator(runtime, processes)
     probes = build_probes(config, prep.model.encoder, runtime)  # probe data errors surface here too
     if probes is not None:
         probes.start(groups)  # the pretrained side, before a checkpoint is restored
@@ -116,43 +127,49 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
         checkpoint.disk_check(Path(resume or run_dir or "runs"), prep.model, trainable)
     if resume:
         run = RunDir(resume)
-        lock = run.lock()  # before anything is restored: a second process must not resume it too
+        lock = run.lock() if main else contextlib.nullcontext()  # before anything is restored: no second run
         state = resumed or TrainState(plan=[s.name for s in plan], run_optional=run_optional)
         if [s.name for s in plan] != state.plan:
             raise InputError(f"the plan is now {[s.name for s in plan]}, the checkpoint's was {state.plan}",
                              path=run.path)
         if resumed:
             checkpoint.restore(run, prep.model, resumed)
-        run.keep_metrics(state.metrics_lines)  # what ran after the checkpoint goes; it runs again
+        if main:
+            run.keep_metrics(state.metrics_lines)  # what ran after the checkpoint goes; it runs again
         for task, head in state.heads.items():  # frozen heads became centroid (linear) heads
             prep.model.specs[task].head = head
         log.info("resuming %s: %d of %d stages done, step %d", run.path, state.stages_done, len(plan), state.step)
     else:
-        run = RunDir.create(config.name, run_dir)
-        lock = run.lock()
+        # One run directory: the main process names and makes it, the others learn its path.
+        run = RunDir(distributed.agree(str(RunDir.create(config.name, run_dir).path) if main else None))
+        lock = run.lock() if main else contextlib.nullcontext()
         if isinstance(config.schedule, str):  # the run records the stages a preset expands to, as they ran
             config = config.model_copy(update={"schedule": stage_configs(config, len(layer_names(groups)))})
-        run.write_config(config)
+        if main:
+            run.write_config(config)
         state = TrainState(plan=[s.name for s in plan], run_optional=run_optional)
-    run.write_json(run.runtime, runtime.to_json())
+    if main:
+        run.write_json(run.runtime, {**runtime.to_json(), "world_size": processes, "distributed": stepping_mode()})
     if probes is not None:
         probes.seconds += state.probe_seconds  # what the run before the resume spent
-    ctx = Context(prep, run, runtime, accelerator, state, events or (lambda name, payload: None), lock, probes,
-                  pretrained, open_trackers(config.train.report_to, run))
+    quiet = lambda name, payload: None  # noqa: E731  (only the main process reports progress)
+    ctx = Context(prep, run, runtime, accelerator, state, (events or quiet) if main else quiet, lock, probes,
+                  pretrained, open_trackers(config.train.report_to, run) if main else [], main=main, fsdp=fsdp)
     return ctx, plan, groups
 
 
-def accumulate(ctx: Context, path, batches: list, train_sets: dict) -> tuple[list, dict]:
+def accumulate(ctx: Context, path, stepping, batches: list, train_sets: dict) -> tuple[list, dict]:
     """One update's backward passes: every micro-batch's loss, each divided so that the update averages its items.
     With `retain`, each micro-batch also carries its share of the distillation loss (training/retain.py); `anchors`
-    keeps it apart for the records."""
+    keeps it apart for the records. With several processes each runs its slice of every micro-batch, and gradients
+    are exchanged after the last (training/stepping.py)."""
     losses, anchors = [], {}
-    for (task, indices), divisor in zip(batches, divisors(batches, train_sets)):
-        micro_loss = path.loss(task, indices, divisor, share=1 / len(batches))
-        ctx.accelerator.backward(micro_loss)
-        losses.append(micro_loss.detach())
-        if path.anchored is not None:
-            anchors.setdefault("retain:distill", []).append(path.anchored.detach() / len(batches))
+    for i, ((task, indices), divisor) in enumerate(zip(batches, divisors(batches, train_sets))):
+        loss, anchored = micro_backward(ctx, path, stepping, task, indices, divisor, len(batches),
+                                        last=i == len(batches) - 1)
+        losses.append(loss)
+        if anchored is not None:
+            anchors.setdefault("retain:distill", []).append(anchored)
     return losses, anchors
 
 
@@ -168,8 +185,8 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
     active = active_tasks(model.specs, stage.trainable)
     model.train()
     set_frozen_modes(model, stage.trainable)
-    optimizer = stage_optimizer(stage, groups, cfg.train.weight_decay) if params else None
-    stepped_model, optimizer = ctx.accelerator.prepare(model, optimizer) if optimizer else (model, None)
+    stepping = prepare_stepping(ctx, stage, groups, params)  # the model itself, DDP-wrapped, or a sharded copy
+    optimizer, stepped_model = (stepping.optimizer, stepping.model) if stepping else (None, model)
     path = choose_path(stepped_model, model, stage.trainable, ctx.prep.features, ctx.runtime, cfg, active,
                        lambda payload: ctx.events("cache", payload))
     stage = small_data.start_stage(path, stage, state.trained_heads, cfg.train, resumed=inside is not None)
@@ -188,7 +205,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
         warm, best, named = warmup_steps(stage.warmup, updates.updates), None, named_params(groups, stage.trainable)
         begin = checkpoint.snapshot(params) if begin is None and cfg.train.checkpoint else begin
         if inside:
-            checkpoint.load_optimizer_state(optimizer, inside[0])
+            stepping.load_optimizer_state(inside[0])
             best = inside[2]
         saved = (p.update, time.monotonic())  # when the last stage checkpoint was taken
         if distills(stage.retain):
@@ -200,30 +217,30 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
                 while True:  # out of GPU memory: the same update again in smaller pieces (training/memory.py)
                     try:
                         pieces = memory.split(batches, p.split)
-                        losses, anchors = accumulate(ctx, path, pieces, train_sets)
+                        losses, anchors = accumulate(ctx, path, stepping, pieces, train_sets)
                         break
                     except Exception as exc:
-                        if not memory.out_of_memory(exc):
+                        # With several processes the others are inside the update's gradient exchange: no retry.
+                        if not memory.out_of_memory(exc) or distributed.size() > 1:
                             raise
                         parts = memory.after_oom(optimizer, p.split, batches, stage.name, p.update)
                         if not parts:  # single examples already
                             raise
                         p.split = parts
                 penalty = l2sp_loss(stage.retain, ctx.pretrained, named)
-                if penalty is not None:
+                if penalty is not None:  # every process adds the same gradient (after DDP's averaging)
                     ctx.accelerator.backward(penalty)
-                    anchors["retain:l2sp"] = [penalty.detach()]
+                    anchors["retain:l2sp"] = [penalty.detach() / distributed.size()]  # the records sum processes
                 # Past epoch 0 the update count is an estimate: an overrun holds the schedule's last rate.
                 factor = lr_multiplier(min(p.update, updates.updates - 1), updates.updates, warm, stage.lr_schedule)
                 for group in optimizer.param_groups:  # a pure function of the step: no scheduler state
                     group["lr"] = group["initial_lr"] * factor
                 # accelerate unscales fp16 gradients before clipping; the norm also tells a non-finite gradient.
-                norm = ctx.accelerator.clip_grad_norm_(params, cfg.train.grad_clip) if cfg.train.grad_clip else None
+                norm = stepping.clip(cfg.train.grad_clip) if cfg.train.grad_clip else None
                 values, anchored = split_losses(losses, anchors)  # one device sync for the update's losses
                 scaled = getattr(ctx.accelerator, "scaler", None) is not None
                 if finite(values + [v for parts in anchored.values() for v in parts], norm, scaled):
-                    optimizer.step()  # with fp16, a step whose gradients are not finite is skipped (and counted)
-                    p.skipped += int(optimizer.step_was_skipped)
+                    p.skipped += int(stepping.step())  # with fp16, a step with non-finite gradients is skipped
                 else:
                     nonfinite_update(ctx, stage, batches, values)
                 optimizer.zero_grad(set_to_none=True)
@@ -237,13 +254,22 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
                     tracked.log(ctx, stage.name, optimizer)
                 due = p.position == len(grouped) if stage.eval_every == "epoch" else (
                     p.update % int(stage.eval_every) == 0 or p.micro >= updates.micro_total)
+                if due:
+                    stepping.pull()  # FSDP: the trained weights, whole, into the model that evaluates
                 if due and p.evals.update(evaluate(ctx, path, stage, p.micro / updates.per_epoch), at=state.step):
                     best, p.has_best = checkpoint.snapshot(params), True
                 elif due and p.evals.stalled:
                     p.stopped = f"plateau: no gain of {stage.min_delta} in {stage.patience} evaluations"
-                if cfg.train.checkpoint and (ctx.stop.requested or checkpoint.due(cfg.train, p.update, saved)):
-                    state.metrics_lines = ctx.run.metrics_lines()
-                    checkpoint.save_stage(ctx.run, state, named, optimizer, begin, best)
+                agreed_stop(ctx)
+                # The main process's clock decides (a checkpoint under FSDP is gathered by every process).
+                if cfg.train.checkpoint and (ctx.stop.requested or distributed.agree(checkpoint.due(cfg.train,
+                                                                                                     p.update, saved))):
+                    if not due:
+                        stepping.pull()
+                    saved_optimizer, rng = stepping.optimizer_state(), checkpoint.rng_states()  # every process's
+                    if ctx.main:
+                        state.metrics_lines = ctx.run.metrics_lines()
+                        checkpoint.save_stage(ctx.run, state, named, saved_optimizer, begin, best, rng)
                     saved = (p.update, time.monotonic())
                 if ctx.stop.requested:
                     raise signals.interrupted(ctx, stage)
@@ -251,6 +277,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
                     break
             else:
                 p.epoch, p.epoch_start, p.position = p.epoch + 1, p.micro, 0
+        stepping.pull()  # FSDP: the stage's last weights, whole, into the model (before its best is put back)
         if stage.restore_best and best is not None:
             checkpoint.put_back(params, best)
         state.trained_heads = sorted(set(state.trained_heads) | {g.split(":", 1)[1] for g in stage.trainable
@@ -259,13 +286,22 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
                        stopped=p.stopped or "completed")
         summary.update({k: v for k, v in (("skipped_updates", p.skipped), ("nonfinite_updates", p.nonfinite),
                                           ("micro_batch_pieces", p.split if p.split > 1 else 0)) if v})
-    ctx.accelerator.unwrap_model(stepped_model, keep_fp32_wrapper=False)
+    if stepping is not None:
+        stepping.release()  # FSDP: the sharded copy dropped (its weights were pulled into the model)
     ctx.accelerator.free_memory()  # accelerate lets go of this stage's optimizer (its Adam moments)
     summary.update(best_score=p.evals.best, best_step=state.step if p.evals.best_at is None else p.evals.best_at,
                    wall_s=round(time.perf_counter() - started, 2))
     state.stage = None
     ctx.events("stage_end", summary)
     return summary
+
+
+def agreed_stop(ctx: Context) -> None:
+    """With several processes, a signal that reached any of them stops all of them at the same update (each would
+    otherwise wait for the others at the next gradient reduction)."""
+    agreed = distributed.any_signal(ctx.stop.signal)
+    if agreed is not None and not ctx.stop.requested:
+        ctx.stop.signal = agreed
 
 
 def resume_run(run_dir: str | Path, events: Events | None = None) -> RunDir:
@@ -276,5 +312,6 @@ def resume_run(run_dir: str | Path, events: Events | None = None) -> RunDir:
     run = RunDir(run_dir)
     if not run.config.is_file():
         raise InputError(f"no {run.config.name} here: not a thawing run directory", path=run.path)
-    checkpoint.read_state(run)  # the clear error first (a finished run, a damaged checkpoint), before any model loads
+    if distributed.is_main():  # the clear error first (a finished run, a damaged checkpoint), before any model loads
+        checkpoint.read_state(run)
     return train(load_config(run.config), events=events, resume=run.path)

@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from thawing import distributed
 from thawing.errors import NonFiniteError
 from thawing.training.updates import divisors
 
@@ -88,9 +89,10 @@ def named_params(groups: dict, trainable: list[str]) -> dict[str, torch.nn.Param
 
 
 def split_losses(losses: list[torch.Tensor], anchors: dict[str, list]) -> tuple[list[float], dict[str, list[float]]]:
-    """The update's micro-batch losses (their task part) and its anchoring losses, read back in one transfer."""
+    """The update's micro-batch losses (their task part) and its anchoring losses, read back in one transfer (summed
+    over the processes, each of which holds its slice's part)."""
     names = [name for name, parts in anchors.items() for _ in parts]
-    values = torch.stack(losses + [t for parts in anchors.values() for t in parts]).float().tolist()
+    values = distributed.summed(torch.stack(losses + [t for parts in anchors.values() for t in parts]).float()).tolist()
     out: dict[str, list[float]] = {}
     for name, value in zip(names, values[len(losses) :]):
         out.setdefault(name, []).append(value)

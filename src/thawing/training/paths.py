@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from thawing.data.batching import Features, collate
+from thawing.distributed import agree, built_once
 from thawing.freezing import encoder_frozen
 from thawing.inference import task_logits
 from thawing.model.encoder import evaluating
@@ -132,7 +133,8 @@ def choose_path(model, base: MultiTaskModel, trainable: list[str], features: dic
     train (and the model splits there), else the whole model. `cfg` is the run config (cache and batch settings)."""
     common = dict(model=model, base=base, features=features, runtime=runtime, batch_size=cfg.train.eval_batch_size)
     if cfg.cache.enabled is not False and encoder_frozen(trainable):
-        cache = cached_features(base, features, runtime, cfg.cache.dir, cfg.train.eval_batch_size, note)
+        with built_once():  # several processes: the main one computes and stores the features, the others read them
+            cache = cached_features(base, features, runtime, cfg.cache.dir, cfg.train.eval_batch_size, note)
         size = sum(s.features.numel() * s.features.element_size() for splits in cache.values() for s in splits.values())
         return CachedHeads(**common, cache=cache, summary={"feature_cache_mb": round(size / 1e6, 2)})
     first = boundary_cache.first_trainable_layer(trainable)
@@ -145,6 +147,7 @@ def choose_path(model, base: MultiTaskModel, trainable: list[str], features: dic
         reason = f"it would need {need / 1e9:.2f} GB > cache.max_gb {cfg.cache.max_gb}"
     else:
         reason = boundary_cache.usable(base.encoder, first, feats[0])  # fp32: does the forward split, not precision
+        reason = agree(reason)  # a measured difference: every process takes the main one's verdict
     if reason:
         message = f"no boundary cache, the stage runs the whole model padded: {reason}"
         log.warning(message)

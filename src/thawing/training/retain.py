@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from thawing.config import RetainConfig
 from thawing.data.batching import Features, collate, sorted_batches
+from thawing.distributed import map_batches
 from thawing.model.encoder import evaluating
 
 
@@ -59,11 +60,17 @@ def pretrained_side(model, features: dict[str, dict[str, Features]], groups: dic
         with evaluating(encoder), runtime.autocast():
             for task, splits in features.items():
                 feats = splits["train"]
-                rows = torch.empty(len(feats), encoder.embedding_size)
-                for indices in sorted_batches(feats.lengths, batch_size, runtime.inference_max_tokens):
+
+                def compute(indices: list[int], feats: Features = feats) -> torch.Tensor:
                     batch = collate(encoder, feats, indices)
                     ids, mask = batch["input_ids"].to(encoder.device), batch["attention_mask"].to(encoder.device)
-                    rows[indices] = encoder.pool(encoder.token_states(ids, mask), mask).float().cpu()
+                    return encoder.pool(encoder.token_states(ids, mask), mask).float().cpu()
+
+                rows = torch.empty(len(feats), encoder.embedding_size)
+                # With several processes each computes its share of the batches, and all get every row.
+                batches = sorted_batches(feats.lengths, batch_size, runtime.inference_max_tokens)
+                for indices, values in map_batches(batches, compute, f"Anchoring {task}", show=False):
+                    rows[indices] = values
                 out.embeddings[task] = rows
     return out
 

@@ -76,6 +76,25 @@ def check_places(config: RunConfig) -> None:
                               "another folder, or set cache.enabled: false)")
 
 
+def checkpoint_activations(encoder: Encoder) -> None:
+    """train.gradient_checkpointing: the backbone recomputes each layer's activations in the backward (it applies to
+    layers in training mode, so frozen layers run as before).
+
+    Raises:
+        ConfigError: when the backbone's architecture does not support it.
+    """
+    backbone = encoder.backbone
+    if not getattr(backbone, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"train.gradient_checkpointing: {type(backbone).__name__} does not support gradient "
+                          "checkpointing; set it to false")
+    # Non-reentrant: it works with inputs that need no gradient (the boundary cache's) and with DDP's hooks.
+    # transformers 5 names it activation checkpointing (the old name warns); 4 has the old name only.
+    if hasattr(backbone, "activation_checkpointing_enable"):
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def prepare(config: RunConfig, encoder: Encoder | None = None) -> Prepared:
     """Check the places the run writes, load data (failing early on bad input), the encoder and the heads, and
     tokenize every split."""
@@ -83,6 +102,8 @@ def prepare(config: RunConfig, encoder: Encoder | None = None) -> Prepared:
     torch.manual_seed(config.train.seed)
     tasks = load_tasks(config.tasks, seed=config.train.seed)
     model = build_model(config, tasks, encoder)
+    if config.train.gradient_checkpointing:
+        checkpoint_activations(model.encoder)
     features = {t: {s: featurize(model, t, ex) for s, ex in d.splits.items()} for t, d in tasks.items()}
     gold = {t: {s: [e.label for e in ex] for s, ex in d.splits.items()} for t, d in tasks.items()}
     return Prepared(config, model, features, gold)
