@@ -256,3 +256,46 @@ def test_real_datasets():
     cfg = TaskConfig.model_validate({"type": "token-classification", "data": {"train": str(conll), "dev": str(conll)}})
     data = load_task("conll", cfg)
     assert len(data.splits["dev"]) == 3250 and len(data.labels) == 9 and data.labels[0] == "O"
+
+
+# ---------------------------------------------------------------------------------------------- per-class limits
+
+
+def _skewed(tmp_path: Path) -> Path:
+    # 30 of class a, 5 of b, 12 of c, interleaved, each text unique so the draw can be read back
+    labels = [("a", "a", "c", "b", "a", "c", "a", "a")[i % 8] for i in range(40)] + ["a"] * 7
+    rows = [{"text": f"t{i} {lab}", "label": lab} for i, lab in enumerate(labels)]
+    return jsonl(tmp_path, "skewed.jsonl", rows)
+
+
+def test_per_class_limit_draws_n_of_each_class_in_file_order(tmp_path):
+    train = _skewed(tmp_path)
+    dev = jsonl(tmp_path, "dev.jsonl", [{"text": "d a", "label": "a"}, {"text": "d b", "label": "b"}])
+    data = load_task("x", task(train, dev, limit={"train": {"per_class": 8}}), seed=0)
+    got = data.splits["train"]
+    counts = {lab: sum(ex.label == i for ex in got) for i, lab in enumerate(data.labels)}
+    assert counts == {"a": 8, "b": 5, "c": 8}  # b has only 5: it keeps all of them
+    order = [int(ex.text.split()[0][1:]) for ex in got]
+    assert order == sorted(order)
+
+
+def test_per_class_limit_is_seeded(tmp_path):
+    train = _skewed(tmp_path)
+    dev = jsonl(tmp_path, "dev.jsonl", [{"text": "d a", "label": "a"}])
+    cfg = task(train, dev, limit={"train": {"per_class": 4}})
+    texts = {seed: [ex.text for ex in load_task("x", cfg, seed=seed).splits["train"]] for seed in (0, 1)}
+    again = [ex.text for ex in load_task("x", cfg, seed=0).splits["train"]]
+    assert texts[0] == again
+    assert texts[0] != texts[1]
+
+
+def test_per_class_limit_is_refused_where_it_has_no_meaning(tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="applies to classification tasks"):
+        TaskConfig.model_validate({"type": "token-classification", "data": {"train": "x.conll"},
+                                   "limit": {"train": {"per_class": 4}}})
+    with pytest.raises(ValidationError, match="only the train split"):
+        task(Path("x.jsonl"), limit={"test": {"per_class": 4}})
+    with pytest.raises(ValidationError):
+        task(Path("x.jsonl"), limit={"train": {"per_class": 0}})

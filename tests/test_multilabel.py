@@ -356,7 +356,7 @@ def test_train_evaluate_predict_and_reload(tiny_bert_dir, tmp_path, schedule, mo
             "topics": {"type": "multi-label", "data": topics, "label_field": "topics", "threshold": "tune"},
             "sentiment": {"type": "classification", "data": toy_data(tmp_path)["sentiment"]},
         },
-        "train": {"batch_size": 4, "epochs": 2, "seed": 0, "eval_batch_size": 8},
+        "train": {"batch_size": 4, "epochs": 2, "seed": 0, "eval_batch_size": 8, "small_data": {"min_dev": 0}},
         "schedule": schedule,
     })
     run = train(config, run_dir=str(tmp_path / "run"))

@@ -111,6 +111,14 @@ class HeadConfig(_Strict):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 
+class PerClassLimit(_Strict):
+    """`limit: {train: {per_class: N}}`: N examples of every class, drawn at random (seeded by train.seed) and kept in
+    file order; a class with fewer keeps all of its own. Few-shot experiments need the same N per class, which the
+    first N rows of a sorted or skewed file do not give."""
+
+    per_class: int = Field(gt=0)
+
+
 class TaskConfig(_Strict):
     type: Literal["classification", "token-classification", "multi-label"]
     data: Annotated[TaskSplits, BeforeValidator(dataset_dict_splits)]
@@ -121,7 +129,8 @@ class TaskConfig(_Strict):
     tags_field: str = "tags"
     tag_scheme: str = "IOB2"
     labels: list[str] | None = None
-    limit: dict[Literal["train", "dev", "test"], int] = Field(default_factory=dict)
+    # The first N rows of a split; or, for a classification task's train split, N per class (PerClassLimit).
+    limit: dict[Literal["train", "dev", "test"], int | PerClassLimit] = Field(default_factory=dict)
     dev_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     prompt: str | None = None
     head: HeadConfig = Field(default_factory=HeadConfig)
@@ -152,6 +161,15 @@ class TaskConfig(_Strict):
             raise ValueError(f"'{given[0]}' applies only to multi-label tasks; this task's type is {self.type}")
         if isinstance(self.threshold, float) and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1 (or be 'tune'), got {self.threshold}")
+        for split, limit in self.limit.items():
+            # Per class needs one class per row: a token task has a tag per word, a multi-label row several labels.
+            if isinstance(limit, PerClassLimit) and self.type != "classification":
+                raise ValueError(f"limit.{split}.per_class applies to classification tasks; this task's type is "
+                                 f"{self.type} (give the first N rows: limit: {{{split}: N}})")
+            # Dev and test are what a run is judged on: a seeded draw there would change with train.seed.
+            if isinstance(limit, PerClassLimit) and split != "train":
+                raise ValueError(f"limit.{split}.per_class: only the train split is drawn per class (dev and test "
+                                 "are what runs are compared on); give the first N rows instead")
         return self
 
     @model_validator(mode="after")
@@ -196,6 +214,29 @@ class SamplingConfig(_Strict):
     temperature: float = Field(2.0, gt=0)
 
 
+class SmallDataConfig(_Strict):
+    """When the smallest dev split of the run's tasks has fewer than `min_dev` examples, one example moves its score by
+    more than 2 points, so the dev score cannot choose between stages or epochs (training/small_data.py). Then every
+    stage runs its epochs (raised to at least `min_updates` updates), with no plateau stop, keeps its last weights,
+    and the plan never stops early. With `centroid_init`, linear heads start from their class centroids (the `frozen`
+    baseline) rather than at random, and a stage that trains only such heads trains them only where cross-validation
+    on train says training beats the centroids (training/head_check.py)."""
+
+    min_dev: int = Field(50, ge=0)  # 0: never treat a run as small
+    min_updates: int = Field(50, ge=0)
+    centroid_init: bool = True
+
+    @model_validator(mode="after")
+    def _used(self) -> "SmallDataConfig":
+        # With min_dev 0 no run is small, and the other two would be silently ignored. Values at their defaults pass:
+        # a run's config.yaml writes every field out, and `--resume` reads it back.
+        given = [name for name in ("min_updates", "centroid_init")
+                 if getattr(self, name) != type(self).model_fields[name].default]
+        if self.min_dev == 0 and given:
+            raise ValueError(f"'{given[0]}' has no effect with min_dev 0 (no run is treated as small data)")
+        return self
+
+
 class TrainConfig(_Strict):
     batch_size: int = Field(32, gt=0)
     max_tokens: int | None = Field(None, gt=0)  # fill batches to this many padded tokens instead of batch_size
@@ -230,6 +271,7 @@ class TrainConfig(_Strict):
     nonfinite_limit: int = Field(10, gt=0)  # with skip: the run stops at this many skipped updates
     log_every: int = Field(10, gt=0)  # training records (loss per task, rates, speed) in metrics.jsonl, every N updates
     report_to: list[Literal["tensorboard"]] = Field(default_factory=list)  # trackers fed what metrics.jsonl gets
+    small_data: SmallDataConfig = Field(default_factory=SmallDataConfig)  # a dev split too small to choose by
 
     @field_validator("checkpoint_every")
     @classmethod

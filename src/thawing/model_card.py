@@ -198,7 +198,9 @@ def _short_path(path: str) -> str:
 
 def _limit_note(task_config: dict) -> str:
     limit = task_config.get("limit") or {}
-    return " (first " + ", ".join(f"{n:,} {split}" for split, n in limit.items()) + " rows)" if limit else ""
+    parts = [f"{n['per_class']:,} per class of {split}" if isinstance(n, dict) else f"first {n:,} {split} rows"
+             for split, n in limit.items()]
+    return " (" + ", ".join(parts) + ")" if parts else ""
 
 
 def _stage_section(stages: list[dict], config: dict) -> list[str]:

@@ -10,7 +10,7 @@ import logging
 import random
 from dataclasses import dataclass
 
-from thawing.config import SPLITS, TaskConfig
+from thawing.config import SPLITS, PerClassLimit, TaskConfig
 from thawing.data.readers import detect_format, read_rows
 from thawing.data.records import Example, Record
 from thawing.errors import InMemory, InputError
@@ -69,7 +69,7 @@ def _load(name: str, cfg: TaskConfig, seed: int) -> tuple[TaskData | None, list[
     errors: list[InputError] = []
     for split, path in paths.items():
         try:
-            records[split] = _read_split(cfg, split, path)
+            records[split] = _read_split(cfg, split, path, seed)
         except InputError as exc:
             errors.append(exc)
     if "train" not in records and cfg.labels is None:
@@ -102,18 +102,35 @@ def _load(name: str, cfg: TaskConfig, seed: int) -> tuple[TaskData | None, list[
     return TaskData(name=name, type=cfg.type, labels=labels, splits=splits), []
 
 
-def _read_split(cfg: TaskConfig, split: str, path: str) -> list[Record]:
+def _read_split(cfg: TaskConfig, split: str, path: str, seed: int = 0) -> list[Record]:
     fmt = detect_format(path, cfg.format)
     if isinstance(path, InMemory):
         rows = list(enumerate(getattr(cfg.data, split), start=1))  # "lines" from 1, as a JSONL copy would number them
     else:
         rows = read_rows(path, fmt, split, hf_subset=cfg.hf_subset, hf_split=cfg.hf_split.get(split))
-    if split in cfg.limit:
-        rows = rows[: max(cfg.limit[split], 0)]
+    limit = cfg.limit.get(split)
+    if isinstance(limit, int):
+        rows = rows[: max(limit, 0)]
     if not rows:
-        limited = f" (after limit {cfg.limit[split]})" if split in cfg.limit else ""
+        limited = f" (after limit {limit})" if limit is not None else ""
         raise InputError(f"{split} split is empty{limited}", path=path)
-    return _kind(cfg).read_split(cfg, path, fmt, rows)
+    records = _kind(cfg).read_split(cfg, path, fmt, rows)
+    if isinstance(limit, PerClassLimit):  # after reading: every row was checked, and its label is known
+        records = draw_per_class(records, limit.per_class, seed)
+    return records
+
+
+def draw_per_class(records: list[Record], per_class: int, seed: int) -> list[Record]:
+    """`per_class` records of each label, drawn with `random.Random(seed)`, in file order. Each label draws from its
+    own generator (seeded by the seed and the label), so one class's draw does not depend on the others' sizes."""
+    by_label: dict[str, list[int]] = {}
+    for i, (_, _, label) in enumerate(records):
+        by_label.setdefault(label, []).append(i)
+    keep: set[int] = set()
+    for label, members in by_label.items():
+        rng = random.Random(f"{seed}:{label}")
+        keep.update(members if len(members) <= per_class else rng.sample(members, per_class))
+    return [record for i, record in enumerate(records) if i in keep]
 
 
 def _label_set(cfg: TaskConfig, train: list[Record]) -> list[str]:

@@ -5,8 +5,9 @@ once; then, for each stage, `run_stage` sets what trains, prepares a fresh optim
 through task-sampled updates, evaluates, and stops on a plateau with the stage's best weights. The plan stops when a
 stage does not beat the best score so far. Checkpoints follow every stage and, inside a stage, every
 `train.checkpoint_every` updates or minutes and on SIGINT/SIGTERM. A LoRA stage attaches its adapters before it starts
-and merges them once the plan has decided on it, so checkpoints between stages and the final model are plain. Progress
-goes to an optional `events(name, payload)` callback.
+and merges them once the plan has decided on it, so checkpoints between stages and the final model are plain. A run
+whose dev split is too small to choose by adapts its plan once and each stage's start (training/small_data.py).
+Progress goes to an optional `events(name, payload)` callback.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from thawing.probes import build_probes
 from thawing.run_dir import RunDir
 from thawing.runtime import make_accelerator, resolve_for_training
 from thawing.tracking import close_all, open_trackers
-from thawing.training import checkpoint, memory, signals
+from thawing.training import checkpoint, memory, signals, small_data
 from thawing.training.checkpoint import StageProgress, TrainState
 from thawing.training.context import Context, Events
 from thawing.training.evaluation import evaluate, finish
@@ -68,14 +69,15 @@ def train(config: RunConfig, run_dir: str | None = None, events: Events | None =
             begin = inside[1] if inside else checkpoint.snapshot(params)  # put back if the stage loses to the plan
             summary = run_stage(ctx, stage, stage_groups, params, begin, inside)
             beaten = state.best.update(summary["best_score"], min_delta=stage.min_delta)  # the plan's plateau
-            if not beaten:
+            if not beaten and stage.stops_plan:  # not on a dev split too small to judge by (training/small_data.py)
                 checkpoint.put_back(params, begin)
                 summary["stopped"] += "; plan stopped: stage did not beat the best so far"
                 ctx.events("plan_stop", {"stage": stage.name, "score": summary["best_score"], "best": state.best.best})
                 state.plan_stopped = True
             if adapters is not None:  # after the stage's and the plan's decisions: from here on, a plain model
-                lora.detach(adapters, merge=beaten)  # put back, the adapters are at their start (zero): dropped
-                summary["lora"]["merged"] = beaten
+                kept = not state.plan_stopped  # put back, the adapters are at their start (zero): dropped
+                lora.detach(adapters, merge=kept)
+                summary["lora"]["merged"] = kept
             ctx.probe(stage.name, groups)
             state.summaries.append(summary)
             state.stages_done += 1
@@ -114,6 +116,7 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
     plan = build_plan(config, groups, run_optional, prep.model)  # selector and target errors: before the run dir
     fsdp = fsdp_settings(config, plan) if stepping_mode() == "fsdp" else None
     runtime = resolve_for_training(config, prep, sharded=fsdp is not None)
+    plan = small_data.adapt_plan(plan, prep.features, prep.model.specs, config.train, runtime.packing is not None)
     accelerator = make_accelerator(runtime, processes)
     probes = build_probes(config, prep.model.encoder, runtime)  # probe data errors surface here too
     if probes is not None:
@@ -186,6 +189,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
     optimizer, stepped_model = (stepping.optimizer, stepping.model) if stepping else (None, model)
     path = choose_path(stepped_model, model, stage.trainable, ctx.prep.features, ctx.runtime, cfg, active,
                        lambda payload: ctx.events("cache", payload))
+    stage = small_data.start_stage(path, stage, state.trained_heads, cfg.train, resumed=inside is not None)
     ctx.events("stage_start", {"stage": stage.name, "table": parameter_table(groups, stage.trainable),
                                "lrs": stage.lrs, "cached": path.cached})
     summary = {"stage": stage.name, "trainable_params": sum(p.numel() for p in params), "cached": path.cached,

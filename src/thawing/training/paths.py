@@ -30,6 +30,10 @@ from thawing.training.features import CachedSplit, cached_features, compute
 
 log = logging.getLogger(__name__)
 
+# Centroid heads that go on to train start with logits about this far apart: a cosine classifier's usual scale (a
+# softmax temperature of 0.05), see `centroid_heads`.
+CENTROID_SCALE = 20.0
+
 
 @dataclass
 class WholeModel:
@@ -160,8 +164,14 @@ def choose_path(model, base: MultiTaskModel, trainable: list[str], features: dic
     return path
 
 
-def centroid_heads(path: WholeModel, untrained: list[str]) -> None:
-    """Heads that no stage has trained become the task type's zero-step classifier (nearest centroids)."""
+def centroid_heads(path: WholeModel, untrained: list[str], scale: bool = False) -> None:
+    """Heads that no stage has trained become the task type's zero-step classifier (nearest centroids).
+
+    `scale`: multiply each head's weights and bias so that its logits spread over about `CENTROID_SCALE` (the same
+    ranking, a sharper softmax), for heads that go on to train. Unscaled, the logits of unit-length embeddings differ
+    by a few hundredths and a weight is about 1/sqrt(D) (0.05 for MiniLM): Adam moves every weight by about the
+    learning rate (3e-2) per update whatever the gradient, so the first updates overwrite the centroids. Scaled, an
+    update changes a weight by a few percent, and training starts from the centroids rather than from noise."""
     base = path.base
     for task in untrained:
         if isinstance(path, CachedHeads):
@@ -174,3 +184,15 @@ def centroid_heads(path: WholeModel, untrained: list[str]) -> None:
         spec.head["type"] = "linear"  # centroids live in a linear head (see centroid_init)
         device = base.encoder.device
         spec.kind.centroid_head(base.heads[task], train.features.to(device), train.labels.to(device))
+        if scale:
+            scale_head(base.heads[task], train.features)
+
+
+@torch.no_grad()
+def scale_head(head, features: torch.Tensor) -> None:
+    """Multiply a centroid head's output layer so that its logits spread over about `CENTROID_SCALE`: the same ranking
+    of classes, a sharper softmax. Logits are |x||c| apart at most, hence the features' mean squared norm."""
+    last = head.net[-1]
+    factor = CENTROID_SCALE / features.float().pow(2).sum(-1).mean().clamp(min=1e-6).item()
+    last.weight.mul_(factor)
+    last.bias.mul_(factor)

@@ -44,6 +44,9 @@ class Stage:
     optional: bool = False
     retain: RetainConfig | None = None  # anchoring to the pretrained encoder (training/retain.py)
     lora: AdapterPlan | None = None  # adapters this stage attaches, trains and merges (their groups are in trainable)
+    # Set for runs whose dev split is too small to choose by (training/small_data.py); the defaults change nothing.
+    stops_plan: bool = True  # a stage that does not beat the best so far stops the plan
+    centroid_start: bool = False  # the heads this stage is the first to train start from their class centroids
 
 
 PRESETS = ("frozen", "heads", "full", "progressive", "lora")  # the named plans (`schedule: <name>`)
