@@ -123,6 +123,27 @@ def test_qwen2_target_names(tiny_qwen2_dir, targets, expected):
     assert plan.modules == expected and plan.layers == [1, 2]
 
 
+@pytest.mark.parametrize("family, expected", [
+    ("MPNet", ["attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o", "intermediate.dense",
+               "output.dense"]),
+    ("DistilBert", ["attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "ffn.lin1",
+                    "ffn.lin2"]),
+    ("Llama", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.up_proj",
+               "mlp.down_proj"]),
+])
+def test_generic_names_map_onto_other_families(family, expected):
+    import transformers
+
+    sizes = {"DistilBert": {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64}}.get(
+        family, {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64})
+    backbone = getattr(transformers, f"{family}Model")(getattr(transformers, f"{family}Config")(vocab_size=50, **sizes))
+    holder = torch.nn.Module()  # what parameter_groups reads: a backbone and a projection
+    holder.backbone, holder.projection = backbone, None
+    targets = ["query", "key", "value", "attention_output", "intermediate", "output"]
+    plan = lora.plan_adapters(LoraSettings(targets=targets, layers="layers.1"), backbone, parameter_groups(holder))
+    assert plan.modules == expected
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"targets": ["queries"]}, "'queries' names no linear module of layers.0 (BertLayer)"),
     ({"targets": ["gate"]}, "'gate' names no linear module"),  # a generic name BERT has no module for
