@@ -73,6 +73,23 @@ def init(device: str) -> int:
     return size()
 
 
+def leave(finished: bool) -> None:
+    """Leave the process group at the end of a run. `finished`: the run ended without an error, so every process
+    reaches this point; they wait for the main one (which writes the report last) and leave together. After an
+    error only this process leaves. Why at all: a process that exits with its gloo or NCCL group still alive may
+    abort in the group's destructor ("terminate called without an active exception"), which fails the launch."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    from accelerate.state import AcceleratorState
+
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+    AcceleratorState._reset_state(reset_partial_state=True)  # a later run in this process joins a group again
+
+
 def shard(indices: Sequence[int], parts: int | None = None, index: int | None = None) -> list[int]:
     """This process's contiguous slice of a micro-batch: `parts` slices (default: the processes) whose sizes differ
     by at most one, the first ones larger; a slice is empty when the micro-batch has fewer items than processes.

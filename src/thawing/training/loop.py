@@ -54,6 +54,17 @@ def train(config: RunConfig, run_dir: str | None = None, events: Events | None =
     `encoder` replaces loading `config.model.name` (e.g. a model built in memory). `resume` continues the run
     directory of a run that stopped, from its last checkpoint (see `resume_run`).
     """
+    try:
+        run = _train(config, run_dir, events, run_optional, encoder, resume)
+    except BaseException:
+        distributed.leave(finished=False)
+        raise
+    distributed.leave(finished=True)
+    return run
+
+
+def _train(config: RunConfig, run_dir: str | None, events: Events | None, run_optional: bool | None,
+           encoder: Encoder | None, resume: str | Path | None) -> RunDir:
     ctx, plan, groups = start(config, run_dir, events, run_optional, encoder, resume)
     state, run = ctx.state, ctx.run
     with ctx.lock, stop_requests() as ctx.stop, close_all(ctx.trackers):
