@@ -2,7 +2,10 @@
 plain, with embedding distillation and with L2-SP, and the WiSE-FT interpolation curve of the full run.
 
 Data: configs/study_retention.yaml (TREC coarse + SST-2, STS-B/SUBJ/drift probes), with `--n` training rows per task.
-Run: HF_HUB_OFFLINE=1 .venv/bin/python bench/retain.py --n 1000 --seeds 0 --output bench/results/retain_cpu.json
+Run: HF_HUB_OFFLINE=1 .venv/bin/python bench/retain.py --n 1000 --seeds 0 --output bench/results/retain_cpu.json \
+         --plot docs/images/retain_tradeoff.png
+The plot: mean test score against mean STS-B retention per variant (bars: the seeds' range), and the interpolation
+curve of the full run (mean over seeds, one point per alpha).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ VARIANTS = {
     "full+l2sp": {"l2sp": {"weight": 0.1}},
     "progressive": None,
     "progressive+distill": {"distill": {"weight": 1.0, "loss": "cosine"}},
+    "progressive+l2sp": {"l2sp": {"weight": 0.1}},
 }
 
 
@@ -37,6 +41,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--alphas", default="0,0.25,0.5,0.75,1")
     parser.add_argument("--output", default=None)
+    parser.add_argument("--plot", default=None, help="PNG of task score against STS-B retention")
     args = parser.parse_args()
 
     from thawing.config import load_config
@@ -77,6 +82,46 @@ def main() -> None:
     report = {"command": " ".join(sys.argv), "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, "
               f"torch {torch.__version__} (shared with other jobs while it ran)", "n": args.n, "rows": rows}
     write_report(report, args.output)
+    if args.plot:
+        plot(rows, args.plot)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Task score against STS-B retention: one point per variant (mean over seeds, the range as bars), and the
+    interpolation curve (mean over seeds per alpha)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from statistics import mean
+
+    import matplotlib.pyplot as plt
+
+    from thawing.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        runs = [r for r in rows if r["variant"] == name]
+        xs = [r["probes"]["stsb"]["spearman_retention"] for r in runs]
+        ys = [r["score"] for r in runs]
+        x, y = mean(xs), mean(ys)
+        ax.errorbar([x], [y], xerr=[[x - min(xs)], [max(xs) - x]], yerr=[[y - min(ys)], [max(ys) - y]],
+                    fmt="o", capsize=3, label=name)
+    curves = [r["interpolation"] for r in rows if "interpolation" in r]
+    if curves:
+        alphas = [p["alpha"] for p in curves[0]]
+        xs = [mean(c[i]["stsb"] for c in curves) for i in range(len(alphas))]
+        ys = [mean(c[i]["score"] for c in curves) for i in range(len(alphas))]
+        ax.plot(xs, ys, "k--", marker=".", label="full, interpolated (alpha)")
+        for a, x, y in zip(alphas, xs, ys):
+            ax.annotate(f"{a:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.axvline(0.99, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("STS-B Spearman retention (fraction of the pretrained encoder's)")
+    ax.set_ylabel("test score (mean accuracy, TREC coarse + SST-2)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 
 
 if __name__ == "__main__":

@@ -140,3 +140,29 @@ def test_sharing_the_encoder_against_single_task_runs():
     without = find(check_claims(rows, reference=None), "Sharing one encoder")
     assert {c.status for c in without} == {NOT_MEASURED}
     assert not find(check_claims({"config": rows["config"]}, "config"), "Sharing one encoder")  # none ran alone
+
+
+def test_anchoring_against_the_scenario_it_anchors():
+    rows = {"full": row([0.90, 0.91], probes=sts(0.94, 0.95)),
+            "full+distill": {**row([0.89, 0.90], probes=sts(0.98, 0.99)), "base": "full"},
+            "full+l2sp": {**row([0.90, 0.91], probes=sts(0.93, 0.96)), "base": "full"}}
+    claims = {c.measured.split(" ")[0]: c for c in find(check_claims(rows), "Anchoring keeps more")}
+    distill = claims["full+distill"]
+    assert distill.status == SUPPORTED and "kept 98.5% [98.0% to 99.0%]" in distill.measured
+    assert claims["full+l2sp"].status == NOT_SUPPORTED  # the seed ranges overlap
+    lone = find(check_claims({"full+distill": rows["full+distill"]}), "Anchoring keeps more")
+    assert [c.status for c in lone] == [NOT_MEASURED]
+
+
+def test_the_price_of_keeping_99_percent():
+    rows = {"full": row([0.900, 0.910], probes=sts(0.94, 0.95)),
+            "full+distill": {**row([0.898, 0.902], probes=sts(0.991, 0.995)), "base": "full"}}
+    price = find(check_claims(rows), "Keeping 99%")
+    assert len(price) == 1 and price[0].status == NOT_SUPPORTED and "a price of 0.50 points" in price[0].measured
+    rows["full+distill"] = {**row([0.9035, 0.9045], probes=sts(0.991, 0.995)), "base": "full"}
+    kept = find(check_claims(rows), "Keeping 99%")[0]
+    assert kept.status == SUPPORTED and "a price of 0.10 points" in kept.measured
+    rows["full+distill"] = {**row([0.91, 0.92], probes=sts(0.98, 0.995)), "base": "full"}  # one seed below 99%
+    missed = find(check_claims(rows), "Keeping 99%")[0]
+    assert missed.status == NOT_SUPPORTED and "no scenario kept 99% in every seed" in missed.measured
+    assert not find(check_claims({"full": rows["full"]}), "Keeping 99%")  # nothing tried to keep anything

@@ -236,3 +236,45 @@ def test_the_lora_preset_runs_as_a_scenario(tiny_bert_dir, tmp_path):
     study = run_study(config, ["lora"], str(tmp_path / "s"), isolate=False)
     stages = json.loads((study.path / "lora" / "stages.json").read_text())
     assert [s["stage"] for s in stages][:2] == ["heads", "lora"] and stages[1]["lora"]["params"] > 0
+
+
+def test_anchored_scenarios_add_retain_to_every_stage(tiny_bert_dir, tmp_path):
+    raw = toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",), schedule="progressive",
+                     retain={"l2sp": {"weight": 0.5}})
+    parsed = parse_scenarios(parse_config(raw), ["full+distill", "full+distill+l2sp", "head-frozen:sentiment+l2sp"], 6)
+    assert parsed[0].config.retain.distill.weight == 1.0 and parsed[0].config.retain.distill.loss == "cosine"
+    assert parsed[1].config.retain.l2sp.weight == 0.5  # the config's own setting, not the default
+    assert parsed[0].base == "full" and parsed[1].anchors == ("distill", "l2sp")
+    assert parsed[2].kind == "head-frozen" and parsed[2].task == "sentiment" and parsed[2].dir_name == (
+        "head-frozen-sentiment+l2sp")
+    assert all("-head:sentiment" in s.train for s in parsed[2].config.schedule if s.train)
+    for bad in ("full+dist", "full+l2sp+l2sp"):
+        with pytest.raises(InputError, match="name each of distill, l2sp at most once"):
+            parse_scenarios(parse_config(raw), [bad], 6)
+
+
+def test_a_study_interpolates_a_scenario_and_prices_retention(tiny_bert_dir, tmp_path):
+    from test_probes import _probe_files
+
+    schedule = [{"name": "all", "train": ["all"], "epochs": 2, "lr": {"encoder": 1e-3}}]
+    raw = toy_config(tiny_bert_dir, tmp_path, tasks=("qtype",), schedule=schedule,
+                     probes=_probe_files(tmp_path / "probes"))
+    study = run_study(parse_config(raw), ["config", "config+l2sp"], str(tmp_path / "s"), isolate=False,
+                      interpolate="config", alphas=[1.0, 0.0])
+    rows = rows_of(study)
+    assert list(rows) == ["config", "config+l2sp", "config@0", "config@1"]
+    start, end = rows["config@0"], rows["config@1"]
+    assert start["kind"] == "interpolated" and start["source"] == "config" and start["alpha"] == 0.0
+    assert start["probes"]["pairs"]["spearman_retention"] == 1.0 and start["probes"]["drift"]["drift"] == 0.0
+    trained = rows["config"]["probes"]["drift"]["drift"]
+    assert trained > 0 and end["probes"]["drift"]["drift"] == pytest.approx(trained, abs=1e-6)
+    assert (study.path / end["per_seed"][0]["run"] / "results.json").is_file()
+    assert rows["config+l2sp"]["base"] == "config"
+    claims = json.loads((study.path / "study.json").read_text())["claims"]
+    anchoring = [c for c in claims if c["claim"].startswith("Anchoring keeps more")]
+    price = [c for c in claims if c["claim"].startswith("Keeping 99% of the pretrained pairs Spearman")]
+    assert anchoring and all("config+l2sp" in c["measured"] for c in anchoring)
+    assert len(price) == 1 and "the best that kept 99%" in price[0]["measured"]  # alpha 0 keeps 100%
+    with pytest.raises(InputError, match="not one of the study's scenarios"):
+        run_study(parse_config(raw), ["config"], str(tmp_path / "t"), interpolate="full")
+    assert not (tmp_path / "t").exists()

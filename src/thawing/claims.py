@@ -19,6 +19,8 @@ NOT_MEASURED = "not measured"
 # on TREC + SST-2 (docs/benchmarks.md), so a tighter margin would test the seed, not the plan.
 TOLERANCE = 0.01
 BASELINE = "frozen"
+# The retention price (issue #16's goal): keep this share of a similarity probe, within this much of the best score.
+KEEP, PRICE = 0.99, 0.003
 
 
 @dataclass
@@ -46,6 +48,8 @@ def check_claims(rows: dict[str, dict], reference: str | None = None) -> list[Cl
         frozen_encoder_cost(rows),
         *frozen_heads(rows, ref),
         *sharing(rows, ref),
+        *anchoring(rows),
+        *retention_price(rows),
     ]
 
 
@@ -236,4 +240,66 @@ def sharing(rows: dict, reference: str | None) -> list[Claim]:
         measured = (f"{reference} {show(multi)} with every task, {show(alone)} alone "
                     f"({mean(multi) / mean(alone):.1%} of it)")
         out.append(Claim(claim, measured, verdict(above(multi, alone, TOLERANCE))))
+    return out
+
+
+def anchoring(rows: dict) -> list[Claim]:
+    """Each anchored scenario (`full+distill`) against the scenario it anchors: what it kept, what it cost."""
+    out = []
+    for name, row in rows.items():
+        base = row.get("base")
+        if base is None:
+            continue
+        claim = f"Anchoring keeps more of the pretrained encoder: {name} forgets less than {base}."
+        if base not in rows:
+            out.append(Claim(claim, f"needs the {base} scenario", NOT_MEASURED))
+            continue
+        scores, base_scores = seed_values(row, "score"), seed_values(rows[base], "score")
+        cost = f"; score {show(scores)} against {show(base_scores)}" if scores and base_scores else ""
+        for probe in sorted(row.get("probes") or {}):
+            mine, theirs = _headline(row, probe), _headline(rows[base], probe)
+            if mine is None or theirs is None:
+                out.append(Claim(claim, f"probe {probe} not recorded in both scenarios", NOT_MEASURED))
+            elif mine[0] == "drift":
+                out.append(Claim(claim, f"{name} drifted {show(mine[1])} ({probe}), {base} {show(theirs[1])}{cost}",
+                                 verdict(above(theirs[1], mine[1]))))
+            else:
+                out.append(Claim(claim, f"{name} kept {show(mine[1], percent=True)} of the pretrained {probe}, "
+                                        f"{base} {show(theirs[1], percent=True)}{cost}",
+                                 verdict(above(mine[1], theirs[1]))))
+    return out
+
+
+def retention_price(rows: dict) -> list[Claim]:
+    """Per similarity probe: the best score among scenarios that kept `KEEP` of it in every seed, against the best
+    score of any scenario. Only studies that try to keep something (anchored or interpolated rows) make this claim."""
+    if not any(r.get("base") or r.get("kind") == "interpolated" for r in rows.values()):
+        return []
+    trained = {n: r for n, r in rows.items() if r.get("kind") != "single-task" and seed_values(r, "score")}
+    probes = sorted({p for r in trained.values() for p, m in (r.get("probes") or {}).items()
+                     if "spearman_retention" in m})
+    out = []
+    for probe in probes:
+        claim = (f"Keeping {KEEP:.0%} of the pretrained {probe} Spearman costs at most {PRICE * 100:.1f} points of "
+                 f"task score.")
+        best = max(trained, key=lambda n: mean(seed_values(trained[n], "score")))
+        kept = {n: r for n, r in trained.items()
+                if (v := seed_values(r, "probes", probe, "spearman_retention")) and min(v) >= KEEP}
+        top = f"the best score is {best}'s, {show(seed_values(trained[best], 'score'))}"
+        if not kept:
+            closest = max((n for n in trained if seed_values(trained[n], "probes", probe, "spearman_retention")),
+                          key=lambda n: min(seed_values(trained[n], "probes", probe, "spearman_retention")),
+                          default=None)
+            where = (f"; the most kept is {closest}'s, "
+                     f"{show(seed_values(trained[closest], 'probes', probe, 'spearman_retention'), percent=True)}"
+                     if closest else "")
+            out.append(Claim(claim, f"no scenario kept {KEEP:.0%} in every seed; {top}{where}", NOT_SUPPORTED))
+            continue
+        choice = max(kept, key=lambda n: mean(seed_values(kept[n], "score")))
+        scores, retained = seed_values(kept[choice], "score"), seed_values(kept[choice], "probes", probe,
+                                                                           "spearman_retention")
+        price = mean(seed_values(trained[best], "score")) - mean(scores)
+        measured = (f"{top}; the best that kept {KEEP:.0%} is {choice}'s, {show(scores)}, keeping "
+                    f"{show(retained, percent=True)}: a price of {price * 100:.2f} points")
+        out.append(Claim(claim, measured, verdict(price <= PRICE)))
     return out

@@ -440,7 +440,8 @@ def study(
     scenarios: str = typer.Option(
         "frozen,heads,progressive,full",
         help="Comma-separated: plan presets (frozen, heads, progressive, full), config (the config's own plan), "
-        "head-frozen:<task>, single:<task>, or NAME=schedule.yaml (a stage list; path relative to here).",
+        "head-frozen:<task>, single:<task>, or NAME=schedule.yaml (a stage list; path relative to here); "
+        "any of them anchored with +distill and/or +l2sp (full+distill).",
     ),
     set_: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=2 (repeatable)."),
     study_dir: Optional[Path] = typer.Option(
@@ -456,6 +457,10 @@ def study(
     in_process: bool = typer.Option(
         False, "--in-process", help="Train every scenario in this process (faster to start; CPU memory not measured)."
     ),
+    interpolate: Optional[str] = typer.Option(
+        None, help="Interpolate this scenario's runs with the pretrained encoder (WiSE-FT), one row per alpha."
+    ),
+    alphas: str = typer.Option("0,0.25,0.5,0.75,1", help="The alphas of --interpolate."),
 ) -> None:
     """Train the config once per freezing scenario (and seed) and compare them; prints the study directory last."""
     from thawing.config import load_config
@@ -467,6 +472,7 @@ def study(
         seed_list = [int(s) for s in seeds.split(",")] if seeds else None
     except ValueError:
         raise InputError(f"--seeds '{seeds}' must be integers separated by commas") from None
+    alpha_list = _alphas(alphas)
     cfg = load_config(config, set_)
     RunDir.check_creatable(study_dir)
     names = [s.strip() for s in scenarios.split(",") if s.strip()]
@@ -474,11 +480,19 @@ def study(
     printer = _TrainPrinter()
     try:
         result = run_study(cfg, names, str(study_dir) if study_dir else None, events=printer,
-                           run_optional=full or None, seeds=seed_list, isolate=not in_process)
+                           run_optional=full or None, seeds=seed_list, isolate=not in_process,
+                           interpolate=interpolate, alphas=alpha_list)
     finally:
         printer.stop()
     Console().print(_study_table(result.read_json(result.study_json)["scenarios"]))
     print(result.path)
+
+
+def _alphas(text: str) -> list[float]:
+    try:
+        return [float(a) for a in text.split(",")]
+    except ValueError:
+        raise InputError(f"--alphas must be numbers separated by commas; got '{text}'") from None
 
 
 @app.command("study-run", hidden=True)
@@ -590,10 +604,7 @@ def interpolate(
     tasks and probes; writes RUN/interpolate/interpolate.json and interpolate.png and prints the chosen alpha."""
     from thawing.interpolate import interpolate as run_interpolation
 
-    try:
-        values = [float(a) for a in alphas.split(",")]
-    except ValueError:
-        raise InputError(f"--alphas must be numbers separated by commas; got '{alphas}'") from None
+    values = _alphas(alphas)
     printer = _TrainPrinter()
     try:
         result = run_interpolation(run_dir, values, floor=floor, probe=probe, save=save, events=printer)

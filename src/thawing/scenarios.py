@@ -7,6 +7,10 @@
     single:<task>                      the config's own plan on that task alone (what sharing the encoder costs it)
     NAME=path/to/schedule.yaml         an explicit stage list (the shape of `schedule:` in a config), relative to the
                                        working directory; a sweep of stage rates is one file per point
+    <scenario>+distill, +l2sp          that scenario anchored to the pretrained encoder (`retain:` for every stage,
+                                       training/retain.py): embedding distillation, L2-SP, or both
+                                       (`full+distill+l2sp`); the weights are the config's `retain:` where it sets
+                                       that anchor, else the defaults (distill 1.0 cosine, l2sp 0.01)
 
 Every scenario becomes a complete `RunConfig` here; `check_plans` then resolves each one's stages against the real
 model's parameter groups, so a bad selector fails the study before its first run rather than after its third.
@@ -23,13 +27,23 @@ from pathlib import Path
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from thawing.config import EarlyStopping, RunConfig, StageConfig, StageRates, parse_config
+from thawing.config import (
+    DistillConfig,
+    EarlyStopping,
+    L2SPConfig,
+    RetainConfig,
+    RunConfig,
+    StageConfig,
+    StageRates,
+    parse_config,
+)
 from thawing.errors import ConfigError, InputError
 from thawing.training.stages import PRESETS
 
 OWN_PLAN = "config"
 HEAD_FROZEN = "head-frozen:"
 SINGLE = "single:"
+ANCHORS = {"distill": DistillConfig, "l2sp": L2SPConfig}  # `+<anchor>` after a scenario
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -42,6 +56,8 @@ class Scenario:
     config: RunConfig
     task: str | None = None  # head-frozen and single-task: the task
     source: str | None = None  # schedule: the file
+    base: str | None = None  # anchored (`full+distill`): the scenario it anchors, which the claims compare it with
+    anchors: tuple[str, ...] = ()
 
     @property
     def dir_name(self) -> str:
@@ -49,7 +65,8 @@ class Scenario:
         return self.name.replace(":", "-")
 
     def describe(self) -> dict:
-        return {k: v for k, v in (("kind", self.kind), ("task", self.task), ("source", self.source)) if v is not None}
+        return {k: v for k, v in (("kind", self.kind), ("task", self.task), ("source", self.source),
+                                  ("base", self.base), ("anchors", list(self.anchors) or None)) if v is not None}
 
 
 def parse_scenarios(config: RunConfig, specs: list[str], num_layers: int | None) -> list[Scenario]:
@@ -73,10 +90,17 @@ def parse_scenarios(config: RunConfig, specs: list[str], num_layers: int | None)
 
 
 def valid_forms() -> list[str]:
-    return [*PRESETS, OWN_PLAN, f"{HEAD_FROZEN}<task>", f"{SINGLE}<task>", "NAME=schedule.yaml"]
+    return [*PRESETS, OWN_PLAN, f"{HEAD_FROZEN}<task>", f"{SINGLE}<task>", "NAME=schedule.yaml",
+            *(f"<scenario>+{a}" for a in ANCHORS)]
 
 
 def _parse(config: RunConfig, spec: str, num_layers: int | None) -> Scenario:
+    if "+" in spec and "=" not in spec:  # NAME=file.yaml names a file, which may hold a '+'
+        base, *anchors = (part.strip() for part in spec.split("+"))
+        unknown = [a for a in anchors if a not in ANCHORS]
+        if unknown or len(set(anchors)) != len(anchors):
+            raise InputError(f"scenario '{spec}': after '+' name each of {', '.join(ANCHORS)} at most once")
+        return anchored(_parse(config, base, num_layers), spec, anchors)
     if spec in PRESETS:
         return Scenario(spec, "preset", config.model_copy(update={"schedule": spec}))
     if spec == OWN_PLAN:
@@ -95,6 +119,15 @@ def _parse(config: RunConfig, spec: str, num_layers: int | None) -> Scenario:
             )
         return Scenario(name, "schedule", with_schedule(config, read_schedule(path), path), source=path)
     raise InputError(f"unknown scenario '{spec}'; choose from {', '.join(valid_forms())}")
+
+
+def anchored(scenario: Scenario, name: str, anchors: list[str]) -> Scenario:
+    """`scenario` with the anchors added to its config's top-level `retain:` (which every stage without its own
+    `retain:` uses), each at the config's own settings when it has them, else at the defaults."""
+    retain = scenario.config.retain or RetainConfig()
+    retain = retain.model_copy(update={a: getattr(retain, a) or ANCHORS[a]() for a in anchors})
+    return Scenario(name, scenario.kind, scenario.config.model_copy(update={"retain": retain}), task=scenario.task,
+                    source=scenario.source, base=scenario.name, anchors=tuple(anchors))
 
 
 def _task(config: RunConfig, spec: str, task: str) -> str:

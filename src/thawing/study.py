@@ -10,9 +10,12 @@
     <study>/report/index.html  one self-contained page: the tables, bar charts of score, retention and time, claims
 
 Scenarios (`scenarios.py`): the plan presets (frozen, heads, progressive, full), the config's own plan (`config`),
-`head-frozen:<task>`, `single:<task>` and `NAME=schedule.yaml`. Each is checked, and its plan resolved against the
-model, before the first one trains. Each trains in its own process by default, so that its peak memory is its own
-(`measure.py`); they share the frozen-feature disk cache, whose keys hold the encoder's weights.
+`head-frozen:<task>`, `single:<task>`, `NAME=schedule.yaml`, and any of them anchored (`full+distill`, `+l2sp`).
+Each is checked, and its plan resolved against the model, before the first one trains. Each trains in its own
+process by default, so that its peak memory is its own (`measure.py`); they share the frozen-feature disk cache,
+whose keys hold the encoder's weights. `interpolate=<scenario>` adds that scenario's WiSE-FT curve (`interpolate.py`,
+once per seed, in this process) as one row per alpha, `<scenario>@<alpha>`, so the claims can price retention in
+task points.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from thawing.scenarios import OWN_PLAN, Scenario, check_plans, parse_scenarios
 from thawing.study_report import study_json, write_study_report
 
 DEFAULT_SCENARIOS = ("frozen", "heads", "progressive", "full")
+DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Per seed, the figures averaged over seeds (with their range); memory is the highest seed's instead.
-AVERAGED = ("tasks", "dev", "test", "probes", "frozen_heads", "task_share", "score", "updates", "wall_s",
-            "process_s", "probe_seconds")
+AVERAGED = ("tasks", "dev", "test", "probes", "frozen_heads", "task_share", "score", "dev_score", "updates",
+            "wall_s", "process_s", "probe_seconds")
 PEAKS = ("rss_peak_bytes", "process_rss_peak_bytes", "gpu_peak_bytes")
 
 
@@ -42,12 +46,16 @@ def run_study(
     run_optional: bool | None = None,
     seeds: list[int] | None = None,
     isolate: bool = True,
+    interpolate: str | None = None,
+    alphas: list[float] | None = None,
 ) -> RunDir:
     """Train the config once per scenario (and seed) into one study directory; returns it.
 
     With several seeds (`train.seed`, which also draws carved dev splits) each scenario's figures are the mean over
     seeds, with their range: one seed can move a comparison by more than the difference it shows. `isolate` trains
     each scenario in its own process (its peak CPU memory measured alone); without it, in this one (no CPU memory).
+    `interpolate`: a scenario whose runs are then interpolated with the pretrained encoder at `alphas` (default 0,
+    0.25, 0.5, 0.75, 1), each alpha a row of its own.
 
     Raises:
         InputError, ConfigError: a bad scenario, seed list, schedule file or plan, before anything trains.
@@ -56,6 +64,11 @@ def run_study(
     if len(set(seeds)) != len(seeds):
         raise InputError(f"seeds must be distinct; got {seeds}")
     parsed, plans = prepare_scenarios(config, scenarios, run_optional)
+    alphas = sorted(alphas or DEFAULT_ALPHAS)
+    if interpolate is not None and interpolate not in [s.name for s in parsed]:
+        raise InputError(f"interpolate: '{interpolate}' is not one of the study's scenarios")
+    if interpolate is not None and (any(not 0 <= a <= 1 for a in alphas) or len(set(alphas)) != len(alphas)):
+        raise InputError(f"alphas must be distinct numbers from 0 to 1; got {alphas}")
     study = RunDir.create(f"{config.name}-study", study_dir)
     reference = reference_scenario(config, [s.name for s in parsed])
     rows: dict[str, dict] = {}
@@ -72,8 +85,34 @@ def run_study(
             rows[scenario.name] = combine(per_seed, scenario, plans[scenario.name])
             # a study cut short keeps its runs, and study.json says what they measured
             study.write_json(study.study_json, study_json(config.name, seeds, rows, reference, isolate))
+    if interpolate is not None:
+        source = next(s for s in parsed if s.name == interpolate)
+        for alpha, per_seed in interpolated(study, rows[interpolate], alphas, events).items():
+            scenario = Scenario(f"{interpolate}@{alpha:g}", "interpolated", source.config, source=interpolate)
+            rows[scenario.name] = {**combine(per_seed, scenario, plans[interpolate]), "alpha": alpha}
+        study.write_json(study.study_json, study_json(config.name, seeds, rows, reference, isolate))
     write_study_report(study.path)
     return study
+
+
+def interpolated(study: RunDir, row: dict, alphas: list[float], events=None) -> dict[float, list[dict]]:
+    """Each seed's run of a scenario interpolated at each alpha (`interpolate.py`, heads re-fitted on the frozen
+    interpolated encoder): per alpha, one summary per seed, the run's own with the alpha's scores and probes."""
+    from thawing.interpolate import interpolate
+
+    out: dict[float, list[dict]] = {a: [] for a in alphas}
+    for summary in row["per_seed"]:
+        run = RunDir(study.path / summary["run"])
+        curve = interpolate(run.path, alphas, save=False, events=events)
+        for point in curve["points"]:
+            where = (run.interpolate_dir / point["run"]).relative_to(study.path)
+            # The scenario's training cost stays (the curve is built on it); its splits' metrics and peaks do not.
+            dropped = ("dev", "test", "frozen_heads", "task_share", "process_s", *PEAKS)
+            kept = {k: v for k, v in summary.items() if k not in dropped}
+            out[point["alpha"]].append({**kept, "run": str(where), "score": point["score"],
+                                        "dev_score": point["dev_score"], "tasks": point["tasks"],
+                                        "probes": point["probes"] or None})
+    return out
 
 
 def prepare_scenarios(config: RunConfig, specs: list[str], run_optional: bool | None
