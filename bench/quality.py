@@ -125,17 +125,24 @@ def labelled(path: Path) -> tuple[list[str], list[str]]:
 # ---------------------------------------------------------------------------------------------- methods
 
 
+_EMBEDDED: dict = {}
+
+
 def run_probe(paths: dict[str, Path], seed: int, work: Path) -> dict:
     """Logistic regression (scikit-learn defaults, max_iter 1000) on frozen, normalized MiniLM embeddings."""
     from sklearn.linear_model import LogisticRegression
 
     from thawing.model.loading import load_encoder
 
-    encoder = load_encoder(MODEL)
-    (x_train, y_train), (x_test, y_test) = labelled(paths["train"]), labelled(paths["test"])
+    def embedded(path: Path):  # the same files for every seed: encoded once
+        if path not in _EMBEDDED:
+            _EMBEDDED[path] = load_encoder(MODEL).encode(labelled(path)[0], batch_size=64)
+        return _EMBEDDED[path]
+
+    (_, y_train), (_, y_test) = labelled(paths["train"]), labelled(paths["test"])
     clf = LogisticRegression(max_iter=1000, random_state=seed)
-    clf.fit(encoder.encode(x_train, batch_size=64), y_train)
-    accuracy = float((clf.predict(encoder.encode(x_test, batch_size=64)) == y_test).mean())
+    clf.fit(embedded(paths["train"]), y_train)
+    accuracy = float((clf.predict(embedded(paths["test"])) == y_test).mean())
     return {"test": accuracy, "trainable_params": int(clf.coef_.size + clf.intercept_.size)}
 
 
@@ -323,6 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="2 data sets, a few hundred rows, one seed")
     parser.add_argument("--methods", default=None, help="comma-separated subset, e.g. probe,thawing:heads")
     parser.add_argument("--seeds", default=None, help="e.g. 0,1,2 (default: 0 with --quick, else 0,1,2)")
+    parser.add_argument("--datasets", default=None, help="comma-separated subset, e.g. trec_coarse,sst2")
     parser.add_argument("--work", default="/tmp/thawing-quality")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
@@ -332,6 +340,11 @@ def main(argv: list[str] | None = None) -> dict:
     mode = dict(QUICK if args.quick else FULL)
     if args.seeds:
         mode["seeds"] = [int(s) for s in args.seeds.split(",")]
+    if args.datasets:
+        unknown = sorted(set(args.datasets.split(",")) - set(SOURCES))
+        if unknown:
+            parser.error(f"unknown data sets {unknown}; choose from {', '.join(SOURCES)}")
+        mode["datasets"] = args.datasets.split(",")
     work = Path(args.work)
     start = time.perf_counter()
     results = run_all(mode, work, args.methods.split(",") if args.methods else None)

@@ -42,7 +42,16 @@ def main() -> None:
     parser.add_argument("--alphas", default="0,0.25,0.5,0.75,1")
     parser.add_argument("--output", default=None)
     parser.add_argument("--plot", default=None, help="PNG of task score against STS-B retention")
+    parser.add_argument("--table", default=None, help="print the markdown table of this JSON report, and stop")
     args = parser.parse_args()
+    if args.table:
+        import json
+
+        rows = json.loads(Path(args.table).read_text())["rows"]
+        print(table(rows))
+        if args.plot:
+            plot(rows, args.plot)
+        return
 
     from thawing.config import load_config
     from thawing.interpolate import interpolate
@@ -82,8 +91,35 @@ def main() -> None:
     report = {"command": " ".join(sys.argv), "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, "
               f"torch {torch.__version__} (shared with other jobs while it ran)", "n": args.n, "rows": rows}
     write_report(report, args.output)
+    print(table(rows))
     if args.plot:
         plot(rows, args.plot)
+
+
+def table(rows: list[dict]) -> str:
+    """Per variant and per interpolation alpha: the mean over seeds (min-max) of each figure."""
+    from statistics import mean
+
+    def cell(values: list[float], digits: int = 3, percent: bool = False) -> str:
+        f = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.{digits}f}")
+        return f(mean(values)) + (f" ({f(min(values))}-{f(max(values))})" if len(values) > 1 else "")
+
+    lines = ["| variant | TREC | SST-2 | test score | STS-B retention | SUBJ | drift | wall s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        runs = [r for r in rows if r["variant"] == name]
+        lines.append(f"| {name} | {cell([r['tasks']['question_type'] for r in runs])} | "
+                     f"{cell([r['tasks']['sentiment'] for r in runs])} | {cell([r['score'] for r in runs])} | "
+                     f"{cell([r['probes']['stsb']['spearman_retention'] for r in runs], percent=True)} | "
+                     f"{cell([r['probes']['subj']['accuracy'] for r in runs])} | "
+                     f"{cell([r['probes']['drift']['drift'] for r in runs])} | "
+                     f"{cell([r['wall_s'] for r in runs], digits=0)} |")
+    curves = [r["interpolation"] for r in rows if "interpolation" in r]
+    for i, point in enumerate(curves[0] if curves else []):
+        at = [c[i] for c in curves]
+        lines.append(f"| full, interpolated at alpha {point['alpha']:g} | | | {cell([p['score'] for p in at])} | "
+                     f"{cell([p['stsb'] for p in at], percent=True)} | | | |")
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: str) -> None:

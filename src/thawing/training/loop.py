@@ -184,6 +184,44 @@ def accumulate(ctx: Context, path, stepping, batches: list, train_sets: dict) ->
     return losses, anchors
 
 
+def one_update(ctx: Context, path, stepping, stage: Stage, batches: list, train_sets: dict, named: list,
+               factor: float) -> tuple[list, list, dict]:
+    """One optimizer update at `factor` times each group's rate: its micro-batches' backward passes (again in
+    smaller pieces after running out of GPU memory), the L2-SP penalty, clipping, and the step, unless a loss or the
+    gradient is not finite. Returns the pieces that ran, their losses and the anchoring losses (by record name)."""
+    p, optimizer = ctx.state.stage, stepping.optimizer
+    while True:  # out of GPU memory: the same update again in smaller pieces (training/memory.py)
+        try:
+            pieces = memory.split(batches, p.split)
+            losses, anchors = accumulate(ctx, path, stepping, pieces, train_sets)
+            break
+        except Exception as exc:
+            # With several processes the others are inside the update's gradient exchange: no retry.
+            if not memory.out_of_memory(exc) or distributed.size() > 1:
+                raise
+            parts = memory.after_oom(optimizer, p.split, batches, stage.name, p.update)
+            if not parts:  # single examples already
+                raise
+            p.split = parts
+    penalty = l2sp_loss(stage.retain, ctx.pretrained, named)
+    if penalty is not None:  # every process adds the same gradient (after DDP's averaging)
+        ctx.accelerator.backward(penalty)
+        anchors["retain:l2sp"] = [penalty.detach() / distributed.size()]  # the records sum processes
+    for group in optimizer.param_groups:  # a pure function of the step: no scheduler state
+        group["lr"] = group["initial_lr"] * factor
+    # accelerate unscales fp16 gradients before clipping; the norm also tells a non-finite gradient.
+    grad_clip = ctx.prep.config.train.grad_clip
+    norm = stepping.clip(grad_clip) if grad_clip else None
+    values, anchored = split_losses(losses, anchors)  # one device sync for the update's losses
+    scaled = getattr(ctx.accelerator, "scaler", None) is not None
+    if finite(values + [v for parts in anchored.values() for v in parts], norm, scaled):
+        p.skipped += int(stepping.step())  # with fp16, a step with non-finite gradients is skipped
+    else:
+        nonfinite_update(ctx, stage, batches, values)
+    optimizer.zero_grad(set_to_none=True)
+    return pieces, values, anchored
+
+
 def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: list | None = None,
               inside: tuple | None = None) -> dict:
     """One stage, top to bottom: what trains, the forward path, then epochs of updates, each update accumulated over
@@ -225,36 +263,9 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
         while p.micro < updates.micro_total and not p.stopped:  # a fractional last epoch ends with whole updates
             grouped = updates.epoch(p.epoch, p.epoch_start)
             for batches in grouped[p.position :]:
-                while True:  # out of GPU memory: the same update again in smaller pieces (training/memory.py)
-                    try:
-                        pieces = memory.split(batches, p.split)
-                        losses, anchors = accumulate(ctx, path, stepping, pieces, train_sets)
-                        break
-                    except Exception as exc:
-                        # With several processes the others are inside the update's gradient exchange: no retry.
-                        if not memory.out_of_memory(exc) or distributed.size() > 1:
-                            raise
-                        parts = memory.after_oom(optimizer, p.split, batches, stage.name, p.update)
-                        if not parts:  # single examples already
-                            raise
-                        p.split = parts
-                penalty = l2sp_loss(stage.retain, ctx.pretrained, named)
-                if penalty is not None:  # every process adds the same gradient (after DDP's averaging)
-                    ctx.accelerator.backward(penalty)
-                    anchors["retain:l2sp"] = [penalty.detach() / distributed.size()]  # the records sum processes
                 # Past epoch 0 the update count is an estimate: an overrun holds the schedule's last rate.
                 factor = lr_multiplier(min(p.update, updates.updates - 1), updates.updates, warm, stage.lr_schedule)
-                for group in optimizer.param_groups:  # a pure function of the step: no scheduler state
-                    group["lr"] = group["initial_lr"] * factor
-                # accelerate unscales fp16 gradients before clipping; the norm also tells a non-finite gradient.
-                norm = stepping.clip(cfg.train.grad_clip) if cfg.train.grad_clip else None
-                values, anchored = split_losses(losses, anchors)  # one device sync for the update's losses
-                scaled = getattr(ctx.accelerator, "scaler", None) is not None
-                if finite(values + [v for parts in anchored.values() for v in parts], norm, scaled):
-                    p.skipped += int(stepping.step())  # with fp16, a step with non-finite gradients is skipped
-                else:
-                    nonfinite_update(ctx, stage, batches, values)
-                optimizer.zero_grad(set_to_none=True)
+                pieces, values, anchored = one_update(ctx, path, stepping, stage, batches, train_sets, named, factor)
                 p.micro, p.update, p.position, state.step = (p.micro + len(batches), p.update + 1, p.position + 1,
                                                              state.step + 1)
                 task_losses = tracked.add(pieces, values, train_sets, anchored)
