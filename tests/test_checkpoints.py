@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from toy import toy_config
 from typer.testing import CliRunner
 
-from thawing.atomic import building, recover
+from thawing.atomic import building, recover, write_text
 from thawing.cli import app
 from thawing.config import parse_config
 from thawing.errors import InputError, Interrupted
@@ -187,3 +187,14 @@ def test_too_little_disk_for_checkpoints_is_refused_before_training(tiny_bert_di
     with pytest.raises(Exception, match="GB free, checkpoints need about"):
         loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_files_written_atomically_get_the_modes_of_plain_files(tmp_path, umask, mode):
+    """The temporary file is mkstemp's (0600); the renamed result must read like any file the user writes."""
+    before = os.umask(umask)
+    try:
+        write_text(tmp_path / "results.json", "{}")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == mode

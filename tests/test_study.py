@@ -278,3 +278,15 @@ def test_a_study_interpolates_a_scenario_and_prices_retention(tiny_bert_dir, tmp
     with pytest.raises(InputError, match="not one of the study's scenarios"):
         run_study(parse_config(raw), ["config"], str(tmp_path / "t"), interpolate="full")
     assert not (tmp_path / "t").exists()
+
+
+def test_a_study_whose_seeds_agree_still_gets_its_figures(tmp_path):
+    """Three seeds of the same accuracy: their float mean can lie an ulp outside their range, which matplotlib
+    refused as a negative error bar (a 3-seed study lost its report to it)."""
+    from thawing.figures import scenario_bars
+
+    below, above = (0.7 + 0.7 + 0.7) / 3, (0.1 + 0.1 + 0.1) / 3
+    assert below < 0.7 and above > 0.1  # the cases themselves
+    png = scenario_bars("final metric per task", "accuracy", {"qtype": {"frozen": (below, 0.7, 0.7),
+                                                                        "heads": (above, 0.1, 0.1)}})
+    assert png is not None and png.startswith(b"\x89PNG")

@@ -17,12 +17,20 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, _new_file_mode())  # mkstemp's 0600 would keep results.json from the rest of a team
     try:
         yield Path(tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _new_file_mode() -> int:
+    """The mode `open()` would give a new file: 0666 less the process's umask (read by setting it and back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_text(target: str | Path, text: str) -> None:

@@ -213,7 +213,8 @@ def scenario_bars(title: str, ylabel: str, series: dict[str, dict[str, tuple[flo
     for i, scenario in enumerate(scenarios):
         xs = [j + (i - (len(scenarios) - 1) / 2) * width for j, x in enumerate(series) if scenario in series[x]]
         got = [series[x][scenario] for x in series if scenario in series[x]]
-        errors = [[m - lo for m, lo, _ in got], [hi - m for m, _, hi in got]]
+        # Clamped: the mean of equal seeds can land an ulp outside their range (3 x 0.79 / 3 > 0.79).
+        errors = [[max(0.0, m - lo) for m, lo, _ in got], [max(0.0, hi - m) for m, _, hi in got]]
         bars = ax.bar(xs, [m for m, _, _ in got], width, label=scenario,
                       yerr=errors if any(map(any, errors)) else None, capsize=2)
         ax.bar_label(bars, fmt="%.3g", fontsize=6, rotation=90, padding=2)
