@@ -108,7 +108,7 @@ def test_plan_json_for_minilm(minilm_dir, tmp_path):
     assert list(top) == ["layers.4", "layers.5", "head:a"]  # MiniLM has no projection and no final norm
     assert top["layers.4"]["params"] == top["layers.5"]["params"] == 1_774_464
     disc = {g["name"]: g["lr"] for g in stages["discriminative"]["groups"]}
-    assert disc["layers.5"] == pytest.approx(5e-5) and disc["layers.0"] == pytest.approx(5e-5 * 0.8**5)
+    assert disc["layers.5"] == pytest.approx(1e-4) and disc["layers.0"] == pytest.approx(1e-4 * 0.8**5)
     assert (
         stages["full"]["trainable_params"] == 22_713_216 - 147_840 + 770
     )  # all but BERT's unused pooler, plus the head
