@@ -439,7 +439,7 @@ def study(
     config: Path = typer.Argument(..., help="YAML config: the tasks, data and model to compare plans on."),
     scenarios: str = typer.Option(
         "frozen,heads,progressive,full",
-        help="Comma-separated: plan presets (frozen, heads, progressive, full), config (the config's own plan), "
+        help="Comma-separated: plan presets (frozen, heads, progressive, full, lora), config (the config's own plan), "
         "head-frozen:<task>, single:<task>, or NAME=schedule.yaml (a stage list; path relative to here); "
         "any of them anchored with +distill and/or +l2sp (full+distill).",
     ),
