@@ -80,8 +80,8 @@ def leave(finished: bool) -> None:
     abort in the group's destructor ("terminate called without an active exception"), which fails the launch."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return
+    if world_size() == 1 or not (dist.is_available() and dist.is_initialized()):
+        return  # no launcher: any group is the caller's own, not `init`'s
     from accelerate.state import AcceleratorState
 
     if finished:
