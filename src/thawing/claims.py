@@ -275,31 +275,24 @@ def retention_price(rows: dict) -> list[Claim]:
     score of any scenario. Only studies that try to keep something (anchored or interpolated rows) make this claim."""
     if not any(r.get("base") or r.get("kind") == "interpolated" for r in rows.values()):
         return []
-    trained = {n: r for n, r in rows.items() if r.get("kind") != "single-task" and seed_values(r, "score")}
-    probes = sorted({p for r in trained.values() for p, m in (r.get("probes") or {}).items()
-                     if "spearman_retention" in m})
+    scores = {n: v for n, r in rows.items() if r.get("kind") != "single-task" and (v := seed_values(r, "score"))}
+    best = max(scores, key=lambda n: mean(scores[n]), default=None)
+    probes = sorted({p for n in scores for p, m in (rows[n].get("probes") or {}).items() if "spearman_retention" in m})
     out = []
     for probe in probes:
         claim = (f"Keeping {KEEP:.0%} of the pretrained {probe} Spearman costs at most {PRICE * 100:.1f} points of "
                  f"task score.")
-        best = max(trained, key=lambda n: mean(seed_values(trained[n], "score")))
-        kept = {n: r for n, r in trained.items()
-                if (v := seed_values(r, "probes", probe, "spearman_retention")) and min(v) >= KEEP}
-        top = f"the best score is {best}'s, {show(seed_values(trained[best], 'score'))}"
+        retained = {n: v for n in scores if (v := seed_values(rows[n], "probes", probe, "spearman_retention"))}
+        top = f"the best score is {best}'s, {show(scores[best])}"
+        kept = [n for n, v in retained.items() if min(v) >= KEEP]
         if not kept:
-            closest = max((n for n in trained if seed_values(trained[n], "probes", probe, "spearman_retention")),
-                          key=lambda n: min(seed_values(trained[n], "probes", probe, "spearman_retention")),
-                          default=None)
-            where = (f"; the most kept is {closest}'s, "
-                     f"{show(seed_values(trained[closest], 'probes', probe, 'spearman_retention'), percent=True)}"
-                     if closest else "")
+            closest = max(retained, key=lambda n: min(retained[n]), default=None)
+            where = f"; the most kept is {closest}'s, {show(retained[closest], percent=True)}" if closest else ""
             out.append(Claim(claim, f"no scenario kept {KEEP:.0%} in every seed; {top}{where}", NOT_SUPPORTED))
             continue
-        choice = max(kept, key=lambda n: mean(seed_values(kept[n], "score")))
-        scores, retained = seed_values(kept[choice], "score"), seed_values(kept[choice], "probes", probe,
-                                                                           "spearman_retention")
-        price = mean(seed_values(trained[best], "score")) - mean(scores)
-        measured = (f"{top}; the best that kept {KEEP:.0%} is {choice}'s, {show(scores)}, keeping "
-                    f"{show(retained, percent=True)}: a price of {price * 100:.2f} points")
+        choice = max(kept, key=lambda n: mean(scores[n]))
+        price = mean(scores[best]) - mean(scores[choice])
+        measured = (f"{top}; the best that kept {KEEP:.0%} is {choice}'s, {show(scores[choice])}, keeping "
+                    f"{show(retained[choice], percent=True)}: a price of {price * 100:.2f} points")
         out.append(Claim(claim, measured, verdict(price <= PRICE)))
     return out
