@@ -6,7 +6,8 @@ Methods, each scored on the data set's test split:
                    grow with the square of the data; SetFit is a few-shot method), if setfit is installed
     hf             Hugging Face Trainer, AutoModelForSequenceClassification from the MiniLM folder, lr 5e-5,
                    3 epochs (1 in --quick), warmup 10%, the best epoch on dev
-    thawing:<p>    thawing, one task per run, preset <p> (frozen, heads, progressive, full, lora)
+    thawing:<p>    thawing, one task per run, preset <p> (frozen, heads, progressive, full, lora); <p>+pairs adds
+                   `pair_loss: 1` (SetFit's contrastive loss beside the cross-entropy) to each classification task
     multi:<p>      thawing, every data set of the run as one multi-task model, preset <p>
 
 Data (fixed splits, drawn once with seed 0 and written under --work, so every method reads the same files):
@@ -44,19 +45,35 @@ SOURCES = {
     "ag_news": ("ag_news", "label", "classification"),
     "conll": ("conll2003", "tags", "token"),
 }
-FULL = {  # rows per split (None: all); AG News's sizes come from its stratified split
+# Rows per split (None: all; AG News's come from its stratified 6080/760/760 split). Train is capped so that the whole
+# run (3 seeds, every method, both mixes) takes about 2 hours as two single-thread processes on a 2-core machine; the
+# mixes are unequal on purpose, so that the sampling strategies have a smallest task to act on.
+FULL = {
     "datasets": ["trec_coarse", "trec_fine", "sst2", "ag_news", "conll"],
-    "train": {"sst2": 10000, "conll": 5000}, "dev": {}, "test": {},
-    "seeds": [0, 1, 2], "hf_epochs": 3, "setfit_per_class": 16, "setfit_iterations": 20,
-    "methods": ["probe", "setfit", "hf"] + [f"thawing:{p}" for p in PRESETS] + [f"multi:{p}" for p in PRESETS],
+    "train": {"trec_coarse": 2000, "trec_fine": 2000, "sst2": 2000, "ag_news": 1000, "conll": 1000},
+    "dev": dict.fromkeys(SOURCES, 500), "test": {},
+    "mixes": {"trec_coarse+sst2+conll": ["trec_coarse", "sst2", "conll"],
+              "trec_fine+ag_news": ["trec_fine", "ag_news"]},
+    # SetFit: 20 iterations (its documented default) make 2 x 20 pairs per example; TREC fine's 47 classes x 16 would
+    # be 1,880 steps of 16 pairs, so pair steps are capped at 500 (every other data set runs its whole epoch)
+    "seeds": [0, 1, 2], "hf_epochs": 3, "setfit_per_class": 16, "setfit_iterations": 20, "setfit_max_steps": 500,
+    "methods": ["probe", "setfit", "hf"] + [f"thawing:{p}" for p in PRESETS] + [f"multi:{p}" for p in PRESETS]
+    + ["multi:progressive@temperature", "multi:progressive@round_robin"],
 }
 QUICK = {
     "datasets": ["trec_coarse", "sst2"],
     "train": {"trec_coarse": 300, "sst2": 300}, "dev": {"trec_coarse": 60, "sst2": 60},
-    "test": {"trec_coarse": 200, "sst2": 200},
+    "test": {"trec_coarse": 200, "sst2": 200}, "mixes": {"trec_coarse+sst2": ["trec_coarse", "sst2"]},
     "seeds": [0], "hf_epochs": 1, "setfit_per_class": 8, "setfit_iterations": 2,
     "methods": ["probe", "setfit", "hf"] + [f"thawing:{p}" for p in PRESETS] + ["multi:heads", "multi:full"],
 }
+# Few-shot (--fewshot N): N examples per class drawn from the whole train file by thawing's own draw (the same rows
+# for every method at one seed); thawing carves its dev split from them, the others train on all of them.
+FEWSHOT = {
+    "datasets": ["trec_coarse", "sst2"], "seeds": [0, 1, 2], "setfit_iterations": 20,
+    "methods": ["probe", "setfit"] + [f"thawing:{p}" for p in PRESETS],
+}
+STSB = DATA / "stsb" / "test.jsonl"  # the retention probe of every thawing run (its first 500 pairs)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -80,6 +97,8 @@ def stratified(rows: list[dict], field: str, sizes: list[int], seed: int = 0) ->
         start = 0
         for i, size in enumerate(sizes):
             take = round(len(members) * size / total) if i < len(sizes) - 1 else len(members) - start
+            if i == 0:  # a rare class (TREC fine has classes of 1-3 questions) keeps a row in the first part
+                take = max(take, 1)
             parts[i].extend(members[start : start + take])
             start += take
     return parts
@@ -146,7 +165,8 @@ def run_probe(paths: dict[str, Path], seed: int, work: Path) -> dict:
     return {"test": accuracy, "trainable_params": int(clf.coef_.size + clf.intercept_.size)}
 
 
-def run_setfit(paths: dict[str, Path], seed: int, work: Path, per_class: int, iterations: int) -> dict:
+def run_setfit(paths: dict[str, Path], seed: int, work: Path, per_class: int, iterations: int,
+               max_steps: int = -1) -> dict:
     """SetFit (contrastive body fine-tuning, then a logistic-regression head) on `per_class` examples per class."""
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
@@ -160,7 +180,7 @@ def run_setfit(paths: dict[str, Path], seed: int, work: Path, per_class: int, it
     few = [r for label in sorted(by) for r in rng.sample(by[label], min(per_class, len(by[label])))]
     model = SetFitModel.from_pretrained(str(resolve_model(MODEL)))
     args = TrainingArguments(output_dir=str(work / "setfit"), batch_size=16, num_epochs=1, num_iterations=iterations,
-                             seed=seed, report_to="none")
+                             max_steps=max_steps, seed=seed, report_to="none")
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(few))
     trainer.train()
     x_test, y_test = labelled(paths["test"])
@@ -174,13 +194,7 @@ def run_hf(paths: dict[str, Path], seed: int, work: Path, epochs: int) -> dict:
     """Single-task full fine-tuning with the Hugging Face Trainer; the best epoch on dev is scored on test."""
     import numpy as np
     from datasets import Dataset
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-    )
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
 
     from thawing.model.resolve import resolve_model
 
@@ -197,12 +211,7 @@ def run_hf(paths: dict[str, Path], seed: int, work: Path, epochs: int) -> dict:
         return Dataset.from_dict({**enc, "labels": [ids.get(y, -100) for y in labels]})
 
     model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=len(names))
-    steps = math.ceil(len(splits["train"][0]) / 32) * epochs
-    args = TrainingArguments(output_dir=str(work / "hf"), learning_rate=5e-5, num_train_epochs=epochs,
-                             warmup_steps=max(1, round(0.1 * steps)), per_device_train_batch_size=32,
-                             per_device_eval_batch_size=64, eval_strategy="epoch", save_strategy="epoch",
-                             load_best_model_at_end=True, metric_for_best_model="accuracy", save_total_limit=1,
-                             seed=seed, report_to=[], use_cpu=True, logging_strategy="no")
+    args = _hf_args(work, len(splits["train"][0]), epochs, seed, "accuracy")
 
     def accuracy(pred) -> dict:
         return {"accuracy": float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())}
@@ -214,30 +223,113 @@ def run_hf(paths: dict[str, Path], seed: int, work: Path, epochs: int) -> dict:
     return {"test": test["test_accuracy"], "trainable_params": sum(p.numel() for p in model.parameters())}
 
 
-def thawing_task(name: str, paths: dict[str, Path]) -> dict:
+def run_hf_token(paths: dict[str, Path], seed: int, work: Path, epochs: int) -> dict:
+    """NER with the Hugging Face Trainer (AutoModelForTokenClassification): each word's first sub-token carries its
+    tag, the others are -100; entity F1 by seqeval, the best epoch on dev."""
+    import numpy as np
+    from datasets import Dataset
+    from seqeval.metrics import f1_score
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification, Trainer
+
+    from thawing.model.resolve import resolve_model
+
+    folder = str(resolve_model(MODEL))
+    splits = {s: read_jsonl(p) for s, p in paths.items()}
+    names = sorted({t for r in splits["train"] for t in r["tags"]})
+    ids = {n: i for i, n in enumerate(names)}
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+
+    def dataset(split: str) -> Dataset:
+        rows = splits[split]
+        enc = tokenizer([r["tokens"] for r in rows], is_split_into_words=True, truncation=True, max_length=128)
+        labels = []
+        for i, row in enumerate(rows):
+            words = enc.word_ids(i)
+            labels.append([-100 if w is None or w == prev else ids.get(row["tags"][w], -100)
+                           for prev, w in zip([None] + words[:-1], words)])
+        return Dataset.from_dict({**enc, "labels": labels})
+
+    def f1(pred) -> dict:
+        predicted, gold = np.argmax(pred.predictions, -1), pred.label_ids
+        keep = [[j for j, g in enumerate(row) if g != -100] for row in gold]
+        return {"f1": float(f1_score([[names[g[j]] for j in k] for g, k in zip(gold, keep)],
+                                     [[names[p[j]] for j in k] for p, k in zip(predicted, keep)]))}
+
+    model = AutoModelForTokenClassification.from_pretrained(folder, num_labels=len(names))
+    trainer = Trainer(model=model, args=_hf_args(work, len(splits["train"]), epochs, seed, "f1"),
+                      train_dataset=dataset("train"), eval_dataset=dataset("dev"),
+                      data_collator=DataCollatorForTokenClassification(tokenizer), compute_metrics=f1)
+    trainer.train()
+    test = trainer.evaluate(dataset("test"), metric_key_prefix="test")
+    return {"test": test["test_f1"], "trainable_params": sum(p.numel() for p in model.parameters())}
+
+
+def _hf_args(work: Path, rows: int, epochs: int, seed: int, metric: str):
+    """The Trainer's usual recipe: lr 5e-5, batch 32, warmup 10% of the steps, an evaluation per epoch, best on dev."""
+    from transformers import TrainingArguments
+
+    steps = math.ceil(rows / 32) * epochs
+    return TrainingArguments(output_dir=str(work / "hf"), learning_rate=5e-5, num_train_epochs=epochs,
+                             warmup_steps=max(1, round(0.1 * steps)), per_device_train_batch_size=32,
+                             per_device_eval_batch_size=64, eval_strategy="epoch", save_strategy="epoch",
+                             load_best_model_at_end=True, metric_for_best_model=metric, save_total_limit=1,
+                             seed=seed, report_to=[], use_cpu=True, logging_strategy="no")
+
+
+def thawing_task(name: str, paths: dict[str, Path], per_class: int | None = None, pairs: float = 0.0) -> dict:
     kind = SOURCES[name][2]
     data = {s: str(p) for s, p in paths.items()}
     if kind == "token":
         return {"type": "token-classification", "data": data, "tag_scheme": "IOB2"}
-    return {"type": "classification", "data": data}
+    task = {"type": "classification", "data": data, **({"pair_loss": pairs} if pairs else {})}
+    if per_class is None:
+        return task
+    # few-shot: the source files themselves, N per class drawn by thawing (train.seed), dev carved from them
+    return {**task, "label_field": SOURCES[name][1], "limit": {"train": {"per_class": per_class}}}
 
 
-def run_thawing(tasks: dict[str, dict[str, Path]], preset: str, seed: int, work: Path) -> dict:
-    """One thawing run over `tasks` (one: single-task, several: multi-task) with a preset plan; test metric per task."""
+def run_thawing(tasks: dict[str, dict[str, Path]], preset: str, seed: int, work: Path, sampling: str | None = None,
+                per_class: int | None = None) -> dict:
+    """One thawing run over `tasks` (one: single-task, several: multi-task) with a preset plan (`<preset>+pairs`:
+    with `pair_loss: 1` on every classification task): test and dev metric per task, STS-B retention where the
+    probe's data is present."""
+    preset, _, extra = preset.partition("+")
+    pairs = 1.0 if extra == "pairs" else 0.0
     from thawing.config import parse_config
+    from thawing.run_dir import RunDir
     from thawing.training.loop import train
 
     config = {"name": "quality", "model": {"name": MODEL, "max_length": 128},
-              "tasks": {name: thawing_task(name, paths) for name, paths in tasks.items()},
+              "tasks": {name: thawing_task(name, paths, per_class, pairs) for name, paths in tasks.items()},
               "train": {"batch_size": 32, "seed": seed, "checkpoint": False}, "schedule": preset}
-    run_dir = work / "runs" / f"{'+'.join(tasks)}-{preset}-seed{seed}-{time.time_ns()}"
+    if sampling:
+        config["train"]["sampling"] = {"strategy": sampling}
+    if STSB.is_file():
+        config["probes"] = {"stsb": {"type": "similarity", "data": str(STSB), "limit": 500}}
+    run_dir = work / "runs" / f"{'+'.join(tasks)}-{preset}-{sampling or ''}seed{seed}-{time.time_ns()}"
     run = train(parse_config(config), run_dir=str(run_dir))
+    assert isinstance(run, RunDir)
     results, stages = run.read_json(run.results), run.read_json(run.stages)
+    evaluation = run.read_json(run.evaluation)["tasks"]
     metric = {name: "f1" if SOURCES[name][2] == "token" else "accuracy" for name in tasks}
+    retention = ((results.get("probes") or {}).get("stsb") or {}).get("spearman_retention")
     return {"test": {name: results["tasks"][name][metric[name]] for name in tasks},
+            "dev": {name: evaluation[name]["dev"]["metrics"][metric[name]]
+                    for name in tasks if "dev" in evaluation[name]},
+            "stsb_retention": retention,
             "trainable_params": max(s["trainable_params"] for s in stages),
             "stages": [{k: s.get(k) for k in ("stage", "epochs_run", "updates", "stopped", "best_score")}
                        for s in stages]}
+
+
+def few_shot_rows(name: str, per_class: int, seed: int) -> list[dict]:
+    """The rows thawing's `limit: {train: {per_class: N}}` draws at train.seed `seed` (the same public function)."""
+    from thawing.data.tasks import draw_per_class
+
+    folder, field, _ = SOURCES[name]
+    rows = read_jsonl(DATA / folder / "train.jsonl")
+    drawn = draw_per_class([(i, r["text"], str(r[field])) for i, r in enumerate(rows, start=1)], per_class, seed)
+    return [{"text": text, "label": label} for _, text, label in drawn]
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -248,55 +340,112 @@ def summarize(values: list[float]) -> dict:
             "seeds": [round(v, 4) for v in values]}
 
 
-def run_all(mode: dict, work: Path, only: list[str] | None) -> dict:
-    paths = {name: make_splits(name, mode, work) for name in mode["datasets"]}
-    methods = [m for m in mode["methods"] if only is None or m in only]
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.mean(values), 4) if values else None
+
+
+def run_method(method: str, name: str, paths: dict[str, Path], seed: int, work: Path, mode: dict) -> dict:
+    """One single-task method on one data set at one seed."""
+    per_class = mode.get("per_class")
+    if per_class and method in ("probe", "setfit"):  # few-shot: every method trains on thawing's draw
+        folder, field, _ = SOURCES[name]
+        test = [{"text": r["text"], "label": str(r[field])} for r in read_jsonl(DATA / folder / "test.jsonl")]
+        paths = {"train": work / "data" / name / f"train-{per_class}-seed{seed}.jsonl",
+                 "test": work / "data" / name / "test.jsonl"}
+        paths["train"].parent.mkdir(parents=True, exist_ok=True)
+        for split, rows in (("train", few_shot_rows(name, per_class, seed)), ("test", test)):
+            paths[split].write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    if method == "probe":
+        return run_probe(paths, seed, work)
+    if method == "setfit":
+        return run_setfit(paths, seed, work, per_class or mode["setfit_per_class"], mode["setfit_iterations"],
+                          mode.get("setfit_max_steps", -1))
+    if method == "hf":
+        run = run_hf_token if SOURCES[name][2] == "token" else run_hf
+        return run(paths, seed, work, mode["hf_epochs"])
+    got = run_thawing({name: paths}, method.split(":")[1], seed, work, per_class=per_class)
+    return {**got, "test": got["test"][name], "dev": got["dev"].get(name)}
+
+
+def run_all(mode: dict, work: Path, only: list[str] | None, mixes: list[str] | None) -> dict:
+    mixes_run = {m: names for m, names in mode.get("mixes", {}).items() if mixes is None or m in mixes}
+    needed = list(dict.fromkeys(mode["datasets"] + [n for names in mixes_run.values() for n in names]))
+    if mode.get("per_class"):  # the source files: thawing and the draw read them as they are
+        folder = {n: DATA / SOURCES[n][0] for n in needed}
+        paths = {n: {"train": folder[n] / "train.jsonl", "test": folder[n] / "test.jsonl"} for n in needed}
+    else:
+        paths = {name: make_splits(name, mode, work) for name in needed}
+    methods = only or mode["methods"]  # --methods may name variants beyond the mode's list (`thawing:full+pairs`)
     out: dict = {name: {"sizes": {s: sum(1 for _ in open(p)) for s, p in paths[name].items()}, "methods": {}}
-                 for name in paths}
+                 for name in needed}
+    if mode.get("per_class"):
+        for name in needed:
+            out[name]["sizes"]["train"] = f"{mode['per_class']} per class"
     for method in methods:
-        for name in paths:  # multi-task methods run once for all data sets (below)
-            token = SOURCES[name][2] == "token"
-            if method.startswith("multi:") or (token and not method.startswith("thawing:")):
+        if method.startswith("multi:"):
+            for mix, names in mixes_run.items():
+                run_mix(method, mix, {n: paths[n] for n in names}, mode["seeds"], work, out)
+            continue
+        for name in mode["datasets"]:
+            if SOURCES[name][2] == "token" and method in ("probe", "setfit"):  # sentence classifiers only
                 continue
             if method == "setfit" and not _has("setfit"):
                 out[name]["methods"]["setfit"] = {"skipped": "setfit is not installed"}
                 continue
-            scores, walls, extra = [], [], {}
+            runs, walls = [], []
             for seed in mode["seeds"]:
                 start = time.perf_counter()
-                if method == "probe":
-                    extra = run_probe(paths[name], seed, work)
-                elif method == "setfit":
-                    extra = run_setfit(paths[name], seed, work, mode["setfit_per_class"], mode["setfit_iterations"])
-                elif method == "hf":
-                    extra = run_hf(paths[name], seed, work, mode["hf_epochs"])
-                else:
-                    extra = run_thawing({name: paths[name]}, method.split(":")[1], seed, work)
-                    extra["test"] = extra["test"][name]
+                runs.append(run_method(method, name, paths[name], seed, work, mode))
                 walls.append(time.perf_counter() - start)
-                scores.append(extra["test"])
-            out[name]["methods"][method] = {**summarize(scores), "wall_s": round(statistics.mean(walls), 1),
-                                            "trainable_params": extra["trainable_params"]}
-            print(name, method, json.dumps(out[name]["methods"][method]), flush=True)
-        if method.startswith("multi:"):
-            per_task: dict[str, list[float]] = {name: [] for name in paths}
-            walls, extra = [], {}
-            for seed in mode["seeds"]:
-                start = time.perf_counter()
-                extra = run_thawing(paths, method.split(":")[1], seed, work)
-                walls.append(time.perf_counter() - start)
-                for name in paths:
-                    per_task[name].append(extra["test"][name])
-            for name in paths:
-                out[name]["methods"][method] = {**summarize(per_task[name]), "wall_s (all tasks)":
-                                                round(statistics.mean(walls), 1),
-                                                "trainable_params": extra["trainable_params"]}
-            print(method, json.dumps({n: out[n]["methods"][method]["mean"] for n in paths}), flush=True)
-    for name in paths:  # multi-task minus single-task, per preset
-        got = out[name]["methods"]
-        out[name]["multi_minus_single"] = {p: round(got[f"multi:{p}"]["mean"] - got[f"thawing:{p}"]["mean"], 4)
-                                           for p in PRESETS if f"multi:{p}" in got and f"thawing:{p}" in got}
+            out[name]["methods"][method] = {
+                **summarize([r["test"] for r in runs]), "dev": _mean([r.get("dev") for r in runs]),
+                "stsb_retention": _mean([r.get("stsb_retention") for r in runs]),
+                "wall_s": round(statistics.mean(walls), 1), "trainable_params": runs[-1]["trainable_params"],
+                **({"train_rows": runs[-1]["train_rows"]} if "train_rows" in runs[-1] else {}),
+                **({"stages": [r["stages"] for r in runs]} if "stages" in runs[-1] else {})}
+            print(name, method, json.dumps({k: v for k, v in out[name]["methods"][method].items() if k != "stages"}),
+                  flush=True)
+    for name in needed:
+        out[name]["multi_minus_single"] = multi_minus_single(out[name]["methods"])
     return out
+
+
+def run_mix(method: str, mix: str, paths: dict[str, dict[str, Path]], seeds: list[int], work: Path,
+            out: dict) -> None:
+    """`multi:<preset>[@<sampling>]`: one model for every data set of the mix, per seed."""
+    preset, _, sampling = method.split(":")[1].partition("@")
+    runs, walls = [], []
+    for seed in seeds:
+        start = time.perf_counter()
+        runs.append(run_thawing(paths, preset, seed, work, sampling=sampling or None))
+        walls.append(time.perf_counter() - start)
+    for name in paths:
+        out[name]["methods"][method] = {
+            **summarize([r["test"][name] for r in runs]), "dev": _mean([r["dev"].get(name) for r in runs]),
+            "stsb_retention": _mean([r["stsb_retention"] for r in runs]), "mix": mix,
+            "wall_s (all tasks)": round(statistics.mean(walls), 1), "trainable_params": runs[-1]["trainable_params"],
+            "stages": [r["stages"] for r in runs]}
+    print(mix, method, json.dumps({n: out[n]["methods"][method]["mean"] for n in paths}), flush=True)
+
+
+def multi_minus_single(got: dict) -> dict:
+    """Per preset: the multi-task model's mean test score minus the single-task run's (positive: transfer)."""
+    return {p: round(got[f"multi:{p}"]["mean"] - got[f"thawing:{p}"]["mean"], 4)
+            for p in PRESETS if f"multi:{p}" in got and f"thawing:{p}" in got}
+
+
+def merge(reports: list[dict]) -> dict:
+    """Several runs' reports (e.g. data sets split between two processes) as one: methods joined per data set."""
+    datasets: dict = {}
+    for report in reports:
+        for name, data in report["datasets"].items():
+            into = datasets.setdefault(name, {"sizes": data["sizes"], "methods": {}})
+            into["methods"].update(data["methods"])
+    for data in datasets.values():
+        data["multi_minus_single"] = multi_minus_single(data["methods"])
+    return {"command": [r["command"] for r in reports], "machine": reports[0]["machine"], "mode": reports[0]["mode"],
+            "seeds": reports[0]["seeds"], "wall_s": [r["wall_s"] for r in reports], "datasets": datasets}
 
 
 def _has(module: str) -> bool:
@@ -309,14 +458,18 @@ def tables(results: dict) -> str:
     """One markdown table per data set."""
     lines = []
     for name, data in results.items():
-        lines += ["", f"### {name} (" + ", ".join(f"{n} {s}" for s, n in data["sizes"].items()) + ")", "",
-                  "| method | test (mean) | min-max | wall s | trainable params |", "|---|---|---|---|---|"]
+        lines += ["", f"### {name} (" + ", ".join(f"{s} {n}" for s, n in data["sizes"].items()) + ")", "",
+                  "| method | test (mean) | min-max | dev (mean) | STS-B retention | wall s | trainable params |",
+                  "|---|---|---|---|---|---|---|"]
         for method, r in data["methods"].items():
             if "skipped" in r:
-                lines.append(f"| {method} | skipped: {r['skipped']} | | | |")
+                lines.append(f"| {method} | skipped: {r['skipped']} | | | | | |")
                 continue
             wall = r.get("wall_s", r.get("wall_s (all tasks)"))
-            lines.append(f"| {method} | {r['mean']:.4f} | {r['min']:.4f}-{r['max']:.4f} | {wall} | "
+            label = f"{method} [{r['mix']}]" if "mix" in r else method
+            dev = "" if r.get("dev") is None else f"{r['dev']:.4f}"
+            kept = "" if r.get("stsb_retention") is None else f"{r['stsb_retention']:.1%}"
+            lines.append(f"| {label} | {r['mean']:.4f} | {r['min']:.4f}-{r['max']:.4f} | {dev} | {kept} | {wall} | "
                          f"{r['trainable_params']:,} |")
         if data.get("multi_minus_single"):
             lines.append("")
@@ -328,16 +481,25 @@ def tables(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 data sets, a few hundred rows, one seed")
+    parser.add_argument("--fewshot", type=int, default=None, metavar="N",
+                        help="N examples per class (TREC coarse and SST-2; SetFit, the probe and the presets)")
     parser.add_argument("--methods", default=None, help="comma-separated subset, e.g. probe,thawing:heads")
     parser.add_argument("--seeds", default=None, help="e.g. 0,1,2 (default: 0 with --quick, else 0,1,2)")
-    parser.add_argument("--datasets", default=None, help="comma-separated subset, e.g. trec_coarse,sst2")
+    parser.add_argument("--datasets", default=None, help="comma-separated subset of the single-task data sets")
+    parser.add_argument("--mixes", default=None, help="comma-separated subset of the multi-task mixes")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="join earlier runs' JSON files")
     parser.add_argument("--work", default="/tmp/thawing-quality")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
+    if args.merge:
+        report = merge([json.loads(Path(f).read_text(encoding="utf-8")) for f in args.merge])
+        return _write(report, args.output)
 
     import torch
 
-    mode = dict(QUICK if args.quick else FULL)
+    mode = dict(QUICK if args.quick else FEWSHOT if args.fewshot else FULL)
+    if args.fewshot:
+        mode["per_class"] = args.fewshot
     if args.seeds:
         mode["seeds"] = [int(s) for s in args.seeds.split(",")]
     if args.datasets:
@@ -345,17 +507,28 @@ def main(argv: list[str] | None = None) -> dict:
         if unknown:
             parser.error(f"unknown data sets {unknown}; choose from {', '.join(SOURCES)}")
         mode["datasets"] = args.datasets.split(",")
+    mixes = args.mixes.split(",") if args.mixes is not None else None
+    unknown = sorted(set(mixes or []) - set(mode.get("mixes", {})) - {""})
+    if unknown:
+        parser.error(f"unknown mixes {unknown}; choose from {', '.join(mode.get('mixes', {}))}")
     work = Path(args.work)
     start = time.perf_counter()
-    results = run_all(mode, work, args.methods.split(",") if args.methods else None)
+    results = run_all(mode, work, args.methods.split(",") if args.methods else None, mixes)
     report = {"command": " ".join(["bench/quality.py"] + (argv if argv is not None else sys.argv[1:])),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-              "mode": "quick" if args.quick else "full", "seeds": mode["seeds"],
-              "wall_s": round(time.perf_counter() - start, 1), "datasets": results}
-    print(tables(results))
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                         f"{torch.get_num_threads()} threads",
+              "mode": "quick" if args.quick else f"fewshot {args.fewshot}" if args.fewshot else "full",
+              "seeds": mode["seeds"], "wall_s": round(time.perf_counter() - start, 1), "datasets": results}
+    return _write(report, args.output)
+
+
+def _write(report: dict, output: str | None) -> dict:
+    print(tables(report["datasets"]))
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(output).with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        tmp.replace(output)
     return report
 
 

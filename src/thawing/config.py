@@ -135,6 +135,9 @@ class TaskConfig(_Strict):
     prompt: str | None = None
     head: HeadConfig = Field(default_factory=HeadConfig)
     loss_weight: float = Field(1.0, ge=0.0)
+    # Classification: also SetFit's contrastive pair loss on the sentence embeddings, at this weight, in every stage
+    # that trains the encoder (training/pairs.py); 0: off.
+    pair_loss: float = Field(0.0, ge=0.0)
     label_separator: str = Field("|", min_length=1)  # multi-label CSV/TSV: splits a cell into its labels
     threshold: float | Literal["tune"] | None = None  # multi-label: probability to predict a label; None: 0.5
     # format: hf only. The dataset's subset (its config name: `sst2` of `glue`), and the dataset's split read for
@@ -159,6 +162,8 @@ class TaskConfig(_Strict):
                                        ("label_separator", self.label_separator != "|")) if on]
         if given and self.type != "multi-label":
             raise ValueError(f"'{given[0]}' applies only to multi-label tasks; this task's type is {self.type}")
+        if self.pair_loss and self.type != "classification":  # pairs need one label per sentence
+            raise ValueError(f"'pair_loss' applies only to classification tasks; this task's type is {self.type}")
         if isinstance(self.threshold, float) and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1 (or be 'tune'), got {self.threshold}")
         for split, limit in self.limit.items():

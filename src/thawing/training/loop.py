@@ -33,6 +33,7 @@ from thawing.training.checkpoint import StageProgress, TrainState
 from thawing.training.context import Context, Events
 from thawing.training.evaluation import evaluate, finish
 from thawing.training.numerics import TrainingRecords, finite, named_params, nonfinite_update, split_losses
+from thawing.training.pairs import pair_loss
 from thawing.training.paths import centroid_heads, choose_path
 from thawing.training.plateau import Plateau
 from thawing.training.retain import distill_loss, distills, l2sp_loss, pretrained_side
@@ -171,16 +172,17 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
 
 def accumulate(ctx: Context, path, stepping, batches: list, train_sets: dict) -> tuple[list, dict]:
     """One update's backward passes: every micro-batch's loss, each divided so that the update averages its items.
-    With `retain`, each micro-batch also carries its share of the distillation loss (training/retain.py); `anchors`
-    keeps it apart for the records. With several processes each runs its slice of every micro-batch, and gradients
-    are exchanged after the last (training/stepping.py)."""
+    Each micro-batch also carries its share of the stage's embedding losses (`retain`'s distillation,
+    training/retain.py; a task's `pair_loss`, training/pairs.py); `anchors` keeps them apart, by name, for the
+    records. With several processes each runs its slice of every micro-batch, and gradients are exchanged after the
+    last (training/stepping.py)."""
     losses, anchors = [], {}
     for i, ((task, indices), divisor) in enumerate(zip(batches, divisors(batches, train_sets))):
-        loss, anchored = micro_backward(ctx, path, stepping, task, indices, divisor, len(batches),
-                                        last=i == len(batches) - 1)
+        loss, added = micro_backward(ctx, path, stepping, task, indices, divisor, len(batches),
+                                     last=i == len(batches) - 1)
         losses.append(loss)
-        if anchored is not None:
-            anchors.setdefault("retain:distill", []).append(anchored)
+        for name, value in added.items():
+            anchors.setdefault(name, []).append(value)
     return losses, anchors
 
 
@@ -222,6 +224,20 @@ def one_update(ctx: Context, path, stepping, stage: Stage, batches: list, train_
     return pieces, values, anchored
 
 
+def embedding_losses(ctx: Context, stage: Stage) -> dict:
+    """The losses the stage adds on sentence embeddings, by record name: anchoring to the pretrained encoder
+    (`retain.distill`) and the tasks' pair losses (`pair_loss`). A frozen encoder's path (cached heads) adds none:
+    neither has a gradient to give there."""
+    losses = {}
+    if distills(stage.retain):
+        losses["retain:distill"] = lambda task, indices, emb, labels: distill_loss(stage.retain, ctx.pretrained, task,
+                                                                                   indices, emb)
+    weights = {task: cfg.pair_loss for task, cfg in ctx.prep.config.tasks.items() if cfg.pair_loss}
+    if weights:
+        losses["pairs:cosine"] = lambda task, indices, emb, labels: pair_loss(weights.get(task, 0.0), emb, labels)
+    return losses
+
+
 def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: list | None = None,
               inside: tuple | None = None) -> dict:
     """One stage, top to bottom: what trains, the forward path, then epochs of updates, each update accumulated over
@@ -257,8 +273,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
             stepping.load_optimizer_state(inside[0])
             best = inside[2]
         saved = (p.update, time.monotonic())  # when the last stage checkpoint was taken
-        if distills(stage.retain):
-            path.anchor = lambda task, indices, emb: distill_loss(stage.retain, ctx.pretrained, task, indices, emb)
+        path.embedding_losses = embedding_losses(ctx, stage)
         tracked = TrainingRecords(p.log)
         while p.micro < updates.micro_total and not p.stopped:  # a fractional last epoch ends with whole updates
             grouped = updates.epoch(p.epoch, p.epoch_start)

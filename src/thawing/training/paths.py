@@ -46,21 +46,30 @@ class WholeModel:
     batch_size: int
     cached: bool = False
     summary: dict = field(default_factory=dict)
-    # Anchoring (training/retain.py): (task, indices, sentence embeddings) -> a loss or None; its last value.
-    anchor: Callable | None = None
-    anchored: torch.Tensor | None = None
+    # Losses on the micro-batch's sentence embeddings beside the task's, by the name the training records give them
+    # ("retain:distill": anchoring, training/retain.py; "pairs:cosine": a task's pair loss, training/pairs.py):
+    # (task, indices, embeddings, labels) -> a loss or None. `added`: the last micro-batch's values.
+    embedding_losses: dict[str, Callable] = field(default_factory=dict)
+    added: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def loss(self, task: str, indices: list[int], divisor: float | None = None, share: float = 1.0) -> torch.Tensor:
         """The micro-batch's task loss (summed over its items, over `divisor`), plus `share` (the micro-batch's part
-        of the update) of its anchoring loss when the stage anchors."""
+        of the update) of each embedding loss the stage adds (each a mean over the micro-batch)."""
         batch = collate(self.base.encoder, self.features[task]["train"], indices)
         device = self.base.encoder.device
+        embed = bool(self.embedding_losses)
         with self.runtime.autocast():
-            out = self.forward(task, indices, batch, device, embed=self.anchor is not None)
-        logits, embeddings = out if self.anchor is not None else (out, None)
-        loss = self.base.loss(task, logits, batch["labels"].to(device), divisor)
-        self.anchored = self.anchor(task, indices, embeddings) if self.anchor is not None else None
-        return loss if self.anchored is None else loss + share * self.anchored
+            out = self.forward(task, indices, batch, device, embed=embed)
+        logits, embeddings = out if embed else (out, None)
+        labels = batch["labels"].to(device)
+        loss = self.base.loss(task, logits, labels, divisor)
+        self.added = {}
+        for name, added_loss in self.embedding_losses.items():
+            value = added_loss(task, indices, embeddings, labels)
+            if value is not None:
+                self.added[name] = value
+                loss = loss + share * value
+        return loss
 
     def forward(self, task: str, indices: list[int], batch: dict, device, embed: bool = False):
         return self.model(task, batch["input_ids"].to(device), batch["attention_mask"].to(device), embed=embed)

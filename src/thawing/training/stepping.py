@@ -219,12 +219,13 @@ def prepare_stepping(ctx, stage, groups: dict, params: list):
 
 
 def micro_backward(ctx, path, stepping, task: str, indices: list[int], divisor: float, count: int, last: bool
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One micro-batch of an update (`count` micro-batches; `last`: its last): forward, backward; returns its task
-    loss and its anchoring loss as the update's records add them up (over the processes: `distributed.summed`).
+    loss and its embedding losses (anchoring, pairs; by name) as the update's records add them up (over the
+    processes: `distributed.summed`).
 
     With several processes each takes its slice of the micro-batch. Its task loss is its slice's sum over the whole
-    micro-batch's `divisor`, and its anchoring loss (a mean over sentences) its share of the micro-batch's, so the
+    micro-batch's `divisor`, and each embedding loss (a mean over its slice) its share of the micro-batch's, so the
     processes' losses add up to the one-process loss; the backward multiplies by the number of processes, whose
     gradients DDP and FSDP average. A process whose slice is empty (fewer items than processes) runs one item at
     weight 0: every process must take part in each gradient reduction."""
@@ -232,12 +233,11 @@ def micro_backward(ctx, path, stepping, task: str, indices: list[int], divisor: 
     if processes == 1:
         loss = path.loss(task, indices, divisor, share=1 / count)
         ctx.accelerator.backward(loss)
-        return loss.detach(), None if path.anchored is None else path.anchored.detach() / count
+        return loss.detach(), {name: value.detach() / count for name, value in path.added.items()}
     mine = distributed.shard(indices)
     weight = len(mine) / len(indices)
     with stepping.sync(last):
         loss = path.loss(task, mine or indices[:1], divisor, share=weight / count)
         ctx.accelerator.backward(loss * (processes if mine else 0.0))
     kept = 1.0 if mine else 0.0
-    anchored = None if path.anchored is None else path.anchored.detach() * (weight / count)
-    return loss.detach() * kept, anchored
+    return loss.detach() * kept, {name: value.detach() * (weight / count) for name, value in path.added.items()}

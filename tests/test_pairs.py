@@ -1,0 +1,74 @@
+"""A classification task's contrastive pair loss (`pair_loss`, SetFit's objective beside the cross-entropy).
+
+Run: `.venv/bin/python -m pytest -q tests/test_pairs.py`
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from toy import toy_config
+
+from thawing.config import parse_config
+from thawing.errors import ConfigError
+from thawing.training import loop
+from thawing.training.pairs import pair_loss
+
+
+def test_the_loss_is_zero_when_classes_are_orthogonal_and_each_class_is_one_point():
+    e = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0], [0.0, 1.0]])
+    assert float(pair_loss(1.0, e, torch.tensor([0, 0, 1, 1]))) == pytest.approx(0.0, abs=1e-7)
+    # the labels crossed: both positive pairs at cosine 0 (error 1 each); of the 4 negatives, 2 at cosine 1 (error 1)
+    # and 2 at 0: (1 + 0.5) / 2, at weight 0.5
+    assert float(pair_loss(0.5, e, torch.tensor([0, 1, 0, 1]))) == pytest.approx(0.375)
+
+
+def test_positive_and_negative_pairs_count_equally_and_unlabelled_items_are_left_out():
+    e = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1, -100])  # one positive pair (error 0) and two negatives at cosine 1 (error 1)
+    assert float(pair_loss(1.0, e, labels)) == pytest.approx(0.5)  # (0 + 1) / 2, not (0 + 1 + 1) / 3
+    assert pair_loss(1.0, e[:1], labels[:1]) is None  # one labelled sentence: no pair
+    assert pair_loss(0.0, e, labels) is None
+
+
+def test_the_gradient_pulls_a_class_together():
+    e = torch.tensor([[1.0, 0.2], [0.2, 1.0]], requires_grad=True)
+    pair_loss(1.0, e, torch.tensor([3, 3])).backward()
+    moved = e.detach() - 0.1 * e.grad
+    before = torch.cosine_similarity(e[0:1], e[1:2]).item()
+    assert torch.cosine_similarity(moved[0:1], moved[1:2]).item() > before
+
+
+def _run(model_dir, root, name: str, weight: float, train: list[str]):
+    stage = [{"name": "s", "train": train, "epochs": 2, "lr": {"encoder": 1e-3}, "warmup": 0}]
+    raw = toy_config(model_dir, root, tasks=("sentiment", "ner"), schedule=stage,
+                     train={"batch_size": 4, "seed": 0, "log_every": 1})
+    if weight:
+        raw["tasks"]["sentiment"]["pair_loss"] = weight
+    return loop.train(parse_config(raw), run_dir=str(root / name))
+
+
+def _encoder(run) -> dict[str, torch.Tensor]:
+    return load_file(str(run.encoder_dir / "model.safetensors"))
+
+
+def test_pairs_train_the_encoder_only_where_it_trains_and_are_logged_apart(tiny_bert_dir, tmp_path):
+    plain, pairs = _run(tiny_bert_dir, tmp_path, "plain", 0.0, ["all"]), _run(tiny_bert_dir, tmp_path, "pairs", 5.0,
+                                                                              ["all"])
+    a, b = _encoder(plain), _encoder(pairs)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the pair loss's gradient reached the encoder
+    logged = [m for m in pairs.read_metrics() if m["split"] == "train" and m["task"] == "pairs:cosine"]
+    assert logged and all(m["loss"] >= 0 for m in logged)  # its own record, apart from the task's loss
+    assert not any(m["task"] == "pairs:cosine" for m in plain.read_metrics())
+    # A frozen encoder: the heads read cached features, and the pair loss has nothing to train
+    heads, heads_pairs = (_run(tiny_bert_dir, tmp_path, n, w, ["heads"]) for n, w in (("h", 0.0), ("hp", 5.0)))
+    assert heads.read_json(heads.results)["tasks"] == heads_pairs.read_json(heads_pairs.results)["tasks"]
+    assert not any(m["task"] == "pairs:cosine" for m in heads_pairs.read_metrics())
+
+
+def test_pair_loss_is_refused_on_a_task_without_one_label_per_sentence(tiny_bert_dir, tmp_path):
+    raw = toy_config(tiny_bert_dir, tmp_path, tasks=("ner",))
+    raw["tasks"]["ner"]["pair_loss"] = 1.0
+    with pytest.raises(ConfigError, match="pair_loss.*classification"):
+        parse_config(raw)
