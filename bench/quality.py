@@ -2,20 +2,26 @@
 
 Methods, each scored on the data set's test split:
     probe          frozen MiniLM embeddings + scikit-learn logistic regression on the whole train split (MTEB-style)
-    setfit         SetFit with the same MiniLM body, on `setfit_per_class` examples per class (contrastive pairs cost
-                   grow with the square of the data; SetFit is a few-shot method), if setfit is installed
-    hf             Hugging Face Trainer, AutoModelForSequenceClassification from the MiniLM folder, lr 5e-5,
-                   3 epochs (1 in --quick), warmup 10%, the best epoch on dev
+    setfit         SetFit with the same MiniLM body (a few-shot method: its pairs grow with the data), on
+                   `setfit_per_class` examples per class, or on the --fewshot draw; if setfit is installed
+    hf             Hugging Face Trainer full fine-tuning, AutoModelForSequenceClassification (TokenClassification for
+                   CoNLL) from the MiniLM folder, lr 5e-5, 3 epochs (1 in --quick), warmup 10%, the best epoch on dev
     thawing:<p>    thawing, one task per run, preset <p> (frozen, heads, progressive, full, lora); <p>+pairs adds
-                   `pair_loss: 1` (SetFit's contrastive loss beside the cross-entropy) to each classification task
-    multi:<p>      thawing, every data set of the run as one multi-task model, preset <p>
+                   `pair_loss: 1` (SetFit's contrastive loss beside the cross-entropy) to each classification task;
+                   thawing:pairs-plan runs bench/configs/fewshot/pairs_then_centroids.yaml (the pair loss alone)
+    multi:<p>      thawing, one model for every data set of a mix, preset <p>; multi:<p>@<strategy> samples tasks by
+                   that strategy (temperature: T=2, round_robin) instead of proportionally
 
-Data (fixed splits, drawn once with seed 0 and written under --work, so every method reads the same files):
-TREC coarse and fine (train minus a 10% dev carve, the 500-question test), SST-2 (train <= 10k, its dev and test),
-AG News (a stratified 6080/760/760 split of its 7,600-row test file), CoNLL-2003 (train <= 5k; thawing only: the other
-methods classify sentences). `--quick` uses 2 data sets and a few hundred rows, one seed, for a smoke test.
+Data (fixed splits, drawn once with seed 0 and written under --work, so every method reads the same files): TREC
+coarse and fine (train minus a fixed 10% dev carve; the 500-question test), SST-2 (its dev and test), AG News (a
+stratified 6080/760/760 split of its 7,600-row test file), CoNLL-2003 (its dev and test); train and dev are capped
+(FULL) so that the whole comparison, 3 seeds, takes about 2 hours as two single-thread processes on 2 cores.
+Mixes: TREC coarse + SST-2 + CoNLL, TREC fine + AG News. `--quick`: 2 data sets, a few hundred rows, one seed, a
+smoke test. `--fewshot N`: N per class drawn from the whole train file by thawing's own draw, TREC coarse and SST-2,
+the full test splits. `--merge` joins the JSON of runs split by --datasets/--mixes into one report.
 
-Run: HF_HUB_OFFLINE=1 PYTHONPATH=src .venv/bin/python bench/quality.py [--quick] --output bench/results/quality.json
+Run: HF_HUB_OFFLINE=1 PYTHONPATH=src .venv/bin/python bench/quality.py [--quick | --fewshot N] [--datasets ...]
+         [--mixes ...] [--methods ...] --output bench/results/quality.json
 """
 
 from __future__ import annotations
@@ -50,8 +56,8 @@ SOURCES = {
 # mixes are unequal on purpose, so that the sampling strategies have a smallest task to act on.
 FULL = {
     "datasets": ["trec_coarse", "trec_fine", "sst2", "ag_news", "conll"],
-    "train": {"trec_coarse": 2000, "trec_fine": 2000, "sst2": 2000, "ag_news": 1000, "conll": 1000},
-    "dev": dict.fromkeys(SOURCES, 500), "test": {},
+    "train": {"trec_coarse": 1000, "trec_fine": 1000, "sst2": 1000, "ag_news": 600, "conll": 600},
+    "dev": dict.fromkeys(SOURCES, 300), "test": {},
     "mixes": {"trec_coarse+sst2+conll": ["trec_coarse", "sst2", "conll"],
               "trec_fine+ag_news": ["trec_fine", "ag_news"]},
     # SetFit: 20 iterations (its documented default) make 2 x 20 pairs per example; TREC fine's 47 classes x 16 would
@@ -73,6 +79,7 @@ FEWSHOT = {
     "datasets": ["trec_coarse", "sst2"], "seeds": [0, 1, 2], "setfit_iterations": 20,
     "methods": ["probe", "setfit"] + [f"thawing:{p}" for p in PRESETS],
 }
+PAIRS_PLAN = REPO / "bench" / "configs" / "fewshot" / "pairs_then_centroids.yaml"
 STSB = DATA / "stsb" / "test.jsonl"  # the retention probe of every thawing run (its first 500 pairs)
 
 
@@ -179,6 +186,9 @@ def run_setfit(paths: dict[str, Path], seed: int, work: Path, per_class: int, it
     rng = random.Random(seed)
     few = [r for label in sorted(by) for r in rng.sample(by[label], min(per_class, len(by[label])))]
     model = SetFitModel.from_pretrained(str(resolve_model(MODEL)))
+    # One epoch of its pairs (2 x `iterations` per example, 16 a step); SetFit's max_steps would cycle them beyond
+    if max_steps > 0:
+        max_steps = min(max_steps, math.ceil(2 * iterations * len(few) / 16))
     args = TrainingArguments(output_dir=str(work / "setfit"), batch_size=16, num_epochs=1, num_iterations=iterations,
                              max_steps=max_steps, seed=seed, report_to="none")
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(few))
@@ -294,7 +304,7 @@ def run_thawing(tasks: dict[str, dict[str, Path]], preset: str, seed: int, work:
     with `pair_loss: 1` on every classification task): test and dev metric per task, STS-B retention where the
     probe's data is present."""
     preset, _, extra = preset.partition("+")
-    pairs = 1.0 if extra == "pairs" else 0.0
+    pairs = 1.0 if extra == "pairs" or preset == "pairs-plan" else 0.0
     from thawing.config import parse_config
     from thawing.run_dir import RunDir
     from thawing.training.loop import train
@@ -302,6 +312,12 @@ def run_thawing(tasks: dict[str, dict[str, Path]], preset: str, seed: int, work:
     config = {"name": "quality", "model": {"name": MODEL, "max_length": 128},
               "tasks": {name: thawing_task(name, paths, per_class, pairs) for name, paths in tasks.items()},
               "train": {"batch_size": 32, "seed": seed, "checkpoint": False}, "schedule": preset}
+    if preset == "pairs-plan":  # SetFit's recipe as a plan: the encoder by the pair loss alone, then centroid heads
+        import yaml
+
+        config["schedule"] = yaml.safe_load(PAIRS_PLAN.read_text(encoding="utf-8"))
+        for task in config["tasks"].values():
+            task["loss_weight"] = 0.0
     if sampling:
         config["train"]["sampling"] = {"strategy": sampling}
     if STSB.is_file():
