@@ -316,8 +316,6 @@ def run_thawing(tasks: dict[str, dict[str, Path]], preset: str, seed: int, work:
         import yaml
 
         config["schedule"] = yaml.safe_load(PAIRS_PLAN.read_text(encoding="utf-8"))
-        for task in config["tasks"].values():
-            task["loss_weight"] = 0.0
     if sampling:
         config["train"]["sampling"] = {"strategy": sampling}
     if STSB.is_file():

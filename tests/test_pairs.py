@@ -72,3 +72,25 @@ def test_pair_loss_is_refused_on_a_task_without_one_label_per_sentence(tiny_bert
     raw["tasks"]["ner"]["pair_loss"] = 1.0
     with pytest.raises(ConfigError, match="pair_loss.*classification"):
         parse_config(raw)
+
+
+def test_a_stage_without_its_task_loss_trains_the_encoder_by_pairs_alone(tiny_bert_dir, tmp_path):
+    schedule = [{"name": "pairs", "train": ["encoder"], "epochs": 2, "lr": {"encoder": 1e-3}, "warmup": 0,
+                 "task_loss": False}]
+    raw = toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",), schedule=schedule,
+                     train={"batch_size": 4, "seed": 0, "log_every": 1})
+    raw["tasks"]["sentiment"]["pair_loss"] = 1.0
+    run = loop.train(parse_config(raw), run_dir=str(tmp_path / "run"))
+    records = [m for m in run.read_metrics() if m["split"] == "train"]
+    assert all(m["loss"] == 0 for m in records if m["task"] == "sentiment")  # its own loss left out
+    assert any(m["loss"] > 0 for m in records if m["task"] == "pairs:cosine")
+    before = load_file(str(tiny_bert_dir / "model.safetensors"))
+    after = _encoder(run)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k in after)
+
+
+def test_a_stage_without_its_task_loss_and_nothing_else_is_refused(tiny_bert_dir, tmp_path):
+    schedule = [{"name": "idle", "train": ["encoder"], "task_loss": False}]
+    raw = toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",), schedule=schedule)
+    with pytest.raises(ConfigError, match="task_loss: false but no other loss"):
+        loop.train(parse_config(raw), run_dir=str(tmp_path / "run"))

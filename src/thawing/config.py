@@ -378,6 +378,9 @@ class StageConfig(_Strict):
     optional: bool = False
     retain: RetainConfig | None = None  # None: the config's top-level `retain`
     lora: LoraSettings | None = None  # train LoRA adapters too (merged into the encoder when the stage ends)
+    # false: the stage trains by the losses added on sentence embeddings alone (the tasks' `pair_loss`,
+    # `retain.distill`), not by the tasks' own losses: SetFit's contrastive stage before its head is fitted
+    task_loss: bool = True
 
     @model_validator(mode="after")
     def _lora_trains(self) -> "StageConfig":

@@ -273,7 +273,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
             stepping.load_optimizer_state(inside[0])
             best = inside[2]
         saved = (p.update, time.monotonic())  # when the last stage checkpoint was taken
-        path.embedding_losses = embedding_losses(ctx, stage)
+        path.embedding_losses, path.task_loss = embedding_losses(ctx, stage), stage.task_loss
         tracked = TrainingRecords(p.log)
         while p.micro < updates.micro_total and not p.stopped:  # a fractional last epoch ends with whole updates
             grouped = updates.epoch(p.epoch, p.epoch_start)

@@ -51,6 +51,8 @@ class WholeModel:
     # (task, indices, embeddings, labels) -> a loss or None. `added`: the last micro-batch's values.
     embedding_losses: dict[str, Callable] = field(default_factory=dict)
     added: dict[str, torch.Tensor] = field(default_factory=dict)
+    task_loss: bool = True  # false: the task's loss is left out (a stage trained by the embedding losses alone)
+    task_part: torch.Tensor | None = None  # the last micro-batch's task loss alone (for the records), detached
 
     def loss(self, task: str, indices: list[int], divisor: float | None = None, share: float = 1.0) -> torch.Tensor:
         """The micro-batch's task loss (summed over its items, over `divisor`), plus `share` (the micro-batch's part
@@ -63,7 +65,9 @@ class WholeModel:
         logits, embeddings = out if embed else (out, None)
         labels = batch["labels"].to(device)
         loss = self.base.loss(task, logits, labels, divisor)
-        self.added = {}
+        if not self.task_loss:  # zero, yet still part of the graph (every parameter group takes part in each step)
+            loss = loss * 0.0
+        self.task_part, self.added = loss.detach(), {}
         for name, added_loss in self.embedding_losses.items():
             value = added_loss(task, indices, embeddings, labels)
             if value is not None:
@@ -117,7 +121,9 @@ class CachedHeads(WholeModel):
         features, labels = self.cache[task]["train"].batch(indices, self.base.encoder.device)
         with self.runtime.autocast():
             logits = self.model(task, features=features)
-        return self.base.loss(task, logits, labels, divisor)
+        loss = self.base.loss(task, logits, labels, divisor)
+        self.task_part, self.added = loss.detach(), {}
+        return loss
 
     def logits(self, task: str, split: str) -> list[np.ndarray]:
         if split not in self.cache[task]:  # test: never cached

@@ -23,6 +23,7 @@ from thawing.config import LoraSettings, RetainConfig, RunConfig, StageConfig, S
 from thawing.errors import ConfigError
 from thawing.freezing import layer_names, select_groups
 from thawing.model.lora import AdapterPlan, plan_adapters
+from thawing.training.retain import distills
 from thawing.training.schedule import layer_learning_rates
 
 
@@ -44,6 +45,7 @@ class Stage:
     optional: bool = False
     retain: RetainConfig | None = None  # anchoring to the pretrained encoder (training/retain.py)
     lora: AdapterPlan | None = None  # adapters this stage attaches, trains and merges (their groups are in trainable)
+    task_loss: bool = True  # false: only the losses on sentence embeddings train (pairs, distillation)
     # Set for runs whose dev split is too small to choose by (training/small_data.py); the defaults change nothing.
     stops_plan: bool = True  # a stage that does not beat the best so far stops the plan
     centroid_start: bool = False  # the heads this stage is the first to train start from their class centroids
@@ -210,7 +212,11 @@ def build_plan(config: RunConfig, groups: "OrderedDict[str, list]", run_optional
             optional=cfg.optional,
             retain=cfg.retain if cfg.retain is not None else config.retain,
             lora=adapters,
+            task_loss=cfg.task_loss,
         )
+        if not cfg.task_loss and not distills(stage.retain) and not any(t.pair_loss for t in config.tasks.values()):
+            raise ConfigError(f"schedule: stage '{cfg.name}' has task_loss: false but no other loss to train by; give "
+                              "a classification task pair_loss, or the stage retain.distill")
         if not stage.optional or run_optional:
             plan.append(stage)
     if not plan:
@@ -263,5 +269,6 @@ def plan_summary(plan: list[Stage], groups: "OrderedDict[str, list]") -> dict:
             "groups": [{"name": g, "params": sizes[g], "lr": stage.lrs[g]} for g in stage.trainable],
             "retain": stage.retain.model_dump(exclude_none=True) if stage.retain else None,
             **({"lora": stage.lora.to_json()} if stage.lora else {}),
+            **({"task_loss": False} if not stage.task_loss else {}),
         })
     return {"stages": stages}

@@ -233,11 +233,11 @@ def micro_backward(ctx, path, stepping, task: str, indices: list[int], divisor: 
     if processes == 1:
         loss = path.loss(task, indices, divisor, share=1 / count)
         ctx.accelerator.backward(loss)
-        return loss.detach(), {name: value.detach() / count for name, value in path.added.items()}
+        return path.task_part, {name: value.detach() / count for name, value in path.added.items()}
     mine = distributed.shard(indices)
     weight = len(mine) / len(indices)
     with stepping.sync(last):
         loss = path.loss(task, mine or indices[:1], divisor, share=weight / count)
         ctx.accelerator.backward(loss * (processes if mine else 0.0))
     kept = 1.0 if mine else 0.0
-    return loss.detach() * kept, {name: value.detach() * (weight / count) for name, value in path.added.items()}
+    return path.task_part * kept, {name: value.detach() * (weight / count) for name, value in path.added.items()}
