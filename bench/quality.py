@@ -382,7 +382,9 @@ def run_method(method: str, name: str, paths: dict[str, Path], seed: int, work: 
     return {**got, "test": got["test"][name], "dev": got["dev"].get(name)}
 
 
-def run_all(mode: dict, work: Path, only: list[str] | None, mixes: list[str] | None) -> dict:
+def run_all(mode: dict, work: Path, only: list[str] | None, mixes: list[str] | None, save=lambda out: None) -> dict:
+    """Every method on every data set (and mix) of `mode`; `save(out)` after each method, so that a stopped run
+    keeps what it finished."""
     mixes_run = {m: names for m, names in mode.get("mixes", {}).items() if mixes is None or m in mixes}
     needed = list(dict.fromkeys(mode["datasets"] + [n for names in mixes_run.values() for n in names]))
     if mode.get("per_class"):  # the source files: thawing and the draw read them as they are
@@ -400,6 +402,7 @@ def run_all(mode: dict, work: Path, only: list[str] | None, mixes: list[str] | N
         if method.startswith("multi:"):
             for mix, names in mixes_run.items():
                 run_mix(method, mix, {n: paths[n] for n in names}, mode["seeds"], work, out)
+            save(out)
             continue
         for name in mode["datasets"]:
             if SOURCES[name][2] == "token" and method in ("probe", "setfit"):  # sentence classifiers only
@@ -420,6 +423,7 @@ def run_all(mode: dict, work: Path, only: list[str] | None, mixes: list[str] | N
                 **({"stages": [r["stages"] for r in runs]} if "stages" in runs[-1] else {})}
             print(name, method, json.dumps({k: v for k, v in out[name]["methods"][method].items() if k != "stages"}),
                   flush=True)
+            save(out)
     for name in needed:
         out[name]["multi_minus_single"] = multi_minus_single(out[name]["methods"])
     return out
@@ -527,17 +531,23 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"unknown mixes {unknown}; choose from {', '.join(mode.get('mixes', {}))}")
     work = Path(args.work)
     start = time.perf_counter()
-    results = run_all(mode, work, args.methods.split(",") if args.methods else None, mixes)
-    report = {"command": " ".join(["bench/quality.py"] + (argv if argv is not None else sys.argv[1:])),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                         f"{torch.get_num_threads()} threads",
-              "mode": "quick" if args.quick else f"fewshot {args.fewshot}" if args.fewshot else "full",
-              "seeds": mode["seeds"], "wall_s": round(time.perf_counter() - start, 1), "datasets": results}
-    return _write(report, args.output)
+
+    def report(results: dict, complete: bool) -> dict:
+        return {"command": " ".join(["bench/quality.py"] + (argv if argv is not None else sys.argv[1:])),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                           f"{torch.get_num_threads()} threads",
+                "mode": "quick" if args.quick else f"fewshot {args.fewshot}" if args.fewshot else "full",
+                "seeds": mode["seeds"], "wall_s": round(time.perf_counter() - start, 1), "complete": complete,
+                "datasets": results}
+
+    results = run_all(mode, work, args.methods.split(",") if args.methods else None, mixes,
+                      save=lambda out: _write(report(out, False), args.output, quiet=True))
+    return _write(report(results, True), args.output)
 
 
-def _write(report: dict, output: str | None) -> dict:
-    print(tables(report["datasets"]))
+def _write(report: dict, output: str | None, quiet: bool = False) -> dict:
+    if not quiet:
+        print(tables(report["datasets"]))
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(output).with_suffix(".tmp")
