@@ -463,13 +463,27 @@ def merge(reports: list[dict]) -> dict:
     for data in datasets.values():
         data["multi_minus_single"] = multi_minus_single(data["methods"])
     return {"command": [r["command"] for r in reports], "machine": reports[0]["machine"], "mode": reports[0]["mode"],
-            "seeds": reports[0]["seeds"], "wall_s": [r["wall_s"] for r in reports], "datasets": datasets}
+            "seeds": reports[0]["seeds"], "wall_s": [r.get("wall_s") for r in reports], "datasets": datasets}
 
 
 def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def overview(results: dict) -> str:
+    """One table for the whole run: a row per method, a column per data set, the mean test score over seeds."""
+    names = list(results)
+    methods = list(dict.fromkeys(m for data in results.values() for m in data["methods"]))
+    lines = ["| method | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for method in methods:
+        cells = []
+        for name in names:
+            r = results[name]["methods"].get(method)
+            cells.append("" if r is None or "skipped" in r else f"{r['mean']:.3f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def tables(results: dict) -> str:
@@ -547,7 +561,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _write(report: dict, output: str | None, quiet: bool = False) -> dict:
     if not quiet:
-        print(tables(report["datasets"]))
+        print(overview(report["datasets"]) + "\n" + tables(report["datasets"]))
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(output).with_suffix(".tmp")
