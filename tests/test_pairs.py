@@ -94,3 +94,8 @@ def test_a_stage_without_its_task_loss_and_nothing_else_is_refused(tiny_bert_dir
     raw = toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",), schedule=schedule)
     with pytest.raises(ConfigError, match="task_loss: false but no other loss"):
         loop.train(parse_config(raw), run_dir=str(tmp_path / "run"))
+    heads_only = [{"name": "heads", "train": ["heads"], "task_loss": False}]
+    raw = toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",), schedule=heads_only)
+    raw["tasks"]["sentiment"]["pair_loss"] = 1.0
+    with pytest.raises(ConfigError, match="trains only heads"):
+        loop.train(parse_config(raw), run_dir=str(tmp_path / "run2"))

@@ -21,7 +21,7 @@ from torch import nn
 
 from thawing.config import LoraSettings, RetainConfig, RunConfig, StageConfig, StageRates
 from thawing.errors import ConfigError
-from thawing.freezing import layer_names, select_groups
+from thawing.freezing import encoder_frozen, layer_names, select_groups
 from thawing.model.lora import AdapterPlan, plan_adapters
 from thawing.training.retain import distills
 from thawing.training.schedule import layer_learning_rates
@@ -217,6 +217,9 @@ def build_plan(config: RunConfig, groups: "OrderedDict[str, list]", run_optional
         if not cfg.task_loss and not distills(stage.retain) and not any(t.pair_loss for t in config.tasks.values()):
             raise ConfigError(f"schedule: stage '{cfg.name}' has task_loss: false but no other loss to train by; give "
                               "a classification task pair_loss, or the stage retain.distill")
+        if not cfg.task_loss and encoder_frozen(trainable):  # the added losses act on the encoder's embeddings
+            raise ConfigError(f"schedule: stage '{cfg.name}' has task_loss: false but trains only heads, which "
+                              "nothing would train; train the encoder (or a projection) in it")
         if not stage.optional or run_optional:
             plan.append(stage)
     if not plan:
