@@ -303,11 +303,12 @@ def run_thawing(tasks: dict[str, dict[str, Path]], preset: str, seed: int, work:
     """One thawing run over `tasks` (one: single-task, several: multi-task) with a preset plan (`<preset>+pairs`:
     with `pair_loss: 1` on every classification task): test and dev metric per task, STS-B retention where the
     probe's data is present."""
-    preset, _, extra = preset.partition("+")
-    pairs = 1.0 if extra == "pairs" or preset == "pairs-plan" else 0.0
     from thawing.config import parse_config
     from thawing.run_dir import RunDir
     from thawing.training.loop import train
+
+    preset, _, extra = preset.partition("+")
+    pairs = 1.0 if extra == "pairs" or preset == "pairs-plan" else 0.0
 
     config = {"name": "quality", "model": {"name": MODEL, "max_length": 128},
               "tasks": {name: thawing_task(name, paths, per_class, pairs) for name, paths in tasks.items()},
@@ -357,6 +358,12 @@ def summarize(values: list[float]) -> dict:
 def _mean(values: list) -> float | None:
     values = [v for v in values if v is not None]
     return round(statistics.mean(values), 4) if values else None
+
+
+def method_summary(tests: list[float], devs: list, retentions: list, walls: list[float], trainable: int) -> dict:
+    """One method's entry over its seeds: test mean and range, dev and STS-B retention means, time, size."""
+    return {**summarize(tests), "dev": _mean(devs), "stsb_retention": _mean(retentions),
+            "wall_s": round(statistics.mean(walls), 1), "trainable_params": trainable}
 
 
 def run_method(method: str, name: str, paths: dict[str, Path], seed: int, work: Path, mode: dict) -> dict:
@@ -416,9 +423,8 @@ def run_all(mode: dict, work: Path, only: list[str] | None, mixes: list[str] | N
                 runs.append(run_method(method, name, paths[name], seed, work, mode))
                 walls.append(time.perf_counter() - start)
             out[name]["methods"][method] = {
-                **summarize([r["test"] for r in runs]), "dev": _mean([r.get("dev") for r in runs]),
-                "stsb_retention": _mean([r.get("stsb_retention") for r in runs]),
-                "wall_s": round(statistics.mean(walls), 1), "trainable_params": runs[-1]["trainable_params"],
+                **method_summary([r["test"] for r in runs], [r.get("dev") for r in runs],
+                                 [r.get("stsb_retention") for r in runs], walls, runs[-1]["trainable_params"]),
                 **({"train_rows": runs[-1]["train_rows"]} if "train_rows" in runs[-1] else {}),
                 **({"stages": [r["stages"] for r in runs]} if "stages" in runs[-1] else {})}
             print(name, method, json.dumps({k: v for k, v in out[name]["methods"][method].items() if k != "stages"}),
@@ -439,11 +445,10 @@ def run_mix(method: str, mix: str, paths: dict[str, dict[str, Path]], seeds: lis
         runs.append(run_thawing(paths, preset, seed, work, sampling=sampling or None))
         walls.append(time.perf_counter() - start)
     for name in paths:
-        out[name]["methods"][method] = {
-            **summarize([r["test"][name] for r in runs]), "dev": _mean([r["dev"].get(name) for r in runs]),
-            "stsb_retention": _mean([r["stsb_retention"] for r in runs]), "mix": mix,
-            "wall_s (all tasks)": round(statistics.mean(walls), 1), "trainable_params": runs[-1]["trainable_params"],
-            "stages": [r["stages"] for r in runs]}
+        entry = method_summary([r["test"][name] for r in runs], [r["dev"].get(name) for r in runs],
+                               [r["stsb_retention"] for r in runs], walls, runs[-1]["trainable_params"])
+        entry["wall_s (all tasks)"] = entry.pop("wall_s")  # the mix's one model trained every task in that time
+        out[name]["methods"][method] = {**entry, "mix": mix, "stages": [r["stages"] for r in runs]}
     print(mix, method, json.dumps({n: out[n]["methods"][method]["mean"] for n in paths}), flush=True)
 
 
