@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from toy import toy_config
 
-from thawing.config import parse_config
+from thawing.config import load_config, parse_config
 from thawing.errors import ConfigError
 from thawing.training import loop
 from thawing.training.pairs import pair_loss
@@ -99,3 +99,22 @@ def test_a_stage_without_its_task_loss_and_nothing_else_is_refused(tiny_bert_dir
     raw["tasks"]["sentiment"]["pair_loss"] = 1.0
     with pytest.raises(ConfigError, match="trains only heads"):
         loop.train(parse_config(raw), run_dir=str(tmp_path / "run2"))
+
+
+def test_the_pairs_preset_gives_classification_tasks_a_pair_loss_and_trains_by_it(tiny_bert_dir, tmp_path):
+    raw = toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment", "qtype", "ner"), schedule="pairs")
+    raw["tasks"]["qtype"]["pair_loss"] = 0.5  # a weight the config gives is kept
+    config = parse_config(raw)
+    assert {t: c.pair_loss for t, c in config.tasks.items()} == {"sentiment": 1.0, "qtype": 0.5, "ner": 0.0}
+    run = loop.train(config, run_dir=str(tmp_path / "run"))  # train.epochs 2 (toy_config) applies to both stages
+    assert [s["stage"] for s in run.read_json(run.stages)] == ["pairs", "heads"]
+    records = [m for m in run.read_metrics() if m["split"] == "train" and m["stage"] == "pairs"]
+    assert any(m["loss"] > 0 for m in records if m["task"] == "pairs:cosine")
+    assert all(m["loss"] == 0 for m in records if m["task"] in ("sentiment", "qtype", "ner"))
+    written = load_config(run.config)  # what `--resume` reads back: the weight the preset gave, and its stages
+    assert written.tasks["sentiment"].pair_loss == 1.0 and [s.name for s in written.schedule] == ["pairs", "heads"]
+
+
+def test_the_pairs_preset_needs_a_classification_task(tiny_bert_dir, tmp_path):
+    with pytest.raises(ConfigError, match="schedule: pairs"):
+        parse_config(toy_config(tiny_bert_dir, tmp_path, tasks=("ner",), schedule="pairs"))

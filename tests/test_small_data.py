@@ -1,10 +1,12 @@
 """Runs whose dev split is too small to choose by (`train.small_data`, training/small_data.py): every stage runs its
 epochs (at least `min_updates` updates), with no plateau stop and no best-epoch selection, the plan never stops early,
 untrained linear heads start from the class centroids, and a heads-only stage trains them only where cross-validation
-on train (training/head_check.py) says training beats the centroids. Runs with a large enough dev split are
+on train (training/head_start.py) says training beats the centroids. Runs with a large enough dev split are
 untouched."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from thawing.config import HeadConfig, TrainConfig, parse_config
 from thawing.model.heads import Head
 from thawing.task_types import TASK_TYPES
 from thawing.training.features import CachedSplit
-from thawing.training.head_check import compare, cross_validate, stratified_folds
+from thawing.training.head_start import compare, cross_validate, stratified_folds
 from thawing.training.loop import train
 from thawing.training.small_data import raised_epochs
 from thawing.training.stages import Stage
@@ -28,9 +30,15 @@ PLAN = [
 ]
 
 
-def _run(model_dir, tmp_path, name: str, small_data: dict, **extra):
+def _run(model_dir, tmp_path, name: str, small_data: dict, head_init: str = "centroids", repeat: int = 1, **extra):
+    """A toy run of sentiment and qtype; `repeat` writes each training row that many times (the toy tasks have 16
+    and 12 rows, under the head check's 30)."""
     raw = toy_config(model_dir, tmp_path / name, tasks=("sentiment", "qtype"), **extra)
+    for task in raw["tasks"].values():
+        rows = Path(task["data"]["train"]).read_text()
+        Path(task["data"]["train"]).write_text(rows * repeat)
     raw["train"]["small_data"] = small_data
+    raw["train"]["head_init"] = head_init
     return train(parse_config(raw), run_dir=str(tmp_path / name / "run"))
 
 
@@ -48,7 +56,7 @@ def test_raised_epochs_reach_the_minimum_number_of_updates():
 def test_small_dev_runs_every_stage_for_at_least_min_updates(tiny_bert_dir, tmp_path):
     # The toy dev splits hold a handful of examples, far below min_dev 50. Random heads: with centroid starts, the
     # heads-only first stage would train only where cross-validation says so (tested below).
-    run = _run(tiny_bert_dir, tmp_path, "small", {"min_dev": 50, "min_updates": 12, "centroid_init": False},
+    run = _run(tiny_bert_dir, tmp_path, "small", {"min_dev": 50, "min_updates": 12}, head_init="random",
                schedule=PLAN)
     stages = _stages(run)
     assert [s["stage"] for s in stages] == ["one", "two"]
@@ -79,7 +87,7 @@ def test_centroid_init_starts_heads_at_the_frozen_baseline(tiny_bert_dir, tmp_pa
                                                                                        "encoder": 1e-12}}]
     frozen = _run(tiny_bert_dir, tmp_path, "frozen", {"min_dev": 50}, schedule="frozen")
     centroid = _run(tiny_bert_dir, tmp_path, "centroid", {"min_dev": 50, "min_updates": 2}, schedule=still)
-    random = _run(tiny_bert_dir, tmp_path, "random", {"min_dev": 50, "min_updates": 2, "centroid_init": False},
+    random = _run(tiny_bert_dir, tmp_path, "random", {"min_dev": 50, "min_updates": 2}, head_init="random",
                   schedule=still)
     probs = {name: _probs(run, TEXTS) for name, run in (("frozen", frozen), ("centroid", centroid), ("random", random))}
     # The same ranking of classes, with the sharper softmax of the scaled start (training/paths.py, scale_head)
@@ -93,14 +101,26 @@ def test_a_heads_only_stage_that_cannot_beat_the_centroids_trains_nothing(tiny_b
     # At a rate that cannot move them, trained heads tie the centroids on every fold; a tie keeps the centroids, and
     # the run ends exactly where `frozen` does.
     still = [{"name": "heads", "train": ["heads"], "epochs": 1, "lr": {"heads": 1e-12}}]
-    frozen = _run(tiny_bert_dir, tmp_path, "frozen", {"min_dev": 50}, schedule="frozen")
-    kept = _run(tiny_bert_dir, tmp_path, "kept", {"min_dev": 50, "min_updates": 2}, schedule=still)
+    frozen = _run(tiny_bert_dir, tmp_path, "frozen4", {"min_dev": 50}, schedule="frozen", repeat=4)
+    kept = _run(tiny_bert_dir, tmp_path, "kept", {"min_dev": 50, "min_updates": 2}, schedule=still, repeat=4)
     stage = _stages(kept)[0]
     assert stage["updates"] == 0 and stage["stopped"] == "no training (frozen)"
     for check in stage["head_check"].values():
         assert check["folds"] >= 2 and check["trained"] == check["centroid"] and check["train"] is False
     np.testing.assert_allclose(_probs(kept, TEXTS), _probs(frozen, TEXTS), atol=1e-6)
     assert kept.read_json(kept.results)["score"] == frozen.read_json(frozen.results)["score"]
+
+
+def test_under_thirty_examples_the_check_keeps_the_centroids_without_fitting(tiny_bert_dir, tmp_path):
+    # 16 and 12 training rows, at a rate that would move the heads: too few for the check to tell, so no fold is
+    # fitted and the stage trains nothing.
+    fast = [{"name": "heads", "train": ["heads"], "epochs": 1, "lr": {"heads": 3e-2}}]
+    kept = _run(tiny_bert_dir, tmp_path, "few", {"min_dev": 50, "min_updates": 2}, schedule=fast)
+    stage = _stages(kept)[0]
+    assert stage["updates"] == 0
+    assert {t: (c["folds"], c["train"]) for t, c in stage["head_check"].items()} == {"sentiment": (0, False),
+                                                                                     "qtype": (0, False)}
+    assert "too few to tell" in stage["head_check"]["sentiment"]["reason"]
 
 
 # ------------------------------------------------------------------------------------------- cross-validation
@@ -162,8 +182,9 @@ def test_training_must_win_by_more_than_one_standard_error():
 
 
 def test_cross_validation_needs_two_examples_of_every_class():
-    check = _check(torch.randn(5, 4), torch.tensor([0, 0, 1, 1, 2]), lr=0.1)
-    assert check["folds"] == 0 and check["train"] is True
+    check = _check(torch.randn(31, 4), torch.tensor([0, 1] * 15 + [2]), lr=0.1)
+    assert check["folds"] == 0 and check["train"] is True  # cannot check: the stage trains as planned
+    assert _check(torch.randn(29, 4), torch.tensor([0, 1, 2] * 9 + [0, 1]), lr=0.1)["train"] is False  # too few
 
 
 def test_settings_that_would_do_nothing_are_refused():
@@ -173,4 +194,31 @@ def test_settings_that_would_do_nothing_are_refused():
 
     with pytest.raises(ValidationError, match="no effect with min_dev 0"):
         SmallDataConfig(min_dev=0, min_updates=12)
-    assert SmallDataConfig(min_dev=0, min_updates=50, centroid_init=True).min_dev == 0  # defaults, as config.yaml
+    assert SmallDataConfig(min_dev=0, min_updates=50).min_dev == 0  # defaults, as config.yaml writes them
+    with pytest.raises(ValidationError, match="train.head_init"):  # the key moved: say where
+        SmallDataConfig(centroid_init=True)
+
+
+# ------------------------------------------------------------------------------ centroid starts on any data size
+
+
+def _dev_evals(run, stage: str) -> list[dict]:
+    return [m for m in run.read_metrics()
+            if m.get("stage") == stage and m.get("task") == "*" and m.get("split") == "dev"]
+
+
+def test_on_plain_runs_the_centroid_start_is_the_stage_best_until_training_beats_it(tiny_bert_dir, tmp_path):
+    # min_dev 0: plateau stops and best-state selection are on. The stage evaluates its centroid start before the
+    # first update; at a rate that cannot move the heads no later evaluation beats it, so the stage's best is that
+    # start (step 0) and the run ends at the frozen ranking. Started at random, there is no evaluation before training.
+    still = [{"name": "heads", "train": ["heads"], "epochs": 2, "lr": {"heads": 1e-12}}]
+    frozen = _run(tiny_bert_dir, tmp_path, "frozen", {"min_dev": 0}, schedule="frozen")
+    centroid = _run(tiny_bert_dir, tmp_path, "centroid", {"min_dev": 0}, schedule=still)
+    random = _run(tiny_bert_dir, tmp_path, "random", {"min_dev": 0}, head_init="random", schedule=still)
+    assert [m["epoch"] for m in _dev_evals(centroid, "heads")] == [0.0, 1.0, 2.0]
+    assert [m["epoch"] for m in _dev_evals(random, "heads")] == [1.0, 2.0]
+    stage = _stages(centroid)[0]
+    assert stage["updates"] > 0 and stage["best_step"] == 0, stage
+    assert "head_check" not in stage  # cross-validation is for small data only
+    np.testing.assert_array_equal(_probs(centroid, TEXTS).argsort(axis=1), _probs(frozen, TEXTS).argsort(axis=1))
+

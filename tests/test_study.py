@@ -137,7 +137,7 @@ def test_scenarios_are_parsed_from_their_forms(tiny_bert_dir, tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("specs, error, message", [
-    (["heads", "everything"], InputError, "frozen, heads, full, progressive, lora, config, head-frozen:<task>"),
+    (["heads", "everything"], InputError, "frozen, heads, full, progressive, lora, pairs, config, head-frozen:<task>"),
     (["heads", "heads"], InputError, "repeated: heads"),
     (["head-frozen:topic"], InputError, "no task 'topic'"),
     (["x=missing.yaml"], InputError, "missing.yaml: schedule file not found"),

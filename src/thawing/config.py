@@ -223,22 +223,25 @@ class SmallDataConfig(_Strict):
     """When the smallest dev split of the run's tasks has fewer than `min_dev` examples, one example moves its score by
     more than 2 points, so the dev score cannot choose between stages or epochs (training/small_data.py). Then every
     stage runs its epochs (raised to at least `min_updates` updates), with no plateau stop, keeps its last weights,
-    and the plan never stops early. With `centroid_init`, linear heads start from their class centroids (the `frozen`
-    baseline) rather than at random, and a stage that trains only such heads trains them only where cross-validation
-    on train says training beats the centroids (training/head_check.py)."""
+    and the plan never stops early; and a stage that trains only centroid-started heads (`train.head_init`) trains
+    them only where cross-validation on train says training beats the centroids (training/head_start.py)."""
 
     min_dev: int = Field(50, ge=0)  # 0: never treat a run as small
     min_updates: int = Field(50, ge=0)
-    centroid_init: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data):
+        if isinstance(data, dict) and "centroid_init" in data:  # it lived here when it applied to small runs only
+            raise ValueError("'centroid_init' is now train.head_init (centroids or random), for runs of every size")
+        return data
 
     @model_validator(mode="after")
     def _used(self) -> "SmallDataConfig":
-        # With min_dev 0 no run is small, and the other two would be silently ignored. Values at their defaults pass:
-        # a run's config.yaml writes every field out, and `--resume` reads it back.
-        given = [name for name in ("min_updates", "centroid_init")
-                 if getattr(self, name) != type(self).model_fields[name].default]
-        if self.min_dev == 0 and given:
-            raise ValueError(f"'{given[0]}' has no effect with min_dev 0 (no run is treated as small data)")
+        # With min_dev 0 no run is small, and min_updates would be silently ignored. Its default passes: a run's
+        # config.yaml writes every field out, and `--resume` reads it back.
+        if self.min_dev == 0 and self.min_updates != type(self).model_fields["min_updates"].default:
+            raise ValueError("'min_updates' has no effect with min_dev 0 (no run is treated as small data)")
         return self
 
 
@@ -277,6 +280,10 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, gt=0)  # training records (loss per task, rates, speed) in metrics.jsonl, every N updates
     report_to: list[Literal["tensorboard"]] = Field(default_factory=list)  # trackers fed what metrics.jsonl gets
     small_data: SmallDataConfig = Field(default_factory=SmallDataConfig)  # a dev split too small to choose by
+    # How a linear single-label head starts when a stage first trains it: from its class centroids, scaled (the
+    # `frozen` baseline with a sharper softmax), or at random. From centroids, a stage also evaluates before its first
+    # update, so the best it keeps is never below its start on dev (training/head_start.py).
+    head_init: Literal["centroids", "random"] = "centroids"
 
     @field_validator("checkpoint_every")
     @classmethod
@@ -443,8 +450,8 @@ def _schedule_kind(value: Any) -> str | None:
 Schedule = Annotated[
     Union[Annotated[list[StageConfig], Tag("[stages]")], Annotated[str, Tag("[preset]")]],
     Discriminator(_schedule_kind, custom_error_type="schedule",
-                  custom_error_message="expected a preset name (frozen, heads, full, progressive, lora) or a list of "
-                                       "stages"),
+                  custom_error_message="expected a preset name (frozen, heads, full, progressive, lora, pairs) or a "
+                                       "list of stages"),
 ]
 
 
@@ -465,6 +472,21 @@ class RunConfig(_Strict):
     def _check_tasks(self) -> "RunConfig":
         if not self.tasks:
             raise ValueError("at least one task is needed under 'tasks'")
+        return self
+
+    @model_validator(mode="after")
+    def _pairs_preset(self) -> "RunConfig":
+        """`schedule: pairs` trains the encoder by the pair loss alone (training/stages.py): classification tasks that
+        do not set `pair_loss` get weight 1 (config.yaml records it), and a run with no classification task has
+        nothing for that stage to train by."""
+        if self.schedule != "pairs":
+            return self
+        classification = [task for task in self.tasks.values() if task.type == "classification"]
+        if not classification:
+            raise ValueError("schedule: pairs trains the encoder by the pair loss of classification tasks, and this "
+                             "run has none (choose another preset)")
+        for task in classification:
+            task.pair_loss = task.pair_loss or 1.0
         return self
 
     @model_validator(mode="after")

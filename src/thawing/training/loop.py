@@ -6,7 +6,8 @@ through task-sampled updates, evaluates, and stops on a plateau with the stage's
 stage does not beat the best score so far. Checkpoints follow every stage and, inside a stage, every
 `train.checkpoint_every` updates or minutes and on SIGINT/SIGTERM. A LoRA stage attaches its adapters before it starts
 and merges them once the plan has decided on it, so checkpoints between stages and the final model are plain. A run
-whose dev split is too small to choose by adapts its plan once and each stage's start (training/small_data.py).
+whose dev split is too small to choose by adapts its plan once (training/small_data.py); heads start from their class
+centroids (training/head_start.py).
 Progress goes to an optional `events(name, payload)` callback.
 """
 
@@ -28,7 +29,7 @@ from thawing.probes import build_probes
 from thawing.run_dir import RunDir
 from thawing.runtime import make_accelerator, resolve_for_training
 from thawing.tracking import close_all, open_trackers
-from thawing.training import checkpoint, memory, signals, small_data
+from thawing.training import checkpoint, head_start, memory, signals, small_data
 from thawing.training.checkpoint import StageProgress, TrainState
 from thawing.training.context import Context, Events
 from thawing.training.evaluation import evaluate, finish
@@ -254,7 +255,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
     optimizer, stepped_model = (stepping.optimizer, stepping.model) if stepping else (None, model)
     path = choose_path(stepped_model, model, stage.trainable, ctx.prep.features, ctx.runtime, cfg, active,
                        lambda payload: ctx.events("cache", payload))
-    stage = small_data.start_stage(path, stage, state.trained_heads, cfg.train, resumed=inside is not None)
+    stage, fresh = head_start.start_stage(path, stage, state.trained_heads, cfg.train, resumed=inside is not None)
     ctx.events("stage_start", {"stage": stage.name, "table": parameter_table(groups, stage.trainable),
                                "lrs": stage.lrs, "cached": path.cached})
     summary = {"stage": stage.name, "trainable_params": sum(p.numel() for p in params), "cached": path.cached,
@@ -272,6 +273,9 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
         if inside:
             stepping.load_optimizer_state(inside[0])
             best = inside[2]
+        elif fresh and stage.restore_best:  # the centroid start is a candidate for the stage's best (head_start.py)
+            p.evals.update(evaluate(ctx, path, stage, 0.0), at=state.step)
+            best, p.has_best = checkpoint.snapshot(params), True
         saved = (p.update, time.monotonic())  # when the last stage checkpoint was taken
         path.embedding_losses, path.task_loss = embedding_losses(ctx, stage), stage.task_loss
         tracked = TrainingRecords(p.log)

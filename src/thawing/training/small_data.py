@@ -7,13 +7,11 @@ updates at dev 0.2 and the plan stopped there, far below the zero-step nearest-c
 - `adapt_plan` (once, before the first stage; a pure function of the data sizes and the settings): no stage stops on a
   plateau or goes back to its best evaluation, the plan does not stop when a stage fails to beat the last, and each
   stage's epochs are raised (whole epochs) until it runs at least `min_updates` updates;
-- `start_stage` (at each stage's start): heads that no stage has trained yet start from their class centroids (the
-  `frozen` baseline), scaled, rather than at random (`centroid_init`); and a stage that trains nothing but such heads
-  trains them only where cross-validation on train says that training beats the centroids (training/head_check.py).
+- and marks each stage `head_check`: a stage that trains nothing but centroid-started heads (`train.head_init`) trains
+  them only where cross-validation on train says that training beats the centroids (training/head_start.py).
   Otherwise the stage trains nothing, and the run keeps the zero-step centroid heads, as `frozen` does.
 
-Runs whose dev splits all have at least `min_dev` examples are untouched: `adapt_plan` returns their plan as it is,
-and `start_stage` does nothing for a stage without `centroid_start`.
+Runs whose dev splits all have at least `min_dev` examples are untouched: `adapt_plan` returns their plan as it is.
 """
 
 from __future__ import annotations
@@ -26,8 +24,6 @@ from typing import Mapping
 from thawing.config import TrainConfig
 from thawing.data.batching import Features
 from thawing.freezing import active_tasks
-from thawing.training import head_check
-from thawing.training.paths import CachedHeads, WholeModel, centroid_heads
 from thawing.training.stages import Stage
 from thawing.training.updates import StagePlan
 
@@ -47,7 +43,7 @@ def is_small(features: Mapping[str, Mapping[str, Features]], cfg: TrainConfig) -
 def adapt_plan(plan: list[Stage], features: Mapping[str, Mapping[str, Features]], specs: Mapping, cfg: TrainConfig,
                packing: bool = False) -> list[Stage]:
     """The plan to run: `plan` itself when dev is large enough; else its stages with no plateau stop, their last
-    weights kept, the plan never stopped, at least `min_updates` updates each, and centroid starts (`centroid_init`).
+    weights kept, the plan never stopped, at least `min_updates` updates each, and the check of centroid-started heads.
 
     `packing`: whether the run may step packed batches (the runtime's packing); the update count is then taken as the
     smaller of the packed and padded plans, so either way the stage runs at least `min_updates`.
@@ -63,7 +59,7 @@ def adapt_plan(plan: list[Stage], features: Mapping[str, Mapping[str, Features]]
         train = {t: features[t]["train"] for t in active_tasks(specs, stage.trainable)}
         epochs = scaled_epochs(stage, train, cfg, packing)
         out.append(dataclasses.replace(stage, epochs=epochs, patience=None, restore_best=False, stops_plan=False,
-                                       centroid_start=small.centroid_init))
+                                       head_check=True))
     return out
 
 
@@ -87,31 +83,3 @@ def raised_epochs(epochs: float, updates: int, min_updates: int) -> float:
     if updates <= 0 or updates >= min_updates:
         return epochs
     return float(math.ceil(epochs * min_updates / updates))
-
-
-def start_stage(path: WholeModel, stage: Stage, trained_heads: list[str], cfg: TrainConfig, resumed: bool) -> Stage:
-    """At a stage's start, for stages with `centroid_start` (else `stage` as it is): the linear single-label heads the
-    stage is the first to train start from their class centroids, scaled (`centroid_heads`). A stage that trains only
-    such heads, on cached features, comes back with `epochs` 0 when cross-validation on train finds that training does
-    not beat the centroids for any of them (`path.summary["head_check"]` says what it found). A stage resumed from a
-    checkpoint inside it has trained already: its heads are the checkpoint's."""
-    if not stage.centroid_start or resumed:
-        return stage
-    specs = path.base.specs
-    new = [t for t in specs if f"head:{t}" in stage.trainable and t not in trained_heads
-           and specs[t].head.get("type") == "linear" and specs[t].kind.name != "multi-label"]
-    # Single-label heads only: a multi-label head's sigmoid thresholds would not survive the scaling.
-    if not new:
-        return stage
-    centroid_heads(path, new, scale=True)
-    heads_only = all(g.startswith("head:") and g.removeprefix("head:") in new for g in stage.trainable)
-    if not heads_only or not isinstance(path, CachedHeads) or stage.epochs == 0:
-        return stage
-    found = {t: head_check.cross_validate(path.base.heads[t], specs[t].kind, path.train_features(t), stage,
-                                          f"head:{t}", cfg) for t in new}
-    path.summary["head_check"] = found
-    if any(f["train"] for f in found.values()):
-        return stage
-    log.info("stage %s: cross-validation on train prefers the centroid heads (%s): it trains nothing", stage.name,
-             found)
-    return dataclasses.replace(stage, epochs=0)
