@@ -6,9 +6,10 @@ Methods, each scored on the data set's test split:
                    `setfit_per_class` examples per class, or on the --fewshot draw; if setfit is installed
     hf             Hugging Face Trainer full fine-tuning, AutoModelForSequenceClassification (TokenClassification for
                    CoNLL) from the MiniLM folder, lr 5e-5, 3 epochs (1 in --quick), warmup 10%, the best epoch on dev
-    thawing:<p>    thawing, one task per run, preset <p> (frozen, heads, progressive, full, lora); <p>+pairs adds
+    thawing:<p>    thawing, one task per run, preset <p> (frozen, heads, progressive, full, lora, pairs); <p>+pairs adds
                    `pair_loss: 1` (SetFit's contrastive loss beside the cross-entropy) to each classification task;
-                   thawing:pairs-plan runs bench/configs/fewshot/pairs_then_centroids.yaml (the pair loss alone)
+                   thawing:pairs-plan runs bench/configs/fewshot/pairs_then_centroids.yaml (the pair loss alone; the
+                   `pairs` preset is the same plan, and gives the same runs on few-shot data)
     multi:<p>      thawing, one model for every data set of a mix, preset <p>; multi:<p>@<strategy> samples tasks by
                    that strategy (temperature: T=2, round_robin) instead of proportionally
 
@@ -77,7 +78,7 @@ QUICK = {
 # for every method at one seed); thawing carves its dev split from them, the others train on all of them.
 FEWSHOT = {
     "datasets": ["trec_coarse", "sst2"], "seeds": [0, 1, 2], "setfit_iterations": 20,
-    "methods": ["probe", "setfit"] + [f"thawing:{p}" for p in PRESETS],
+    "methods": ["probe", "setfit"] + [f"thawing:{p}" for p in PRESETS] + ["thawing:pairs"],
 }
 PAIRS_PLAN = REPO / "bench" / "configs" / "fewshot" / "pairs_then_centroids.yaml"
 STSB = DATA / "stsb" / "test.jsonl"  # the retention probe of every thawing run (its first 500 pairs)

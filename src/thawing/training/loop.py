@@ -266,67 +266,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
         p.evals.update(evaluate(ctx, path, stage, 0.0), at=state.step)
         summary.update(epochs_run=0, updates=0, stopped="no training (frozen)")
     else:
-        train_sets = {t: ctx.prep.features[t]["train"] for t in active}
-        updates = StagePlan.build(train_sets, cfg.train, stage.name, stage.epochs, path.packs)
-        warm, best, named = warmup_steps(stage.warmup, updates.updates), None, named_params(groups, stage.trainable)
-        begin = checkpoint.snapshot(params) if begin is None and cfg.train.checkpoint else begin
-        if inside:
-            stepping.load_optimizer_state(inside[0])
-            best = inside[2]
-        elif fresh and stage.restore_best:  # the centroid start is a candidate for the stage's best (head_start.py)
-            p.evals.update(evaluate(ctx, path, stage, 0.0), at=state.step)
-            best, p.has_best = checkpoint.snapshot(params), True
-        saved = (p.update, time.monotonic())  # when the last stage checkpoint was taken
-        path.embedding_losses, path.task_loss = embedding_losses(ctx, stage), stage.task_loss
-        tracked = TrainingRecords(p.log)
-        while p.micro < updates.micro_total and not p.stopped:  # a fractional last epoch ends with whole updates
-            grouped = updates.epoch(p.epoch, p.epoch_start)
-            for batches in grouped[p.position :]:
-                # Past epoch 0 the update count is an estimate: an overrun holds the schedule's last rate.
-                factor = lr_multiplier(min(p.update, updates.updates - 1), updates.updates, warm, stage.lr_schedule)
-                pieces, values, anchored = one_update(ctx, path, stepping, stage, batches, train_sets, named, factor)
-                p.micro, p.update, p.position, state.step = (p.micro + len(batches), p.update + 1, p.position + 1,
-                                                             state.step + 1)
-                task_losses = tracked.add(pieces, values, train_sets, anchored)
-                ctx.events("step", {"stage": stage.name, "update": p.update, "total": max(updates.updates, p.update),
-                                    "loss": sum(values), "tasks": task_losses,
-                                    "examples": sum(len(indices) for _, indices in batches)})
-                if p.update % cfg.train.log_every == 0:
-                    tracked.log(ctx, stage.name, optimizer)
-                due = p.position == len(grouped) if stage.eval_every == "epoch" else (
-                    p.update % int(stage.eval_every) == 0 or p.micro >= updates.micro_total)
-                if due:
-                    stepping.pull()  # FSDP: the trained weights, whole, into the model that evaluates
-                if due and p.evals.update(evaluate(ctx, path, stage, p.micro / updates.per_epoch), at=state.step):
-                    best, p.has_best = checkpoint.snapshot(params), True
-                elif due and p.evals.stalled:
-                    p.stopped = f"plateau: no gain of {stage.min_delta} in {stage.patience} evaluations"
-                agreed_stop(ctx)
-                # The main process's clock decides (a checkpoint under FSDP is gathered by every process).
-                if cfg.train.checkpoint and (ctx.stop.requested or distributed.agree(checkpoint.due(cfg.train,
-                                                                                                     p.update, saved))):
-                    if not due:
-                        stepping.pull()
-                    saved_optimizer, rng = stepping.optimizer_state(), checkpoint.rng_states()  # every process's
-                    if ctx.main:
-                        state.metrics_lines = ctx.run.metrics_lines()
-                        checkpoint.save_stage(ctx.run, state, named, saved_optimizer, begin, best, rng)
-                    saved = (p.update, time.monotonic())
-                if ctx.stop.requested:
-                    raise signals.interrupted(ctx, stage)
-                if p.stopped:
-                    break
-            else:
-                p.epoch, p.epoch_start, p.position = p.epoch + 1, p.micro, 0
-        stepping.pull()  # FSDP: the stage's last weights, whole, into the model (before its best is put back)
-        if stage.restore_best and best is not None:
-            checkpoint.put_back(params, best)
-        state.trained_heads = sorted(set(state.trained_heads) | {g.split(":", 1)[1] for g in stage.trainable
-                                                                  if g.startswith("head:")})
-        summary.update(epochs_run=round(p.micro / updates.per_epoch, 3), updates=p.update,
-                       stopped=p.stopped or "completed")
-        summary.update({k: v for k, v in (("skipped_updates", p.skipped), ("nonfinite_updates", p.nonfinite),
-                                          ("micro_batch_pieces", p.split if p.split > 1 else 0)) if v})
+        summary.update(train_stage(ctx, stage, path, stepping, groups, params, begin, inside, fresh, active))
     if stepping is not None:
         stepping.release()  # FSDP: the sharded copy dropped (its weights were pulled into the model)
     ctx.accelerator.free_memory()  # accelerate lets go of this stage's optimizer (its Adam moments)
@@ -334,6 +274,78 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
                    wall_s=round(time.perf_counter() - started, 2))
     state.stage = None
     ctx.events("stage_end", summary)
+    return summary
+
+
+def train_stage(ctx: Context, stage: Stage, path, stepping, groups: dict, params: list, begin: list | None,
+                inside: tuple | None, fresh: list[str], active: list[str]) -> dict:
+    """A stage's updates, on the path and optimizer `run_stage` set up: epochs of task-sampled updates, evaluations
+    with plateau stopping, stage checkpoints; then its best state put back. `fresh`: heads that start from their
+    centroids here (their start is evaluated first). Returns what the stage summary adds: epochs and updates run, why
+    it stopped."""
+    cfg, state, optimizer = ctx.prep.config, ctx.state, stepping.optimizer
+    p = state.stage
+    train_sets = {t: ctx.prep.features[t]["train"] for t in active}
+    updates = StagePlan.build(train_sets, cfg.train, stage.name, stage.epochs, path.packs)
+    warm, best, named = warmup_steps(stage.warmup, updates.updates), None, named_params(groups, stage.trainable)
+    begin = checkpoint.snapshot(params) if begin is None and cfg.train.checkpoint else begin
+    if inside:
+        stepping.load_optimizer_state(inside[0])
+        best = inside[2]
+    elif fresh and stage.restore_best:  # the centroid start is a candidate for the stage's best (head_start.py)
+        p.evals.update(evaluate(ctx, path, stage, 0.0), at=state.step)
+        best, p.has_best = checkpoint.snapshot(params), True
+    saved = (p.update, time.monotonic())  # when the last stage checkpoint was taken
+    path.embedding_losses, path.task_loss = embedding_losses(ctx, stage), stage.task_loss
+    tracked = TrainingRecords(p.log)
+    while p.micro < updates.micro_total and not p.stopped:  # a fractional last epoch ends with whole updates
+        grouped = updates.epoch(p.epoch, p.epoch_start)
+        for batches in grouped[p.position :]:
+            # Past epoch 0 the update count is an estimate: an overrun holds the schedule's last rate.
+            factor = lr_multiplier(min(p.update, updates.updates - 1), updates.updates, warm, stage.lr_schedule)
+            pieces, values, anchored = one_update(ctx, path, stepping, stage, batches, train_sets, named, factor)
+            p.micro, p.update, p.position, state.step = (p.micro + len(batches), p.update + 1, p.position + 1,
+                                                         state.step + 1)
+            task_losses = tracked.add(pieces, values, train_sets, anchored)
+            ctx.events("step", {"stage": stage.name, "update": p.update, "total": max(updates.updates, p.update),
+                                "loss": sum(values), "tasks": task_losses,
+                                "examples": sum(len(indices) for _, indices in batches)})
+            if p.update % cfg.train.log_every == 0:
+                tracked.log(ctx, stage.name, optimizer)
+            due = p.position == len(grouped) if stage.eval_every == "epoch" else (
+                p.update % int(stage.eval_every) == 0 or p.micro >= updates.micro_total)
+            if due:
+                stepping.pull()  # FSDP: the trained weights, whole, into the model that evaluates
+            if due and p.evals.update(evaluate(ctx, path, stage, p.micro / updates.per_epoch), at=state.step):
+                best, p.has_best = checkpoint.snapshot(params), True
+            elif due and p.evals.stalled:
+                p.stopped = f"plateau: no gain of {stage.min_delta} in {stage.patience} evaluations"
+            agreed_stop(ctx)
+            # The main process's clock decides (a checkpoint under FSDP is gathered by every process).
+            if cfg.train.checkpoint and (ctx.stop.requested or distributed.agree(checkpoint.due(cfg.train,
+                                                                                                 p.update, saved))):
+                if not due:
+                    stepping.pull()
+                saved_optimizer, rng = stepping.optimizer_state(), checkpoint.rng_states()  # every process's
+                if ctx.main:
+                    state.metrics_lines = ctx.run.metrics_lines()
+                    checkpoint.save_stage(ctx.run, state, named, saved_optimizer, begin, best, rng)
+                saved = (p.update, time.monotonic())
+            if ctx.stop.requested:
+                raise signals.interrupted(ctx, stage)
+            if p.stopped:
+                break
+        else:
+            p.epoch, p.epoch_start, p.position = p.epoch + 1, p.micro, 0
+    stepping.pull()  # FSDP: the stage's last weights, whole, into the model (before its best is put back)
+    if stage.restore_best and best is not None:
+        checkpoint.put_back(params, best)
+    state.trained_heads = sorted(set(state.trained_heads) | {g.split(":", 1)[1] for g in stage.trainable
+                                                              if g.startswith("head:")})
+    summary = {"epochs_run": round(p.micro / updates.per_epoch, 3), "updates": p.update,
+               "stopped": p.stopped or "completed"}
+    summary.update({k: v for k, v in (("skipped_updates", p.skipped), ("nonfinite_updates", p.nonfinite),
+                                      ("micro_batch_pieces", p.split if p.split > 1 else 0)) if v})
     return summary
 
 
