@@ -12,6 +12,7 @@ Methods, each scored on the data set's test split:
                    `pairs` preset is the same plan, and gives the same runs on few-shot data)
     multi:<p>      thawing, one model for every data set of a mix, preset <p>; multi:<p>@<strategy> samples tasks by
                    that strategy (temperature: T=2, round_robin) instead of proportionally
+    <p> may also be a plan file, relative to the repository (thawing:bench/configs/sweep/progressive_disc4.yaml)
 
 Data (fixed splits, drawn once with seed 0 and written under --work, so every method reads the same files): TREC
 coarse and fine (train minus a fixed 10% dev carve; the 500-question test), SST-2 (its dev and test), AG News (a
@@ -22,7 +23,7 @@ smoke test. `--fewshot N`: N per class drawn from the whole train file by thawin
 the full test splits. `--merge` joins the JSON of runs split by --datasets/--mixes into one report.
 
 Run: HF_HUB_OFFLINE=1 PYTHONPATH=src .venv/bin/python bench/quality.py [--quick | --fewshot N] [--datasets ...]
-         [--mixes ...] [--methods ...] --output bench/results/quality.json
+         [--mixes ...] [--methods ...] [--train-rows N] [--dev-rows N] --output bench/results/quality.json
 """
 
 from __future__ import annotations
@@ -314,10 +315,12 @@ def run_thawing(tasks: dict[str, dict[str, Path]], preset: str, seed: int, work:
     config = {"name": "quality", "model": {"name": MODEL, "max_length": 128},
               "tasks": {name: thawing_task(name, paths, per_class, pairs) for name, paths in tasks.items()},
               "train": {"batch_size": 32, "seed": seed, "checkpoint": False}, "schedule": preset}
-    if preset == "pairs-plan":  # SetFit's recipe as a plan: the encoder by the pair loss alone, then centroid heads
+    plan = PAIRS_PLAN if preset == "pairs-plan" else REPO / preset if preset.endswith(".yaml") else None
+    if plan is not None:  # a plan file (pairs-plan: SetFit's recipe, the encoder by the pair loss alone)
         import yaml
 
-        config["schedule"] = yaml.safe_load(PAIRS_PLAN.read_text(encoding="utf-8"))
+        config["schedule"] = yaml.safe_load(plan.read_text(encoding="utf-8"))
+        preset = plan.stem
     if sampling:
         config["train"]["sampling"] = {"strategy": sampling}
     if STSB.is_file():
@@ -526,6 +529,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--datasets", default=None, help="comma-separated subset of the single-task data sets")
     parser.add_argument("--mixes", default=None, help="comma-separated subset of the multi-task mixes")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="join earlier runs' JSON files")
+    parser.add_argument("--train-rows", type=int, default=None, metavar="N",
+                        help="cap every data set's train split at N rows instead of the mode's caps (0: all rows)")
+    parser.add_argument("--dev-rows", type=int, default=None, metavar="N", help="the same for dev (0: all rows)")
     parser.add_argument("--work", default="/tmp/thawing-quality")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
@@ -540,6 +546,9 @@ def main(argv: list[str] | None = None) -> dict:
         mode["per_class"] = args.fewshot
     if args.seeds:
         mode["seeds"] = [int(s) for s in args.seeds.split(",")]
+    for split, rows in (("train", args.train_rows), ("dev", args.dev_rows)):
+        if rows is not None:  # one cap for every data set; 0: none
+            mode[split] = dict.fromkeys(SOURCES, rows or None)
     if args.datasets:
         unknown = sorted(set(args.datasets.split(",")) - set(SOURCES))
         if unknown:
