@@ -225,18 +225,21 @@ def one_update(ctx: Context, path, stepping, stage: Stage, batches: list, train_
     return pieces, values, anchored
 
 
-def embedding_losses(ctx: Context, stage: Stage) -> dict:
+def embedding_losses(ctx: Context, stage: Stage) -> tuple[dict, set[str]]:
     """The losses the stage adds on sentence embeddings, by record name: anchoring to the pretrained encoder
-    (`retain.distill`) and the tasks' pair losses (`pair_loss`). A frozen encoder's path (cached heads) adds none:
-    neither has a gradient to give there."""
-    losses = {}
+    (`retain.distill`, every task) and the tasks' pair losses (`pair_loss`, the tasks that set it); and the tasks
+    whose forward must pool sentence embeddings for them. A frozen encoder's path (cached heads) adds none: neither
+    has a gradient to give there."""
+    losses, tasks = {}, set()
     if distills(stage.retain):
         losses["retain:distill"] = lambda task, indices, emb, labels: distill_loss(stage.retain, ctx.pretrained, task,
                                                                                    indices, emb)
+        tasks |= set(ctx.model.specs)
     weights = {task: cfg.pair_loss for task, cfg in ctx.prep.config.tasks.items() if cfg.pair_loss}
     if weights:
         losses["pairs:cosine"] = lambda task, indices, emb, labels: pair_loss(weights.get(task, 0.0), emb, labels)
-    return losses
+        tasks |= set(weights)
+    return losses, tasks
 
 
 def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: list | None = None,
@@ -296,7 +299,7 @@ def train_stage(ctx: Context, stage: Stage, path, stepping, groups: dict, params
         p.evals.update(evaluate(ctx, path, stage, 0.0), at=state.step)
         best, p.has_best = checkpoint.snapshot(params), True
     saved = (p.update, time.monotonic())  # when the last stage checkpoint was taken
-    path.embedding_losses, path.task_loss = embedding_losses(ctx, stage), stage.task_loss
+    (path.embedding_losses, path.embedding_tasks), path.task_loss = embedding_losses(ctx, stage), stage.task_loss
     tracked = TrainingRecords(p.log)
     while p.micro < updates.micro_total and not p.stopped:  # a fractional last epoch ends with whole updates
         grouped = updates.epoch(p.epoch, p.epoch_start)

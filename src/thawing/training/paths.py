@@ -50,6 +50,7 @@ class WholeModel:
     # ("retain:distill": anchoring, training/retain.py; "pairs:cosine": a task's pair loss, training/pairs.py):
     # (task, indices, embeddings, labels) -> a loss or None. `added`: the last micro-batch's values.
     embedding_losses: dict[str, Callable] = field(default_factory=dict)
+    embedding_tasks: set[str] = field(default_factory=set)  # the tasks some embedding loss acts on
     added: dict[str, torch.Tensor] = field(default_factory=dict)
     task_loss: bool = True  # false: the task's loss is left out (a stage trained by the embedding losses alone)
     task_part: torch.Tensor | None = None  # the last micro-batch's task loss alone (for the records), detached
@@ -59,7 +60,7 @@ class WholeModel:
         of the update) of each embedding loss the stage adds (each a mean over the micro-batch)."""
         batch = collate(self.base.encoder, self.features[task]["train"], indices)
         device = self.base.encoder.device
-        embed = bool(self.embedding_losses)
+        embed = task in self.embedding_tasks  # pooling sentence embeddings only where a loss reads them
         with self.runtime.autocast():
             out = self.forward(task, indices, batch, device, embed=embed)
         logits, embeddings = out if embed else (out, None)
@@ -68,7 +69,7 @@ class WholeModel:
         if not self.task_loss:  # zero, yet still part of the graph (every parameter group takes part in each step)
             loss = loss * 0.0
         self.task_part, self.added = loss.detach(), {}
-        for name, added_loss in self.embedding_losses.items():
+        for name, added_loss in self.embedding_losses.items() if embed else ():
             value = added_loss(task, indices, embeddings, labels)
             if value is not None:
                 self.added[name] = value
