@@ -236,10 +236,11 @@ FSDP_CONFIG = str(REPO / "configs" / "accelerate" / "fsdp.yaml")
 
 @pytest.fixture(scope="module")
 def fsdp_reference(tiny_qwen2_dir, tmp_path_factory) -> tuple[dict, Path]:
-    """The FSDP tests' config (stage checkpoints every 3 updates: the sharded optimizer state is gathered) and its
-    one-process run."""
+    """The FSDP tests' config (stage checkpoints every 3 updates: the sharded optimizer state is gathered; heads
+    started from their centroids, as by default, which the sharded copy must be made after) and its one-process
+    run."""
     root = tmp_path_factory.mktemp("fsdp")
-    config = _config(tiny_qwen2_dir, root, FSDP_SCHEDULE, checkpoint_every=3)
+    config = _config(tiny_qwen2_dir, root, FSDP_SCHEDULE, checkpoint_every=3, head_init="centroids")
     return config, loop.train(parse_config(config), run_dir=str(root / "single")).path
 
 
