@@ -47,14 +47,14 @@ log = logging.getLogger(__name__)
 
 def start_stage(path: WholeModel, stage: Stage, trained_heads: list[str], cfg: TrainConfig, resumed: bool
                 ) -> tuple[Stage, list[str]]:
-    """At a stage's start, for stages with `centroid_start`: the linear single-label heads the stage is the first to
-    train start from their class centroids, scaled (`centroid_heads`). Returns the stage to run and those heads.
+    """At a stage's start, with `head_init: centroids`: the linear single-label heads the stage is the first to train
+    start from their class centroids, scaled (`centroid_heads`). Returns the stage to run and those heads.
 
     With `head_check` (small data), a stage that trains only such heads, on cached features, comes back with `epochs`
     0 when cross-validation on train finds that training does not beat the centroids for any of them
     (`path.summary["head_check"]` says what it found). A stage resumed from a checkpoint inside it has trained
     already: its heads are the checkpoint's."""
-    if not stage.centroid_start or resumed:
+    if cfg.head_init != "centroids" or resumed:
         return stage, []
     specs = path.base.specs
     new = [t for t in specs if f"head:{t}" in stage.trainable and t not in trained_heads

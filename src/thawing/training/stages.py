@@ -46,7 +46,6 @@ class Stage:
     retain: RetainConfig | None = None  # anchoring to the pretrained encoder (training/retain.py)
     lora: AdapterPlan | None = None  # adapters this stage attaches, trains and merges (their groups are in trainable)
     task_loss: bool = True  # false: only the losses on sentence embeddings train (pairs, distillation)
-    centroid_start: bool = False  # the heads this stage is the first to train start from their class centroids
     # Set for runs whose dev split is too small to choose by (training/small_data.py); the defaults change nothing.
     stops_plan: bool = True  # a stage that does not beat the best so far stops the plan
     head_check: bool = False  # heads-only on centroid starts: train only where cross-validation says it helps
@@ -62,6 +61,8 @@ def preset(name: str, num_layers: int) -> list[StageConfig]:
     more = min(num_layers, max(num_layers // 2, 6))
     half = max(1, num_layers // 2)
     plateau = {"patience": 2, "min_delta": 0.001}
+    # heads 3e-2: dev score 0.905 vs 0.810 with 1e-3 (TREC coarse+fine+SST-2, docs/benchmarks.md)
+    heads = StageConfig(name="heads", train=["heads"], epochs=4, lr={"heads": 3e-2}, early_stopping=plateau)
     discriminative = StageConfig(
         name="discriminative",
         train=["heads", "projection", f"layers[-{more}:]"],
@@ -74,15 +75,14 @@ def preset(name: str, num_layers: int) -> list[StageConfig]:
     )
     stages = {
         "frozen": [StageConfig(name="frozen", train=[], epochs=0)],
-        "heads": [StageConfig(name="heads", train=["heads"], epochs=4, lr={"heads": 3e-2}, early_stopping=plateau)],
-        # heads 3e-2: dev score 0.905 vs 0.810 with 1e-3 (TREC coarse+fine+SST-2, docs/benchmarks.md)
+        "heads": [heads],
         "full": [
             StageConfig(
                 name="full", train=["all"], epochs=4, lr={"heads": 3e-2, "encoder": 3e-5}, early_stopping=plateau
             )
         ],
         "progressive": [
-            StageConfig(name="heads", train=["heads"], epochs=4, lr={"heads": 3e-2}, early_stopping=plateau),
+            heads,
             StageConfig(
                 name="top",
                 train=["heads", "projection", f"layers[-{top}:]"],
@@ -103,7 +103,7 @@ def preset(name: str, num_layers: int) -> list[StageConfig]:
         # Heads first, as in progressive; then rank-16 adapters on the attention queries and values of the top half
         # (MiniLM: 74k adapter parameters), merged at the stage's end; the discriminative stage only with --full.
         "lora": [
-            StageConfig(name="heads", train=["heads"], epochs=4, lr={"heads": 3e-2}, early_stopping=plateau),
+            heads,
             StageConfig(
                 name="lora",
                 train=["heads", "projection"],
@@ -121,7 +121,7 @@ def preset(name: str, num_layers: int) -> list[StageConfig]:
         "pairs": [
             StageConfig(name="pairs", train=["encoder", "projection"], epochs=60, lr={"encoder": 2e-5}, warmup=0.1,
                         task_loss=False, restore_best=False),
-            StageConfig(name="heads", train=["heads"], epochs=4, lr={"heads": 3e-2}, early_stopping=plateau),
+            heads,
         ],
     }
     assert tuple(stages) == PRESETS
@@ -223,7 +223,6 @@ def build_plan(config: RunConfig, groups: "OrderedDict[str, list]", run_optional
             retain=cfg.retain if cfg.retain is not None else config.retain,
             lora=adapters,
             task_loss=cfg.task_loss,
-            centroid_start=config.train.head_init == "centroids",
         )
         if not cfg.task_loss and not distills(stage.retain) and not any(t.pair_loss for t in config.tasks.values()):
             raise ConfigError(f"schedule: stage '{cfg.name}' has task_loss: false but no other loss to train by; give "
