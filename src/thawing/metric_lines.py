@@ -8,7 +8,8 @@ metrics.jsonl holds three kinds of line, told apart by `split`:
                      spearman_retention, transfer probes accuracy and accuracy_retention, drift probes drift and
                      weight_norm_change {group: relative change}
     "train"          every `train.log_every` updates, per task: {"stage", "step", "task", "loss" (its mean since the
-                     last record), "lr": {group: rate}, "examples_per_s", "time"}
+                     last record), "lr": {group: rate}, "examples_per_s", "time", and with train.grad_clip
+                     "grad_norm" (the mean gradient norm before clipping over those updates)}
 Everything here is a pure function of the lines (and stages.json), so it is tested on hand-made runs.
 """
 

@@ -3,7 +3,8 @@ imported only when `train.report_to` names it, so that its package stays an opti
 
     tensorboard   event files in RUN/tensorboard/ (`tensorboard --logdir RUN`), through torch.utils.tensorboard:
                   dev/test metrics as `<split>/<task>/<metric>`, training loss as `train/<task>/loss`, rates as
-                  `lr/<group>`, speed as `train/examples_per_s`, probes as `probe/<name>/<metric>`
+                  `lr/<group>`, speed as `train/examples_per_s`, the gradient norm as `train/grad_norm`, probes as
+                  `probe/<name>/<metric>`
 
 Another tracker (trackio, wandb, mlflow) is a class with `log(record)` and `close()` added to TRACKERS.
 """
@@ -30,6 +31,8 @@ class TensorBoard:
         if split == "train":
             self.writer.add_scalar(f"train/{task}/loss", record["loss"], step)
             self.writer.add_scalar("train/examples_per_s", record["examples_per_s"], step)
+            if "grad_norm" in record:
+                self.writer.add_scalar("train/grad_norm", record["grad_norm"], step)
             for group, lr in record["lr"].items():
                 self.writer.add_scalar(f"lr/{group}", lr, step)
             return

@@ -57,6 +57,7 @@ class StageProgress:
     has_best: bool = False  # an evaluation found a best state (its weights are in best.safetensors)
     stopped: str = ""  # why the stage stopped early (a plateau)
     log: dict[str, list] = field(default_factory=dict)  # training-record sums since the last record (numerics.py)
+    norms: list[float] = field(default_factory=list)  # the updates' gradient norms since the last record
 
 
 @dataclass

@@ -188,10 +188,11 @@ def accumulate(ctx: Context, path, stepping, batches: list, train_sets: dict) ->
 
 
 def one_update(ctx: Context, path, stepping, stage: Stage, batches: list, train_sets: dict, named: list,
-               factor: float) -> tuple[list, list, dict]:
+               factor: float) -> tuple[list, list, dict, float | None]:
     """One optimizer update at `factor` times each group's rate: its micro-batches' backward passes (again in
     smaller pieces after running out of GPU memory), the L2-SP penalty, clipping, and the step, unless a loss or the
-    gradient is not finite. Returns the pieces that ran, their losses and the anchoring losses (by record name)."""
+    gradient is not finite. Returns the pieces that ran, their losses, the anchoring losses (by record name) and the
+    gradient norm before clipping (None without `train.grad_clip`)."""
     p, optimizer = ctx.state.stage, stepping.optimizer
     while True:  # out of GPU memory: the same update again in smaller pieces (training/memory.py)
         try:
@@ -222,7 +223,7 @@ def one_update(ctx: Context, path, stepping, stage: Stage, batches: list, train_
     else:
         nonfinite_update(ctx, stage, batches, values)
     optimizer.zero_grad(set_to_none=True)
-    return pieces, values, anchored
+    return pieces, values, anchored, None if norm is None else float(norm)
 
 
 def embedding_losses(ctx: Context, stage: Stage) -> tuple[dict, set[str]]:
@@ -302,16 +303,17 @@ def train_stage(ctx: Context, stage: Stage, path, stepping, groups: dict, params
         best, p.has_best = checkpoint.snapshot(params), True
     saved = (p.update, time.monotonic())  # when the last stage checkpoint was taken
     (path.embedding_losses, path.embedding_tasks), path.task_loss = embedding_losses(ctx, stage), stage.task_loss
-    tracked = TrainingRecords(p.log)
+    tracked = TrainingRecords(p.log, p.norms)
     while p.micro < updates.micro_total and not p.stopped:  # a fractional last epoch ends with whole updates
         grouped = updates.epoch(p.epoch, p.epoch_start)
         for batches in grouped[p.position :]:
             # Past epoch 0 the update count is an estimate: an overrun holds the schedule's last rate.
             factor = lr_multiplier(min(p.update, updates.updates - 1), updates.updates, warm, stage.lr_schedule)
-            pieces, values, anchored = one_update(ctx, path, stepping, stage, batches, train_sets, named, factor)
+            pieces, values, anchored, norm = one_update(ctx, path, stepping, stage, batches, train_sets, named,
+                                                        factor)
             p.micro, p.update, p.position, state.step = (p.micro + len(batches), p.update + 1, p.position + 1,
                                                          state.step + 1)
-            task_losses = tracked.add(pieces, values, train_sets, anchored)
+            task_losses = tracked.add(pieces, values, train_sets, anchored, norm)
             ctx.events("step", {"stage": stage.name, "update": p.update, "total": max(updates.updates, p.update),
                                 "loss": sum(values), "tasks": task_losses,
                                 "examples": sum(len(indices) for _, indices in batches)})

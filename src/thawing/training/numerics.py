@@ -43,14 +43,17 @@ class TrainingRecords:
     """Each task's training loss (per labelled item) and the examples seen, summed between two records; the sums live
     in the stage's progress (`StageProgress.log`), so a resumed run logs what the uninterrupted one would have."""
 
-    def __init__(self, sums: dict):
+    def __init__(self, sums: dict, norms: list[float]):
         self.sums = sums  # task -> [summed loss, labelled items, examples, micro-batches]
+        self.norms = norms  # each update's gradient norm before clipping (with train.grad_clip)
         self.clock = time.perf_counter()
 
-    def add(self, batches: list, losses: list[float], train_sets: dict, anchored: dict | None = None
-            ) -> dict[str, float]:
-        """Add one update (each micro-batch's task loss as the loop computed it, divided by its divisor, and the
-        anchoring losses by name); returns the update's mean loss per task."""
+    def add(self, batches: list, losses: list[float], train_sets: dict, anchored: dict | None = None,
+            norm: float | None = None) -> dict[str, float]:
+        """Add one update (each micro-batch's task loss as the loop computed it, divided by its divisor, the
+        anchoring losses by name, and the gradient norm that clipping saw); returns the update's mean loss per task."""
+        if norm is not None and math.isfinite(norm):
+            self.norms.append(norm)
         for name, parts in (anchored or {}).items():  # recorded as "tasks" of their own, one value per update
             row = self.sums.setdefault(name, [0.0, 0, 0, 0])
             row[0], row[1] = row[0] + sum(parts), row[1] + 1
@@ -79,8 +82,11 @@ class TrainingRecords:
                       "time": round(time.time(), 3)}
             if not task.startswith("retain:"):
                 record["batches"] = batches  # the task's micro-batches since the last record: its share of training
+            if self.norms:  # one value per update, so every task's record carries the same mean
+                record["grad_norm"] = sum(self.norms) / len(self.norms)
             ctx.log(record)
         self.sums.clear()
+        self.norms.clear()
         self.clock = now
 
 
