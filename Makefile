@@ -27,6 +27,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test-bench: $(STAMP)

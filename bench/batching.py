@@ -79,7 +79,7 @@ def main() -> None:
 def apply_setting(ctx, name: str) -> None:
     """Set batching, packing and compilation from a setting's name, e.g. "max_tokens=1024+packed", and resolve the
     run's runtime again from them, as `thawing train` would."""
-    from thawing.runtime import resolve_for_training
+    from thawing.model.runtime import resolve_for_training
 
     first, *flags = name.split("+")
     key, value = first.split("=")

@@ -38,7 +38,8 @@ def main() -> None:
     from thawing.model.loading import load_encoder
     from thawing.model.resolve import resolve_model
 
-    texts = [json.loads(line)["text"] for line in open(args.data)][: args.n]
+    with open(args.data) as lines:
+        texts = [json.loads(line)["text"] for line in lines][: args.n]
     ours = load_encoder(args.model)
     theirs = SentenceTransformer(str(resolve_model(args.model)), device="cpu")
     runs = {"thawing": [], "sentence_transformers": []}

@@ -135,7 +135,8 @@ def main() -> None:
         run = work / f"run-{i}"
         env["THAWING_CACHE"] = str(work / f"c{i}")
         at = round(rng.uniform(0, 0.8 * reference["seconds"]), 2)  # runs vary in length: most such points land
-        for attempt in range(3):  # a window this short can pass between two polls: try again, then say so
+        # a window this short can pass between two polls: try again, then say so (`attempt` is read after the loop)
+        for attempt in range(3):  # noqa: B007
             shutil.rmtree(run, ignore_errors=True)
             shutil.rmtree(env["THAWING_CACHE"], ignore_errors=True)
             killed = train([str(cfg), "--run-dir", str(run)], env, (kind, run, at))

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 from report import write_report  # noqa: E402
 
-from thawing.cache import fingerprint  # noqa: E402
+from thawing.store.cache import fingerprint  # noqa: E402
 
 
 def one_stream(module: torch.nn.Module) -> str:

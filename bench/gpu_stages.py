@@ -57,7 +57,8 @@ STAGES = {  # the progressive preset's stages at its rates (heads, top3, disc: s
 
 
 def split_ag_news(root: Path, n: int) -> dict[str, str]:
-    rows = [json.loads(line) for _, line in zip(range(n), open(DATA / "ag_news/test.jsonl"))]
+    with open(DATA / "ag_news/test.jsonl") as lines:  # the first n lines (the file may hold more)
+        rows = [json.loads(line) for _, line in zip(range(n), lines, strict=False)]
     parts = {"train": [r for i, r in enumerate(rows) if i % 10 < 8],
              "dev": [r for i, r in enumerate(rows) if i % 10 == 8],
              "test": [r for i, r in enumerate(rows) if i % 10 == 9]}
@@ -143,7 +144,8 @@ def main() -> None:
     began = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="thawing-gpu-stages-"))
     data = split_ag_news(root, args.n)
-    texts = [json.loads(line)["text"] for line in open(data["train"])]
+    with open(data["train"]) as lines:
+        texts = [json.loads(line)["text"] for line in lines]
     encoder = random_qwen2(args.model, texts[:5000], args.device).to(args.device)
     n_params = sum(p.numel() for p in encoder.parameters()) - encoder.backbone.get_input_embeddings().weight.numel()
     layers = encoder.backbone.config.num_hidden_layers
@@ -184,7 +186,7 @@ def main() -> None:
             save("stages", name, stage_row(raw, name, encoder, runs, args, n_params, layers, peak, mean_tokens))
         except Interrupted:  # a time limit's SIGTERM ends the script, not the row
             raise
-        except Exception as exc:  # one GPU session: a failing row is recorded, the others still run
+        except Exception as exc:  # noqa: BLE001 -- one GPU session: a failing row is recorded, the others still run
             save("stages", name, {"error": f"{type(exc).__name__}: {exc}"[:600]})
     for preset in filter(None, args.e2e.split(",")):
         try:
@@ -201,7 +203,7 @@ def main() -> None:
                            for s in stages]})
         except Interrupted:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- recorded as the row's error, as for the stages
             save("end_to_end", preset, {"error": f"{type(exc).__name__}: {exc}"[:600]})
     if args.oom_tokens:
         raw_oom = {**raw, "train": {**raw["train"], "max_tokens": args.oom_tokens}}
@@ -215,7 +217,7 @@ def main() -> None:
                                  "peak_gpu_gb": events.stages.get("full")})
         except Interrupted:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- recorded as the row's error, as for the stages
             save("oom", "full", {"error": f"{type(exc).__name__}: {exc}"[:600]})
     write_report(report, args.output)
 

@@ -63,7 +63,7 @@ def _sync(device: str) -> None:
 
 def texts(name: str, n: int) -> list[str]:
     with open(DATA / name) as fh:
-        return [json.loads(line)["text"] for _, line in zip(range(n), fh)]
+        return [json.loads(line)["text"] for _, line in zip(range(n), fh, strict=False)]  # the first n lines
 
 
 def batches(lengths: list[int], variant: str, max_tokens: int, seed: int = 0) -> list[list[int]]:
@@ -82,7 +82,7 @@ def run(encoder, head, ids: list[list[int]], mode: str, variant: str, steps: int
     """Time `steps` batches (after 3 warm-up batches) of one mode (encode, top3, full) and one batching variant."""
     import torch
 
-    from thawing.freezing import select_groups
+    from thawing.model.freezing import select_groups
     from thawing.model.groups import parameter_groups
 
     groups = parameter_groups(encoder)
@@ -155,7 +155,7 @@ def run_variant(encoder, head, ids, mode: str, variant: str, args) -> dict:
     """One row: packing and compilation as `thawing train` resolves them for the variant (`runtime.resolve` with
     packing on), padded otherwise; the encoder goes back to padded and eager afterwards."""
     from thawing.model.packing import BatchLayout
-    from thawing.runtime import apply, resolve
+    from thawing.model.runtime import apply, resolve
 
     compiled = variant.endswith("_compiled")
     if variant.startswith("packed"):
@@ -186,7 +186,7 @@ def guarded(run_variant, encoder, head, *args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     try:
         result = run_variant(encoder, head, *args)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- any failure is recorded as the row's result (see the docstring)
         result = {"error": f"{type(exc).__name__}: {exc}"[:600]}
         for p in list(encoder.parameters()) + list(head.parameters()):
             p.grad = None

@@ -85,7 +85,7 @@ class OnnxPredictor:
                                         "attention_mask": [ids["attention_mask"][i] for i in chunk]},
                                        return_tensors="np")
             out = self.session.run(self.tasks, {name: batch[name].astype(np.int64) for name in self.meta["inputs"]})
-            for task, logits in zip(self.tasks, out):
+            for task, logits in zip(self.tasks, out, strict=True):
                 p = np.exp(logits - logits.max(-1, keepdims=True))
                 p /= p.sum(-1, keepdims=True)
                 for row, i in enumerate(chunk):
@@ -121,7 +121,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
 
     import thawing
     from thawing.config import parse_config
-    from thawing.export import export_run
+    from thawing.deploy.export import export_run
     from thawing.training.loop import train
 
     start = time.perf_counter()
@@ -175,13 +175,16 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
         "speed_over_thawing": {name: round(medians["thawing_pytorch"] / s, 3) for name, s in medians.items()},
         # Each round runs every side back to back: the ratio within a round is the least touched by other load.
         "speed_over_thawing_per_round": {
-            name: [round(t / s, 2) for t, s in zip(seconds["thawing_pytorch"], v)] for name, v in seconds.items()},
+            name: [round(t / s, 2) for t, s in zip(seconds["thawing_pytorch"], v, strict=True)]
+            for name, v in seconds.items()},
         "test_accuracy": {name: accuracy(labels, gold) for name, (labels, _) in outputs.items()},
         "label_agreement_with_thawing": {
-            name: {task: round(float(np.mean([a == b for a, b in zip(labels[task], reference_labels[task])])), 4)
+            name: {task: round(float(np.mean([a == b for a, b in
+                                              zip(labels[task], reference_labels[task], strict=True)])), 4)
                    for task in labels} for name, (labels, _) in outputs.items()},
         "max_abs_prob_diff_from_thawing": {
-            name: {task: float(max(np.abs(a - b).max() for a, b in zip(probs[task], reference_probs[task])))
+            name: {task: float(max(np.abs(a - b).max()
+                                   for a, b in zip(probs[task], reference_probs[task], strict=True)))
                    for task in probs} for name, (_, probs) in outputs.items()},
     }
 

@@ -101,7 +101,8 @@ def main() -> None:
             for stage in stages[1:]:
                 stage["lr"]["heads"] = args.progressive_lr_heads or stage["lr"]["heads"]
                 stage["lr"]["encoder"] = args.progressive_lr_encoder or stage["lr"]["encoder"]
-            for stage, epochs in zip(stages, (args.progressive_epochs or "").split(",")):
+            # a shorter (or no) epochs list leaves the later stages' epochs as they are
+            for stage, epochs in zip(stages, (args.progressive_epochs or "").split(","), strict=False):
                 stage["epochs"] = float(epochs) if epochs else stage["epochs"]
             config["schedule"] = stages
         else:

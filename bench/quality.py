@@ -156,7 +156,7 @@ def labelled(path: Path) -> tuple[list[str], list[str]]:
 _EMBEDDED: dict = {}
 
 
-def run_probe(paths: dict[str, Path], seed: int, work: Path) -> dict:
+def run_probe(paths: dict[str, Path], seed: int) -> dict:
     """Logistic regression (scikit-learn defaults, max_iter 1000) on frozen, normalized MiniLM embeddings."""
     from sklearn.linear_model import LogisticRegression
 
@@ -183,7 +183,7 @@ def run_setfit(paths: dict[str, Path], seed: int, work: Path, per_class: int, it
     from thawing.model.resolve import resolve_model
 
     by: dict[str, list[dict]] = {}
-    for text, label in zip(*labelled(paths["train"])):
+    for text, label in zip(*labelled(paths["train"]), strict=True):
         by.setdefault(label, []).append({"text": text, "label": label})
     rng = random.Random(seed)
     few = [r for label in sorted(by) for r in rng.sample(by[label], min(per_class, len(by[label])))]
@@ -198,7 +198,7 @@ def run_setfit(paths: dict[str, Path], seed: int, work: Path, per_class: int, it
     x_test, y_test = labelled(paths["test"])
     predicted = [str(p) for p in model.predict(x_test)]
     body = sum(p.numel() for p in model.model_body.parameters())
-    return {"test": sum(p == y for p, y in zip(predicted, y_test)) / len(y_test), "train_rows": len(few),
+    return {"test": sum(p == y for p, y in zip(predicted, y_test, strict=True)) / len(y_test), "train_rows": len(few),
             "trainable_params": int(body + model.model_head.coef_.size + model.model_head.intercept_.size)}
 
 
@@ -258,14 +258,14 @@ def run_hf_token(paths: dict[str, Path], seed: int, work: Path, epochs: int) -> 
         for i, row in enumerate(rows):
             words = enc.word_ids(i)
             labels.append([-100 if w is None or w == prev else ids.get(row["tags"][w], -100)
-                           for prev, w in zip([None] + words[:-1], words)])
+                           for prev, w in zip([None] + words[:-1], words, strict=True)])
         return Dataset.from_dict({**enc, "labels": labels})
 
     def f1(pred) -> dict:
         predicted, gold = np.argmax(pred.predictions, -1), pred.label_ids
         keep = [[j for j, g in enumerate(row) if g != -100] for row in gold]
-        return {"f1": float(f1_score([[names[g[j]] for j in k] for g, k in zip(gold, keep)],
-                                     [[names[p[j]] for j in k] for p, k in zip(predicted, keep)]))}
+        return {"f1": float(f1_score([[names[g[j]] for j in k] for g, k in zip(gold, keep, strict=True)],
+                                     [[names[p[j]] for j in k] for p, k in zip(predicted, keep, strict=True)]))}
 
     model = AutoModelForTokenClassification.from_pretrained(folder, num_labels=len(names))
     trainer = Trainer(model=model, args=_hf_args(work, len(splits["train"]), epochs, seed, "f1"),
@@ -306,7 +306,7 @@ def run_thawing(tasks: dict[str, dict[str, Path]], preset: str, seed: int, work:
     with `pair_loss: 1` on every classification task): test and dev metric per task, STS-B retention where the
     probe's data is present."""
     from thawing.config import parse_config
-    from thawing.run_dir import RunDir
+    from thawing.store.run_dir import RunDir
     from thawing.training.loop import train
 
     preset, _, extra = preset.partition("+")
@@ -343,7 +343,7 @@ def run_thawing(tasks: dict[str, dict[str, Path]], preset: str, seed: int, work:
 
 def few_shot_rows(name: str, per_class: int, seed: int) -> list[dict]:
     """The rows thawing's `limit: {train: {per_class: N}}` draws at train.seed `seed` (the same public function)."""
-    from thawing.data.tasks import draw_per_class
+    from thawing.config.tasks import draw_per_class
 
     folder, field, _ = SOURCES[name]
     rows = read_jsonl(DATA / folder / "train.jsonl")
@@ -382,7 +382,7 @@ def run_method(method: str, name: str, paths: dict[str, Path], seed: int, work: 
         for split, rows in (("train", few_shot_rows(name, per_class, seed)), ("test", test)):
             paths[split].write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     if method == "probe":
-        return run_probe(paths, seed, work)
+        return run_probe(paths, seed)
     if method == "setfit":
         return run_setfit(paths, seed, work, per_class or mode["setfit_per_class"], mode["setfit_iterations"],
                           mode.get("setfit_max_steps", -1))
@@ -393,7 +393,12 @@ def run_method(method: str, name: str, paths: dict[str, Path], seed: int, work: 
     return {**got, "test": got["test"][name], "dev": got["dev"].get(name)}
 
 
-def run_all(mode: dict, work: Path, only: list[str] | None, mixes: list[str] | None, save=lambda out: None) -> dict:
+def line_count(path: Path) -> int:
+    with open(path) as lines:
+        return sum(1 for _ in lines)
+
+
+def run_all(mode: dict, work: Path, only: list[str] | None, mixes: list[str] | None, save=lambda _out: None) -> dict:
     """Every method on every data set (and mix) of `mode`; `save(out)` after each method, so that a stopped run
     keeps what it finished."""
     mixes_run = {m: names for m, names in mode.get("mixes", {}).items() if mixes is None or m in mixes}
@@ -404,7 +409,7 @@ def run_all(mode: dict, work: Path, only: list[str] | None, mixes: list[str] | N
     else:
         paths = {name: make_splits(name, mode, work) for name in needed}
     methods = only or mode["methods"]  # --methods may name variants beyond the mode's list (`thawing:full+pairs`)
-    out: dict = {name: {"sizes": {s: sum(1 for _ in open(p)) for s, p in paths[name].items()}, "methods": {}}
+    out: dict = {name: {"sizes": {s: line_count(p) for s, p in paths[name].items()}, "methods": {}}
                  for name in needed}
     if mode.get("per_class"):
         for name in needed:

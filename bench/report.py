@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from thawing.atomic import write_text
+from thawing.store.atomic import write_text
 
 
 def write_report(report: dict, output: str | None) -> None:

@@ -54,7 +54,7 @@ def main() -> None:
         return
 
     from thawing.config import load_config
-    from thawing.interpolate import interpolate
+    from thawing.study.interpolate import interpolate
     from thawing.training.loop import train
 
     root = Path(tempfile.mkdtemp(prefix="thawing-retain-"))
@@ -132,7 +132,7 @@ def plot(rows: list[dict], path: str) -> None:
 
     import matplotlib.pyplot as plt
 
-    from thawing.atomic import atomic_path
+    from thawing.store.atomic import atomic_path
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for name in dict.fromkeys(r["variant"] for r in rows):
@@ -148,7 +148,7 @@ def plot(rows: list[dict], path: str) -> None:
         xs = [mean(c[i]["stsb"] for c in curves) for i in range(len(alphas))]
         ys = [mean(c[i]["score"] for c in curves) for i in range(len(alphas))]
         ax.plot(xs, ys, "k--", marker=".", label="full, interpolated (alpha)")
-        for a, x, y in zip(alphas, xs, ys):
+        for a, x, y in zip(alphas, xs, ys, strict=True):
             ax.annotate(f"{a:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
     ax.axvline(0.99, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("STS-B Spearman retention (fraction of the pretrained encoder's)")

@@ -59,7 +59,7 @@ def main() -> None:
 
     import torch
 
-    from thawing.run_dir import RESULTS, RunDir
+    from thawing.store.run_dir import RESULTS, RunDir
 
     if args.threads:
         torch.set_num_threads(args.threads)

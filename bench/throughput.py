@@ -62,7 +62,7 @@ SHAPES = {
 
 def first_texts(name: str, n: int) -> list[str]:
     with open(DATA / name) as fh:
-        return [json.loads(line)["text"] for _, line in zip(range(n), fh)]
+        return [json.loads(line)["text"] for _, line in zip(range(n), fh, strict=False)]  # the first n lines
 
 
 def texts_for_tokenizer(n: int) -> list[str]:
@@ -144,7 +144,7 @@ class Clock:
     def __init__(self, device: str):
         self.device, self.marks = device, {}
 
-    def __call__(self, name: str, payload: dict) -> None:
+    def __call__(self, name: str, _payload: dict) -> None:  # the loop calls events(name, payload)
         if name in ("stage_start", "step"):
             sync(self.device)
             self.marks[name] = time.perf_counter()
@@ -183,7 +183,7 @@ def time_epoch(ctx, stage, groups, cached: bool, device: str) -> dict:
 def scenario_context(raw: dict, encoder=None, run_dir: Path | None = None):
     """The loop's context for timing single stages (`loop.start` on a config), its parameter groups and layers."""
     from thawing.config import parse_config
-    from thawing.freezing import layer_names
+    from thawing.model.freezing import layer_names
     from thawing.training import loop
 
     ctx, _, groups = loop.start(parse_config(raw), str(run_dir), encoder=encoder)

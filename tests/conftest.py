@@ -25,7 +25,7 @@ def _private_cache(tmp_path, monkeypatch):
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
 
-WORDS = (
+WORDS = (  # noqa: SIM905 -- the word list reads (and diffs) better as lines of text than as a list literal
     "the a an is was what who where when how why which of in on at to for from with by and or not "
     "good bad great terrible movie film food service price delivery late fast slow love hate like "
     "question answer city country river mountain person name number date year many much long far "

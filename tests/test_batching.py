@@ -43,7 +43,7 @@ def test_packed_batches_hold_real_tokens_within_budget_in_random_order():
     assert sorted(i for b in batches for i in b) == list(range(500))
     assert all(sum(lengths[i] for i in b) <= 256 for b in batches)
     assert all(
-        sum(lengths[i] for i in b) + lengths[nxt[0]] > 256 for b, nxt in zip(batches, batches[1:])
+        sum(lengths[i] for i in b) + lengths[nxt[0]] > 256 for b, nxt in zip(batches, batches[1:], strict=False)
     )  # full before the next
     assert batches != packed_batches(lengths, 256, seed=2)
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from toy import toy_config
 
-from thawing.cache import FeatureStore, entry_key, fingerprint
 from thawing.config import parse_config
-from thawing.freezing import active_tasks, apply_trainable, layer_names, set_frozen_modes
+from thawing.model.freezing import active_tasks, apply_trainable, layer_names, set_frozen_modes
+from thawing.store.cache import FeatureStore, entry_key, fingerprint
 from thawing.training import loop
 from thawing.training.boundary_cache import estimate_bytes
 from thawing.training.paths import TopLayers, WholeModel, choose_path
@@ -31,7 +31,8 @@ def _path(ctx, stage, groups, messages=None):
     apply_trainable(groups, stage.trainable)
     ctx.model.train()
     set_frozen_modes(ctx.model, stage.trainable)
-    note = (lambda payload: messages.append(payload.get("message", ""))) if messages is not None else (lambda p: None)
+    note = ((lambda payload: messages.append(payload.get("message", ""))) if messages is not None
+            else (lambda _payload: None))
     return choose_path(ctx.model, ctx.model, stage.trainable, ctx.prep.features, ctx.runtime, ctx.prep.config,
                        active_tasks(ctx.model.specs, stage.trainable), note)
 
@@ -53,7 +54,7 @@ def test_boundary_cache_gives_same_loss_and_gradients(fixture, task, request, tm
         for _, p in params:
             p.grad = None
         torch.manual_seed(7)  # same dropout masks in the trainable layers on both paths
-        loss = path.loss(task, indices)
+        loss = path.loss(task, indices).total
         loss.backward()
         results.append((loss.item(), {n: p.grad.clone() for n, p in params if p.grad is not None}))
     (naive_loss, naive_grads), (cached_loss, cached_grads) = results

@@ -18,11 +18,11 @@ from safetensors.torch import load_file
 from toy import toy_config
 from typer.testing import CliRunner
 
-from thawing.atomic import building, recover, write_text
 from thawing.cli import app
 from thawing.config import parse_config
 from thawing.errors import InputError, Interrupted
-from thawing.run_dir import RunDir
+from thawing.store.atomic import building, recover, write_text
+from thawing.store.run_dir import RunDir
 from thawing.training import loop
 
 # 16 sentiment + 12 NER training rows at batch 4: 7 updates per epoch; stage "all" runs 3 epochs (21 updates).
@@ -184,7 +184,7 @@ def test_too_little_disk_for_checkpoints_is_refused_before_training(tiny_bert_di
     import shutil
 
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage._replace(free=1000))
     with pytest.raises(Exception, match="GB free, checkpoints need about"):
         loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()

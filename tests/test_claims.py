@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from thawing.claims import NOT_MEASURED, NOT_SUPPORTED, SUPPORTED, TOLERANCE, check_claims
+from thawing.study.claims import NOT_MEASURED, NOT_SUPPORTED, SUPPORTED, TOLERANCE, check_claims
 
 
 def row(scores, wall=(10.0,), updates=(5,), probes=None, kind="preset", task=None, tasks=None, frozen_heads=None,

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from thawing.config import TaskConfig
-from thawing.data import TAG_SCHEMES, check_tags, load_task, load_tasks, read_rows, read_texts, seqeval_scheme
+from thawing.config.tasks import load_task, load_tasks
+from thawing.data import TAG_SCHEMES, check_tags, read_rows, read_texts, seqeval_scheme
 from thawing.errors import InputError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -84,7 +85,7 @@ def test_unreadable_inputs(tmp_path, monkeypatch):
     assert error(read_rows, latin).startswith(f"{latin}, line 3: not UTF-8")
     ok = write(tmp_path, "ok.jsonl", "{}\n")
 
-    def denied(self):  # chmod does not stop root, so simulate the OS refusing
+    def denied(_self):  # chmod does not stop root, so simulate the OS refusing
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(Path, "read_bytes", denied)
@@ -289,7 +290,7 @@ def test_per_class_limit_is_seeded(tmp_path):
     assert texts[0] != texts[1]
 
 
-def test_per_class_limit_is_refused_where_it_has_no_meaning(tmp_path):
+def test_per_class_limit_is_refused_where_it_has_no_meaning():
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="applies to classification tasks"):

@@ -20,8 +20,8 @@ from toy import toy_config, write_jsonl
 
 import thawing
 from thawing.config import parse_config
+from thawing.deploy.export import export_run, output_names
 from thawing.errors import ThawingError
-from thawing.export import export_run, output_names
 from thawing.training.loop import train
 
 needs_onnxruntime = pytest.mark.skipif(
@@ -77,7 +77,7 @@ class OnnxClient:
 
     def run(self, encoded) -> dict[str, np.ndarray]:
         inputs = {name: np.asarray(encoded[name], dtype=np.int64) for name in self.meta["inputs"]}
-        return dict(zip(self.meta["outputs"], self.session.run(self.meta["outputs"], inputs)))
+        return dict(zip(self.meta["outputs"], self.session.run(self.meta["outputs"], inputs), strict=True))
 
     def texts(self, texts: list[str], prompt: str | None = None) -> dict[str, np.ndarray]:
         texts = [((prompt or "") + t).strip() for t in texts]
@@ -139,7 +139,7 @@ def test_onnx_outputs_equal_thawing(which, request, tmp_path):
             ours = model.logits(task, [Example(text=t) for t in TEXTS])
             theirs = list(client.texts(TEXTS, spec.prompt)[task])
         assert len(ours) == len(theirs)
-        for a, b in zip(ours, theirs):
+        for a, b in zip(ours, theirs, strict=True):
             np.testing.assert_allclose(b, a, atol=TOLERANCE, rtol=0)
     embedding = client.texts(TEXTS)["embedding"]
     assert embedding.shape == (len(TEXTS), client.meta["embedding"]["size"])
@@ -235,7 +235,7 @@ def test_a_task_cannot_take_an_input_or_the_embedding_name():
 
 @needs_onnxruntime
 def test_a_graph_that_differs_from_pytorch_is_not_written(bert_run, tmp_path, monkeypatch):
-    import thawing.export as export
+    import thawing.deploy.export as export
 
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # every graph now counts as different from PyTorch
     with pytest.raises(ThawingError, match="nothing was written"):
@@ -248,7 +248,8 @@ def test_a_graph_that_differs_from_pytorch_is_not_written(bert_run, tmp_path, mo
 
 @needs_onnxruntime
 @pytest.mark.integration
-def test_minilm_export_equals_thawing(minilm_dir, datasets_dir, tmp_path):
+@pytest.mark.usefixtures("minilm_dir")  # the config names MiniLM: skips where it is not installed
+def test_minilm_export_equals_thawing(datasets_dir, tmp_path):
     from thawing.data.records import Example
 
     trec = datasets_dir / "trec"
@@ -271,8 +272,8 @@ def test_minilm_export_equals_thawing(minilm_dir, datasets_dir, tmp_path):
     texts = [json.loads(line)["text"] for line in (trec / "test.jsonl").read_text().splitlines()[:64]]
     words = [json.loads(line)["tokens"] for line in (conll / "test.jsonl").read_text().splitlines()[:32]]
     for a, b in zip(model.logits("question_type", [Example(text=t) for t in texts]),
-                    client.texts(texts)["question_type"]):
+                    client.texts(texts)["question_type"], strict=True):
         np.testing.assert_allclose(b, a, atol=TOLERANCE, rtol=0)
-    for a, b in zip(model.logits("ner", [Example(tokens=w) for w in words]), client.words("ner", words)):
+    for a, b in zip(model.logits("ner", [Example(tokens=w) for w in words]), client.words("ner", words), strict=True):
         np.testing.assert_allclose(b, a, atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(client.texts(texts)["embedding"], model.encode(texts), atol=1e-5, rtol=0)

@@ -11,7 +11,7 @@ import pytest
 
 from thawing.config import parse_config
 from thawing.errors import ConfigError
-from thawing.freezing import select_groups
+from thawing.model.freezing import select_groups
 from thawing.training.stages import build_plan, preset
 
 GROUPS = OrderedDict(

@@ -19,7 +19,7 @@ from toy import toy_config
 
 from thawing.config import parse_config
 from thawing.model.loading import load_encoder
-from thawing.runtime import apply, resolve
+from thawing.model.runtime import apply, resolve
 from thawing.training.loop import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from thawing.config import ConfigError, TaskConfig, parse_config
-from thawing.data import load_task, read_rows
+from thawing.config.tasks import load_task
+from thawing.data import read_rows
 from thawing.errors import InputError
-from thawing.model_card import front_matter, render_card
+from thawing.store.model_card import front_matter, render_card
 
 datasets = pytest.importorskip("datasets")
 
@@ -118,7 +119,7 @@ def test_hf_keys_are_refused_where_they_cannot_apply(task, expected):
     assert expected in str(info.value)
 
 
-def test_without_the_datasets_package_hf_inputs_say_what_to_install(tmp_path, monkeypatch):
+def test_without_the_datasets_package_hf_inputs_say_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now fails as if not installed
     with pytest.raises(InputError, match=r'glue: Hugging Face datasets need the datasets package: pip install '
                                          r'"thawing\[hf\]"'):

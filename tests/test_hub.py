@@ -74,7 +74,7 @@ class FakeHub:
         # In place of the class thawing's push imports; snapshot_download keeps its own, so reads stay real (offline).
         import huggingface_hub
 
-        monkeypatch.setattr(huggingface_hub, "HfApi", lambda **options: self)
+        monkeypatch.setattr(huggingface_hub, "HfApi", lambda **_options: self)
         return self
 
     def create_repo(self, repo_id, **kwargs):
@@ -113,7 +113,7 @@ def hub(cache, monkeypatch) -> FakeHub:
 def _same_predictions(a, b) -> None:
     for task, rows in a.predict(TEXTS).items():
         others = b.predict(TEXTS)[task]
-        for row, other in zip(rows, others):
+        for row, other in zip(rows, others, strict=True):
             assert {k: v for k, v in row.items() if k != "probs"} == {k: v for k, v in other.items() if k != "probs"}
             if "probs" in row:
                 np.testing.assert_allclose(list(row["probs"].values()), list(other["probs"].values()), atol=1e-6)
@@ -169,7 +169,8 @@ def test_private_refused_for_an_existing_public_repo(run, cache, monkeypatch):
     assert not hub.named("upload_folder")
 
 
-def test_missing_token_is_huggingface_hubs_own_message(run, cache):
+@pytest.mark.usefixtures("cache")  # an empty cache and no token: the real create_repo refuses
+def test_missing_token_is_huggingface_hubs_own_message(run):
     # The real create_repo: huggingface_hub refuses before any request, as no token is found.
     code, output = invoke("push", str(run), REPO)
     assert code == 2
@@ -215,7 +216,8 @@ def test_an_edited_card_keeps_its_edits(run, hub, tmp_path):
 # ---------------------------------------------------------------------------------------------- names
 
 
-def test_unknown_repo_id_is_a_clear_error(cache, tmp_path):
+@pytest.mark.usefixtures("cache")  # an empty offline cache: the name is found nowhere
+def test_unknown_repo_id_is_a_clear_error(tmp_path):
     with pytest.raises(ModelNotFoundError, match="cannot find model 'nobody/nothing'.*HF_HUB_OFFLINE"):
         thawing.load("nobody/nothing")
     texts = tmp_path / "in.txt"
@@ -243,7 +245,8 @@ def test_cli_error_has_no_traceback(tmp_path):
     assert "cannot find model 'nobody/nothing'" in done.stderr
 
 
-def test_a_local_folder_takes_precedence(run, hub, tmp_path, monkeypatch):
+@pytest.mark.usefixtures("hub")  # push goes to the fake hub
+def test_a_local_folder_takes_precedence(run, tmp_path, monkeypatch):
     thawing.push(run, REPO)
     monkeypatch.chdir(tmp_path)
     shutil.copytree(run, tmp_path / REPO)  # a run directory named like the repo
@@ -265,7 +268,8 @@ def test_a_plain_encoder_repo_is_not_a_trained_model(tiny_bert_dir, cache):
 # ---------------------------------------------------------------------------------------------- other commands
 
 
-def test_commands_take_the_repo_id(run, hub, tmp_path):
+@pytest.mark.usefixtures("hub")  # push goes to the fake hub
+def test_commands_take_the_repo_id(run, tmp_path):
     thawing.push(run, REPO)
     local = thawing.load(run, device="cpu")
     texts = tmp_path / "in.txt"
@@ -307,7 +311,8 @@ def test_pushed_card_snippets_run_from_the_cache(run, hub, tmp_path, monkeypatch
     assert printed[-1] in ("negative", "positive")
 
 
-def test_sentence_transformers_reads_the_encoder_folder_of_the_download(run, hub):
+@pytest.mark.usefixtures("hub")  # push goes to the fake hub
+def test_sentence_transformers_reads_the_encoder_folder_of_the_download(run):
     from huggingface_hub import snapshot_download
     from sentence_transformers import SentenceTransformer
 
@@ -321,7 +326,7 @@ def test_sentence_transformers_reads_the_encoder_folder_of_the_download(run, hub
 
 
 def test_errors_name_what_failed(run, cache, monkeypatch):
-    def refuse(**kwargs):
+    def refuse(**_kwargs):
         raise PermissionError("403 Forbidden: you cannot write to someone")
 
     hub = FakeHub(cache).install(monkeypatch)

@@ -122,8 +122,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("name, mutate, args, expected", CASES, ids=[c[0] for c in CASES])
-def test_bad_train_input_exits_2_with_one_message_and_no_run_dir(tiny_bert_dir, tmp_path, monkeypatch, name, mutate,
-                                                                  args, expected):
+def test_bad_train_input_exits_2_with_one_message_and_no_run_dir(tiny_bert_dir, tmp_path, monkeypatch,
+                                                                  name, mutate, args, expected):  # noqa: ARG001 (name: the case's id, a parametrize argument)
     monkeypatch.chdir(tmp_path)  # a run without --run-dir would land in ./runs
     config = toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment", "ner"))
     if mutate is not None:
@@ -232,7 +232,7 @@ def test_error_messages_are_not_wrapped(tmp_path):
 def test_data_labels_of_mixed_kinds_and_single_class(tmp_path):
     """The readers alone (no model): the same checks, with their file and line."""
     from thawing.config import TaskConfig
-    from thawing.data.tasks import load_task
+    from thawing.config.tasks import load_task
     from thawing.errors import InputError
 
     def load(rows, kind="classification", field="label"):
@@ -257,7 +257,7 @@ def test_data_labels_of_mixed_kinds_and_single_class(tmp_path):
 
 def test_configured_labels_need_two_classes_too(tmp_path):
     from thawing.config import TaskConfig
-    from thawing.data.tasks import load_task
+    from thawing.config.tasks import load_task
     from thawing.errors import InputError
 
     train = write_jsonl(tmp_path / "t.jsonl", [*POSITIVE, *POSITIVE])

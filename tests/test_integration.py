@@ -54,20 +54,23 @@ def test_embed_1000_trec_questions_matches_sentence_transformers(minilm_dir, dat
     assert np.abs(ours - theirs).max() < 1e-5
 
 
-def test_frozen_network_baseline_is_well_above_chance(minilm_dir, datasets_dir, tmp_path):
+@pytest.mark.usefixtures("minilm_dir")  # the config names MiniLM: skips where it is not installed
+def test_frozen_network_baseline_is_well_above_chance(datasets_dir, tmp_path):
     run = train(parse_config(_trec(datasets_dir, 1500, ["all"])), run_dir=str(tmp_path / "run"))
     accuracy = run.read_json(run.results)["tasks"]["question_type"]["accuracy"]
     # Six classes, the largest 27% of the test set: centroids of frozen MiniLM embeddings do far better.
     assert accuracy > 0.5
 
 
-def test_heads_only_learns_trec(minilm_dir, datasets_dir, tmp_path):
+@pytest.mark.usefixtures("minilm_dir")  # the config names MiniLM: skips where it is not installed
+def test_heads_only_learns_trec(datasets_dir, tmp_path):
     run = train(parse_config(_trec(datasets_dir, 1500, ["encoder"], epochs=4)), run_dir=str(tmp_path / "run"))
     assert run.read_json(run.stages)[0]["cached"] is True
     assert run.read_json(run.results)["tasks"]["question_type"]["accuracy"] > 0.75
 
 
-def test_ner_plus_classification_reports_entity_f1(minilm_dir, datasets_dir, tmp_path):
+@pytest.mark.usefixtures("minilm_dir")  # the config names MiniLM: skips where it is not installed
+def test_ner_plus_classification_reports_entity_f1(datasets_dir, tmp_path):
     config = _trec(datasets_dir, 500, ["encoder"], epochs=5)
     config["tasks"]["ner"] = {
         "type": "token-classification",
@@ -83,7 +86,8 @@ def test_ner_plus_classification_reports_entity_f1(minilm_dir, datasets_dir, tmp
     assert ner["f1"] > 0.3  # a linear tag head on frozen MiniLM token states already finds entities
 
 
-def test_plan_json_for_minilm(minilm_dir, tmp_path):
+@pytest.mark.usefixtures("minilm_dir")  # the config names MiniLM: skips where it is not installed
+def test_plan_json_for_minilm(tmp_path):
     from toy import write_config
 
     config = write_config(

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from thawing.cli import app
 from thawing.config import parse_config
 from thawing.errors import InputError
-from thawing.interpolate import interpolate
 from thawing.model.loading import load_encoder
+from thawing.study.interpolate import interpolate
 from thawing.training import loop
 
 
@@ -31,7 +31,7 @@ def tuned(tiny_bert_dir, tmp_path_factory):
     return loop.train(parse_config(raw), run_dir=str(root / "run"))
 
 
-def test_the_ends_are_the_pretrained_and_the_fine_tuned_encoder(tuned, tiny_bert_dir, tmp_path):
+def test_the_ends_are_the_pretrained_and_the_fine_tuned_encoder(tuned, tiny_bert_dir):
     report = interpolate(tuned.path, [0.0, 0.5, 1.0], floor=0.0)
     points = {p["alpha"]: p for p in report["points"]}
     start = points[0.0]["probes"]
@@ -48,8 +48,8 @@ def test_the_ends_are_the_pretrained_and_the_fine_tuned_encoder(tuned, tiny_bert
         interpolate(tuned.path, [0.0])
 
 
-def test_the_floor_rules_out_alphas_below_it(tuned):
-    from thawing.interpolate import choose
+def test_the_floor_rules_out_alphas_below_it():
+    from thawing.study.interpolate import choose
 
     rows = [{"alpha": 0.0, "dev_score": 0.5, "retention": 1.0}, {"alpha": 1.0, "dev_score": 0.9, "retention": 0.8}]
     assert choose(rows, 0.95)["alpha"] == 0.0 and choose(rows, None)["alpha"] == 1.0 and choose(rows, 1.1) is None

@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 from thawing.cli import app
 from thawing.config import LoraSettings, parse_config
 from thawing.errors import ConfigError, ThawingError
-from thawing.freezing import apply_trainable, set_frozen_modes
 from thawing.model import lora
+from thawing.model.freezing import apply_trainable, set_frozen_modes
 from thawing.model.groups import parameter_groups
 from thawing.model.loading import load_encoder
 from thawing.training import loop
@@ -193,7 +193,7 @@ def test_a_lora_stage_trains_adapters_and_heads_and_merges_into_a_plain_encoder(
     start = {n: p.detach().clone() for n, p in encoder.named_parameters()}
     seen = {}
 
-    def events(name, payload):
+    def events(name, _payload):
         if name == "stage_end":  # the stage is over, the plan has not decided yet: adapters still attached
             weights = {n.replace(".base_layer", ""): p.detach().clone() for n, p in encoder.named_parameters()
                        if ".lora_" not in n}
@@ -275,7 +275,7 @@ def test_below_the_lowest_adapted_layer_the_boundary_cache_gives_the_same_loss_a
     model.train()
     set_frozen_modes(model, stage.trainable)
     top = choose_path(model, model, stage.trainable, ctx.prep.features, ctx.runtime, ctx.prep.config, ["qtype"],
-                      lambda payload: None)
+                      lambda _payload: None)
     assert isinstance(top, TopLayers) and top.boundary["qtype"].first == stage.lora.layers[0]
     whole = WholeModel(model, model, ctx.prep.features, ctx.runtime, 8)
     params = [(n, p) for g in stage.trainable for n, p in groups[g]]
@@ -284,7 +284,7 @@ def test_below_the_lowest_adapted_layer_the_boundary_cache_gives_the_same_loss_a
         for _, p in params:
             p.grad = None
         torch.manual_seed(7)  # the same dropout masks in the adapted layer on both paths
-        loss = path.loss("qtype", [3, 0, 5, 1])
+        loss = path.loss("qtype", [3, 0, 5, 1]).total
         loss.backward()
         results.append((loss.item(), {n: p.grad.clone() for n, p in params}))
     (naive_loss, naive_grads), (cached_loss, cached_grads) = results

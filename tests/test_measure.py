@@ -17,7 +17,7 @@ from toy import toy_config, write_config
 
 from thawing.config import load_config
 from thawing.errors import ThawingError
-from thawing.measure import config_yaml, train_isolated
+from thawing.study.measure import config_yaml, train_isolated
 from thawing.training.stages import stage_configs
 
 

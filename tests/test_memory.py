@@ -64,7 +64,7 @@ def test_an_update_that_runs_out_of_memory_runs_again_in_pieces_and_trains_the_s
 
 
 def test_single_examples_that_do_not_fit_fail_with_the_error(tiny_qwen2_dir, tmp_path, monkeypatch):
-    def no_card(self, *args, **kwargs):
+    def no_card(_self, *_args, **_kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(paths.WholeModel, "loss", no_card)

@@ -19,7 +19,7 @@ import thawing
 from thawing.cli import app
 from thawing.config import ConfigError, parse_config
 from thawing.errors import ThawingError
-from thawing.run_dir import RunDir
+from thawing.store.run_dir import RunDir
 
 # Two trained stages, so a run can die in the second and resume from the first's checkpoint.
 SCHEDULE = [{"name": "heads", "train": ["heads"], "epochs": 2}, {"name": "all", "train": ["all"], "epochs": 1}]
@@ -128,7 +128,7 @@ def test_bad_rows_name_the_task_split_and_row(tmp_path, monkeypatch, data, task,
                         "datasets.Dataset, got int"),
     ({"train": GOOD}, {"format": "csv"}, "tasks.sentiment: format: csv applies to files; data.train is in memory"),
 ])
-def test_rows_that_cannot_be_read_or_copied_are_config_errors(tmp_path, monkeypatch, data, task, expected):
+def test_rows_that_cannot_be_read_or_copied_are_config_errors(data, task, expected):
     with pytest.raises(ConfigError) as info:
         thawing.train({"tasks": {"sentiment": {"type": "classification", "data": data} | task}})
     assert expected in str(info.value)

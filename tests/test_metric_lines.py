@@ -5,7 +5,7 @@ Run: `.venv/bin/python -m pytest -q tests/test_metric_lines.py`
 
 from __future__ import annotations
 
-from thawing.metric_lines import of_split, probe_headline, probe_points, stage_starts, task_shares
+from thawing.store.metric_lines import of_split, probe_headline, probe_points, stage_starts, task_shares
 
 
 def dev(stage, step, task="*", value=0.5):

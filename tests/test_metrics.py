@@ -1,11 +1,11 @@
-"""Tests for thawing.metrics: hand-computed classification, entity and selection scores."""
+"""Tests for thawing.task_types.metrics: hand-computed classification, entity and selection scores."""
 
 from __future__ import annotations
 
 import pytest
 
-from thawing.metrics import classification_metrics, selection_score, token_metrics
 from thawing.task_types import primary_metrics
+from thawing.task_types.metrics import classification_metrics, selection_score, token_metrics
 
 
 def test_classification_metrics_by_hand() -> None:

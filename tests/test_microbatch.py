@@ -1,4 +1,4 @@
-"""Micro-batching (thawing.microbatch) with a stand-in model: grouping up to max_batch texts, waiting up to
+"""Micro-batching (thawing.deploy.microbatch) with a stand-in model: grouping up to max_batch texts, waiting up to
 max_wait_ms, each request answered with its own slice, a full queue refused, a failing request kept apart.
 
 Run: `.venv/bin/python -m pytest -q tests/test_microbatch.py`
@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from thawing.microbatch import Busy, Closed, MicroBatcher, RunFailed
+from thawing.deploy.microbatch import Busy, Closed, MicroBatcher, RunFailed
 
 
 def _batch_run(jobs):
@@ -34,7 +34,8 @@ async def _submit_all(batcher, requests, delays=None):
                 return await batcher.submit(texts, [])
             except (Busy, RunFailed) as exc:
                 return type(exc).__name__
-        return await asyncio.gather(*(one(texts, d) for texts, d in zip(requests, delays or [0.0] * len(requests))))
+        delays = delays or [0.0] * len(requests)
+        return await asyncio.gather(*(one(texts, d) for texts, d in zip(requests, delays, strict=True)))
     finally:
         await batcher.stop()
         executor.shutdown()

@@ -17,7 +17,7 @@ from toy import toy_config
 import thawing
 from thawing.config import parse_config
 from thawing.errors import InputError
-from thawing.model_card import base_model_license, front_matter, render_card, write_model_card
+from thawing.store.model_card import base_model_license, front_matter, render_card, write_model_card
 from thawing.training.loop import train
 
 PROMPT = "which question : "
@@ -88,7 +88,7 @@ def test_a_card_needs_a_finished_run(run, tmp_path):
         write_model_card(copy)
 
 
-def test_hub_base_model_dataset_and_multi_label_threshold(tmp_path):
+def test_hub_base_model_dataset_and_multi_label_threshold():
     tasks = {"tags": {"type": "multi-label", "labels": ["a", "b"], "head": {"type": "mlp", "hidden_size": 64,
                                                                            "dropout": 0.1}, "threshold": 0.35}}
     config = {"model": {"name": "someone/some-encoder"},
@@ -110,7 +110,8 @@ def test_license_comes_from_the_base_models_own_card(tmp_path):
     assert base_model_license("nobody/not-on-this-machine") is None  # never downloads
 
 
-def test_minilm_card_has_base_model_and_license(minilm_dir):
+@pytest.mark.usefixtures("minilm_dir")  # the license is read from the installed model's card
+def test_minilm_card_has_base_model_and_license():
     meta = front_matter("r", {"model": {"name": "sentence-transformers/all-MiniLM-L6-v2"}, "tasks": {}}, {},
                         {"tasks": {}})
     assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2" and meta["license"] == "apache-2.0"

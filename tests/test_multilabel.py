@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from toy import toy_data, write_jsonl
 
 from thawing.config import HeadConfig, TaskConfig, parse_config
-from thawing.data.tasks import load_task, load_tasks
+from thawing.config.tasks import load_task, load_tasks
 from thawing.errors import ConfigError, InputError
-from thawing.model.heads import Head
 from thawing.model.multitask import TaskSpec
 from thawing.task_types import task_type
+from thawing.task_types.heads import Head
 from thawing.task_types.multilabel import THRESHOLDS
 
 KIND = task_type("multi-label")
@@ -250,7 +250,7 @@ def test_predict_lists_labels_above_the_threshold():
     out = KIND.predict(spec("abc", 0.3), as_logits([probs])[0], None)
     assert out["labels"] == ["a", "c"]
     assert list(out["probs"]) == ["a", "b", "c"]
-    assert out["probs"] == pytest.approx(dict(zip("abc", probs)))
+    assert out["probs"] == pytest.approx(dict(zip("abc", probs, strict=True)))
     assert all(type(p) is float for p in out["probs"].values())
     assert KIND.predict(spec("abc", None), as_logits([probs])[0], None)["labels"] == ["a"]  # None: 0.5
     assert KIND.predict(spec("abc"), np.full(3, -50.0, dtype=np.float32), None)["labels"] == []
@@ -337,7 +337,7 @@ def test_specs_hold_the_configured_threshold(tiny_bert_dir, tmp_path):
 @pytest.mark.parametrize("schedule", [None, "frozen"])  # trained heads; centroid heads (no gradient step)
 def test_train_evaluate_predict_and_reload(tiny_bert_dir, tmp_path, schedule, monkeypatch):
     import thawing
-    from thawing.inference import split_examples
+    from thawing.model.inference import split_examples
     from thawing.task_types.multilabel import MultiLabel
     from thawing.training.loop import train
 

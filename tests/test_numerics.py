@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from thawing.cli import app
 from thawing.config import parse_config
 from thawing.errors import NonFiniteError
-from thawing.run_dir import RunDir
+from thawing.store.run_dir import RunDir
 from thawing.training import loop
 
 # Rates no model survives: Adam moves every weight by about the rate on each update.

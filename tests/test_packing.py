@@ -16,7 +16,7 @@ from thawing.model import packing
 from thawing.model.loading import load_encoder
 from thawing.model.multitask import MultiTaskModel, TaskSpec
 from thawing.model.pooling import POOLERS
-from thawing.runtime import apply, resolve
+from thawing.model.runtime import apply, resolve
 
 ENCODERS = ["tiny_bert_dir", "tiny_qwen2_dir"]
 
@@ -40,12 +40,12 @@ def test_first_fit_places_every_sentence_once_without_overflow():
     lengths = [5, 3, 9, 2, 2, 7, 1, 4]
     rows, offsets = packing.first_fit(lengths, 10)
     spans = {}
-    for i, (row, start) in enumerate(zip(rows, offsets)):
+    for i, (row, start) in enumerate(zip(rows, offsets, strict=True)):
         spans.setdefault(row, []).append((start, start + lengths[i]))
     for row_spans in spans.values():
         row_spans.sort()
         assert row_spans[-1][1] <= 10
-        assert all(a[1] <= b[0] for a, b in zip(row_spans, row_spans[1:]))  # no overlap
+        assert all(a[1] <= b[0] for a, b in zip(row_spans, row_spans[1:], strict=False))  # no overlap
     assert len(spans) == 4  # 33 tokens need at least 4 rows of 10; first-fit decreasing finds 4
 
 
@@ -96,7 +96,8 @@ def test_packed_rows_hold_several_sentences(fixture, request):
     assert rows.input_ids.numel() == rows.rows * 24 >= real_tokens
     one = packing.pack(batch["input_ids"], batch["attention_mask"], None, 0)
     assert one.input_ids.shape == (1, real_tokens) and one.starts[-1] == real_tokens
-    assert sorted(b - a for a, b in zip(one.starts, one.starts[1:])) == sorted(batch["attention_mask"].sum(1).tolist())
+    lengths = sorted(b - a for a, b in zip(one.starts, one.starts[1:], strict=False))
+    assert lengths == sorted(batch["attention_mask"].sum(1).tolist())
     assert packing.is_causal(encoder.backbone) == (fixture == "tiny_qwen2_dir")
 
 
@@ -134,7 +135,7 @@ def test_wrong_mask_is_caught_and_falls_back(tiny_qwen2_dir, monkeypatch, caplog
     """A bidirectional mask on a causal model changes the outputs: the check must notice and pad instead."""
     encoder = load_encoder(str(tiny_qwen2_dir)).eval()
     monkeypatch.setattr(packing, "MODES", ("rows",))
-    monkeypatch.setattr(packing, "is_causal", lambda backbone: False)
+    monkeypatch.setattr(packing, "is_causal", lambda _backbone: False)
     batch = _batch(encoder)
     with torch.no_grad():
         padded = encoder.token_states(**batch)
@@ -179,14 +180,15 @@ def test_encode_with_packing_matches(fixture, mode, request):
     torch.testing.assert_close(torch.from_numpy(packed), torch.from_numpy(plain), atol=1e-5, rtol=0)
 
 
+# Stand-ins for torch's varlen_attn take its parameters, by its names (read_varlen_signature reads them).
 def _fake_varlen_new(
-    q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1), enable_gqa=False
+    q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1), enable_gqa=False  # noqa: ARG001
 ):
     assert enable_gqa == (k.shape[1] != q.shape[1])
     return packing.dense_varlen(q, k, v, cu_q, tuple(window_size) == (-1, 0), scale)
 
 
-def _fake_varlen_old(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None):
+def _fake_varlen_old(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None):  # noqa: ARG001
     assert k.shape[1] == q.shape[1]  # no grouped-query support: heads must arrive repeated
     return packing.dense_varlen(q, k, v, cu_q, is_causal, None)  # always 1/sqrt(D)
 
@@ -206,7 +208,8 @@ def test_flash_varlen_call_adapts_to_the_torch_signature(fake, causal, monkeypat
     cu = torch.tensor([0, 2, 7, 9], dtype=torch.int32)
     got = packing.flash_varlen(q, k, v, cu, 5, causal, 0.3)  # 0.3 is not 1/sqrt(8): the scale must be passed on
     torch.testing.assert_close(got, packing.dense_varlen(q, k, v, cu, causal, 0.3))
-    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):  # and dense varlen is attention within each sentence
+    # and dense varlen is attention within each sentence
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
         kk, vv = packing.repeat_kv(q[a:b], k[a:b], v[a:b])
         alone = torch.nn.functional.scaled_dot_product_attention(
             q[a:b].transpose(0, 1), kk.transpose(0, 1), vv.transpose(0, 1), is_causal=causal, scale=0.3
@@ -218,11 +221,11 @@ class _WrongBackward(torch.autograd.Function):
     """Right forward, gradients off by a factor of two: a kernel whose backward is broken."""
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(_ctx, x):
         return x.clone()
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(_ctx, grad):
         return 2 * grad
 
 
@@ -255,7 +258,7 @@ def test_auto_compile_waits_for_packed_training(tiny_qwen2_dir, monkeypatch):
     monkeypatch.setattr(packing, "VARLEN_DEVICES", {"cpu", "cuda"})
     monkeypatch.setattr(packing, "MODES", ("varlen",))
     encoder = _load(tiny_qwen2_dir)
-    monkeypatch.setattr(encoder, "compile_layers", lambda enabled=True: None)  # the decision, not the compile
+    monkeypatch.setattr(encoder, "compile_layers", lambda enabled=True: None)  # noqa: ARG005 (its signature) the decision, not the compile
     batch = _batch(encoder, ["who won the game ?", "the movie was great", "where is paris ?"])
     runtime = _use_packing(encoder, batch, 64, training=True)
     assert (runtime.packing, runtime.inference_packing, runtime.compile) == ("varlen", "varlen", True)

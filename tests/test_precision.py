@@ -14,7 +14,7 @@ from toy import toy_config
 
 from thawing.config import parse_config
 from thawing.errors import ThawingError
-from thawing.runtime import Runtime, make_accelerator, resolve_precision
+from thawing.model.runtime import Runtime, make_accelerator, resolve_precision
 from thawing.training import loop
 
 
@@ -42,7 +42,7 @@ def test_fp16_skips_non_finite_steps_and_keeps_weights_finite(tiny_bert_dir, tmp
     summary = loop.run_stage(ctx, plan[0], groups, params)
     assert summary["skipped_updates"] >= 1
     assert all(torch.isfinite(p).all() for p in params)
-    assert any(not torch.equal(a, p) for a, p in zip(before, params))  # the later, finite steps did apply
+    assert any(not torch.equal(a, p) for a, p in zip(before, params, strict=True))  # the later, finite steps did apply
     assert ctx.accelerator.scaler.get_scale() < 2.0**30
 
 
@@ -66,7 +66,7 @@ def test_fp16_clips_the_unscaled_gradients(tiny_bert_dir, tmp_path):
     assert plain and len(scaled) == len(plain)
     assert all(math.isfinite(n) and n > 0 for n in scaled)
     # fp16 autocast changes the gradients a little, never by the loss scale.
-    assert all(0.5 < s / p < 2 for s, p in zip(scaled, plain)), (scaled, plain)
+    assert all(0.5 < s / p < 2 for s, p in zip(scaled, plain, strict=True)), (scaled, plain)
 
 
 def test_a_process_trains_in_one_precision_then_another(tiny_bert_dir, tmp_path):
@@ -83,7 +83,7 @@ def test_fp16_on_cpu_and_cuda_without_a_gpu_are_refused():
     with pytest.raises(ThawingError, match="fp16 needs a GPU"):
         resolve_precision("fp16", "cpu")
     if not torch.cuda.is_available():
-        from thawing.runtime import resolve_device
+        from thawing.model.runtime import resolve_device
 
         with pytest.raises(ThawingError, match="no CUDA GPU"):
             resolve_device("cuda")

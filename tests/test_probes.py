@@ -17,7 +17,7 @@ def _probe_files(root):
     root.mkdir(parents=True, exist_ok=True)
     texts = POSITIVE + NEGATIVE + [q for q, _ in QUESTIONS]
     pairs = [{"sentence1": a, "sentence2": b, "score": float((i * 7) % 5)}
-             for i, (a, b) in enumerate(zip(texts, texts[3:] + texts[:3]))]
+             for i, (a, b) in enumerate(zip(texts, texts[3:] + texts[:3], strict=True))]
     rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
     return {
         "pairs": {"type": "similarity", "data": write_jsonl(root / "pairs.jsonl", pairs)},

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from thawing.config import RunConfig, TaskConfig, apply_override, dump_config, load_config, parse_config, read_yaml
+from thawing.config.tasks import load_task
 from thawing.data.readers import read_rows, read_texts
-from thawing.data.tasks import load_task
 from thawing.errors import ConfigError, InputError, ThawingError
-from thawing.run_dir import RunDir
+from thawing.store.run_dir import RunDir
 
 FAST = settings(max_examples=60, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

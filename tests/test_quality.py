@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.bench]
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_quick_comparison_writes_one_table_per_data_set(tmp_path, minilm_dir, datasets_dir):
+@pytest.mark.usefixtures("minilm_dir", "datasets_dir")  # what bench/quality.py reads: skips where either is absent
+def test_quick_comparison_writes_one_table_per_data_set(tmp_path):
     out = tmp_path / "quality.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
     done = subprocess.run([sys.executable, str(REPO / "bench" / "quality.py"), "--quick", "--work", str(tmp_path),

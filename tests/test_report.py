@@ -17,13 +17,13 @@ from loop_records import add_loop_records
 from toy import NER, toy_config
 from typer.testing import CliRunner
 
-from thawing import report as report_module
+from thawing.api import train
 from thawing.cli import app
 from thawing.config import parse_config
 from thawing.errors import InputError
-from thawing.metric_lines import stage_starts
-from thawing.report import write_report
-from thawing.training.loop import train
+from thawing.reporting import report as report_module
+from thawing.reporting.report import write_report
+from thawing.store.metric_lines import stage_starts
 
 PNG = b"\x89PNG\r\n\x1a\n"
 IMAGE = re.compile(r'<img src="([^"]*)"')
@@ -93,7 +93,7 @@ def test_final_model_breakdown_agrees_with_its_results(run):
     for task, split in results["splits"].items():
         assert evaluation["tasks"][task][split]["metrics"] == pytest.approx(results["tasks"][task])
     for task in ("sentiment", "qtype"):
-        for split, e in evaluation["tasks"][task].items():
+        for e in evaluation["tasks"][task].values():
             matrix = e["detail"]["matrix"]
             assert e["detail"]["labels"] == labels[task] and len(matrix) == len(labels[task])
             assert sum(map(sum, matrix)) == e["examples"]
@@ -112,8 +112,8 @@ def test_final_model_breakdown_agrees_with_its_results(run):
 def test_the_breakdown_made_from_trainings_logits_is_the_saved_models(run):
     """Training writes the breakdown from the logits of its final evaluation (no second pass over dev and test);
     it equals the one computed from the saved model and the run's data."""
-    from thawing.breakdown import evaluate_final
-    from thawing.run_dir import RunDir
+    from thawing.api import evaluate_final
+    from thawing.store.run_dir import RunDir
 
     written = json.loads((run.path / "report" / "evaluation.json").read_text())
     again = evaluate_final(RunDir(run.path))
@@ -151,6 +151,8 @@ def test_the_loops_records_reach_the_report(with_records, monkeypatch):
 
 
 def test_report_reuses_its_breakdown_and_survives_missing_data(run, tmp_path):
+    from thawing.api import evaluate_final
+
     copy = tmp_path / "run"
     shutil.copytree(run.path, copy)
     kept = (copy / "report" / "evaluation.json").read_text()
@@ -159,7 +161,7 @@ def test_report_reuses_its_breakdown_and_survives_missing_data(run, tmp_path):
     write_report(copy)
     assert (copy / "report" / "evaluation.json").read_text() == kept  # the same final model: reused
     shutil.rmtree(copy / "report")
-    write_report(copy)
+    write_report(copy, evaluate_final)  # `thawing report`'s way: computed again from the run's data, which moved
     page = (copy / "report" / "index.html").read_text()
     assert "No breakdown: not computed" in page and "gone" in page
     assert not (copy / "report" / "evaluation.json").exists() and (copy / "report" / "report.md").is_file()

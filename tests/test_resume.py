@@ -43,7 +43,7 @@ def reference(tiny_bert_dir, tmp_path_factory):
     return loop.train(_config(tiny_bert_dir, root), run_dir=str(root / "run"))
 
 
-def test_a_stopped_run_resumes_to_the_same_result(tiny_bert_dir, tmp_path, monkeypatch, reference):
+def test_a_stopped_run_resumes_to_the_same_result(tiny_bert_dir, tmp_path, reference):
     with pytest.raises(KeyboardInterrupt):
         loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"), events=_kill_in_stage("all"))
     state = json.loads((tmp_path / "run" / "checkpoints" / "last" / "state.json").read_text())
@@ -70,7 +70,8 @@ def test_a_run_stopped_after_its_plan_ended_resumes_straight_to_the_final_model(
     tiny_bert_dir, tmp_path, monkeypatch, reference
 ):
     with monkeypatch.context() as patch:
-        patch.setattr(loop.RunDir, "save_final", lambda self, model: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+        patch.setattr(loop.RunDir, "save_final",
+                      lambda _self, _model: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
         with pytest.raises(KeyboardInterrupt):
             loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"))
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
@@ -89,7 +90,7 @@ def test_resume_refuses_finished_and_unstarted_runs(reference, tmp_path):
         loop.resume_run(tmp_path / "empty")
 
 
-def test_resume_from_the_command_line(tiny_bert_dir, tmp_path, monkeypatch):
+def test_resume_from_the_command_line(tiny_bert_dir, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"), events=_kill_in_stage("all"))
     result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "run")])

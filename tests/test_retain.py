@@ -77,3 +77,26 @@ def test_plan_shows_retain_from_the_top_level_and_per_stage(tiny_bert_dir, tmp_p
     stages = json.loads(result.output)["stages"]
     assert stages[0]["retain"] == {"l2sp": {"weight": 0.5}}  # the config's `retain`
     assert stages[1]["retain"] == {"distill": {"weight": 1.0, "loss": "mse"}}  # the stage's own
+
+
+def test_the_recorded_task_loss_under_distillation_is_the_task_loss_alone(tiny_bert_dir, tmp_path):
+    """A stage that moves the encoder, then a stage that barely moves anything (rates of 1e-12), with and without
+    distillation: the second stage's task losses are the same model's on the same batches, so their records must
+    agree, while the distillation records show a loss that is not zero (the share that must not be subtracted)."""
+    moved = {**STAGE, "name": "moved", "epochs": 2}
+    held = {**STAGE, "name": "held", "epochs": 1, "lr": {"encoder": 1e-12, "heads": 1e-12}, "restore_best": False}
+
+    def records(name, retain):
+        schedule = [moved, {**held, **({"retain": retain} if retain else {})}]
+        raw = toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment", "ner"), schedule=schedule,
+                         train={"batch_size": 4, "seed": 0, "log_every": 1})
+        run = loop.train(parse_config(raw), run_dir=str(tmp_path / name))
+        return [m for m in run.read_metrics() if m["split"] == "train" and m["stage"] == "held"]
+
+    plain, distilled = records("plain", None), records("distilled", {"distill": {"weight": 1.0}})
+    shares = [m["loss"] for m in distilled if m["task"] == "retain:distill"]
+    assert shares and min(shares) > 1e-4
+    tasks = lambda lines: [(m["step"], m["task"], m["loss"]) for m in lines if not m["task"].startswith("retain:")]  # noqa: E731
+    a, b = tasks(plain), tasks(distilled)
+    assert [x[:2] for x in a] == [x[:2] for x in b] and a
+    assert all(abs(x[2] - y[2]) < 1e-5 for x, y in zip(a, b, strict=True)), (a, b)

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 import thawing
 from thawing.config import parse_config
+from thawing.deploy.serve import ServeSettings, build_app, listen
 from thawing.errors import ThawingError
-from thawing.serve import ServeSettings, build_app, listen
 from thawing.training.loop import train
 
 fastapi = pytest.importorskip("fastapi")
@@ -168,14 +168,14 @@ def test_concurrent_clients_are_batched_and_bad_requests_stay_apart(server, mode
 
     with ThreadPoolExecutor(len(good) + len(bad)) as pool:
         responses = list(pool.map(call, good + bad))
-    for body, response in zip(good, responses):
+    for body, response in zip(good, responses, strict=False):  # the good requests come first; the bad after them
         assert response.status_code == 200, response.text
         tasks = body.get("tasks") or list(model.tasks)
         expected = {t: model.predict(body["texts"], task=t) for t in tasks}
         got = response.json()["predictions"]
         assert set(got) == set(expected)
         for task in tasks:  # a text batched with others pads differently: labels equal, probabilities close
-            for a, b in zip(got[task], expected[task]):
+            for a, b in zip(got[task], expected[task], strict=True):
                 assert a.get("label") == b.get("label") and a.get("tags") == b.get("tags")
                 for label, p in a.get("probs", {}).items():
                     assert p == pytest.approx(b["probs"][label], abs=1e-5)

@@ -15,8 +15,8 @@ from toy import toy_config
 
 from thawing.api import load
 from thawing.config import HeadConfig, TrainConfig, parse_config
-from thawing.model.heads import Head
 from thawing.task_types import TASK_TYPES
+from thawing.task_types.heads import Head
 from thawing.training.features import CachedSplit
 from thawing.training.head_start import compare, cross_validate, stratified_folds
 from thawing.training.loop import train

@@ -18,14 +18,14 @@ from safetensors.torch import load_file
 from toy import toy_config, write_config
 from typer.testing import CliRunner
 
-from thawing.claims import NOT_MEASURED, NOT_SUPPORTED, SUPPORTED, check_claims
 from thawing.cli import app
 from thawing.config import parse_config
 from thawing.errors import ConfigError, InputError
-from thawing.run_dir import RunDir
-from thawing.scenarios import Scenario, parse_scenarios
-from thawing.study import combine, run_study, summarize_run
-from thawing.study_report import study_json, write_study_report
+from thawing.store.run_dir import RunDir
+from thawing.study.claims import NOT_MEASURED, NOT_SUPPORTED, SUPPORTED, check_claims
+from thawing.study.report import study_json, write_study_report
+from thawing.study.run import combine, run_study, summarize_run
+from thawing.study.scenarios import Scenario, parse_scenarios
 
 PLAN = [{"name": "warm", "train": ["heads"], "epochs": 1},
         {"name": "top", "train": ["heads", "layers[-1:]"], "epochs": 1, "lr": {"encoder": 1.0e-4}}]
@@ -111,7 +111,7 @@ def test_study_ends_with_the_claims_computed_from_its_rows(study):
     text = (study.path / "study.md").read_text()
     section = text.split("## Claims\n", 1)[1].strip().splitlines()
     assert len(section) == len(claims)
-    for line, claim in zip(section, claims):
+    for line, claim in zip(section, claims, strict=True):
         assert line == f"- {claim.line()} **{claim.status.capitalize()}.**"
     by_start = {c.claim.split(":")[0].split(".")[0]: c.status for c in claims}
     assert by_start["Whole network frozen means zero gradient updates (the frozen baseline)"] == SUPPORTED
@@ -280,10 +280,10 @@ def test_a_study_interpolates_a_scenario_and_prices_retention(tiny_bert_dir, tmp
     assert not (tmp_path / "t").exists()
 
 
-def test_a_study_whose_seeds_agree_still_gets_its_figures(tmp_path):
+def test_a_study_whose_seeds_agree_still_gets_its_figures():
     """Three seeds of the same accuracy: their float mean can lie an ulp outside their range, which matplotlib
     refused as a negative error bar (a 3-seed study lost its report to it)."""
-    from thawing.figures import scenario_bars
+    from thawing.reporting.figures import scenario_bars
 
     below, above = (0.7 + 0.7 + 0.7) / 3, (0.1 + 0.1 + 0.1) / 3
     assert below < 0.7 and above > 0.1  # the cases themselves

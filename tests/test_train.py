@@ -171,7 +171,7 @@ def test_each_stage_updates_exactly_its_groups_at_its_rates(tiny_qwen2_dir, tmp_
         loop.run_stage(ctx, stage, groups, [p for g in stage.trainable for _, p in groups[g]])
         moved = {}
         for g, members in groups.items():
-            delta = max((p.detach() - b).abs().max().item() for (_, p), b in zip(members, before[g]))
+            delta = max((p.detach() - b).abs().max().item() for (_, p), b in zip(members, before[g], strict=True))
             if delta > 0:
                 moved[g] = delta
         assert set(moved) == set(expected[stage.name]), stage.name
@@ -258,8 +258,8 @@ def test_an_update_averages_its_labelled_items_whatever_the_batch_sizes(tiny_ber
     split = {"sentiment": [[0], [1, 2, 3, 4, 5], [6, 7]], "ner": [[0, 1, 2], [3]]}
     update = [(t, b) for t in tasks for b in split[t]]
     reported = 0.0  # what the loop does for one update: each micro-batch's loss over its divisor, backward
-    for (task, indices), divisor in zip(update, divisors(update, train_sets)):
-        loss = path.loss(task, indices, divisor)
+    for (task, indices), divisor in zip(update, divisors(update, train_sets), strict=True):
+        loss = path.loss(task, indices, divisor).total
         loss.backward()
         reported += loss.item()
     accumulated = _gradients(model)
@@ -284,7 +284,7 @@ def test_one_fixed_size_batch_per_update_is_the_batch_mean(tiny_bert_dir, tmp_pa
     ctx, path = _whole_model_path(tiny_bert_dir, tmp_path, ("sentiment",))
     indices, train_sets = [0, 3, 5, 9], {"sentiment": ctx.prep.features["sentiment"]["train"]}
     [divisor] = divisors([("sentiment", indices)], train_sets)
-    torch.testing.assert_close(path.loss("sentiment", indices, divisor), path.loss("sentiment", indices))
+    torch.testing.assert_close(path.loss("sentiment", indices, divisor).total, path.loss("sentiment", indices).total)
 
 
 def test_updates_close_as_soon_as_they_reach_the_token_budget():

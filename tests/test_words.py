@@ -18,7 +18,7 @@ from thawing.cli import app
 from thawing.config import parse_config
 from thawing.data.batching import IGNORE, featurize_words, placeholder_word
 from thawing.data.records import Example
-from thawing.inference import featurize
+from thawing.model.inference import featurize
 from thawing.model.loading import load_encoder
 from thawing.training.loop import train
 

@@ -11,26 +11,9 @@ Example:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"  # the source tree's version; pyproject.toml reads it from here
-__all__ = ["load", "load_config", "train", "load_encoder", "push", "version"]
+from thawing._version import __version__, version
 
-
-def version() -> str:
-    """thawing's version: the installed distribution's (importlib.metadata), or this source tree's `__version__` when
-    thawing runs without being installed (a checkout on PYTHONPATH).
-
-    Example:
-        >>> import thawing
-        >>> thawing.version() == thawing.__version__   # doctest: +SKIP
-        True
-    """
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
-
-    try:
-        return installed("thawing")
-    except PackageNotFoundError:
-        return __version__
+__all__ = ["load", "load_config", "train", "load_encoder", "push", "version", "__version__"]
 
 
 def __getattr__(name: str):
@@ -48,7 +31,7 @@ def __getattr__(name: str):
 
         return train
     if name == "push":
-        from thawing.hub import push
+        from thawing.deploy.hub import push
 
         return push
     if name == "load_encoder":

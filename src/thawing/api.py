@@ -12,20 +12,22 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from thawing import inference
+from thawing import distributed
 from thawing.config import RunConfig
 from thawing.data.records import Example
 from thawing.errors import InputError
+from thawing.model import inference
 from thawing.model.loading import load_encoder
 from thawing.model.multitask import MultiTaskModel, TaskSpec
-from thawing.run_dir import RunDir
-from thawing.runtime import Runtime, apply, resolve
+from thawing.model.runtime import Runtime, apply, resolve
+from thawing.store.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ def load(model: str | Path, device: str = "auto", mixed_precision: str = "auto",
         ModelNotFoundError: for a repo id that is neither a local folder nor found in the cache or on the Hub.
         ThawingError: for an encoder with its own code without `trust_remote_code`.
     """
-    from thawing.hub import model_folder
+    from thawing.model.hub import model_folder
 
     folder = model_folder(model, revision)
     local = folder == Path(model).expanduser()
@@ -197,10 +199,39 @@ def train(config: RunConfig | dict | str | Path, **options: Any) -> RunDir:
         ...                                              "data": {"train": rows}}}})  # doctest: +SKIP
     """
     from thawing.config import load_config, parse_config, resolve_paths
+    from thawing.reporting.report import report_finished
     from thawing.training.loop import train as run_training
 
     if isinstance(config, (str, Path)):
         config = load_config(config)
     elif not isinstance(config, RunConfig):
         config = resolve_paths(parse_config(config), Path.cwd())
-    return run_training(config, **options)
+    run = run_training(config, **options)
+    if distributed.is_main():
+        report_finished(run.path)
+    return run
+
+
+def evaluate_final(run: RunDir) -> dict:
+    """Every task of the run's final model on each of its dev and test splits, read from the run's data (the report's
+    breakdown, when the final model changed since training wrote one): {"final": stamp, "tasks": {task: {split:
+    {"metrics": ..., "detail": ...}}}}.
+
+    Raises:
+        ThawingError: the model or its data cannot be read (e.g. the data files moved).
+    """
+    from thawing.config import load_config
+    from thawing.model.inference import split_examples
+    from thawing.task_types.breakdown import SPLITS, split_entry
+
+    config = load_config(run.config)
+    model = load(run.path)
+    tasks: dict[str, dict] = {}
+    for task, spec in model.tasks.items():
+        for split in SPLITS:
+            examples = split_examples(config, task, spec.labels, split)
+            if not examples:
+                continue
+            tasks.setdefault(task, {})[split] = split_entry(spec, model.logits(task, examples),
+                                                            [e.label for e in examples])
+    return {"final": run.final_stamp(), "tasks": tasks}

@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -75,16 +74,16 @@ def embed(
     input: Path = typer.Option(..., "--input", "-i", help="Texts: .txt (one per line), .jsonl, .csv or .tsv."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the (N, D) float32 .npy array."),
     text_field: str = typer.Option("text", help="Field holding the text in .jsonl/.csv/.tsv input."),
-    prompt: Optional[str] = typer.Option(None, help="Instruction prefix added to every text."),
+    prompt: str | None = typer.Option(None, help="Instruction prefix added to every text."),
     batch_size: int = typer.Option(32, min=1, help="Texts per forward pass."),
-    max_tokens: Optional[int] = typer.Option(
+    max_tokens: int | None = typer.Option(
         None,
         min=1,
         help="Fill each batch to this many padded tokens instead of --batch-size texts [default: 16384 on a GPU].",
     ),
-    max_length: Optional[int] = typer.Option(None, min=1, help="Truncate texts to this many tokens."),
+    max_length: int | None = typer.Option(None, min=1, help="Truncate texts to this many tokens."),
     device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu or cuda."),
-    packing: Optional[bool] = typer.Option(
+    packing: bool | None = typer.Option(
         None, help="Run texts without padding [default: on a GPU in bf16/fp16, flash varlen attention; off on CPU]."
     ),
     mixed_precision: str = typer.Option("auto", help="auto (bf16 on a GPU that has it), no, bf16 or fp16."),
@@ -94,10 +93,10 @@ def embed(
     """Embed texts with a sentence encoder and save them as a .npy array."""
     import numpy as np
 
-    from thawing.atomic import atomic_path
     from thawing.data.readers import read_texts
     from thawing.model.loading import load_encoder
-    from thawing.runtime import apply, resolve
+    from thawing.model.runtime import apply, resolve
+    from thawing.store.atomic import atomic_path
 
     _check_output(output, overwrite)
     texts = read_texts(input, text_field=text_field)
@@ -120,9 +119,8 @@ def embed(
             show_progress=sys.stderr.isatty() and len(texts) > 256,
         )
     try:
-        with atomic_path(output) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, vectors)
+        with atomic_path(output) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, vectors)
     except OSError as exc:
         raise InputError(f"cannot write output: {exc.strerror}", path=output) from exc
     console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {output}")
@@ -251,15 +249,16 @@ class _TrainPrinter:
 
 @app.command()
 def train(
-    config: Optional[Path] = typer.Argument(None, help="YAML config."),
+    config: Path | None = typer.Argument(None, help="YAML config."),
     set_: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=2 (repeatable)."),
-    run_dir: Optional[Path] = typer.Option(None, help="Write the run here instead of runs/<name>-<timestamp>."),
+    run_dir: Path | None = typer.Option(None, help="Write the run here instead of runs/<name>-<timestamp>."),
     full: bool = typer.Option(False, "--full", help="Also run stages marked optional (full fine-tuning)."),
-    resume: Optional[Path] = typer.Option(None, help="Continue this stopped run from its last finished stage."),
+    resume: Path | None = typer.Option(None, help="Continue this stopped run from its last finished stage."),
 ) -> None:
     """Train a multi-task model (or --resume a stopped run); prints the run directory on its last line."""
     from thawing.config import load_config
-    from thawing.run_dir import RunDir
+    from thawing.reporting.report import report_finished
+    from thawing.store.run_dir import RunDir
     from thawing.training.loop import resume_run
     from thawing.training.loop import train as run_training
 
@@ -285,6 +284,7 @@ def train(
         if printer is not None:
             printer.stop()
     if main:
+        report_finished(run.path)
         print(run.path)
 
 
@@ -301,7 +301,7 @@ def plan(
     from rich.table import Table
 
     from thawing.config import load_config
-    from thawing.data.tasks import load_tasks
+    from thawing.config.tasks import load_tasks
     from thawing.model.groups import parameter_groups
     from thawing.training.setup import build_model
     from thawing.training.stages import build_plan, plan_summary
@@ -347,7 +347,7 @@ def evaluate(
     data: list[str] = typer.Option(
         [], "--data", help="Evaluate a task on another file: --data task=path (repeatable)."
     ),
-    output: Optional[Path] = typer.Option(None, help="Also write the metrics to this JSON file."),
+    output: Path | None = typer.Option(None, help="Also write the metrics to this JSON file."),
     trust_remote_code: bool = typer.Option(
         False, help="Run the encoder's own modeling code (a run trained with model.trust_remote_code: true)."
     ),
@@ -357,9 +357,9 @@ def evaluate(
 
     from thawing.api import load
     from thawing.config import SPLITS, load_config
-    from thawing.hub import model_folder
-    from thawing.inference import file_examples, split_examples
-    from thawing.run_dir import RunDir
+    from thawing.model.hub import model_folder
+    from thawing.model.inference import file_examples, split_examples
+    from thawing.store.run_dir import RunDir
 
     if split not in SPLITS:
         raise InputError(f"--split '{split}' is not a split; choose {', '.join(SPLITS)}")
@@ -389,7 +389,7 @@ def evaluate(
         results[task] = model.evaluate(task, examples)
     Console().print(_metrics_table(f"{run_dir} ({split})", results))
     if output is not None:
-        from thawing.atomic import write_text
+        from thawing.store.atomic import write_text
 
         write_text(output, json.dumps({"split": split, "tasks": results}, indent=2, allow_nan=False) + "\n")
 
@@ -406,7 +406,7 @@ def predict(
     run_dir: str = typer.Argument(..., help=_MODEL_HELP),
     input: Path = typer.Option(..., "--input", "-i", help="Texts: .txt (one per line), .jsonl, .csv or .tsv."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write one JSON line per input."),
-    task: Optional[str] = typer.Option(None, help="Only this task (default: every task)."),
+    task: str | None = typer.Option(None, help="Only this task (default: every task)."),
     text_field: str = typer.Option("text", help="Field holding the text in .jsonl/.csv/.tsv input."),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     trust_remote_code: bool = typer.Option(
@@ -417,8 +417,8 @@ def predict(
     import json
 
     from thawing.api import load
-    from thawing.atomic import atomic_path
     from thawing.data.readers import read_texts
+    from thawing.store.atomic import atomic_path
 
     _check_output(output, overwrite)
     texts = read_texts(input, text_field=text_field)
@@ -426,11 +426,10 @@ def predict(
     predictions = model.predict(texts, task=task)
     if task:
         predictions = {task: predictions}
-    with atomic_path(output) as tmp:
-        with open(tmp, "w") as fh:
-            for i, text in enumerate(texts):
-                row = {"text": text, **{t: rows[i] for t, rows in predictions.items()}}
-                fh.write(json.dumps(row, allow_nan=False) + "\n")  # strict JSON: a NaN probability fails here
+    with atomic_path(output) as tmp, open(tmp, "w") as fh:
+        for i, text in enumerate(texts):
+            row = {"text": text, **{t: rows[i] for t, rows in predictions.items()}}
+            fh.write(json.dumps(row, allow_nan=False) + "\n")  # strict JSON: a NaN probability fails here
     console.print(f"wrote {len(texts)} predictions to {output}")
 
 
@@ -444,11 +443,11 @@ def study(
         "any of them anchored with +distill and/or +l2sp (full+distill).",
     ),
     set_: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=2 (repeatable)."),
-    study_dir: Optional[Path] = typer.Option(
+    study_dir: Path | None = typer.Option(
         None, help="Write the study here instead of runs/<name>-study-<timestamp>."
     ),
     full: bool = typer.Option(False, "--full", help="Also run stages marked optional (progressive's full stage)."),
-    seeds: Optional[str] = typer.Option(
+    seeds: str | None = typer.Option(
         None, help="Run each scenario with these seeds (e.g. 0,1,2) and report means and ranges."
     ),
     single_task: bool = typer.Option(
@@ -457,16 +456,16 @@ def study(
     in_process: bool = typer.Option(
         False, "--in-process", help="Train every scenario in this process (faster to start; CPU memory not measured)."
     ),
-    interpolate: Optional[str] = typer.Option(
+    interpolate: str | None = typer.Option(
         None, help="Interpolate this scenario's runs with the pretrained encoder (WiSE-FT), one row per alpha."
     ),
     alphas: str = typer.Option("0,0.25,0.5,0.75,1", help="The alphas of --interpolate."),
 ) -> None:
     """Train the config once per freezing scenario (and seed) and compare them; prints the study directory last."""
     from thawing.config import load_config
-    from thawing.run_dir import RunDir
-    from thawing.scenarios import SINGLE
-    from thawing.study import run_study
+    from thawing.store.run_dir import RunDir
+    from thawing.study.run import run_study
+    from thawing.study.scenarios import SINGLE
 
     try:
         seed_list = [int(s) for s in seeds.split(",")] if seeds else None
@@ -505,9 +504,9 @@ def study_run(
     """One scenario of a study in its own process, so that its peak memory is its own (used by `thawing study`)."""
     import json
 
-    from thawing.atomic import write_text
     from thawing.config import load_config
-    from thawing.measure import train_measured
+    from thawing.store.atomic import write_text
+    from thawing.study.measure import train_measured
 
     cfg = load_config(config)
     printer = _TrainPrinter()
@@ -521,7 +520,7 @@ def study_run(
 def _study_table(rows: dict):
     from rich.table import Table
 
-    from thawing.study_report import first_primary, task_cells
+    from thawing.study.report import first_primary, task_cells
 
     tasks = list(first_primary(rows).items())
     table = Table(title="study (final metrics; change against frozen)", title_justify="left")
@@ -543,13 +542,14 @@ def _study_table(rows: dict):
 def report(run_dir: Path = typer.Argument(..., help="A finished run directory, or a study directory.")) -> None:
     """Write the report again from the directory's files (a run's report/, a study's study.md and report/); prints
     the path of its Markdown file (report/index.html beside it is the page to open)."""
-    from thawing.report import write_report
-    from thawing.run_dir import RunDir
-    from thawing.study_report import write_study_report
+    from thawing.api import evaluate_final
+    from thawing.reporting.report import write_report
+    from thawing.store.run_dir import RunDir
+    from thawing.study.report import write_study_report
 
     if not run_dir.is_dir():
         raise InputError("not a directory", path=run_dir)
-    print(write_study_report(run_dir) if RunDir(run_dir).is_study() else write_report(run_dir))
+    print(write_study_report(run_dir) if RunDir(run_dir).is_study() else write_report(run_dir, evaluate_final))
 
 
 @app.command()
@@ -559,13 +559,13 @@ def export(
     output: Path = typer.Option(
         ..., "--output", "-o", help="Folder to write: the graph, the tokenizer and thawing_onnx.json."
     ),
-    quantize: Optional[str] = typer.Option(
+    quantize: str | None = typer.Option(
         None, help="int8: weights in int8 (onnxruntime dynamic quantization; smaller, outputs change slightly)."
     ),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Export a trained run as one ONNX graph (encoder, embedding and every head); prints the folder."""
-    from thawing.export import export_run
+    from thawing.deploy.export import export_run
 
     path = export_run(run_dir, output, format=format_, quantize=quantize, overwrite=overwrite)
     console.print(f"exported {run_dir} as ONNX to {path}", markup=False, highlight=False)
@@ -578,14 +578,14 @@ def push(
     repo_id: str = typer.Argument(..., help="The Hugging Face repo to push to: owner/name (created if new)."),
     private: bool = typer.Option(False, "--private", help="Create the repo private (an existing public one is "
                                  "refused, not changed)."),
-    revision: Optional[str] = typer.Option(None, help="The branch to push to (created if new) [default: main]."),
-    commit_message: Optional[str] = typer.Option(
+    revision: str | None = typer.Option(None, help="The branch to push to (created if new) [default: main]."),
+    commit_message: str | None = typer.Option(
         None, help="The commit's message [default: Upload <run name> with thawing]."
     ),
 ) -> None:
     """Upload a finished run's model (its final/ folder, with the model card as README.md) to the Hugging Face Hub,
     where `thawing.load("owner/name")` finds it; prints the commit's URL. The token: HF_TOKEN, or `hf auth login`."""
-    from thawing.hub import push as push_model
+    from thawing.deploy.hub import push as push_model
 
     url = push_model(run_dir, repo_id, private=private, revision=revision, commit_message=commit_message)
     console.print(f"pushed {run_dir} to {repo_id}", markup=False, highlight=False)
@@ -596,13 +596,13 @@ def push(
 def interpolate(
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
     alphas: str = typer.Option("0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", help="Comma-separated, from 0 to 1."),
-    floor: Optional[float] = typer.Option(None, help="Keep alphas whose retention is at least this (e.g. 0.99)."),
-    probe: Optional[str] = typer.Option(None, help="The probe whose retention counts (default: the lowest)."),
+    floor: float | None = typer.Option(None, help="Keep alphas whose retention is at least this (e.g. 0.99)."),
+    probe: str | None = typer.Option(None, help="The probe whose retention counts (default: the lowest)."),
     save: bool = typer.Option(True, help="Save the chosen alpha's model as RUN/final-interpolated/."),
 ) -> None:
     """Interpolate the trained encoder with the pretrained one (WiSE-FT), re-fit the heads at each alpha, measure
     tasks and probes; writes RUN/interpolate/interpolate.json and interpolate.png and prints the chosen alpha."""
-    from thawing.interpolate import interpolate as run_interpolation
+    from thawing.study.interpolate import interpolate as run_interpolation
 
     values = _alphas(alphas)
     printer = _TrainPrinter()
@@ -627,12 +627,12 @@ def serve(
     max_texts: int = typer.Option(256, min=1, help="Texts per request; more is refused (413)."),
     max_text_bytes: int = typer.Option(16384, min=1, help="UTF-8 bytes per text; more is refused (413)."),
     max_queue: int = typer.Option(4096, min=1, help="Texts waiting for the model; past it requests get 503."),
-    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for the model [default: torch's]."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for the model [default: torch's]."),
     device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu or cuda."),
     log_level: str = typer.Option("info", help="uvicorn's log level: critical, error, warning, info, debug."),
 ) -> None:
     """Serve a trained run over HTTP: POST /predict, POST /embed, GET /health, GET /info (JSON)."""
-    from thawing.serve import LOG_LEVELS, ServeSettings, listen, require_dependencies
+    from thawing.deploy.serve import LOG_LEVELS, ServeSettings, listen, require_dependencies
 
     require_dependencies()  # a missing package, bad settings or a taken port fail before the model loads
     if log_level not in LOG_LEVELS:
@@ -641,7 +641,7 @@ def serve(
                              max_text_bytes=max_text_bytes, max_queue=max_queue, threads=threads)
     sock = listen(host, port)
     from thawing.api import load
-    from thawing.serve import serve as run_server
+    from thawing.deploy.serve import serve as run_server
 
     with sock:
         model = load(run_dir, device=device)

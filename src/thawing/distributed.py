@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Iterator, Sequence, TypeVar
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -156,8 +158,6 @@ def map_batches(batches: Sequence[T], compute: Callable[[T], object], label: str
     """(batch, compute(batch)) for every batch, in order. With several processes each computes every N-th batch (its
     share of each round of N) and all of them receive every result, so each process ends with the whole output;
     `compute` must not communicate. With one process it is a plain loop (with a progress bar, `label`)."""
-    from thawing.model.encoder import progress
-
     parts = size()
     if parts == 1:
         for batch in progress(batches, label, show):
@@ -185,3 +185,17 @@ def built_once() -> Iterator[None]:
     state = PartialState()
     with state.main_process_first(), state.local_main_process_first():
         yield
+
+
+def progress(items: Sequence, label: str, enabled: bool | None = None) -> Iterator:
+    """Iterate with a progress bar on an interactive terminal when there are many items (or when asked); under a
+    launcher, in the main process only."""
+    if enabled is None:
+        enabled = len(items) >= 64 and sys.stderr.isatty() and is_main()
+    if not enabled:
+        yield from items
+        return
+    from rich.progress import track
+
+    yield from track(items, description=label, transient=True)
+

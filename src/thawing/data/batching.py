@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:  # the encoder imports this module for its batching
-    from thawing.model.encoder import Encoder
+
+class Encoder(Protocol):
+    """What batching needs of an encoder (model/encoder.py's `Encoder` is one; the model layer sits above data)."""
+
+    tokenizer: Any
+    max_length: int
+    do_lower_case: bool
+
+    def token_ids(self, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]: ...
+
+    def pad(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]: ...
 
 log = logging.getLogger(__name__)
 

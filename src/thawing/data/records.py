@@ -4,8 +4,9 @@ type's reader shares."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from thawing.errors import InputError, place
 

@@ -10,7 +10,7 @@ forward with the whole one on a real batch; callers fall back to the plain path 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

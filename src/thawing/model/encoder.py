@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from thawing.data.batching import sorted_batches
-from thawing.distributed import is_main, map_batches
+from thawing.distributed import map_batches
 from thawing.model import packing
 from thawing.model.groups import find_layers
 from thawing.model.pooling import POOLERS
@@ -77,7 +76,7 @@ class Encoder(nn.Module):
         self.max_length = max_length
         self.do_lower_case = do_lower_case
         # How batches reach the backbone: padded (to a multiple) or packed, per context. Set once, from the resolved
-        # runtime (`thawing.runtime.apply`); the default is plain padding.
+        # runtime (`thawing.model.runtime.apply`); the default is plain padding.
         self.layout = packing.BatchLayout()
 
     @property
@@ -236,16 +235,3 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in modes.items():
             m.training = training
-
-
-def progress(items: Sequence, label: str, enabled: bool | None = None) -> Iterator:
-    """Iterate with a progress bar on an interactive terminal when there are many items (or when asked); under a
-    launcher, in the main process only."""
-    if enabled is None:
-        enabled = len(items) >= 64 and sys.stderr.isatty() and is_main()
-    if not enabled:
-        yield from items
-        return
-    from rich.progress import track
-
-    yield from track(items, description=label, transient=True)

@@ -55,7 +55,7 @@ def _backbone_group(name: str, layer_path: str, after_layers: bool) -> str:
     return "embeddings"
 
 
-def parameter_groups(model: nn.Module) -> "OrderedDict[str, list[tuple[str, nn.Parameter]]]":
+def parameter_groups(model: nn.Module) -> OrderedDict[str, list[tuple[str, nn.Parameter]]]:
     """Split an `Encoder`, or a model holding one as `.encoder` plus `.heads`, into named groups.
 
     Returns:
@@ -64,7 +64,7 @@ def parameter_groups(model: nn.Module) -> "OrderedDict[str, list[tuple[str, nn.P
     encoder = getattr(model, "encoder", model)
     prefix = "encoder." if encoder is not model else ""
     layer_path, layers = find_layers(encoder.backbone)
-    groups: "OrderedDict[str, list]" = OrderedDict(
+    groups: OrderedDict[str, list] = OrderedDict(
         [("embeddings", [])] + [(f"layers.{i}", []) for i in range(len(layers))]
     )
     seen_layers = False

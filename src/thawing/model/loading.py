@@ -11,8 +11,8 @@ import contextlib
 import importlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -23,6 +23,7 @@ from thawing.errors import ThawingError
 from thawing.model.encoder import Dense, Encoder
 from thawing.model.pooling import ST_POOLING_KEYS, pooling_from_st_config
 from thawing.model.resolve import resolve_model
+from thawing.model.saved import encoder_folder
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def load_encoder(
     Raises:
         ThawingError: for custom code without `trust_remote_code`, or an unsupported layout.
     """
-    root = _encoder_of_trained(resolve_model(name))
+    root = encoder_folder(resolve_model(name))
     modules = _read_json(root / "modules.json") if (root / "modules.json").is_file() else None
     with _loading(root, "sentence-transformers modules (modules.json)"):
         layout = _parse_modules(root, modules)
@@ -83,18 +84,6 @@ def load_encoder(
         max_length=max_length or st_cfg.get("max_seq_length") or _default_max_length(backbone, tokenizer),
         do_lower_case=bool(st_cfg.get("do_lower_case", False)),
     )
-
-
-def _encoder_of_trained(root: Path) -> Path:
-    """The encoder folder of a trained thawing model at `root` (a run, its final/, a pushed repo's download: the
-    encoder is in encoder/ there), or `root` itself."""
-    from thawing.run_dir import RunDir
-
-    run = RunDir.of_model(root)
-    if run.tasks.is_file() and run.encoder_dir.is_dir():
-        log.info("%s is a trained thawing model: using its encoder, %s", root, run.encoder_dir)
-        return run.encoder_dir
-    return root
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from torch import nn
 
 from thawing.config import ALL_LINEAR, LoraSettings
 from thawing.errors import ConfigError
-from thawing.freezing import select_layers
+from thawing.model.freezing import select_layers
 from thawing.model.groups import find_layers
 
 ADAPTER = "stage"  # peft's adapter name: one adapter at a time, merged before the next stage attaches its own

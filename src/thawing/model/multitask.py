@@ -9,8 +9,8 @@ from torch import nn
 
 from thawing.config import HeadConfig
 from thawing.model.encoder import Encoder
-from thawing.model.heads import Head
 from thawing.task_types import task_type
+from thawing.task_types.heads import Head
 
 
 @dataclass

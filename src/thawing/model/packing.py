@@ -13,7 +13,7 @@ batch. Packed, the real tokens are laid end to end and attention is kept inside 
 Either way the backbone runs its own forward with position ids that restart at every sentence, and the states
 are gathered back into the caller's padded layout, so pooling, heads and labels see exactly what the padded
 forward gives. `choose` picks a mode once per context (training, inference), trying varlen, then rows, each
-compared with the padded forward on a real batch (`check`), else padding; `thawing.runtime.resolve` calls it and
+compared with the padded forward on a real batch (`check`), else padding; `thawing.model.runtime.resolve` calls it and
 hands the encoder the resulting `BatchLayout`.
 """
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F

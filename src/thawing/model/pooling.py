@@ -6,7 +6,7 @@ thawing's embeddings equal `SentenceTransformer.encode` for the same model.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -3,7 +3,8 @@ and macro-F1 (scikit-learn)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,7 +72,7 @@ class Classification:
         return [logits[row] for row in range(len(indices))]
 
     def centroid_head(self, head, features: torch.Tensor, labels: torch.Tensor) -> None:
-        from thawing.model.heads import centroid_init
+        from thawing.task_types.heads import centroid_init
 
         keep = labels >= 0
         centroid_init(head, features[keep], labels[keep])
@@ -86,7 +87,7 @@ class Classification:
         return {"activation": "softmax", "rule": "argmax"}
 
     def metrics(self, spec, logits: Sequence[np.ndarray], gold: Sequence) -> dict[str, float]:
-        from thawing.metrics import classification_metrics
+        from thawing.task_types.metrics import classification_metrics
 
         return classification_metrics(list(gold), [int(np.argmax(x)) for x in logits], len(spec.labels))
 

@@ -4,7 +4,8 @@ embedding with one independent yes/no per label, binary cross-entropy, micro- an
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

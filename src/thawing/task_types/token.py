@@ -3,7 +3,8 @@ cross-entropy, entity precision, recall and F1 (seqeval, conlleval mode)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,7 @@ class TokenClassification(Classification):
         return {"activation": "softmax", "rule": "argmax at each word's first sub-token", "tag_scheme": spec.tag_scheme}
 
     def metrics(self, spec, logits: Sequence[np.ndarray], gold: Sequence) -> dict[str, float]:
-        from thawing.metrics import token_metrics
+        from thawing.task_types.metrics import token_metrics
 
         true_tags, pred_tags = [], []
         for words, tags in zip(logits, gold):

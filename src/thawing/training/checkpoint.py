@@ -23,18 +23,18 @@ import contextlib
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from thawing import distributed
-from thawing.atomic import recover
 from thawing.errors import InputError, ThawingError
-from thawing.run_dir import RunDir
+from thawing.store.atomic import recover
+from thawing.store.run_dir import RunDir
 from thawing.training.plateau import Plateau
 
 STATE, MODEL, RNG = "state.json", "model.safetensors", "rng.safetensors"
@@ -82,7 +82,7 @@ class TrainState:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "TrainState":
+    def from_json(cls, data: dict) -> TrainState:
         stage = data.get("stage")
         if stage is not None:
             stage = StageProgress(**{**stage, "evals": Plateau(**stage["evals"])})

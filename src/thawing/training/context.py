@@ -4,13 +4,13 @@ anchoring, trackers, and whether a signal asked training to stop."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from thawing.probes import Probes
-from thawing.run_dir import RunDir
-from thawing.runtime import Runtime
+from thawing.model.runtime import Runtime
+from thawing.store.run_dir import RunDir
 from thawing.training.checkpoint import TrainState
+from thawing.training.probes import Probes
 from thawing.training.retain import Pretrained
 from thawing.training.setup import Prepared
 from thawing.training.signals import StopRequest

@@ -1,5 +1,6 @@
 """Evaluations during training and the run's end: every task's metrics on a split, logged to metrics.jsonl, and the
-final model (decision rules fitted on dev, final/ saved, test metrics in results.json, the report)."""
+final model (decision rules fitted on dev, final/ saved, test metrics in results.json, its breakdown for the report,
+which the caller writes: reporting/report.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ import shutil
 
 import torch
 
-from thawing import distributed
-from thawing.breakdown import SPLITS, evaluation, split_entry
 from thawing.errors import NonFiniteError
-from thawing.inference import score
-from thawing.metrics import selection_score
-from thawing.report import write_report
+from thawing.model.inference import score
+from thawing.store.model_card import write_model_card
+from thawing.task_types.breakdown import SPLITS, split_entry
+from thawing.task_types.metrics import selection_score
 from thawing.training.paths import WholeModel
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ def evaluate(ctx, path: WholeModel, stage, epoch: float, split: str = "dev") -> 
 
 def finish(ctx) -> None:
     """The final model: each task's decision rule fitted on dev, final/ saved, test metrics (dev where a task has no
-    test split) in results.json, the report; then the checkpoints go (unless `train.keep_checkpoints`). Running it
-    again after a kill anywhere in it gives the same result."""
+    test split) in results.json, the breakdown (report/evaluation.json); then the checkpoints go (unless
+    `train.keep_checkpoints`). Running it again after a kill anywhere in it gives the same result."""
     model, run = ctx.model, ctx.run
     bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:  # never a final model that computes NaN
@@ -66,19 +66,13 @@ def finish(ctx) -> None:
                                                                   if t not in ctx.state.trained_heads])
     if frozen:
         results["frozen_heads"] = frozen
+    run.write_evaluation({task: {split: split_entry(model.specs[task], out, gold[task][split])
+                                 for split, out in by_split.items()} for task, by_split in logits.items()})
     run.write_json(run.results, results)
-    run.write_model_card()  # final/README.md, from the files just written
+    write_model_card(run.path)  # final/README.md, from the files just written
     ctx.events("results", results)
     if not ctx.prep.config.train.keep_checkpoints:  # results.json says the run is done: nothing resumes it now
         shutil.rmtree(run.checkpoints, ignore_errors=True)
-    try:
-        with distributed.alone():  # the other processes are done: anything the report computes runs here alone
-            write_report(run.path, evaluation=evaluation(run, {
-                task: {split: split_entry(model.specs[task], out, gold[task][split]) for split, out in by_split.items()}
-                for task, by_split in logits.items()}))
-    except Exception as exc:  # the results are written; a report can be made again with `thawing report`
-        log.warning("no report for %s (%s: %s); `thawing report %s` retries", run.path, type(exc).__name__, exc,
-                    run.path)
 
 
 def frozen_heads(metrics: list[dict], primary: dict[str, str], untrained: list[str]) -> dict[str, dict]:

@@ -1,19 +1,20 @@
 """Frozen-encoder features, computed once: when nothing below the heads trains, every example's head input (pooled
 sentence embeddings, or the states of each word's first sub-token) is computed once per stage, or read back from the
-disk cache (`thawing.cache`) that an earlier stage or run with the same weights, settings and inputs wrote.
+disk cache (`thawing.store.cache`) that an earlier stage or run with the same weights, settings and inputs wrote.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
 from thawing.data.batching import Features, collate, sorted_batches
-from thawing.model.encoder import evaluating, progress
+from thawing.distributed import progress
+from thawing.model.encoder import evaluating
 from thawing.model.multitask import MultiTaskModel
 from thawing.task_types.token import word_positions
 
@@ -39,7 +40,7 @@ class CachedSplit:
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], feats: Features) -> "CachedSplit":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], feats: Features) -> CachedSplit:
         """Rebuild from a disk-cache entry (memory-mapped copy-on-write: read lazily, never written back), with labels
         from the current data."""
         offsets = arrays["offsets"].tolist() if "offsets" in arrays else None
@@ -91,7 +92,7 @@ def cached_features(model: MultiTaskModel, features: dict[str, dict[str, Feature
                     batch_size: int, note: Callable[[dict], None]) -> dict[str, dict[str, CachedSplit]]:
     """Every task's train and dev features from the frozen encoder, from the disk cache where an earlier stage or run
     computed them with the same weights, settings and inputs. `note` hears of each split computed."""
-    from thawing.cache import FeatureStore, entry_key, fingerprint
+    from thawing.store.cache import FeatureStore, entry_key, fingerprint
 
     store = FeatureStore(cache_dir)
     encoder = model.encoder

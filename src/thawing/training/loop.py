@@ -21,22 +21,21 @@ from pathlib import Path
 from thawing import distributed
 from thawing.config import RunConfig
 from thawing.errors import InputError
-from thawing.freezing import active_tasks, apply_trainable, layer_names, parameter_table, set_frozen_modes
 from thawing.model import lora
 from thawing.model.encoder import Encoder
+from thawing.model.freezing import active_tasks, apply_trainable, layer_names, parameter_table, set_frozen_modes
 from thawing.model.groups import parameter_groups
-from thawing.probes import build_probes
-from thawing.run_dir import RunDir
-from thawing.runtime import make_accelerator, resolve_for_training
-from thawing.tracking import close_all, open_trackers
+from thawing.model.runtime import make_accelerator, resolve_for_training
+from thawing.store.run_dir import RunDir
 from thawing.training import checkpoint, head_start, memory, signals, small_data
 from thawing.training.checkpoint import StageProgress, TrainState
 from thawing.training.context import Context, Events
 from thawing.training.evaluation import evaluate, finish
-from thawing.training.numerics import TrainingRecords, finite, named_params, nonfinite_update, split_losses
+from thawing.training.numerics import TrainingRecords, finite, named_params, nonfinite_update, read_losses
 from thawing.training.pairs import pair_loss
-from thawing.training.paths import centroid_heads, choose_path
+from thawing.training.paths import StageLosses, centroid_heads, choose_path
 from thawing.training.plateau import Plateau
+from thawing.training.probes import build_probes
 from thawing.training.retain import distill_loss, distills, l2sp_loss, pretrained_side
 from thawing.training.schedule import lr_multiplier, warmup_steps
 from thawing.training.setup import prepare
@@ -44,6 +43,7 @@ from thawing.training.signals import stop_requests
 from thawing.training.stages import Stage, build_plan, stage_configs, trainable_params
 from thawing.training.stepping import fsdp_settings, micro_backward, prepare_stepping
 from thawing.training.stepping import mode as stepping_mode
+from thawing.training.tracking import close_all, open_trackers
 from thawing.training.updates import StagePlan, divisors
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ def one_update(ctx: Context, path, stepping, stage: Stage, batches: list, train_
     # accelerate unscales fp16 gradients before clipping; the norm also tells a non-finite gradient.
     grad_clip = ctx.prep.config.train.grad_clip
     norm = stepping.clip(grad_clip) if grad_clip else None
-    values, anchored = split_losses(losses, anchors)  # one device sync for the update's losses
+    values, anchored = read_losses(losses, anchors)  # one device sync for the update's losses
     scaled = getattr(ctx.accelerator, "scaler", None) is not None
     if finite(values + [v for parts in anchored.values() for v in parts], norm, scaled):
         p.skipped += int(stepping.step())  # with fp16, a step with non-finite gradients is skipped
@@ -226,7 +226,7 @@ def one_update(ctx: Context, path, stepping, stage: Stage, batches: list, train_
     return pieces, values, anchored, None if norm is None else float(norm)
 
 
-def embedding_losses(ctx: Context, stage: Stage) -> tuple[dict, set[str]]:
+def embedding_losses(ctx: Context, stage: Stage) -> StageLosses:
     """The losses the stage adds on sentence embeddings, by record name: anchoring to the pretrained encoder
     (`retain.distill`, every task) and the tasks' pair losses (`pair_loss`, the tasks that set it); and the tasks
     whose forward must pool sentence embeddings for them. A frozen encoder's path (cached heads) adds none: neither
@@ -240,7 +240,7 @@ def embedding_losses(ctx: Context, stage: Stage) -> tuple[dict, set[str]]:
     if weights:
         losses["pairs:cosine"] = lambda task, indices, emb, labels: pair_loss(weights.get(task, 0.0), emb, labels)
         tasks |= set(weights)
-    return losses, tasks
+    return StageLosses(losses, frozenset(tasks), stage.task_loss)
 
 
 def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: list | None = None,
@@ -256,7 +256,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
     model.train()
     set_frozen_modes(model, stage.trainable)
     path = choose_path(model, model, stage.trainable, ctx.prep.features, ctx.runtime, cfg, active,
-                       lambda payload: ctx.events("cache", payload))
+                       lambda payload: ctx.events("cache", payload), embedding_losses(ctx, stage))
     stage, fresh = head_start.start_stage(path, stage, state.trained_heads, cfg.train, resumed=inside is not None)
     # After the heads' start: FSDP trains a sharded copy of the model, made here, and it must copy the started heads.
     stepping = prepare_stepping(ctx, stage, groups, params)  # the model itself, DDP-wrapped, or a sharded copy
@@ -302,7 +302,6 @@ def train_stage(ctx: Context, stage: Stage, path, stepping, groups: dict, params
         p.evals.update(evaluate(ctx, path, stage, 0.0), at=state.step)
         best, p.has_best = checkpoint.snapshot(params), True
     saved = (p.update, time.monotonic())  # when the last stage checkpoint was taken
-    (path.embedding_losses, path.embedding_tasks), path.task_loss = embedding_losses(ctx, stage), stage.task_loss
     tracked = TrainingRecords(p.log, p.norms)
     while p.micro < updates.micro_total and not p.stopped:  # a fractional last epoch ends with whole updates
         grouped = updates.epoch(p.epoch, p.epoch_start)

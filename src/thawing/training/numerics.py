@@ -94,13 +94,13 @@ def named_params(groups: dict, trainable: list[str]) -> dict[str, torch.nn.Param
     return {name: param for g in trainable for name, param in groups[g]}
 
 
-def split_losses(losses: list[torch.Tensor], anchors: dict[str, list]) -> tuple[list[float], dict[str, list[float]]]:
-    """The update's micro-batch losses (their task part) and its anchoring losses, read back in one transfer (summed
-    over the processes, each of which holds its slice's part)."""
-    names = [name for name, parts in anchors.items() for _ in parts]
-    values = distributed.summed(torch.stack(losses + [t for parts in anchors.values() for t in parts]).float()).tolist()
+def read_losses(losses: list[torch.Tensor], added: dict[str, list]) -> tuple[list[float], dict[str, list[float]]]:
+    """The update's micro-batch task losses and its added losses (by record name), read back in one transfer and
+    summed over the processes (each holds its slice's part). Each is recorded as computed: the task losses hold no
+    embedding loss (`paths.MicroLoss` keeps them apart)."""
+    names = [name for name, parts in added.items() for _ in parts]
+    values = distributed.summed(torch.stack(losses + [t for parts in added.values() for t in parts]).float()).tolist()
     out: dict[str, list[float]] = {}
-    for name, value in zip(names, values[len(losses) :]):
+    for name, value in zip(names, values[len(losses) :], strict=True):
         out.setdefault(name, []).append(value)
-    distill = out.get("retain:distill", [0.0] * len(losses))
-    return [total - part for total, part in zip(values, distill)], out
+    return values[: len(losses)], out

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 import torch
 
 from thawing.config import RunConfig
+from thawing.config.tasks import TaskData, load_tasks
 from thawing.data.batching import Features
-from thawing.data.tasks import TaskData, load_tasks
 from thawing.errors import ConfigError
-from thawing.inference import featurize
 from thawing.model.encoder import Encoder
+from thawing.model.inference import featurize
 from thawing.model.loading import load_encoder
 from thawing.model.multitask import MultiTaskModel, TaskSpec
-from thawing.run_dir import folder_problem
+from thawing.store.run_dir import folder_problem
 
 
 @dataclass

@@ -19,11 +19,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from thawing.config import TrainConfig
 from thawing.data.batching import Features
-from thawing.freezing import active_tasks
+from thawing.model.freezing import active_tasks
 from thawing.training.stages import Stage
 from thawing.training.updates import StagePlan
 

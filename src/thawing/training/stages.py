@@ -21,7 +21,7 @@ from torch import nn
 
 from thawing.config import LoraSettings, RetainConfig, RunConfig, StageConfig, StageRates
 from thawing.errors import ConfigError
-from thawing.freezing import encoder_frozen, layer_names, select_groups
+from thawing.model.freezing import encoder_frozen, layer_names, select_groups
 from thawing.model.lora import AdapterPlan, plan_adapters
 from thawing.training.retain import distills
 from thawing.training.schedule import layer_learning_rates
@@ -162,7 +162,7 @@ def command_line_over_preset(stages: list[StageConfig], config: RunConfig) -> li
 
 
 def group_rates(
-    trainable: list[str], groups: "OrderedDict[str, list]", cfg: StageConfig, config: RunConfig
+    trainable: list[str], groups: OrderedDict[str, list], cfg: StageConfig, config: RunConfig
 ) -> dict[str, float]:
     """Learning rate of every trainable group: heads, projection, and encoder groups with layer decay.
 
@@ -191,7 +191,7 @@ def group_rates(
     return out
 
 
-def build_plan(config: RunConfig, groups: "OrderedDict[str, list]", run_optional: bool | None = None,
+def build_plan(config: RunConfig, groups: OrderedDict[str, list], run_optional: bool | None = None,
                model: nn.Module | None = None) -> list[Stage]:
     """Resolve the config's stages against the model's groups. Optional stages run only when asked. `model` (the
     multi-task model or its encoder, plain) is needed to resolve a stage's `lora` targets."""
@@ -237,14 +237,14 @@ def build_plan(config: RunConfig, groups: "OrderedDict[str, list]", run_optional
     return plan
 
 
-def _adapters(settings: LoraSettings, model: nn.Module | None, groups: "OrderedDict[str, list]") -> AdapterPlan:
+def _adapters(settings: LoraSettings, model: nn.Module | None, groups: OrderedDict[str, list]) -> AdapterPlan:
     if model is None:
         raise TypeError("build_plan needs the model to resolve a stage's lora targets")
     encoder = getattr(model, "encoder", model)
     return plan_adapters(settings, encoder.backbone, groups)
 
 
-def stage_optimizer(stage: Stage, groups: "OrderedDict[str, list]", weight_decay: float) -> torch.optim.Optimizer:
+def stage_optimizer(stage: Stage, groups: OrderedDict[str, list], weight_decay: float) -> torch.optim.Optimizer:
     """A fresh AdamW over exactly the stage's trainable groups, one param group per named group at its own rate
     (`initial_lr`, which the loop scales by the schedule every update)."""
     params = [p for g in stage.trainable for _, p in groups[g]]  # with a LoRA stage's adapters attached
@@ -260,17 +260,17 @@ def stage_optimizer(stage: Stage, groups: "OrderedDict[str, list]", weight_decay
     )
 
 
-def group_sizes(stage: Stage, groups: "OrderedDict[str, list]") -> dict[str, int]:
+def group_sizes(stage: Stage, groups: OrderedDict[str, list]) -> dict[str, int]:
     """Parameters per trainable group of `stage`, its adapters included (attached or not)."""
     sizes = {g: sum(p.numel() for _, p in groups[g]) for g in stage.trainable if g in groups}
     return {g: sizes[g] if g in sizes else stage.lora.params[g] for g in stage.trainable}  # type: ignore[union-attr]
 
 
-def trainable_params(stage: Stage, groups: "OrderedDict[str, list]") -> int:
+def trainable_params(stage: Stage, groups: OrderedDict[str, list]) -> int:
     return sum(group_sizes(stage, groups).values())
 
 
-def plan_summary(plan: list[Stage], groups: "OrderedDict[str, list]") -> dict:
+def plan_summary(plan: list[Stage], groups: OrderedDict[str, list]) -> dict:
     """The JSON form of `thawing plan --json`: per stage its groups (count, rate) and its adapters, if any."""
     stages = []
     for stage in plan:

@@ -231,13 +231,13 @@ def micro_backward(ctx, path, stepping, task: str, indices: list[int], divisor: 
     weight 0: every process must take part in each gradient reduction."""
     processes = distributed.size()
     if processes == 1:
-        loss = path.loss(task, indices, divisor, share=1 / count)
-        ctx.accelerator.backward(loss)
-        return path.task_part, {name: value.detach() / count for name, value in path.added.items()}
+        out = path.loss(task, indices, divisor, share=1 / count)
+        ctx.accelerator.backward(out.total)
+        return out.task, {name: value / count for name, value in out.added.items()}
     mine = distributed.shard(indices)
     weight = len(mine) / len(indices)
     with stepping.sync(last):
-        loss = path.loss(task, mine or indices[:1], divisor, share=weight / count)
-        ctx.accelerator.backward(loss * (processes if mine else 0.0))
+        out = path.loss(task, mine or indices[:1], divisor, share=weight / count)
+        ctx.accelerator.backward(out.total * (processes if mine else 0.0))
     kept = 1.0 if mine else 0.0
-    return path.task_part * kept, {name: value.detach() * (weight / count) for name, value in path.added.items()}
+    return out.task * kept, {name: value * (weight / count) for name, value in out.added.items()}

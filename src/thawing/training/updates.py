@@ -14,8 +14,8 @@ from __future__ import annotations
 import itertools
 import zlib
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from thawing.config import TrainConfig
 from thawing.data.batching import Features, length_grouped_batches, packed_batches, token_budget_batches
@@ -106,7 +106,7 @@ class StagePlan:
     @classmethod
     def build(
         cls, train: Mapping[str, Features], cfg: TrainConfig, stage: str, epochs: float, packed: bool = False
-    ) -> "StagePlan":
+    ) -> StagePlan:
         first = epoch_micro_batches(train, cfg, stage, 0, packed)
         micro_total = max(1, round(epochs * len(first)))
         full, rest = divmod(micro_total, len(first))

@@ -1,11 +1,12 @@
 """One scenario's training, measured: wall time and peak memory, honestly attributed to that scenario.
 
-Peak CPU memory is `getrusage`'s max RSS, a high-water mark of the whole process that never goes down: measured in a
-process that already trained another scenario it would report that one's peak. So a study trains each scenario in
-its own process (`python -m thawing study-run ...`) by default, and the figure is that process's peak up to the
-final model's results (imports, data, model, caches, training, the final scoring; not the report written after, which
-loads the model again: `process_rss_peak_bytes` is the whole process's). `process_s` is the time from loading the
-data and model to the final results.
+Peak CPU memory is the process's resident high-water mark, which never goes down: measured in a process that
+already trained another scenario it would report that one's peak. So a study trains each scenario in its own process
+(`python -m thawing study-run ...`) by default, and the figure is that process's peak up to the final model's results
+(imports, data, model, caches, training, the final scoring; not the report written after, which loads the model
+again: `process_rss_peak_bytes` is the whole process's, report included). The scenario's process reads both itself
+(`peak_rss_bytes`), not `getrusage`/`wait4` in the study: see there. `process_s` is the time from loading the data
+and model to the final results.
 In-process runs (`isolate=False`) leave CPU memory unmeasured. GPU memory is `torch.cuda.max_memory_allocated`
 after `reset_peak_memory_stats`, which is per scenario either way.
 """
@@ -22,8 +23,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import yaml
 
@@ -33,17 +34,31 @@ from thawing.errors import Interrupted, ThawingError
 Events = Callable[[str, dict], None]
 
 
-def max_rss_bytes(usage: resource.struct_rusage) -> int:
-    """ru_maxrss in bytes (Linux reports KiB, macOS bytes)."""
-    return int(usage.ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
+def peak_rss_bytes() -> int:
+    """This process's own peak resident memory in bytes: `VmHWM` from /proc/self/status where there is one (Linux),
+    else `ru_maxrss` (KiB on Linux, bytes on macOS).
+
+    Not `ru_maxrss` on Linux: it is kept across fork and exec, so a scenario's process started by a study that had
+    already loaded a model would report the study's peak as its own (an 8 MiB child of a 411 MiB parent reads 411 MiB,
+    and so does `wait4`'s usage of it). `VmHWM` belongs to the memory map, which exec replaces: it counts only what
+    this program touched. Reading it here, in the scenario's process, is simpler than starting scenarios from a light
+    process spawned before anything heavy was imported, and stays right whoever starts the study."""
+    status = Path("/proc/self/status")
+    with contextlib.suppress(OSError):
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # "VmHWM:   123456 kB"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
 
 
 def train_measured(config: RunConfig, run_dir: str, events: Events | None = None, run_optional: bool | None = None,
                    own_process: bool = False) -> dict:
     """Train `config` into `run_dir` in this process; returns the measurement (see the module docstring). Memory is
-    read when the loop reports the final results, before the report (which loads the model again) is written."""
+    read when the loop reports the final results, before the report (which loads the model again) is written, and
+    again after it (`process_rss_peak_bytes`); only where `own_process` (the scenario's own process), else None."""
     import torch
 
+    from thawing.reporting.report import report_finished
     from thawing.training.loop import train
 
     cuda = torch.cuda.is_available()
@@ -53,14 +68,18 @@ def train_measured(config: RunConfig, run_dir: str, events: Events | None = None
 
     def hook(name: str, payload: dict) -> None:
         if name == "results":
-            seen["rss"] = max_rss_bytes(resource.getrusage(resource.RUSAGE_SELF)) if own_process else None
+            seen["rss"] = peak_rss_bytes() if own_process else None
             seen["gpu"] = int(torch.cuda.max_memory_allocated()) if cuda else None
             seen["seconds"] = round(time.perf_counter() - started, 2)
         if events:
             events(name, payload)
 
-    train(config, run_dir=run_dir, events=hook, run_optional=run_optional)
-    return {"rss_peak_bytes": seen.get("rss"), "gpu_peak_bytes": seen.get("gpu"), "process_s": seen.get("seconds")}
+    run = train(config, run_dir=run_dir, events=hook, run_optional=run_optional)
+    report_finished(run.path)
+    measured = {"rss_peak_bytes": seen.get("rss"), "gpu_peak_bytes": seen.get("gpu"), "process_s": seen.get("seconds")}
+    if own_process:
+        measured["process_rss_peak_bytes"] = peak_rss_bytes()  # the whole process, report included
+    return measured
 
 
 def config_yaml(config: RunConfig) -> str:
@@ -87,9 +106,9 @@ def train_isolated(config: RunConfig, run_dir: str, scratch: Path, run_optional:
         child = subprocess.Popen(command + (["--full"] if run_optional else []))
         with _forwarding_sigterm(child):
             try:
-                _, status, usage = os.wait4(child.pid, 0)
+                _, status = os.waitpid(child.pid, 0)
             except KeyboardInterrupt:  # the child got the same SIGINT: it checkpoints and stops; wait for it
-                os.wait4(child.pid, 0)
+                os.waitpid(child.pid, 0)
                 raise Interrupted("the study was interrupted; completed scenarios are kept", signal.SIGINT) from None
         child.returncode = code = os.waitstatus_to_exitcode(status)  # Popen must not wait for it again
         if code in (130, 143) or code < 0:  # stopped after a checkpoint, or killed by a signal before training
@@ -100,9 +119,7 @@ def train_isolated(config: RunConfig, run_dir: str, scratch: Path, run_optional:
             error = ThawingError(f"the scenario's training failed with exit code {code} (its message is above)")
             error.exit_code = code if 0 < code < 128 else 1
             raise error
-        measured = json.loads(out_path.read_text())
-        measured["process_rss_peak_bytes"] = max_rss_bytes(usage)  # the whole child, report included
-        return measured
+        return json.loads(out_path.read_text())  # its peaks as it read them itself: wait4's would include ours
     finally:
         for path in (Path(cfg_path), out_path):
             path.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2rem auto; max-width: 1200px;

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from thawing.atomic import building
 from thawing.data.batching import placeholder_word
 from thawing.errors import InputError, ThawingError
 from thawing.model.encoder import Encoder
 from thawing.model.multitask import MultiTaskModel
-from thawing.run_dir import ONNX_META, ONNX_MODEL
+from thawing.store.atomic import building
+from thawing.store.run_dir import ONNX_META, ONNX_MODEL
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from thawing import figures
-from thawing import html_report as H
-from thawing.atomic import atomic_path, write_text
-from thawing.claims import BASELINE, Claim, check_claims
 from thawing.errors import InputError
-from thawing.metric_lines import probe_headline
-from thawing.run_dir import INDEX_HTML, REPORT, REPORT_MD, STUDY_PNG, RunDir
+from thawing.reporting import figures
+from thawing.reporting import html as H
+from thawing.store.atomic import atomic_path, write_text
+from thawing.store.metric_lines import probe_headline
+from thawing.store.run_dir import INDEX_HTML, REPORT, REPORT_MD, STUDY_PNG, RunDir
+from thawing.study.claims import BASELINE, Claim, check_claims
 
 
 def study_json(name: str, seeds: list[int], rows: dict, reference: str | None, isolated: bool) -> dict:

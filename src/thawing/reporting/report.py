@@ -5,28 +5,34 @@
                             learning rate of every group, retention and drift at each probe point, and the final
                             model's errors (a confusion matrix per classification task, F1 per entity type)
     report/report.md        the same tables in Markdown, with curves.png
-    report/evaluation.json  the final model on dev and test, with the confusion matrices (`breakdown.py`)
+    report/evaluation.json  the final model on dev and test, with the confusion matrices (training writes it:
+                            task_types/breakdown.py)
 
-`thawing train` writes it at the end of a run; `thawing report RUN_DIR` writes it again from the files (the run
-directory is the contract; the only other thing read is the task data, once, for the final model's breakdown). The
-folder is built aside and renamed into place.
+`thawing train` and `thawing.train` write it after a run (`report_finished`); `thawing report RUN_DIR` writes it again
+from the files (the run directory is the contract; the only other thing read is the task data, for the final model's
+breakdown when a changed final model needs a new one). The folder is built aside and renamed into place. Nothing here
+imports training or the API: a breakdown that needs the model is computed by the function the caller passes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from thawing import figures
-from thawing import html_report as H
-from thawing.breakdown import final_evaluation
 from thawing.config import read_yaml
 from thawing.errors import InputError
-from thawing.metric_lines import of_split, probe_headline, probe_points, stage_starts, task_shares
-from thawing.run_dir import CURVES, EVALUATION, INDEX_HTML, REPORT_MD, RunDir
+from thawing.reporting import figures
+from thawing.reporting import html as H
+from thawing.reporting.breakdown import final_evaluation
+from thawing.store.metric_lines import of_split, probe_headline, probe_points, stage_starts, task_shares
+from thawing.store.run_dir import CURVES, EVALUATION, INDEX_HTML, REPORT_MD, RunDir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,14 +54,14 @@ class RunFiles:
         return of_split(self.lines, "dev")
 
 
-def write_report(path: str | Path, evaluate: bool = True, evaluation: dict | None = None) -> Path:
-    """Write `report/` for the run at `path`; returns the report.md path. `evaluate=False` skips the final model's
-    breakdown unless an earlier report left one for the same final model; `evaluation` is one already computed
-    (training passes the one made from its final logits, `breakdown.evaluation`)."""
+def write_report(path: str | Path, evaluate: Callable[[RunDir], dict] | None = None) -> Path:
+    """Write `report/` for the run at `path`; returns the report.md path. The final model's breakdown is the one
+    training (or an earlier report) left in report/evaluation.json while it describes the same final model, else
+    `evaluate(run)` where given (`thawing.api.evaluate_final`), else none."""
     run = RunDir(path)
     if not run.results.is_file():
         raise InputError("no results.json: not a finished thawing run directory", path=run.path)
-    files = read_run(run, evaluate, evaluation)
+    files = read_run(run, evaluate)
     starts = stage_starts(files.stages, files.lines)
     curves = figures.dev_curves(files.lines, files.primary, starts)
     page = run_page(files, starts, curves)
@@ -67,6 +73,15 @@ def write_report(path: str | Path, evaluate: bool = True, evaluation: dict | Non
         if files.evaluation:
             (tmp / EVALUATION).write_text(json.dumps(files.evaluation, indent=2, allow_nan=False) + "\n")
     return run.report_md
+
+
+def report_finished(path: str | Path) -> None:
+    """The report of a run that training just finished (report/evaluation.json written by it). A failure is a warning:
+    the results are written, and `thawing report RUN` makes the report again."""
+    try:
+        write_report(path)
+    except Exception as exc:  # noqa: BLE001 (any failure of the report must leave the finished run standing)
+        log.warning("no report for %s (%s: %s); `thawing report %s` retries", path, type(exc).__name__, exc, path)
 
 
 def _check_shapes(run: RunDir, stages, results) -> None:
@@ -91,12 +106,12 @@ def _read_config(run: RunDir) -> dict:
     return config if isinstance(config, dict) else {}
 
 
-def read_run(run: RunDir, evaluate: bool = True, given: dict | None = None) -> RunFiles:
+def read_run(run: RunDir, evaluate: Callable[[RunDir], dict] | None = None) -> RunFiles:
     config = _read_config(run)
     stages, results = run.read_json(run.stages), run.read_json(run.results)
     _check_shapes(run, stages, results)
-    try:  # an earlier report's breakdown of the same final model; a damaged one is computed again
-        previous = given or (json.loads(run.evaluation.read_text()) if run.evaluation.is_file() else None)
+    try:  # training's (or an earlier report's) breakdown of the same final model; a damaged one is computed again
+        previous = json.loads(run.evaluation.read_text()) if run.evaluation.is_file() else None
     except (OSError, ValueError):
         previous = None
     evaluation, why = final_evaluation(run, previous, evaluate)

@@ -207,7 +207,7 @@ def with_schedule(config: RunConfig, stages: list[StageConfig], source: str = "c
     return parse_config(raw, source=source)
 
 
-def check_plans(scenarios: list[Scenario], groups: "OrderedDict[str, list]", run_optional: bool | None,
+def check_plans(scenarios: list[Scenario], groups: OrderedDict[str, list], run_optional: bool | None,
                 model=None) -> dict:
     """Resolve every scenario's stages against the model's groups (heads of tasks a scenario lacks left out); returns
     each scenario's plan: stage names and trainable parameters per stage. `model` resolves LoRA stages' targets.

@@ -22,15 +22,16 @@ import json
 import logging
 import socket
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from thawing import inference
 from thawing.api import TrainedModel
+from thawing.deploy.microbatch import Busy, Closed, Job, MicroBatcher, RunFailed
 from thawing.errors import ThawingError
-from thawing.microbatch import Busy, Closed, Job, MicroBatcher, RunFailed
+from thawing.model import inference
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from thawing.atomic import atomic_path, building
 from thawing.errors import InputError
-from thawing.run_dir import FINAL, RunDir
+from thawing.store.atomic import atomic_path, building
+from thawing.store.run_dir import FINAL, RunDir
 
 
 def interpolate(run_dir: str | Path, alphas: list[float], floor: float | None = None, probe: str | None = None,
@@ -83,7 +83,7 @@ def interpolate(run_dir: str | Path, alphas: list[float], floor: float | None = 
 
 
 def _runtime(config, encoder):
-    from thawing.runtime import resolve
+    from thawing.model.runtime import resolve
 
     return resolve(encoder, device=config.train.device, precision=config.train.mixed_precision, packing_=False,
                    training=False)
@@ -92,7 +92,7 @@ def _runtime(config, encoder):
 def _pretrained_probes(config, pretrained):
     """The config's probes with their pretrained side taken from the pretrained encoder; None without probes."""
     from thawing.model.groups import parameter_groups
-    from thawing.probes import build_probes
+    from thawing.training.probes import build_probes
 
     probes = build_probes(config, pretrained, _runtime(config, pretrained))
     if probes is not None:
@@ -103,7 +103,7 @@ def _pretrained_probes(config, pretrained):
 def _measure(probes, encoder, config) -> dict:
     """Every probe on `encoder`, against the pretrained side, with the pretrained values beside (as results.json)."""
     from thawing.model.groups import parameter_groups
-    from thawing.probes import build_probes
+    from thawing.training.probes import build_probes
 
     probes.encode = build_probes(config, encoder, _runtime(config, encoder)).encode
     return probes.final(probes.measure(parameter_groups(encoder)))

@@ -6,9 +6,9 @@ The HTML pages embed the bytes; report.md links the ones it also writes to disk.
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
-from thawing.metric_lines import SCORE, of_split
+from thawing.store.metric_lines import SCORE, of_split
 
 DPI = 100
 
@@ -116,7 +116,7 @@ def learning_rates(lines: list[dict], starts: Sequence[tuple[int, str]]) -> byte
 
 def probes(points: dict[str, list[tuple[str, int, dict]]]) -> bytes | None:
     """One panel per probe: its headline (retention, or drift) at each probe point, start first."""
-    from thawing.metric_lines import probe_headline
+    from thawing.store.metric_lines import probe_headline
 
     panels = {name: [(stage, probe_headline(m)) for stage, _, m in values] for name, values in points.items()}
     panels = {name: [(s, h) for s, h in values if h is not None] for name, values in panels.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -27,8 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from thawing.data.rows import InlineRows, dataset_dict_splits, json_value, split_source
 from thawing.errors import ConfigError
-from thawing.rows import InlineRows, dataset_dict_splits, json_value, split_source
 
 SPLITS = ("train", "dev", "test")
 # A task name becomes part of group names (head:<task>), metric keys (<task>/<metric>) and file rows, where '*' is the
@@ -67,7 +67,7 @@ def _steps_or_epoch(value: Any) -> Any:
 
 
 TaskName = Annotated[str, AfterValidator(_task_name)]
-EvalEvery = Annotated[Union[int, Literal["epoch"]], BeforeValidator(_steps_or_epoch)]
+EvalEvery = Annotated[int | Literal["epoch"], BeforeValidator(_steps_or_epoch)]
 
 
 class _Strict(BaseModel):
@@ -90,7 +90,7 @@ class SplitPaths(_Strict):
     test: str | None = None
 
 
-SplitSource = Annotated[Union[str, InlineRows, None], PlainValidator(split_source)]
+SplitSource = Annotated[str | InlineRows | None, PlainValidator(split_source)]
 
 
 class TaskSplits(_Strict):
@@ -156,7 +156,7 @@ class TaskConfig(_Strict):
         return value.upper()
 
     @model_validator(mode="after")
-    def _multi_label_options(self) -> "TaskConfig":
+    def _multi_label_options(self) -> TaskConfig:
         # Silently ignoring them would hide a task whose type was mistyped.
         given = [name for name, on in (("threshold", self.threshold is not None),
                                        ("label_separator", self.label_separator != "|")) if on]
@@ -178,7 +178,7 @@ class TaskConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _hf_options(self) -> "TaskConfig":
+    def _hf_options(self) -> TaskConfig:
         given = [name for name, on in (("hf_subset", self.hf_subset is not None), ("hf_split", bool(self.hf_split)))
                  if on]
         if given and self.format != "hf":
@@ -190,7 +190,7 @@ class TaskConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _rows_in_memory(self) -> "TaskConfig":
+    def _rows_in_memory(self) -> TaskConfig:
         """Rows in memory keep the fields the task reads, as JSON values: exactly what the run directory's JSONL copy
         of them gives back when the run resumes or is evaluated. A value JSON cannot hold is refused here, before
         anything runs."""
@@ -237,7 +237,7 @@ class SmallDataConfig(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _used(self) -> "SmallDataConfig":
+    def _used(self) -> SmallDataConfig:
         # With min_dev 0 no run is small, and min_updates would be silently ignored. Its default passes: a run's
         # config.yaml writes every field out, and `--resume` reads it back.
         if self.min_dev == 0 and self.min_updates != type(self).model_fields["min_updates"].default:
@@ -295,7 +295,7 @@ class TrainConfig(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _one_accumulation(self) -> "TrainConfig":
+    def _one_accumulation(self) -> TrainConfig:
         if self.update_tokens and self.grad_accum > 1:
             raise ValueError(
                 "set either grad_accum (micro-batches per update) or update_tokens (tokens per update), not both"
@@ -390,7 +390,7 @@ class StageConfig(_Strict):
     task_loss: bool = True
 
     @model_validator(mode="after")
-    def _lora_trains(self) -> "StageConfig":
+    def _lora_trains(self) -> StageConfig:
         if self.lora is not None and self.epochs == 0:  # adapters that never train would be merged as zeros
             raise ValueError(f"stage '{self.name}' has lora but epochs: 0; a LoRA stage must train")
         return self
@@ -418,7 +418,7 @@ class ProbeConfig(_Strict):
     score_field: str = "score"
 
     @model_validator(mode="after")
-    def _fields_of_its_type(self) -> "ProbeConfig":
+    def _fields_of_its_type(self) -> ProbeConfig:
         fields = {f for fs in PROBE_FIELDS.values() for f in fs}
         # A field at its default is not a choice (a run's config.yaml writes every field out).
         other = sorted(f for f in fields - set(PROBE_FIELDS[self.type])
@@ -435,7 +435,7 @@ class ProbeConfig(_Strict):
 
 
 class CacheConfig(_Strict):
-    enabled: Union[bool, Literal["auto"]] = "auto"
+    enabled: bool | Literal["auto"] = "auto"
     dir: str | None = None  # None: $THAWING_CACHE or ~/.cache/thawing
     max_gb: float = Field(4.0, gt=0)  # memory budget of the boundary cache; above it, no cache
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # boundary states; auto: bf16 on GPU, fp32 on CPU
@@ -448,7 +448,7 @@ def _schedule_kind(value: Any) -> str | None:
 # A list of stages or a preset name. Tagged by the value's own type, so a mistake inside a stage is reported once, at
 # its place, not beside "schedule: Input should be a valid string" (the tags are left out of the dotted path).
 Schedule = Annotated[
-    Union[Annotated[list[StageConfig], Tag("[stages]")], Annotated[str, Tag("[preset]")]],
+    Annotated[list[StageConfig], Tag("[stages]")] | Annotated[str, Tag("[preset]")],
     Discriminator(_schedule_kind, custom_error_type="schedule",
                   custom_error_message="expected a preset name (frozen, heads, full, progressive, lora, pairs) or a "
                                        "list of stages"),
@@ -469,13 +469,13 @@ class RunConfig(_Strict):
     retain: RetainConfig | None = None  # anchoring for every stage that does not set its own
 
     @model_validator(mode="after")
-    def _check_tasks(self) -> "RunConfig":
+    def _check_tasks(self) -> RunConfig:
         if not self.tasks:
             raise ValueError("at least one task is needed under 'tasks'")
         return self
 
     @model_validator(mode="after")
-    def _pairs_preset(self) -> "RunConfig":
+    def _pairs_preset(self) -> RunConfig:
         """`schedule: pairs` trains the encoder by the pair loss alone (training/stages.py): classification tasks that
         do not set `pair_loss` get weight 1 (config.yaml records it), and a run with no classification task has
         nothing for that stage to train by."""
@@ -490,7 +490,7 @@ class RunConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _known_metrics(self) -> "RunConfig":
+    def _known_metrics(self) -> RunConfig:
         # Checked here, not at the first evaluation: a typo would otherwise cost a whole stage of training.
         problems = []
         if self.selection_metric is not None:

@@ -20,15 +20,15 @@ task points.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from thawing.config import RunConfig
 from thawing.errors import InputError
-from thawing.measure import train_isolated, train_measured
-from thawing.metric_lines import task_shares
-from thawing.run_dir import RunDir
-from thawing.scenarios import OWN_PLAN, Scenario, check_plans, parse_scenarios
-from thawing.study_report import study_json, write_study_report
+from thawing.store.metric_lines import task_shares
+from thawing.store.run_dir import RunDir
+from thawing.study.measure import train_isolated, train_measured
+from thawing.study.report import study_json, write_study_report
+from thawing.study.scenarios import OWN_PLAN, Scenario, check_plans, parse_scenarios
 
 DEFAULT_SCENARIOS = ("frozen", "heads", "progressive", "full")
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -98,7 +98,7 @@ def run_study(
 def interpolated(study: RunDir, row: dict, alphas: list[float], events=None) -> dict[float, list[dict]]:
     """Each seed's run of a scenario interpolated at each alpha (`interpolate.py`, heads re-fitted on the frozen
     interpolated encoder): per alpha, one summary per seed, the run's own with the alpha's scores and probes."""
-    from thawing.interpolate import interpolate
+    from thawing.study.interpolate import interpolate
 
     out: dict[float, list[dict]] = {a: [] for a in alphas}
     for summary in row["per_seed"]:
@@ -118,8 +118,8 @@ def interpolated(study: RunDir, row: dict, alphas: list[float], events=None) -> 
 def prepare_scenarios(config: RunConfig, specs: list[str], run_optional: bool | None
                       ) -> tuple[list[Scenario], dict[str, list[dict]]]:
     """Check every scenario's name first (instantly), then load the data and model once to resolve each plan."""
-    from thawing.data.tasks import load_tasks
-    from thawing.freezing import layer_names
+    from thawing.config.tasks import load_tasks
+    from thawing.model.freezing import layer_names
     from thawing.model.groups import parameter_groups
     from thawing.training.setup import build_model
 

@@ -9,7 +9,7 @@ prompt) and applies each of their heads to that one pass.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -102,7 +102,7 @@ def split_examples(config: RunConfig, task: str, labels: list[str], split: str, 
     """The labelled examples of a task's `split` with a trained model's label ids: from `path`, or from the run's own
     data, with a dev split carved from train carved again exactly as in training (the same seed). None when the
     task has no such split."""
-    from thawing.data.tasks import load_split, load_task
+    from thawing.config.tasks import load_split, load_task
 
     task_cfg = config.tasks[task].model_copy(update={"labels": labels})
     if path is not None:
@@ -114,7 +114,7 @@ def file_examples(spec: TaskSpec, split: str, path: str) -> list[Example]:
     """The labelled examples in `path` for a model without its run (a Hugging Face download has no config.yaml): the
     fields are the task type's defaults (text and label; tokens and tags), as no config names others."""
     from thawing.config import TaskConfig
-    from thawing.data.tasks import load_split
+    from thawing.config.tasks import load_split
 
     task_cfg = TaskConfig(type=spec.type, data={"train": path}, tag_scheme=spec.tag_scheme, labels=list(spec.labels))
     return load_split(task_cfg, split, path, list(spec.labels))

@@ -5,7 +5,7 @@ A run:
     config.yaml       the resolved config
     data/             <task>_<split>.jsonl: a copy of each split that the config gave in memory (Python API), named
                       in config.yaml, so `--resume` and `evaluate` read the same rows
-    runtime.json      what the run ran on: device, precision, packing, compile (`thawing.runtime.Runtime`), and
+    runtime.json      what the run ran on: device, precision, packing, compile (`thawing.model.runtime.Runtime`), and
                       world_size and distributed (ddp, fsdp or null): the processes that trained it
     metrics.jsonl     one JSON object per evaluation and task (stage, step, epoch, split, task, metrics)
     stages.json       one summary per stage
@@ -39,14 +39,16 @@ import contextlib
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from thawing import manifest
-from thawing.atomic import building, write_text
 from thawing.config import RunConfig, dump_config
 from thawing.errors import InputError
+from thawing.model.saved import ENCODER, FINAL, HEADS, LABELS, TASKS
+from thawing.store import manifest
+from thawing.store.atomic import building, write_text
 
 # A run's files and folders.
 CONFIG = "config.yaml"
@@ -55,11 +57,6 @@ DATA = "data"
 METRICS = "metrics.jsonl"
 STAGES = "stages.json"
 RESULTS = "results.json"
-FINAL = "final"
-ENCODER = "encoder"  # inside final/
-HEADS = "heads.safetensors"  # inside final/
-LABELS = "labels.json"  # inside final/
-TASKS = "tasks.json"  # inside final/
 MANIFEST = "manifest.json"  # inside final/
 MODEL_CARD = "README.md"  # inside final/ (not in the manifest: a card may be edited)
 UNCHECKED = (MANIFEST, MODEL_CARD)  # final/'s files that the manifest does not cover
@@ -95,7 +92,7 @@ class RunDir:
         self._final = Path(final) if final is not None else None
 
     @classmethod
-    def create(cls, name: str, explicit: str | Path | None = None, base: str | Path = "runs") -> "RunDir":
+    def create(cls, name: str, explicit: str | Path | None = None, base: str | Path = "runs") -> RunDir:
         """Make a new run directory: `explicit`, or `base/<name>-<timestamp>` (with a suffix if taken)."""
         if explicit is not None:
             path = Path(explicit)
@@ -143,7 +140,7 @@ class RunDir:
             raise InputError(f"cannot create {what}: {problem}", path=path)
 
     @classmethod
-    def of_model(cls, path: str | Path) -> "RunDir":
+    def of_model(cls, path: str | Path) -> RunDir:
         """The run that holds a trained model: `path` is the run directory or its `final/` folder; or a model folder
         on its own (tasks.json in it, no run around it: a Hugging Face download, `final-interpolated/`), whose run
         files (config.yaml, results.json, ...) are then absent."""
@@ -223,6 +220,16 @@ class RunDir:
                 tasks[name] = task.model_copy(update={"data": task.data.model_copy(update=paths)})
         return config.model_copy(update={"tasks": tasks})
 
+    def final_stamp(self) -> int:
+        """What identifies the final model: the time its heads were written (final/ is replaced whole)."""
+        return self.heads.stat().st_mtime_ns
+
+    def write_evaluation(self, tasks: dict[str, dict[str, dict]]) -> None:
+        """The final model's breakdown ({task: {split: entry}}, task_types/breakdown.py), stamped with the final model
+        it describes, for the report to show."""
+        self.evaluation.parent.mkdir(exist_ok=True)
+        self.write_json(self.evaluation, {"final": self.final_stamp(), "tasks": tasks})
+
     def write_json(self, path: Path, data: object) -> None:
         """Write strict JSON (no NaN or Infinity) atomically."""
         write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
@@ -295,12 +302,6 @@ class RunDir:
                              + "; ".join(found) + ". Restore the folder from a good copy, or train again",
                              path=self.final)
         return True
-
-    def write_model_card(self) -> Path:
-        """Write final/README.md from the run's files (model_card.py); returns its path."""
-        from thawing.model_card import write_model_card
-
-        return write_model_card(self.path)
 
     # ------------------------------------------------------------------ readers
     def read_json(self, path: str | Path) -> Any:

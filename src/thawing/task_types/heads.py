@@ -5,10 +5,18 @@ network a real baseline.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import nn
 
-from thawing.config import HeadConfig
+
+class HeadConfig(Protocol):
+    """What a head is built from: a task's `head:` settings (config's `HeadConfig`, a layer above this one)."""
+
+    type: str  # "linear" or "mlp"
+    hidden_size: int
+    dropout: float
 
 
 def build_mlp(in_features: int, num_labels: int, cfg: HeadConfig) -> nn.Sequential:

@@ -25,11 +25,11 @@ from thawing.errors import ConfigError
 _SLICE = re.compile(r"^layers\[(-?\d*):(-?\d*)\]$")
 
 
-def layer_names(groups: "OrderedDict[str, list]") -> list[str]:
+def layer_names(groups: OrderedDict[str, list]) -> list[str]:
     return [g for g in groups if g.startswith("layers.")]
 
 
-def select_groups(selectors: list[str], groups: "OrderedDict[str, list]") -> list[str]:
+def select_groups(selectors: list[str], groups: OrderedDict[str, list]) -> list[str]:
     """Resolve selectors to group names, in model order.
 
     Raises:
@@ -43,7 +43,7 @@ def select_groups(selectors: list[str], groups: "OrderedDict[str, list]") -> lis
     return [g for g in groups if g in chosen]
 
 
-def select_layers(selectors: str | list[str], groups: "OrderedDict[str, list]") -> list[int]:
+def select_layers(selectors: str | list[str], groups: OrderedDict[str, list]) -> list[int]:
     """Layer indices from layer selectors only: `layers[a:b]`, `layers.i`, `encoder` (every layer), `-` exclusions.
     (LoRA adapters go on layers: a selector that names other groups is refused rather than ignored.)
 
@@ -63,7 +63,7 @@ def select_layers(selectors: str | list[str], groups: "OrderedDict[str, list]") 
     return layers
 
 
-def _resolve(selector: str, groups: "OrderedDict[str, list]") -> set[str]:
+def _resolve(selector: str, groups: OrderedDict[str, list]) -> set[str]:
     layers = layer_names(groups)
     encoder = {g for g in groups if g in ("embeddings", "norm") or g.startswith("layers.")}
     if selector == "all":
@@ -89,7 +89,7 @@ def _resolve(selector: str, groups: "OrderedDict[str, list]") -> set[str]:
     raise ConfigError(f"unknown parameter group selector '{selector}'; valid: {', '.join(valid)}")
 
 
-def apply_trainable(groups: "OrderedDict[str, list]", trainable: list[str]) -> None:
+def apply_trainable(groups: OrderedDict[str, list], trainable: list[str]) -> None:
     """Set `requires_grad` so that exactly the parameters of `trainable` groups learn."""
     wanted = set(trainable)
     for name, members in groups.items():
@@ -142,7 +142,7 @@ def active_tasks(specs: dict, trainable: list[str]) -> list[str]:
             or (spec.kind.reads == "sentence" and "projection" in wanted)]
 
 
-def parameter_table(groups: "OrderedDict[str, list]", trainable: list[str]) -> list[dict]:
+def parameter_table(groups: OrderedDict[str, list], trainable: list[str]) -> list[dict]:
     """Rows of (group, parameter count, trainable) for the log and `thawing plan`."""
     wanted = set(trainable)
     return [

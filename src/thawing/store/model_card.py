@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 
-from thawing.atomic import write_text
 from thawing.errors import InputError, ThawingError
 from thawing.model.multitask import TaskSpec
-from thawing.run_dir import ENCODER, FINAL, ONNX_META, ONNX_MODEL, RunDir
+from thawing.store.atomic import write_text
+from thawing.store.run_dir import ENCODER, FINAL, ONNX_META, ONNX_MODEL, RunDir
 from thawing.task_types import task_type
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ Another tracker (trackio, wandb, mlflow) is a class with `log(record)` and `clos
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from thawing.errors import ThawingError
 
