@@ -10,28 +10,19 @@ import json
 import subprocess
 import sys
 
+import clirun
 import numpy as np
 import pytest
 import yaml
 from conftest import SENTENCES
 from toy import toy_config, write_config, write_jsonl
-from typer.testing import CliRunner
 
-from thawing.cli import app
 from thawing.model.loading import load_encoder
 
-runner = CliRunner()
 
-
-def invoke(*args: str):
-    """Run the CLI in-process the way `main()` does, so user errors become exit code 2."""
-    from thawing.errors import ThawingError
-
-    try:
-        result = runner.invoke(app, list(args), catch_exceptions=False)
-    except ThawingError as exc:
-        return 2, str(exc)
-    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
+def invoke(*args: str) -> tuple[int, str]:
+    """The CLI in-process; on success, stdout alone (these tests read a command's result)."""
+    return clirun.invoke(*args, stdout=True)
 
 
 # ------------------------------------------------------------------------------------------ embed

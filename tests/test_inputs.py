@@ -15,22 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from clirun import invoke
 from toy import toy_config, write_config, write_jsonl
-from typer.testing import CliRunner
-
-from thawing.cli import app
-from thawing.errors import ThawingError
-
-runner = CliRunner()
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    """Run the CLI in-process the way `main()` does, so user errors become exit code 2."""
-    try:
-        result = runner.invoke(app, list(args), catch_exceptions=False)
-    except ThawingError as exc:
-        return 2, str(exc)
-    return result.exit_code, result.output
 
 
 @pytest.fixture

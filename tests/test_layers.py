@@ -104,3 +104,20 @@ def test_the_checks_catch_an_upward_import_and_a_circle(tmp_path):
 
 def test_the_top_level_stays_small():
     assert len(list(SRC.glob("*.py"))) <= 8
+
+
+def test_the_architecture_map_names_every_module_once():
+    """docs/architecture.md's module table: one row per module (a row may name siblings: `a.py`, `b.py`)."""
+    import re
+
+    text = (SRC.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    table = text.split("## Modules", 1)[1].split("\n## ", 1)[0]
+    named: list[str] = []
+    for row in re.findall(r"^\| (`[^|]*`) \|", table, flags=re.M):
+        cells = re.findall(r"`([^`]+)`", row)
+        folder = cells[0].rpartition("/")[0]
+        named += [c if "/" in c or not folder else f"{folder}/{c}" for c in cells]
+    on_disk = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
+                     if p.name != "__init__.py" or p.parent.name in ("task_types",) or p.parent == SRC)
+    on_disk = [p for p in on_disk if p != "__main__.py"]
+    assert sorted(named) == on_disk

@@ -15,14 +15,13 @@ import textwrap
 
 import pytest
 import torch
+from clirun import invoke
 from safetensors.torch import load_file
 from test_checkpoints import _assert_identical, _kill, _on_step
 from toy import toy_config, write_config
-from typer.testing import CliRunner
 
-from thawing.cli import app
 from thawing.config import LoraSettings, parse_config
-from thawing.errors import ConfigError, ThawingError
+from thawing.errors import ConfigError
 from thawing.model import lora
 from thawing.model.freezing import apply_trainable, set_frozen_modes
 from thawing.model.groups import parameter_groups
@@ -51,15 +50,6 @@ def _config(model_dir, root, schedule, **train):
     raw = toy_config(model_dir, root, tasks=("sentiment", "ner"), schedule=schedule,
                      train={"batch_size": 4, "seed": 0, "eval_batch_size": 8, **train})
     return parse_config(raw)
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    """The CLI in-process as `main()` runs it: a ThawingError is exit code 2."""
-    try:
-        result = CliRunner().invoke(app, list(args), catch_exceptions=False)
-    except ThawingError as exc:
-        return 2, str(exc)
-    return result.exit_code, result.output
 
 
 def _linear(encoder, name: str):
@@ -284,7 +274,7 @@ def test_below_the_lowest_adapted_layer_the_boundary_cache_gives_the_same_loss_a
         for _, p in params:
             p.grad = None
         torch.manual_seed(7)  # the same dropout masks in the adapted layer on both paths
-        loss = path.loss("qtype", [3, 0, 5, 1]).total
+        loss = path.loss("qtype", [3, 0, 5, 1])
         loss.backward()
         results.append((loss.item(), {n: p.grad.clone() for n, p in params}))
     (naive_loss, naive_grads), (cached_loss, cached_grads) = results

@@ -41,7 +41,7 @@ def test_an_update_that_runs_out_of_memory_runs_again_in_pieces_and_trains_the_s
     tiny_qwen2_dir, tmp_path, monkeypatch, caplog
 ):
     whole = _run(tiny_qwen2_dir, tmp_path, "whole")
-    loss = paths.WholeModel.loss
+    loss = paths.WholeModel.forward_loss
     sizes = []
 
     def small_card(self, task, indices, *args, **kwargs):
@@ -50,7 +50,7 @@ def test_an_update_that_runs_out_of_memory_runs_again_in_pieces_and_trains_the_s
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return loss(self, task, indices, *args, **kwargs)
 
-    monkeypatch.setattr(paths.WholeModel, "loss", small_card)
+    monkeypatch.setattr(paths.WholeModel, "forward_loss", small_card)
     with caplog.at_level(logging.WARNING, logger="thawing.training.memory"):
         pieces = _run(tiny_qwen2_dir, tmp_path, "pieces")
     assert max(sizes) == 8 and sizes[-1] <= 3  # it did run out, then went on in pieces of 2 (8 -> 4 -> 2)
@@ -67,6 +67,6 @@ def test_single_examples_that_do_not_fit_fail_with_the_error(tiny_qwen2_dir, tmp
     def no_card(_self, *_args, **_kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(paths.WholeModel, "loss", no_card)
+    monkeypatch.setattr(paths.WholeModel, "forward_loss", no_card)
     with pytest.raises(torch.OutOfMemoryError):
         _run(tiny_qwen2_dir, tmp_path, "none")

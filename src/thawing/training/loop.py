@@ -27,24 +27,24 @@ from thawing.model.freezing import active_tasks, apply_trainable, layer_names, p
 from thawing.model.groups import parameter_groups
 from thawing.model.runtime import make_accelerator, resolve_for_training
 from thawing.store.run_dir import RunDir
-from thawing.training import checkpoint, head_start, memory, signals, small_data
+from thawing.training import checkpoint, head_start, signals, small_data
 from thawing.training.checkpoint import StageProgress, TrainState
 from thawing.training.context import Context, Events
 from thawing.training.evaluation import evaluate, finish
-from thawing.training.numerics import TrainingRecords, finite, named_params, nonfinite_update, read_losses
-from thawing.training.pairs import pair_loss
-from thawing.training.paths import StageLosses, centroid_heads, choose_path
+from thawing.training.numerics import TrainingRecords, named_params
+from thawing.training.paths import centroid_heads, choose_path
 from thawing.training.plateau import Plateau
 from thawing.training.probes import build_probes
-from thawing.training.retain import distill_loss, distills, l2sp_loss, pretrained_side
+from thawing.training.retain import pretrained_side
 from thawing.training.schedule import lr_multiplier, warmup_steps
 from thawing.training.setup import prepare
 from thawing.training.signals import stop_requests
 from thawing.training.stages import Stage, build_plan, stage_configs, trainable_params
-from thawing.training.stepping import fsdp_settings, micro_backward, prepare_stepping
+from thawing.training.stepping import fsdp_settings, prepare_stepping
 from thawing.training.stepping import mode as stepping_mode
 from thawing.training.tracking import close_all, open_trackers
-from thawing.training.updates import StagePlan, divisors
+from thawing.training.update import one_update, stage_losses
+from thawing.training.updates import StagePlan
 
 log = logging.getLogger(__name__)
 
@@ -171,78 +171,6 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
     return ctx, plan, groups
 
 
-def accumulate(ctx: Context, path, stepping, batches: list, train_sets: dict) -> tuple[list, dict]:
-    """One update's backward passes: every micro-batch's loss, each divided so that the update averages its items.
-    Each micro-batch also carries its share of the stage's embedding losses (`retain`'s distillation,
-    training/retain.py; a task's `pair_loss`, training/pairs.py); `anchors` keeps them apart, by name, for the
-    records. With several processes each runs its slice of every micro-batch, and gradients are exchanged after the
-    last (training/stepping.py)."""
-    losses, anchors = [], {}
-    for i, ((task, indices), divisor) in enumerate(zip(batches, divisors(batches, train_sets))):
-        loss, added = micro_backward(ctx, path, stepping, task, indices, divisor, len(batches),
-                                     last=i == len(batches) - 1)
-        losses.append(loss)
-        for name, value in added.items():
-            anchors.setdefault(name, []).append(value)
-    return losses, anchors
-
-
-def one_update(ctx: Context, path, stepping, stage: Stage, batches: list, train_sets: dict, named: list,
-               factor: float) -> tuple[list, list, dict, float | None]:
-    """One optimizer update at `factor` times each group's rate: its micro-batches' backward passes (again in
-    smaller pieces after running out of GPU memory), the L2-SP penalty, clipping, and the step, unless a loss or the
-    gradient is not finite. Returns the pieces that ran, their losses, the anchoring losses (by record name) and the
-    gradient norm before clipping (None without `train.grad_clip`)."""
-    p, optimizer = ctx.state.stage, stepping.optimizer
-    while True:  # out of GPU memory: the same update again in smaller pieces (training/memory.py)
-        try:
-            pieces = memory.split(batches, p.split)
-            losses, anchors = accumulate(ctx, path, stepping, pieces, train_sets)
-            break
-        except Exception as exc:
-            # With several processes the others are inside the update's gradient exchange: no retry.
-            if not memory.out_of_memory(exc) or distributed.size() > 1:
-                raise
-            parts = memory.after_oom(optimizer, p.split, batches, stage.name, p.update)
-            if not parts:  # single examples already
-                raise
-            p.split = parts
-    penalty = l2sp_loss(stage.retain, ctx.pretrained, named)
-    if penalty is not None:  # every process adds the same gradient (after DDP's averaging)
-        ctx.accelerator.backward(penalty)
-        anchors["retain:l2sp"] = [penalty.detach() / distributed.size()]  # the records sum processes
-    for group in optimizer.param_groups:  # a pure function of the step: no scheduler state
-        group["lr"] = group["initial_lr"] * factor
-    # accelerate unscales fp16 gradients before clipping; the norm also tells a non-finite gradient.
-    grad_clip = ctx.prep.config.train.grad_clip
-    norm = stepping.clip(grad_clip) if grad_clip else None
-    values, anchored = read_losses(losses, anchors)  # one device sync for the update's losses
-    scaled = getattr(ctx.accelerator, "scaler", None) is not None
-    if finite(values + [v for parts in anchored.values() for v in parts], norm, scaled):
-        p.skipped += int(stepping.step())  # with fp16, a step with non-finite gradients is skipped
-    else:
-        nonfinite_update(ctx, stage, batches, values)
-    optimizer.zero_grad(set_to_none=True)
-    return pieces, values, anchored, None if norm is None else float(norm)
-
-
-def embedding_losses(ctx: Context, stage: Stage) -> StageLosses:
-    """The losses the stage adds on sentence embeddings, by record name: anchoring to the pretrained encoder
-    (`retain.distill`, every task) and the tasks' pair losses (`pair_loss`, the tasks that set it); and the tasks
-    whose forward must pool sentence embeddings for them. A frozen encoder's path (cached heads) adds none: neither
-    has a gradient to give there."""
-    losses, tasks = {}, set()
-    if distills(stage.retain):
-        losses["retain:distill"] = lambda task, indices, emb, labels: distill_loss(stage.retain, ctx.pretrained, task,
-                                                                                   indices, emb)
-        tasks |= set(ctx.model.specs)
-    weights = {task: cfg.pair_loss for task, cfg in ctx.prep.config.tasks.items() if cfg.pair_loss}
-    if weights:
-        losses["pairs:cosine"] = lambda task, indices, emb, labels: pair_loss(weights.get(task, 0.0), emb, labels)
-        tasks |= set(weights)
-    return StageLosses(losses, frozenset(tasks), stage.task_loss)
-
-
 def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: list | None = None,
               inside: tuple | None = None) -> dict:
     """One stage, top to bottom: what trains, the forward path, then epochs of updates, each update accumulated over
@@ -256,7 +184,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
     model.train()
     set_frozen_modes(model, stage.trainable)
     path = choose_path(model, model, stage.trainable, ctx.prep.features, ctx.runtime, cfg, active,
-                       lambda payload: ctx.events("cache", payload), embedding_losses(ctx, stage))
+                       lambda payload: ctx.events("cache", payload))
     stage, fresh = head_start.start_stage(path, stage, state.trained_heads, cfg.train, resumed=inside is not None)
     # After the heads' start: FSDP trains a sharded copy of the model, made here, and it must copy the started heads.
     stepping = prepare_stepping(ctx, stage, groups, params)  # the model itself, DDP-wrapped, or a sharded copy
@@ -302,19 +230,18 @@ def train_stage(ctx: Context, stage: Stage, path, stepping, groups: dict, params
         p.evals.update(evaluate(ctx, path, stage, 0.0), at=state.step)
         best, p.has_best = checkpoint.snapshot(params), True
     saved = (p.update, time.monotonic())  # when the last stage checkpoint was taken
-    tracked = TrainingRecords(p.log, p.norms)
+    tracked, losses = TrainingRecords(p.log, p.norms), stage_losses(stage, cfg, list(ctx.model.specs))
     while p.micro < updates.micro_total and not p.stopped:  # a fractional last epoch ends with whole updates
         grouped = updates.epoch(p.epoch, p.epoch_start)
         for batches in grouped[p.position :]:
             # Past epoch 0 the update count is an estimate: an overrun holds the schedule's last rate.
             factor = lr_multiplier(min(p.update, updates.updates - 1), updates.updates, warm, stage.lr_schedule)
-            pieces, values, anchored, norm = one_update(ctx, path, stepping, stage, batches, train_sets, named,
-                                                        factor)
+            update = one_update(ctx, path, stepping, stage, losses, batches, train_sets, named, factor)
             p.micro, p.update, p.position, state.step = (p.micro + len(batches), p.update + 1, p.position + 1,
                                                          state.step + 1)
-            task_losses = tracked.add(pieces, values, train_sets, anchored, norm)
+            task_losses = tracked.add(update, train_sets)
             ctx.events("step", {"stage": stage.name, "update": p.update, "total": max(updates.updates, p.update),
-                                "loss": sum(values), "tasks": task_losses,
+                                "loss": sum(update.task_losses), "tasks": task_losses,
                                 "examples": sum(len(indices) for _, indices in batches)})
             if p.update % cfg.train.log_every == 0:
                 tracked.log(ctx, stage.name, optimizer)

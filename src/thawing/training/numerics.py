@@ -48,27 +48,27 @@ class TrainingRecords:
         self.norms = norms  # each update's gradient norm before clipping (with train.grad_clip)
         self.clock = time.perf_counter()
 
-    def add(self, batches: list, losses: list[float], train_sets: dict, anchored: dict | None = None,
-            norm: float | None = None) -> dict[str, float]:
-        """Add one update (each micro-batch's task loss as the loop computed it, divided by its divisor, the
-        anchoring losses by name, and the gradient norm that clipping saw); returns the update's mean loss per task."""
-        if norm is not None and math.isfinite(norm):
-            self.norms.append(norm)
-        for name, parts in (anchored or {}).items():  # recorded as "tasks" of their own, one value per update
+    def add(self, update, train_sets: dict) -> dict[str, float]:
+        """Add one update (`update.Update`: each micro-batch's task loss, divided by its divisor, the added losses by
+        name, and the gradient norm that clipping saw); returns the update's mean loss per task."""
+        batches, losses = update.pieces, update.task_losses
+        if update.norm is not None and math.isfinite(update.norm):
+            self.norms.append(update.norm)
+        for name, parts in update.added.items():  # recorded as "tasks" of their own, one value per update
             row = self.sums.setdefault(name, [0.0, 0, 0, 0])
             row[0], row[1] = row[0] + sum(parts), row[1] + 1
-        update: dict[str, list] = {}
+        sums: dict[str, list] = {}
         for (task, indices), loss, divisor in zip(batches, losses, divisors(batches, train_sets)):
-            row = update.setdefault(task, [0.0, 0, 0, 0])
+            row = sums.setdefault(task, [0.0, 0, 0, 0])
             row[0] += loss * divisor  # back to the micro-batch's summed loss
             row[1] += train_sets[task].labelled(indices)
             row[2] += len(indices)
             row[3] += 1
-        for task, values in update.items():
+        for task, values in sums.items():
             row = self.sums.setdefault(task, [0.0, 0, 0, 0])
             for i, value in enumerate(values):
                 row[i] += value
-        return {task: total / max(labelled, 1) for task, (total, labelled, _, _) in update.items()}
+        return {task: total / max(labelled, 1) for task, (total, labelled, _, _) in sums.items()}
 
     def log(self, ctx, stage: str, optimizer) -> None:
         """One record per task: its mean loss since the last record, the rate of every group, examples per second."""

@@ -1,5 +1,6 @@
-"""How a stage computes: each stage chooses its forward path once, and the loop only calls `path.loss(task, indices,
-divisor)` (which returns the micro-batch's losses, nothing kept on the path) and `path.logits(task, split)`.
+"""How a stage computes: each stage chooses its forward path once, and the update only calls
+`path.forward_loss(task, indices, divisor, embed)` (a micro-batch's task loss, and its sentence embeddings where a
+stage's loss reads them; nothing is kept on the path) and evaluation `path.logits(task, split)`.
 
     CachedHeads   the encoder is frozen: heads read features computed once (`training/features.py`)
     TopLayers     the bottom layers are frozen: the states entering the lowest trainable layer are computed once
@@ -36,23 +37,13 @@ log = logging.getLogger(__name__)
 CENTROID_SCALE = 20.0
 
 
-class MicroLoss(NamedTuple):
-    """One micro-batch's losses: `total` for the backward pass, and its parts for the records (detached)."""
+class Step(NamedTuple):
+    """A micro-batch's forward pass in training: the task's loss (summed over its items, over the divisor), and the
+    sentence embeddings and labels for the losses a stage adds on them (training/update.py), where asked for."""
 
-    total: torch.Tensor  # the task's loss (summed over its items, over the divisor) plus `share` of each embedding loss
-    task: torch.Tensor  # the task's loss alone
-    added: dict[str, torch.Tensor]  # each embedding loss by record name, a mean over the micro-batch
-
-
-@dataclass(frozen=True)
-class StageLosses:
-    """The losses a stage adds on the micro-batch's sentence embeddings beside the task's, by the name the training
-    records give them ("retain:distill": anchoring, training/retain.py; "pairs:cosine": a task's pair loss,
-    training/pairs.py): (task, indices, embeddings, labels) -> a loss or None."""
-
-    by_name: dict[str, Callable] = field(default_factory=dict)
-    tasks: frozenset[str] = frozenset()  # the tasks some embedding loss acts on (only they pool sentence embeddings)
-    task_loss: bool = True  # false: the task's loss is left out (a stage trained by the embedding losses alone)
+    loss: torch.Tensor
+    embeddings: torch.Tensor | None
+    labels: torch.Tensor
 
 
 @dataclass
@@ -66,28 +57,21 @@ class WholeModel:
     batch_size: int
     cached: bool = False
     summary: dict = field(default_factory=dict)
-    losses: StageLosses = field(default_factory=StageLosses)
 
-    def loss(self, task: str, indices: list[int], divisor: float | None = None, share: float = 1.0) -> MicroLoss:
-        """The micro-batch's task loss (summed over its items, over `divisor`), plus `share` (the micro-batch's part
-        of the update) of each embedding loss the stage adds (each a mean over the micro-batch)."""
+    def forward_loss(self, task: str, indices: list[int], divisor: float | None = None, embed: bool = False) -> Step:
+        """The micro-batch's task loss (its items' mean, or their sum over `divisor`); with `embed`, its pooled
+        sentence embeddings too (only where a loss reads them: pooling costs a pass over the token states)."""
         batch = collate(self.base.encoder, self.features[task]["train"], indices)
         device = self.base.encoder.device
-        embed = task in self.losses.tasks  # pooling sentence embeddings only where a loss reads them
         with self.runtime.autocast():
             out = self.forward(task, indices, batch, device, embed=embed)
         logits, embeddings = out if embed else (out, None)
         labels = batch["labels"].to(device)
-        loss = self.base.loss(task, logits, labels, divisor)
-        if not self.losses.task_loss:  # zero, yet still part of the graph (every parameter group takes part)
-            loss = loss * 0.0
-        task_part, added = loss.detach(), {}
-        for name, added_loss in self.losses.by_name.items() if embed else ():
-            value = added_loss(task, indices, embeddings, labels)
-            if value is not None:
-                added[name] = value.detach()
-                loss = loss + share * value
-        return MicroLoss(loss, task_part, added)
+        return Step(self.base.loss(task, logits, labels, divisor), embeddings, labels)
+
+    def loss(self, task: str, indices: list[int], divisor: float | None = None) -> torch.Tensor:
+        """The micro-batch's task loss alone."""
+        return self.forward_loss(task, indices, divisor).loss
 
     def forward(self, task: str, indices: list[int], batch: dict, device, embed: bool = False):
         return self.model(task, batch["input_ids"].to(device), batch["attention_mask"].to(device), embed=embed)
@@ -130,13 +114,12 @@ class CachedHeads(WholeModel):
     cache: dict[str, dict[str, CachedSplit]] = field(default_factory=dict)
     cached: bool = True
 
-    def loss(self, task: str, indices: list[int], divisor: float | None = None, share: float = 1.0) -> MicroLoss:
-        # The encoder is frozen: it cannot drift from itself, so there is nothing to anchor.
+    def forward_loss(self, task: str, indices: list[int], divisor: float | None = None, embed: bool = False) -> Step:
+        # The encoder is frozen: no embedding loss has a gradient to give (nothing is pooled here, whatever `embed`).
         features, labels = self.cache[task]["train"].batch(indices, self.base.encoder.device)
         with self.runtime.autocast():
             logits = self.model(task, features=features)
-        loss = self.base.loss(task, logits, labels, divisor)
-        return MicroLoss(loss, loss.detach(), {})
+        return Step(self.base.loss(task, logits, labels, divisor), None, labels)
 
     def logits(self, task: str, split: str) -> list[np.ndarray]:
         if split not in self.cache[task]:  # test: never cached
@@ -156,13 +139,10 @@ class CachedHeads(WholeModel):
 
 
 def choose_path(model, base: MultiTaskModel, trainable: list[str], features: dict[str, dict[str, Features]],
-                runtime, cfg, active: list[str], note: Callable[[dict], None], losses: StageLosses | None = None
-                ) -> WholeModel:
+                runtime, cfg, active: list[str], note: Callable[[dict], None]) -> WholeModel:
     """The stage's forward path: cached heads when the encoder is frozen, cached bottom layers when only top layers
-    train (and the model splits there), else the whole model. `cfg` is the run config (cache and batch settings);
-    `losses`, what the stage adds to the tasks' losses (a frozen encoder's cached heads add none)."""
-    common = dict(model=model, base=base, features=features, runtime=runtime, batch_size=cfg.train.eval_batch_size,
-                  losses=losses or StageLosses())
+    train (and the model splits there), else the whole model. `cfg` is the run config (cache and batch settings)."""
+    common = dict(model=model, base=base, features=features, runtime=runtime, batch_size=cfg.train.eval_batch_size)
     if cfg.cache.enabled is not False and encoder_frozen(trainable):
         with built_once():  # several processes: the main one computes and stores the features, the others read them
             cache = cached_features(base, features, runtime, cfg.cache.dir, cfg.train.eval_batch_size, note)

@@ -10,8 +10,8 @@ forwards through, clips, steps and checkpoints.
                  model) reads the plain model, as with one process.
 
 Both average gradients over the processes, and each process's micro-batch loss is its slice's sum over the whole
-micro-batch's divisor, so `micro_backward` multiplies it by the number of processes: the update is the one a single
-process computes over the whole micro-batch.
+micro-batch's divisor, so `update.micro_backward` multiplies it by the number of processes: the update is the one a
+single process computes over the whole micro-batch.
 
 Why a copy for FSDP: sharding replaces a module's parameters in place and cannot be undone, while between stages
 thawing needs a plain model (LoRA merges, checkpoints of the whole model, probes and caches on the encoder). The copy
@@ -216,28 +216,3 @@ def prepare_stepping(ctx, stage, groups: dict, params: list):
         return Sharded(ctx.model, stage, ctx.prep.config.train.weight_decay, ctx.runtime.device, ctx.fsdp)
     optimizer = stage_optimizer(stage, groups, ctx.prep.config.train.weight_decay)
     return Replicated(ctx.accelerator, ctx.model, optimizer, params)
-
-
-def micro_backward(ctx, path, stepping, task: str, indices: list[int], divisor: float, count: int, last: bool
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One micro-batch of an update (`count` micro-batches; `last`: its last): forward, backward; returns its task
-    loss and its embedding losses (anchoring, pairs; by name) as the update's records add them up (over the
-    processes: `distributed.summed`).
-
-    With several processes each takes its slice of the micro-batch. Its task loss is its slice's sum over the whole
-    micro-batch's `divisor`, and each embedding loss (a mean over its slice) its share of the micro-batch's, so the
-    processes' losses add up to the one-process loss; the backward multiplies by the number of processes, whose
-    gradients DDP and FSDP average. A process whose slice is empty (fewer items than processes) runs one item at
-    weight 0: every process must take part in each gradient reduction."""
-    processes = distributed.size()
-    if processes == 1:
-        out = path.loss(task, indices, divisor, share=1 / count)
-        ctx.accelerator.backward(out.total)
-        return out.task, {name: value / count for name, value in out.added.items()}
-    mine = distributed.shard(indices)
-    weight = len(mine) / len(indices)
-    with stepping.sync(last):
-        out = path.loss(task, mine or indices[:1], divisor, share=weight / count)
-        ctx.accelerator.backward(out.total * (processes if mine else 0.0))
-    kept = 1.0 if mine else 0.0
-    return out.task * kept, {name: value * (weight / count) for name, value in out.added.items()}
