@@ -33,7 +33,7 @@ def _path(ctx, stage, groups, messages=None):
     set_frozen_modes(ctx.model, stage.trainable)
     note = ((lambda payload: messages.append(payload.get("message", ""))) if messages is not None
             else (lambda _payload: None))
-    return choose_path(ctx.model, ctx.model, stage.trainable, ctx.prep.features, ctx.runtime, ctx.prep.config,
+    return choose_path(ctx.model, stage.trainable, ctx.prep.features, ctx.runtime, ctx.prep.config,
                        active_tasks(ctx.model.specs, stage.trainable), note)
 
 
@@ -46,7 +46,7 @@ def test_boundary_cache_gives_same_loss_and_gradients(fixture, task, request, tm
     top = _path(ctx, stage, groups)
     assert isinstance(top, TopLayers)
     assert set(top.boundary) == {task} and top.boundary[task].first == len(layer_names(groups)) - 1
-    whole = WholeModel(ctx.model, ctx.model, ctx.prep.features, ctx.runtime, 8)
+    whole = WholeModel(ctx.model, ctx.prep.features, ctx.runtime, 8)
     params = [(n, p) for g in stage.trainable for n, p in groups[g]]
     indices = [3, 0, 5, 1]  # mixed lengths: cached states were computed in other batches, with other padding
     results = []

@@ -264,10 +264,10 @@ def test_below_the_lowest_adapted_layer_the_boundary_cache_gives_the_same_loss_a
     apply_trainable(groups, stage.trainable)
     model.train()
     set_frozen_modes(model, stage.trainable)
-    top = choose_path(model, model, stage.trainable, ctx.prep.features, ctx.runtime, ctx.prep.config, ["qtype"],
+    top = choose_path(model, stage.trainable, ctx.prep.features, ctx.runtime, ctx.prep.config, ["qtype"],
                       lambda _payload: None)
     assert isinstance(top, TopLayers) and top.boundary["qtype"].first == stage.lora.layers[0]
-    whole = WholeModel(model, model, ctx.prep.features, ctx.runtime, 8)
+    whole = WholeModel(model, ctx.prep.features, ctx.runtime, 8)
     params = [(n, p) for g in stage.trainable for n, p in groups[g]]
     results = []
     for path in (whole, top):

@@ -44,11 +44,11 @@ def test_an_update_that_runs_out_of_memory_runs_again_in_pieces_and_trains_the_s
     loss = paths.WholeModel.forward_loss
     sizes = []
 
-    def small_card(self, task, indices, *args, **kwargs):
+    def small_card(self, model, task, indices, *args, **kwargs):
         sizes.append(len(indices))
         if len(indices) > 3:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return loss(self, task, indices, *args, **kwargs)
+        return loss(self, model, task, indices, *args, **kwargs)
 
     monkeypatch.setattr(paths.WholeModel, "forward_loss", small_card)
     with caplog.at_level(logging.WARNING, logger="thawing.training.memory"):

@@ -238,7 +238,7 @@ def _whole_model_path(model_dir, tmp_path, tasks):
 
     ctx, _, _ = loop.start(parse_config(toy_config(model_dir, tmp_path, tasks=tasks)), run_dir=str(tmp_path / "run"))
     ctx.model.eval()  # no dropout: the accumulated and the one-pass gradients see the same network
-    return ctx, WholeModel(ctx.model, ctx.model, ctx.prep.features, ctx.runtime, 8)
+    return ctx, WholeModel(ctx.model, ctx.prep.features, ctx.runtime, 8)
 
 
 def _gradients(model) -> dict[str, torch.Tensor]:

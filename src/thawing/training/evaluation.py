@@ -43,7 +43,7 @@ def finish(ctx) -> None:
     if bad:  # never a final model that computes NaN
         raise NonFiniteError(f"{len(bad)} weights are not finite (first: {bad[0]}); no final model was written")
     model.eval()
-    whole = WholeModel(model, model, ctx.prep.features, ctx.runtime, ctx.prep.config.train.eval_batch_size)
+    whole = WholeModel(model, ctx.prep.features, ctx.runtime, ctx.prep.config.train.eval_batch_size)
     # Every task's dev and test logits, once: for the decision rules, results.json and the report's breakdown.
     logits = {task: {split: whole.logits(task, split) for split in SPLITS if split in ctx.prep.features[task]}
               for task in model.specs}

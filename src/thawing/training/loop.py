@@ -183,13 +183,12 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
     active = active_tasks(model.specs, stage.trainable)
     model.train()
     set_frozen_modes(model, stage.trainable)
-    path = choose_path(model, model, stage.trainable, ctx.prep.features, ctx.runtime, cfg, active,
+    path = choose_path(model, stage.trainable, ctx.prep.features, ctx.runtime, cfg, active,
                        lambda payload: ctx.events("cache", payload))
     stage, fresh = head_start.start_stage(path, stage, state.trained_heads, cfg.train, resumed=inside is not None)
     # After the heads' start: FSDP trains a sharded copy of the model, made here, and it must copy the started heads.
     stepping = prepare_stepping(ctx, stage, groups, params)  # the model itself, DDP-wrapped, or a sharded copy
     optimizer = stepping.optimizer if stepping else None
-    path.model = stepping.model if stepping else model  # what the updates' forward passes run through
     ctx.events("stage_start", {"stage": stage.name, "table": parameter_table(groups, stage.trainable),
                                "lrs": stage.lrs, "cached": path.cached})
     summary = {"stage": stage.name, "trainable_params": sum(p.numel() for p in params), "cached": path.cached,

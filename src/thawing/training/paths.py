@@ -1,6 +1,6 @@
 """How a stage computes: each stage chooses its forward path once, and the update only calls
-`path.forward_loss(task, indices, divisor, embed)` (a micro-batch's task loss, and its sentence embeddings where a
-stage's loss reads them; nothing is kept on the path) and evaluation `path.logits(task, split)`.
+`path.forward_loss(model, task, indices, divisor, embed)` (a micro-batch's task loss, and its sentence embeddings
+where a stage's loss reads them; nothing is kept on the path) and evaluation `path.logits(task, split)`.
 
     CachedHeads   the encoder is frozen: heads read features computed once (`training/features.py`)
     TopLayers     the bottom layers are frozen: the states entering the lowest trainable layer are computed once
@@ -8,7 +8,8 @@ stage's loss reads them; nothing is kept on the path) and evaluation `path.logit
     WholeModel    everything runs on every step
 
 `choose_path` picks the cheapest that gives the same losses and gradients as the whole model, and says why when it
-cannot use a cache. Every path calls the model through its one `forward`, so a wrapper (accelerate's) sees each step.
+cannot use a cache. Every path calls the model it is given through its one `forward`, so a wrapper (accelerate's)
+sees each step.
 """
 
 from __future__ import annotations
@@ -50,31 +51,32 @@ class Step(NamedTuple):
 class WholeModel:
     """Every step runs the whole model on padded token ids."""
 
-    model: MultiTaskModel  # the model as the loop steps it (possibly wrapped by accelerate)
-    base: MultiTaskModel  # the model itself: specs, encoder, heads
+    base: MultiTaskModel  # the model itself: specs, encoder, heads (training's forward passes run through the model
+    # the update steps, which accelerate may wrap or FSDP shard: it is given to `forward_loss`)
     features: dict[str, dict[str, Features]]
     runtime: object
     batch_size: int
     cached: bool = False
     summary: dict = field(default_factory=dict)
 
-    def forward_loss(self, task: str, indices: list[int], divisor: float | None = None, embed: bool = False) -> Step:
-        """The micro-batch's task loss (its items' mean, or their sum over `divisor`); with `embed`, its pooled
-        sentence embeddings too (only where a loss reads them: pooling costs a pass over the token states)."""
+    def forward_loss(self, model, task: str, indices: list[int], divisor: float | None = None, embed: bool = False
+                     ) -> Step:
+        """The micro-batch's task loss through `model` (its items' mean, or their sum over `divisor`); with `embed`,
+        its pooled sentence embeddings too (only where a loss reads them: pooling costs a pass over the states)."""
         batch = collate(self.base.encoder, self.features[task]["train"], indices)
         device = self.base.encoder.device
         with self.runtime.autocast():
-            out = self.forward(task, indices, batch, device, embed=embed)
+            out = self.forward(model, task, indices, batch, device, embed=embed)
         logits, embeddings = out if embed else (out, None)
         labels = batch["labels"].to(device)
         return Step(self.base.loss(task, logits, labels, divisor), embeddings, labels)
 
     def loss(self, task: str, indices: list[int], divisor: float | None = None) -> torch.Tensor:
-        """The micro-batch's task loss alone."""
-        return self.forward_loss(task, indices, divisor).loss
+        """The micro-batch's task loss through the model itself."""
+        return self.forward_loss(self.base, task, indices, divisor).loss
 
-    def forward(self, task: str, indices: list[int], batch: dict, device, embed: bool = False):
-        return self.model(task, batch["input_ids"].to(device), batch["attention_mask"].to(device), embed=embed)
+    def forward(self, model, task: str, indices: list[int], batch: dict, device, embed: bool = False):
+        return model(task, batch["input_ids"].to(device), batch["attention_mask"].to(device), embed=embed)
 
     @property
     def packs(self) -> bool:
@@ -94,10 +96,10 @@ class TopLayers(WholeModel):
 
     boundary: dict[str, boundary_cache.BoundaryCache] = field(default_factory=dict)
 
-    def forward(self, task: str, indices: list[int], batch: dict, device, embed: bool = False):
+    def forward(self, model, task: str, indices: list[int], batch: dict, device, embed: bool = False):
         mask = batch["attention_mask"].to(device)
         cache = self.boundary[task]
-        return self.model(task, attention_mask=mask, hidden=cache.batch(indices, mask.shape[1], device),
+        return model(task, attention_mask=mask, hidden=cache.batch(indices, mask.shape[1], device),
                           first_layer=cache.first, embed=embed)
 
     @property
@@ -114,11 +116,12 @@ class CachedHeads(WholeModel):
     cache: dict[str, dict[str, CachedSplit]] = field(default_factory=dict)
     cached: bool = True
 
-    def forward_loss(self, task: str, indices: list[int], divisor: float | None = None, embed: bool = False) -> Step:
+    def forward_loss(self, model, task: str, indices: list[int], divisor: float | None = None, embed: bool = False
+                     ) -> Step:
         # The encoder is frozen: no embedding loss has a gradient to give (nothing is pooled here, whatever `embed`).
         features, labels = self.cache[task]["train"].batch(indices, self.base.encoder.device)
         with self.runtime.autocast():
-            logits = self.model(task, features=features)
+            logits = model(task, features=features)
         return Step(self.base.loss(task, logits, labels, divisor), None, labels)
 
     def logits(self, task: str, split: str) -> list[np.ndarray]:
@@ -138,11 +141,11 @@ class CachedHeads(WholeModel):
         return False  # no tokens run: a budget counts padded tokens, as without packing
 
 
-def choose_path(model, base: MultiTaskModel, trainable: list[str], features: dict[str, dict[str, Features]],
+def choose_path(base: MultiTaskModel, trainable: list[str], features: dict[str, dict[str, Features]],
                 runtime, cfg, active: list[str], note: Callable[[dict], None]) -> WholeModel:
     """The stage's forward path: cached heads when the encoder is frozen, cached bottom layers when only top layers
     train (and the model splits there), else the whole model. `cfg` is the run config (cache and batch settings)."""
-    common = dict(model=model, base=base, features=features, runtime=runtime, batch_size=cfg.train.eval_batch_size)
+    common = dict(base=base, features=features, runtime=runtime, batch_size=cfg.train.eval_batch_size)
     if cfg.cache.enabled is not False and encoder_frozen(trainable):
         with built_once():  # several processes: the main one computes and stores the features, the others read them
             cache = cached_features(base, features, runtime, cfg.cache.dir, cfg.train.eval_batch_size, note)

@@ -56,12 +56,12 @@ def stage_losses(stage, config, tasks: list[str]) -> StageLosses:
                        frozenset(pooled | set(pairs)))
 
 
-def micro_losses(ctx, path, losses: StageLosses, task: str, indices: list[int], divisor: float, share: float
+def micro_losses(ctx, path, stepping, losses: StageLosses, task: str, indices: list[int], divisor: float, share: float
                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """One micro-batch: the loss to run backward on (the task's loss over `divisor` plus `share`, the micro-batch's
     part of the update, of each embedding loss, each a mean over the micro-batch), the task loss alone and each
     embedding loss (detached)."""
-    step = path.forward_loss(task, indices, divisor, embed=task in losses.embedding_tasks)
+    step = path.forward_loss(stepping.model, task, indices, divisor, embed=task in losses.embedding_tasks)
     task_loss = step.loss if losses.task_loss else step.loss * 0.0  # zero, yet every group takes part in the step
     added: dict[str, torch.Tensor] = {}
     if step.embeddings is not None:
@@ -86,13 +86,13 @@ def micro_backward(ctx, path, stepping, losses: StageLosses, task: str, indices:
     weight 0: every process must take part in each gradient reduction."""
     processes = distributed.size()
     if processes == 1:
-        total, task_loss, added = micro_losses(ctx, path, losses, task, indices, divisor, 1 / count)
+        total, task_loss, added = micro_losses(ctx, path, stepping, losses, task, indices, divisor, 1 / count)
         ctx.accelerator.backward(total)
         return task_loss, {name: value / count for name, value in added.items()}
     mine = distributed.shard(indices)
     weight = len(mine) / len(indices)
     with stepping.sync(last):
-        total, task_loss, added = micro_losses(ctx, path, losses, task, mine or indices[:1], divisor,
+        total, task_loss, added = micro_losses(ctx, path, stepping, losses, task, mine or indices[:1], divisor,
                                                weight / count)
         ctx.accelerator.backward(total * (processes if mine else 0.0))
     return task_loss * (1.0 if mine else 0.0), {name: value * (weight / count) for name, value in added.items()}
