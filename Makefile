@@ -1,6 +1,7 @@
 # make demo: create .venv, install, train the demo multi-task model on bundled data.
 # make test: create .venv, install, lint, type-check and run the test suite (the benchmark-scale tests excluded).
 # make test-bench: the benchmark-scale tests (bench/quality.py --quick, multi-process runs, fault injection).
+# make docs: build the documentation site (mkdocs.yml, docs/) into site/; strict: a broken link fails.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
@@ -11,7 +12,7 @@ CONSTRAINTS ?= constraints.txt
 CONSTRAIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-bench install constraints clean
+.PHONY: demo test test-bench docs install constraints clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +33,9 @@ test: $(STAMP)
 
 test-bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m bench
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # Rewrite constraints.txt from the installed environment (after changing pyproject's ranges; torch stays TORCH_SPEC's).
 constraints: $(STAMP)

@@ -75,14 +75,16 @@ class Recorder:
     def __init__(self, device: str):
         self.device, self.steps, self.stages = device, [], {}
 
-    def __call__(self, name: str, payload: dict) -> None:
+    def __call__(self, event) -> None:
         import torch
 
-        if name == "step":
+        from thawing.training.events import StageEnded, UpdateDone
+
+        if isinstance(event, UpdateDone):
             sync(self.device)
-            self.steps.append((time.perf_counter(), payload["examples"]))
-        elif name == "stage_end" and self.device == "cuda":
-            self.stages[payload["stage"]] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
+            self.steps.append((time.perf_counter(), event.examples))
+        elif isinstance(event, StageEnded) and self.device == "cuda":
+            self.stages[event.stage] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
             torch.cuda.reset_peak_memory_stats()
 
 
@@ -97,7 +99,7 @@ def train_once(raw: dict, schedule, encoder, run_dir: Path, device: str, run_opt
         torch.cuda.reset_peak_memory_stats()
     events = Recorder(device)
     began = time.perf_counter()
-    run = loop.train(parse_config({**raw, "schedule": schedule}), run_dir=str(run_dir), events=events,
+    run = loop.train(parse_config({**raw, "schedule": schedule}), run_dir=str(run_dir), callbacks=[events],
                      encoder=encoder, run_optional=run_optional)
     return run, events, time.perf_counter() - began
 

@@ -15,6 +15,7 @@ from thawing.model.freezing import active_tasks, apply_trainable, layer_names, s
 from thawing.store.cache import FeatureStore, entry_key, fingerprint
 from thawing.training import loop
 from thawing.training.boundary_cache import estimate_bytes
+from thawing.training.events import CacheNote
 from thawing.training.paths import TopLayers, WholeModel, choose_path
 from thawing.training.setup import prepare
 
@@ -31,8 +32,7 @@ def _path(ctx, stage, groups, messages=None):
     apply_trainable(groups, stage.trainable)
     ctx.model.train()
     set_frozen_modes(ctx.model, stage.trainable)
-    note = ((lambda payload: messages.append(payload.get("message", ""))) if messages is not None
-            else (lambda _payload: None))
+    note = messages.append if messages is not None else (lambda _message: None)
     return choose_path(ctx.model, stage.trainable, ctx.prep.features, ctx.runtime, ctx.prep.config,
                        active_tasks(ctx.model.specs, stage.trainable), note)
 
@@ -113,15 +113,15 @@ def test_disk_cache_is_reused_and_invalidated_by_weight_changes(tiny_bert_dir, t
     config["cache"] = {"dir": str(tmp_path / "store")}
     computed = []
 
-    def events(name, payload):
-        if name == "cache":
-            computed.append(payload)
+    def events(event):
+        if isinstance(event, CacheNote) and event.message.startswith("computing frozen features"):
+            computed.append(event)
 
-    loop.train(parse_config(config), run_dir=str(tmp_path / "a"), events=events)
+    loop.train(parse_config(config), run_dir=str(tmp_path / "a"), callbacks=[events])
     first = len(computed)
     entries = sorted(p.name for p in store.root.glob("*/*"))
     assert first == 2 and len(entries) == 2  # train and dev
-    loop.train(parse_config(config), run_dir=str(tmp_path / "b"), events=events)
+    loop.train(parse_config(config), run_dir=str(tmp_path / "b"), callbacks=[events])
     assert len(computed) == first  # the second run read every feature from disk
     assert sorted(p.name for p in store.root.glob("*/*")) == entries
 

@@ -18,12 +18,14 @@ from safetensors.torch import load_file
 from toy import toy_config
 from typer.testing import CliRunner
 
+from thawing import progress
 from thawing.cli import app
 from thawing.config import parse_config
 from thawing.errors import InputError, Interrupted
 from thawing.store.atomic import building, recover, write_text
 from thawing.store.run_dir import RunDir
 from thawing.training import loop
+from thawing.training.events import UpdateDone
 
 # 16 sentiment + 12 NER training rows at batch 4: 7 updates per epoch; stage "all" runs 3 epochs (21 updates).
 SCHEDULE = [{"name": "heads", "train": ["heads"], "epochs": 1}, {"name": "all", "train": ["all"], "epochs": 3}]
@@ -39,10 +41,10 @@ def _on_step(stage: str, update: int, action):
     """Events that call `action()` when `stage` reports update number `update`; they also record every step."""
     seen = []
 
-    def events(name: str, payload: dict) -> None:
-        if name == "step":
-            seen.append((payload["stage"], payload["update"]))
-            if (payload["stage"], payload["update"]) == (stage, update):
+    def events(event) -> None:
+        if isinstance(event, UpdateDone):
+            seen.append((event.stage, event.update))
+            if (event.stage, event.update) == (stage, update):
                 action()
 
     events.seen = seen
@@ -78,12 +80,13 @@ def test_a_run_killed_in_a_stages_third_epoch_resumes_from_its_last_stage_checkp
     tiny_bert_dir, tmp_path, reference
 ):
     with pytest.raises(KeyboardInterrupt):
-        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"), events=_on_step("all", 17, _kill))
+        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"),
+                   callbacks=[_on_step("all", 17, _kill)])
     state = json.loads((tmp_path / "run" / "checkpoints" / "step" / "state.json").read_text())
     assert state["stages_done"] == 1 and state["stage"]["update"] == 16 and state["stage"]["epoch"] == 2
 
     events = _on_step("none", 0, _kill)
-    resumed = loop.resume_run(tmp_path / "run", events=events)
+    resumed = loop.resume_run(tmp_path / "run", callbacks=[events])
     assert events.seen[0] == ("all", 17)  # not the stage's first update
     _assert_identical(resumed, reference)
     assert not resumed.checkpoints.exists()  # removed once the run finished (train.keep_checkpoints is off)
@@ -99,7 +102,7 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tiny_bert_dir, tmp_pat
     interrupt = _on_step("all", 5, lambda: os.kill(os.getpid(), signal.SIGINT))
     before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN when the suite runs in the background
     with pytest.raises(Interrupted) as caught:
-        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"), events=interrupt)
+        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"), callbacks=[interrupt])
     assert caught.value.exit_code == 130 and f"thawing train --resume {tmp_path / 'run'}" in str(caught.value)
     assert interrupt.seen[-1] == ("all", 5)  # it stopped at the next update boundary
     state = json.loads((tmp_path / "run" / "checkpoints" / "step" / "state.json").read_text())
@@ -109,7 +112,6 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tiny_bert_dir, tmp_pat
 
 
 def test_sigterm_on_the_command_line_exits_143(tiny_bert_dir, tmp_path, monkeypatch):
-    from thawing import cli
 
     config = tmp_path / "c.yaml"
     config.write_text(json.dumps(toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",), schedule=SCHEDULE,
@@ -125,7 +127,7 @@ def test_sigterm_on_the_command_line_exits_143(tiny_bert_dir, tmp_path, monkeypa
         def stop(self):
             pass
 
-    monkeypatch.setattr(cli, "_TrainPrinter", Printer)
+    monkeypatch.setattr(progress, "ProgressPrinter", Printer)
     result = CliRunner().invoke(app, ["train", str(config), "--run-dir", str(tmp_path / "run")])
     assert isinstance(result.exception, Interrupted) and result.exception.exit_code == 143
     assert "SIGTERM" in str(result.exception) and (tmp_path / "run" / "checkpoints" / "step").is_dir()
@@ -133,22 +135,25 @@ def test_sigterm_on_the_command_line_exits_143(tiny_bert_dir, tmp_path, monkeypa
 
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tiny_bert_dir, tmp_path, reference):
     with pytest.raises(KeyboardInterrupt):
-        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"), events=_on_step("heads", 1, _kill))
+        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"),
+                   callbacks=[_on_step("heads", 1, _kill)])
     assert not (tmp_path / "run" / "checkpoints").exists()
     _assert_identical(loop.resume_run(tmp_path / "run"), reference)
 
 
 def test_a_second_process_on_a_run_directory_is_refused(tiny_bert_dir, tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"), events=_on_step("all", 3, _kill))
+        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"),
+                   callbacks=[_on_step("all", 3, _kill)])
     run = RunDir(tmp_path / "run")
-    holder = run.lock()  # another process would hold this lock; flock locks per open file, so this stands in
+    holder = run.lock()  # another process would hold this lock; a lock is per open file, so this stands in
     try:
         with pytest.raises(InputError, match=f"in use by process {os.getpid()}"):
             loop.resume_run(run.path)
     finally:
         holder.close()
     assert loop.resume_run(run.path).results.is_file()  # released: it resumes
+    assert not (run.path / "run.lock").exists() and not (run.path / "run.lock.pid").exists()  # finished: no lock left
 
 
 @pytest.mark.parametrize("moment", ["building", "after moving the old aside", "removing the old"])
@@ -174,7 +179,8 @@ def test_a_folder_swap_killed_at_any_moment_leaves_a_complete_folder(tmp_path, m
 
 def test_resume_after_a_kill_between_the_renames_of_a_checkpoint_swap(tiny_bert_dir, tmp_path, reference):
     with pytest.raises(KeyboardInterrupt):
-        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"), events=_on_step("all", 9, _kill))
+        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"),
+                   callbacks=[_on_step("all", 9, _kill)])
     step = tmp_path / "run" / "checkpoints" / "step"
     os.replace(step, step.with_name(".step.old"))  # where the swap was: the old folder aside, the new one not in
     _assert_identical(loop.resume_run(tmp_path / "run"), reference)

@@ -109,7 +109,7 @@ def test_embed_mixed_precision(tiny_qwen2_dir, tmp_path):
         "--mixed-precision",
         "fp16",
     )
-    assert code == 2 and "fp16 needs a GPU" in message
+    assert code == 2 and "fp16 needs a CUDA GPU" in message
 
 
 def test_embed_unknown_or_missing_device_exits_2(tiny_bert_dir, tmp_path):
@@ -337,3 +337,26 @@ def test_python_api(tiny_bert_dir, tmp_path):
     both = model.predict(["john is in paris"])
     assert set(both) == {"sentiment", "ner"} and both["ner"][0]["tokens"] == ["john", "is", "in", "paris"]
     assert model.predict(["the film was great"], task="sentiment")[0]["label"] in ("positive", "negative")
+
+
+def test_a_trained_model_evaluates_texts_and_label_names(tiny_bert_dir, tmp_path):
+    """`TrainedModel.evaluate(texts, labels, task=)` takes what a user holds: label names, tags per word."""
+    import thawing
+    from thawing.errors import InputError
+
+    config = toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment", "ner"))
+    run = thawing.train(config, run_dir=str(tmp_path / "run"), verbose=False)
+    model = thawing.load(run.path, device="cpu")
+    texts = ["a wonderful film", "a dull and boring film", "what a great story", "awful acting"]
+    truth = ["positive", "negative", "positive", "negative"]
+    predicted = [p["label"] for p in model.predict(texts, task="sentiment")]
+    accuracy = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
+    assert model.evaluate(texts, truth, task="sentiment")["accuracy"] == pytest.approx(accuracy)
+    words = [["Alice", "lives", "in", "Paris"], ["Bob", "works", "at", "Acme"]]
+    tags = [["B-PER", "O", "O", "B-LOC"], ["B-PER", "O", "O", "B-ORG"]]
+    assert 0.0 <= model.evaluate(words, tags, task="ner")["f1"] <= 1.0
+    unknown = r"labels\[1\]: 'meh' is not a label of task 'sentiment' \(it has negative, positive\)"
+    with pytest.raises(InputError, match=unknown):
+        model.evaluate(texts[:2], ["positive", "meh"], task="sentiment")
+    with pytest.raises(InputError, match="several tasks"):
+        model.evaluate(texts, truth)

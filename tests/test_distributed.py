@@ -175,14 +175,15 @@ DRIVER = """
 import os, signal, sys
 from thawing.config import load_config
 from thawing.training import loop
+from thawing.training.events import UpdateDone
 
 config, run_dir, stage, update = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 
-def events(name, payload):  # only the main process hears events: it alone receives the signal
-    if name == "step" and payload["stage"] == stage and payload["update"] == update:
+def events(event):  # only the main process hears events: it alone receives the signal
+    if isinstance(event, UpdateDone) and (event.stage, event.update) == (stage, update):
         os.kill(os.getpid(), signal.SIGTERM)
 
-loop.train(load_config(config), run_dir=run_dir, events=events)
+loop.train(load_config(config), run_dir=run_dir, callbacks=[events])
 """
 
 

@@ -135,11 +135,14 @@ def test_push_then_load_by_repo_id_predicts_as_the_run(run, hub):
 
     snapshot = next((hub.cache / "models--someone--toy-model" / "snapshots").iterdir())
     final = run / "final"
-    assert ({p.relative_to(snapshot) for p in snapshot.rglob("*") if p.is_file()}
-            == {p.relative_to(final) for p in final.rglob("*") if p.is_file()})
+    # final/'s files, the encoder's at the root (a sentence-transformers model), thawing's beside it
+    assert ({p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()}
+            == {p.relative_to(final).as_posix().removeprefix("encoder/") for p in final.rglob("*") if p.is_file()})
+    assert (snapshot / "modules.json").is_file() and (snapshot / "heads.safetensors").is_file()
     local_card, card = (final / "README.md").read_text(), (snapshot / "README.md").read_text()
     assert card.split("## Usage")[0] == local_card.split("## Usage")[0]  # all but the usage section as trained
     assert f'thawing.load("{REPO}")' in card and "Paths are relative" not in card
+    assert f'SentenceTransformer("{REPO}")' in card and "library_name: sentence-transformers" in card
     assert f"thawing export {REPO} --format onnx --output toy-model-onnx" in card
     assert 'thawing.load("run")' in local_card  # the run's own card is left alone
 
@@ -312,17 +315,15 @@ def test_pushed_card_snippets_run_from_the_cache(run, hub, tmp_path, monkeypatch
 
 
 @pytest.mark.usefixtures("hub")  # push goes to the fake hub
-def test_sentence_transformers_reads_the_encoder_folder_of_the_download(run):
-    from huggingface_hub import snapshot_download
+def test_sentence_transformers_loads_the_pushed_repo_by_its_id(run, hub):  # noqa: ARG001 (the fake Hub, installed)
+    """The repo's root is a sentence-transformers model: `SentenceTransformer("owner/name")` loads it as it is (from
+    the cache here) and embeds as thawing does, each task's prompt a named prompt."""
     from sentence_transformers import SentenceTransformer
 
     thawing.push(run, REPO)
-    folder = snapshot_download(REPO, allow_patterns=["encoder/*"])
-    st = SentenceTransformer(f"{folder}/encoder", device="cpu")
+    st = SentenceTransformer(REPO, device="cpu")
     ours = thawing.load(run, device="cpu").encode(TEXTS, prompt=PROMPT)
     np.testing.assert_allclose(st.encode(TEXTS, prompt_name="qtype"), ours, atol=1e-5)
-    with pytest.raises(Exception):  # noqa: B017 - the repo's root is thawing's layout, not sentence-transformers'
-        SentenceTransformer(REPO, device="cpu")
 
 
 def test_errors_name_what_failed(run, cache, monkeypatch):
@@ -334,3 +335,4 @@ def test_errors_name_what_failed(run, cache, monkeypatch):
     with pytest.raises(ThawingError, match="cannot push to 'someone/toy-model': PermissionError: 403 Forbidden"):
         thawing.push(run, REPO)
     assert hub.named("create_repo")
+

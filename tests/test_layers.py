@@ -12,8 +12,8 @@ import thawing
 SRC = Path(thawing.__file__).parent
 # Bottom to top: a module imports its own layer and those below it, never one above.
 LAYERS = ["thawing._version thawing.errors thawing.distributed", "thawing.data", "thawing.task_types", "thawing.config",
-          "thawing.model", "thawing.store", "thawing.training", "thawing.reporting", "thawing.study", "thawing.api",
-          "thawing.deploy", "thawing.cli thawing.__main__ thawing"]
+          "thawing.model", "thawing.store", "thawing.training", "thawing.reporting", "thawing.study",
+          "thawing.progress thawing.api", "thawing.deploy", "thawing.cli thawing.__main__ thawing"]
 TOP = {"thawing", "thawing.cli", "thawing.__main__"}
 
 

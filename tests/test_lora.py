@@ -27,6 +27,7 @@ from thawing.model.freezing import apply_trainable, set_frozen_modes
 from thawing.model.groups import parameter_groups
 from thawing.model.loading import load_encoder
 from thawing.training import loop
+from thawing.training.events import Evaluated, StageEnded
 from thawing.training.paths import TopLayers, WholeModel, choose_path
 
 TEXTS = ["i love the film", "where is paris ?", "the delivery was late", "john is in london"]
@@ -183,8 +184,8 @@ def test_a_lora_stage_trains_adapters_and_heads_and_merges_into_a_plain_encoder(
     start = {n: p.detach().clone() for n, p in encoder.named_parameters()}
     seen = {}
 
-    def events(name, _payload):
-        if name == "stage_end":  # the stage is over, the plan has not decided yet: adapters still attached
+    def events(event):
+        if isinstance(event, StageEnded):  # the stage is over, the plan has not decided yet: adapters still attached
             weights = {n.replace(".base_layer", ""): p.detach().clone() for n, p in encoder.named_parameters()
                        if ".lora_" not in n}
             seen["unchanged"] = all(torch.equal(weights[n], start[n]) for n in start) and weights.keys() == start.keys()
@@ -192,7 +193,7 @@ def test_a_lora_stage_trains_adapters_and_heads_and_merges_into_a_plain_encoder(
             seen["embeddings"] = encoder.encode(TEXTS)
 
     run = loop.train(_config(model_dir, tmp_path, [_stage(layers="layers[-1:]")]), run_dir=str(tmp_path / "run"),
-                     encoder=encoder, events=events)
+                     encoder=encoder, callbacks=[events])
 
     assert seen["unchanged"]  # while the stage trained, no base weight moved
     assert seen["adapters"] and any(n.endswith("lora_B.stage.weight") and p.abs().sum() > 0
@@ -291,15 +292,15 @@ def test_restore_best_puts_back_the_adapters_of_the_best_evaluation(tiny_bert_di
     def adapters():
         return {n: p.detach().clone() for n, p in encoder.named_parameters() if ".lora_" in n}
 
-    def events(name, payload):
-        if name == "eval":
-            at_eval[payload["step"]] = adapters()
-        elif name == "stage_end":
-            at_end.update(adapters=adapters(), summary=payload)
+    def events(event):
+        if isinstance(event, Evaluated):
+            at_eval[event.step] = adapters()
+        elif isinstance(event, StageEnded):
+            at_end.update(adapters=adapters(), summary=event.summary)
 
     stage = {**_stage(layers="encoder", epochs=3), "eval_every": 1, "lr": {"heads": 0.3, "encoder": 0.3}}
     loop.train(_config(tiny_bert_dir, tmp_path, [stage]), run_dir=str(tmp_path / "run"), encoder=encoder,
-               events=events)
+               callbacks=[events])
     best, last = at_end["summary"]["best_step"], max(at_eval)
     assert best < last, "this setting was chosen so that the best evaluation is not the last one"
     assert not all(torch.equal(p, at_eval[last][n]) for n, p in at_end["adapters"].items())
@@ -310,7 +311,7 @@ def test_a_stage_can_train_adapters_alone(tiny_bert_dir, tmp_path):
     schedule = [{"name": "heads", "train": ["heads"], "epochs": 1}, _stage(name="adapters", train=())]
     config = _config(tiny_bert_dir, tmp_path, schedule, checkpoint_every=1)
     with pytest.raises(KeyboardInterrupt):
-        loop.train(config, run_dir=str(tmp_path / "run"), events=_on_step("adapters", 3, _kill))
+        loop.train(config, run_dir=str(tmp_path / "run"), callbacks=[_on_step("adapters", 3, _kill)])
     saved = load_file(str(tmp_path / "run" / "checkpoints" / "step" / "trainable.safetensors"))
     assert len(saved) == 8 and all(".lora_" in k for k in saved)  # A and B of query and value in two layers
 
@@ -350,7 +351,8 @@ def _resumable(model_dir, root, **train):
 def test_a_run_killed_inside_a_lora_stage_resumes_identically(model, tmp_path, lora_reference):
     arch, model_dir = model
     with pytest.raises(KeyboardInterrupt):
-        loop.train(_resumable(model_dir, tmp_path), run_dir=str(tmp_path / "run"), events=_on_step("lora", 11, _kill))
+        loop.train(_resumable(model_dir, tmp_path), run_dir=str(tmp_path / "run"),
+                   callbacks=[_on_step("lora", 11, _kill)])
     step = tmp_path / "run" / "checkpoints" / "step"
     assert json.loads((step / "state.json").read_text())["stage"]["update"] == 10
     saved = load_file(str(step / "trainable.safetensors"))
@@ -360,7 +362,7 @@ def test_a_run_killed_inside_a_lora_stage_resumes_identically(model, tmp_path, l
     assert adapters and trained == list(saved)  # the heads, the top layer (and norm) and every layer's adapters
 
     events = _on_step("none", 0, _kill)
-    resumed = loop.resume_run(tmp_path / "run", events=events)
+    resumed = loop.resume_run(tmp_path / "run", callbacks=[events])
     assert events.seen[0] == ("lora", 11)
     _assert_identical(resumed, lora_reference[arch])
     assert resumed.read_json(resumed.stages)[1]["lora"]["merged"] is True

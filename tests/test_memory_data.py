@@ -20,6 +20,7 @@ from thawing.cli import app
 from thawing.config import ConfigError, parse_config
 from thawing.errors import ThawingError
 from thawing.store.run_dir import RunDir
+from thawing.training.events import Evaluated
 
 # Two trained stages, so a run can die in the second and resume from the first's checkpoint.
 SCHEDULE = [{"name": "heads", "train": ["heads"], "epochs": 2}, {"name": "all", "train": ["all"], "epochs": 1}]
@@ -54,13 +55,13 @@ def test_rows_in_memory_train_as_their_files_do_and_resume_from_the_run_copy(tin
     files = toy_config(tiny_bert_dir, tmp_path / "f", tasks=("sentiment", "qtype"), schedule=SCHEDULE)
     reference = thawing.train(files, run_dir=str(tmp_path / "files"))
 
-    def killed(event: str, payload: dict) -> None:
-        if event == "eval" and payload["stage"] == "all":
+    def killed(event) -> None:
+        if isinstance(event, Evaluated) and event.stage == "all":
             raise KeyboardInterrupt("killed")
 
     config = in_memory(toy_config(tiny_bert_dir, tmp_path / "m", tasks=("sentiment", "qtype"), schedule=SCHEDULE))
     with pytest.raises(KeyboardInterrupt):
-        thawing.train(config, run_dir=str(tmp_path / "memory"), events=killed)
+        thawing.train(config, run_dir=str(tmp_path / "memory"), callbacks=[killed])
     run = tmp_path / "memory"
     recorded = yaml.safe_load((run / "config.yaml").read_text())["tasks"]
     assert recorded["sentiment"]["data"] == {"test": None} | {

@@ -389,4 +389,4 @@ def test_train_evaluate_predict_and_reload(tiny_bert_dir, tmp_path, schedule, mo
     assert model.predict(texts, task="topics") == predictions["topics"]
 
     test = split_examples(config, "topics", saved["topics"]["labels"], "test")
-    assert model.evaluate("topics", test) == pytest.approx(results["tasks"]["topics"])
+    assert model.evaluate_examples("topics", test) == pytest.approx(results["tasks"]["topics"])

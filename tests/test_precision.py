@@ -80,10 +80,26 @@ def test_a_process_trains_in_one_precision_then_another(tiny_bert_dir, tmp_path)
 
 
 def test_fp16_on_cpu_and_cuda_without_a_gpu_are_refused():
-    with pytest.raises(ThawingError, match="fp16 needs a GPU"):
+    with pytest.raises(ThawingError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16", "cpu")
     if not torch.cuda.is_available():
         from thawing.model.runtime import resolve_device
 
         with pytest.raises(ThawingError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_an_apple_gpu_is_a_device_where_torch_has_one(monkeypatch):
+    """mps: chosen by auto after CUDA, refused where torch has none; fp16 (loss scaling) stays CUDA's."""
+    from thawing.model import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "mps_available", lambda: True)
+    assert runtime.resolve_device("auto") == "mps" and runtime.resolve_device("mps") == "mps"
+    assert runtime.resolve_precision("auto", "mps") == "no"
+    with pytest.raises(ThawingError, match="fp16 needs a CUDA GPU"):
+        runtime.resolve_precision("fp16", "mps")
+    monkeypatch.setattr(runtime, "mps_available", lambda: False)
+    assert runtime.resolve_device("auto") == "cpu"
+    with pytest.raises(ThawingError, match="no Apple GPU"):
+        runtime.resolve_device("mps")

@@ -81,7 +81,7 @@ def test_tensorboard_event_files_hold_what_metrics_jsonl_holds(tiny_bert_dir, tm
     events = EventAccumulator(str(run.tracker_dir("tensorboard")))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/qtype/loss", "lr/head:qtype", "dev/qtype/accuracy", "probe/drift/drift"} <= tags
+    assert {"train/qtype/loss", "lr/head_qtype", "dev/qtype/accuracy", "probe/drift/drift"} <= tags
     losses = [m["loss"] for m in run.read_metrics() if m["split"] == "train"]
     assert [e.value for e in events.Scalars("train/qtype/loss")] == pytest.approx(losses)
 

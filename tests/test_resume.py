@@ -17,6 +17,7 @@ from thawing.cli import app
 from thawing.config import parse_config
 from thawing.errors import InputError
 from thawing.training import loop
+from thawing.training.events import Evaluated
 
 # Trained stages (BERT's dropout draws random numbers in each); on this data the plan stops after "all".
 SCHEDULE = [{"name": "heads", "train": ["heads"], "epochs": 2}, {"name": "all", "train": ["all"], "epochs": 1},
@@ -30,8 +31,8 @@ def _config(model_dir, root):
 def _kill_in_stage(name: str):
     """Events that make the run die inside stage `name`, after that stage has logged metrics (as a crash would)."""
 
-    def events(event: str, payload: dict) -> None:
-        if event == "eval" and payload["stage"] == name:
+    def events(event) -> None:
+        if isinstance(event, Evaluated) and event.stage == name:
             raise KeyboardInterrupt("killed")
 
     return events
@@ -45,7 +46,8 @@ def reference(tiny_bert_dir, tmp_path_factory):
 
 def test_a_stopped_run_resumes_to_the_same_result(tiny_bert_dir, tmp_path, reference):
     with pytest.raises(KeyboardInterrupt):
-        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"), events=_kill_in_stage("all"))
+        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"),
+                   callbacks=[_kill_in_stage("all")])
     state = json.loads((tmp_path / "run" / "checkpoints" / "last" / "state.json").read_text())
     assert state["stages_done"] == 1 and not (tmp_path / "run" / "results.json").exists()
 
@@ -92,7 +94,8 @@ def test_resume_refuses_finished_and_unstarted_runs(reference, tmp_path):
 
 def test_resume_from_the_command_line(tiny_bert_dir, tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"), events=_kill_in_stage("all"))
+        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"),
+                   callbacks=[_kill_in_stage("all")])
     result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "results.json").is_file() and (tmp_path / "run" / "report" / "report.md").is_file()

@@ -242,3 +242,11 @@ def test_serve_command_end_to_end(run, tmp_path):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) in (0, 130), log.read_text()  # 130: the usual status after Ctrl-C
     assert "Traceback" not in log.read_text()
+
+
+def test_the_api_page_and_schema_are_served_unless_switched_off(model, client):
+    schema = client.get("/openapi.json")
+    assert schema.status_code == 200 and {"/predict", "/embed", "/health", "/info"} <= set(schema.json()["paths"])
+    assert client.get("/docs").status_code == 200
+    with TestClient(build_app(model, ServeSettings(docs=False))) as closed:
+        assert closed.get("/openapi.json").status_code == 404 and closed.get("/docs").status_code == 404

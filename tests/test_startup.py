@@ -98,3 +98,25 @@ def test_version(monkeypatch):
 
     monkeypatch.setattr(importlib.metadata, "version", absent)  # run from a checkout that is not installed
     assert thawing.version() == thawing.__version__
+
+
+@pytest.mark.parametrize("command", ["predict", "embed", "evaluate"])
+def test_an_existing_output_is_refused_before_anything_heavy_loads(tmp_path, command):
+    out = tmp_path / "out.jsonl"
+    out.write_text("an earlier result\n")
+    argv = {"predict": ["predict", "a-run", "-i", "in.txt", "-o", str(out)],
+            "embed": ["embed", "-m", "a-model", "-i", "in.txt", "-o", str(out)],
+            "evaluate": ["evaluate", "a-run", "--output", str(out)]}[command]
+    code = f"""
+import json, sys
+from thawing.cli import app
+from thawing.errors import ThawingError
+try:
+    app({argv!r}, prog_name="thawing")
+    message = ""
+except ThawingError as exc:
+    message = str(exc)
+print(json.dumps({{"heavy": sorted(m for m in {HEAVY!r} if m in sys.modules), "message": message}}))
+"""
+    result = json.loads(fresh(code).splitlines()[-1])
+    assert "output exists" in result["message"] and result["heavy"] == [], result

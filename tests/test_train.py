@@ -308,16 +308,18 @@ def test_updates_close_as_soon_as_they_reach_the_token_budget():
 
 
 def test_update_tokens_training_accumulates_several_batches_per_update(tiny_bert_dir, tmp_path):
+    from thawing.training.events import UpdateDone
+
     events = []
     settings = {"update_tokens": 60, "epochs": 2, "batch_size": 4, "eval_every": 2}
     config = parse_config(toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment", "ner"), train=settings))
-    run = train(config, run_dir=str(tmp_path / "run"), events=lambda name, payload: events.append((name, payload)))
+    run = train(config, run_dir=str(tmp_path / "run"), callbacks=[events.append])
     summary = run.read_json(run.stages)[0]
-    steps = [p for name, p in events if name == "step"]
+    steps = [e for e in events if isinstance(e, UpdateDone)]
     micro_batches = 2 * (16 // 4 + 12 // 4)  # two epochs of sentiment (16 examples) and ner (12)
     assert 0 < summary["updates"] == len(steps) < micro_batches
-    assert [p["update"] for p in steps] == list(range(1, len(steps) + 1))
-    assert all(p["update"] <= p["total"] and p["loss"] > 0 for p in steps)
+    assert [e.update for e in steps] == list(range(1, len(steps) + 1))
+    assert all(e.update <= e.total and e.loss > 0 for e in steps)
     assert summary["epochs_run"] == 2 and summary["best_score"] is not None
 
 

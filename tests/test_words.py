@@ -90,7 +90,7 @@ def test_scoring_compares_each_word_with_its_own_tag(run, tmp_path):
     feats = featurize(model.model, "ner", examples, labelled=True)
     for i, example in enumerate(examples):
         assert [feats.labels[i][p] for p in feats.word_starts[i]] == example.label
-    assert model.evaluate("ner", examples) == model.evaluate("ner", replaced)
+    assert model.evaluate_examples("ner", examples) == model.evaluate_examples("ner", replaced)
 
     files = {"odd": examples, "plain": replaced}
     scores = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from thawing.model.loading import load_encoder
 from thawing.model.multitask import MultiTaskModel, TaskSpec
 from thawing.model.runtime import Runtime, apply, resolve
 from thawing.store.run_dir import RunDir
+from thawing.training.events import Callback
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,47 @@ class TrainedModel:
             out = inference.predict(self.model, texts, names, self.batch_size, self.runtime.inference_max_tokens)
         return out[task] if task else out
 
-    def evaluate(self, task: str, examples: list[Example]) -> dict[str, float]:
+    def evaluate(self, texts: Sequence[str] | Sequence[Sequence[str]], labels: Sequence, task: str | None = None
+                 ) -> dict[str, float]:
+        """Metrics of `task` (the model's only task where `task` is None) on texts and their gold labels as a user
+        holds them: a label name per text (classification), a list of names per text (multi-label), a tag per word
+        (token classification: texts as word lists, or strings split on whitespace).
+
+        Example:
+            >>> texts, labels = ["Where is my parcel?", "Refund me"], ["shipping", "billing"]
+            >>> model.evaluate(texts, labels, task="topic")  # doctest: +SKIP
+            {'accuracy': 1.0, 'macro_f1': 1.0}
+
+        Raises:
+            InputError: an unknown task, texts and labels of different lengths, a label the model does not know
+                (naming its row).
+        """
+        if task is None:
+            if len(self.tasks) != 1:
+                raise InputError(f"this model has several tasks ({', '.join(self.tasks)}): name one with task=")
+            task = next(iter(self.tasks))
+        if task not in self.tasks:
+            raise InputError(f"unknown task '{task}'; this model has {', '.join(self.tasks)}")
+        if len(texts) != len(labels):
+            raise InputError(f"{len(texts)} texts but {len(labels)} labels: give one label per text")
+        spec = self.tasks[task]
+        ids = {label: i for i, label in enumerate(spec.labels)}
+        examples = []
+        for row, (item, gold) in enumerate(zip(texts, labels, strict=True)):
+            try:
+                label = spec.kind.label_ids(gold, ids)
+            except KeyError as exc:
+                raise InputError(f"labels[{row}]: {exc} is not a label of task '{task}' (it has "
+                                 f"{', '.join(spec.labels)})") from None
+            examples.append(replace(spec.kind.example_for_prediction(item), label=label))
+        return self.evaluate_examples(task, examples)
+
+    def evaluate_examples(self, task: str, examples: list[Example]) -> dict[str, float]:
         """Metrics of `task` on labelled examples (labels as ids of this model's label set)."""
         feats = inference.featurize(self.model, task, examples, labelled=True)
         with self.runtime.autocast():
             logits = inference.task_logits(self.model, task, feats, self.batch_size, self.runtime.inference_max_tokens)
         return inference.score(self.tasks[task], logits, [e.label for e in examples])
-
 
 def load(model: str | Path, device: str = "auto", mixed_precision: str = "auto", packing: bool | None = None,
          trust_remote_code: bool = False, revision: str | None = None) -> TrainedModel:
@@ -178,8 +213,10 @@ def _load_heads(model: MultiTaskModel, run: RunDir) -> None:
     model.heads.load_state_dict(state)
 
 
-def train(config: RunConfig | dict | str | Path, **options: Any) -> RunDir:
-    """Train per `config` and write a run directory; returns it.
+def train(config: RunConfig | dict | str | Path, *, callbacks: Sequence[Callback] = (), verbose: bool = True,
+          run_dir: str | None = None, run_optional: bool | None = None, encoder: Any = None) -> RunDir:
+    """Train per `config` and write a run directory, with its report; returns it (its repr names the folder and the
+    final score).
 
     Args:
         config: A `RunConfig`, a YAML config's path, or a dict holding what a config file would (relative paths in
@@ -187,7 +224,12 @@ def train(config: RunConfig | dict | str | Path, **options: Any) -> RunDir:
             memory: a list of dicts, or a `datasets.Dataset`; a task's whole `data` may be a `datasets.DatasetDict`.
             The run directory keeps a JSONL copy of such splits (`data/<task>_<split>.jsonl`, named in its
             config.yaml), so `thawing train --resume` and `thawing evaluate` read the same rows.
-        options: Passed on to the training loop: `run_dir`, `events`, `run_optional`, `encoder`.
+        callbacks: Called with every training event as it happens (`thawing.training.events`: stage started and
+            ended, each update, each evaluation, the final results, ...).
+        verbose: Show progress on stderr (a bar per stage, tables per evaluation), as `thawing train` does.
+        run_dir: Write the run here instead of runs/<name>-<timestamp>.
+        run_optional: Also run stages marked optional (full fine-tuning), as `thawing train --full`.
+        encoder: An `Encoder` to train instead of loading `config.model.name` (e.g. one built in memory).
 
     Raises:
         ThawingError: For a bad config or bad data (naming the task, split and row of rows in memory), before any
@@ -197,8 +239,11 @@ def train(config: RunConfig | dict | str | Path, **options: Any) -> RunDir:
         >>> rows = [{"text": "great film", "label": "pos"}, {"text": "awful film", "label": "neg"}] * 8
         >>> run = thawing.train({"tasks": {"sentiment": {"type": "classification",
         ...                                              "data": {"train": rows}}}})  # doctest: +SKIP
+        >>> run                                                                      # doctest: +SKIP
+        RunDir('runs/run-20261207-101500', score=0.9375)
     """
     from thawing.config import load_config, parse_config, resolve_paths
+    from thawing.progress import ProgressPrinter
     from thawing.reporting.report import report_finished
     from thawing.training.loop import train as run_training
 
@@ -206,7 +251,13 @@ def train(config: RunConfig | dict | str | Path, **options: Any) -> RunDir:
         config = load_config(config)
     elif not isinstance(config, RunConfig):
         config = resolve_paths(parse_config(config), Path.cwd())
-    run = run_training(config, **options)
+    printer = ProgressPrinter() if verbose and distributed.is_main() else None
+    try:
+        run = run_training(config, run_dir=run_dir, callbacks=[*callbacks, *([printer] if printer else [])],
+                           run_optional=run_optional, encoder=encoder)
+    finally:
+        if printer is not None:
+            printer.stop()
     if distributed.is_main():
         report_finished(run.path)
     return run

@@ -37,7 +37,7 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _setup(
     ctx: typer.Context,
-    version: bool = typer.Option(
+    version: bool = typer.Option(  # noqa: ARG001 (typer calls _print_version with it)
         False, "--version", callback=_print_version, is_eager=True, help="Print thawing's version and exit."
     ),
 ) -> None:
@@ -82,7 +82,7 @@ def embed(
         help="Fill each batch to this many padded tokens instead of --batch-size texts [default: 16384 on a GPU].",
     ),
     max_length: int | None = typer.Option(None, min=1, help="Truncate texts to this many tokens."),
-    device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu or cuda."),
+    device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu, cuda or mps."),
     packing: bool | None = typer.Option(
         None, help="Run texts without padding [default: on a GPU in bf16/fp16, flash varlen attention; off on CPU]."
     ),
@@ -91,6 +91,7 @@ def embed(
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
 ) -> None:
     """Embed texts with a sentence encoder and save them as a .npy array."""
+    _check_output(output, overwrite)  # before the model stack is imported (seconds): a refusal comes at once
     import numpy as np
 
     from thawing.data.readers import read_texts
@@ -98,7 +99,6 @@ def embed(
     from thawing.model.runtime import apply, resolve
     from thawing.store.atomic import atomic_path
 
-    _check_output(output, overwrite)
     texts = read_texts(input, text_field=text_field)
     encoder = load_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code)
 
@@ -126,127 +126,6 @@ def embed(
     console.print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {output}")
 
 
-def _metrics_table(title: str, results: dict[str, dict[str, float]], score: float | None = None):
-    from rich.table import Table
-
-    metrics = sorted({m for r in results.values() for m in r})
-    table = Table(title=title, title_justify="left")
-    table.add_column("task")
-    for m in metrics:
-        table.add_column(m, justify="right")
-    for task, r in results.items():
-        table.add_row(task, *[f"{r[m]:.4f}" if m in r else "" for m in metrics])
-    if score is not None:
-        table.caption = f"score {score:.4f}"
-    return table
-
-
-class _TrainPrinter:
-    """Turns the loop's events into a progress bar, a parameter table per stage and a metrics table per evaluation."""
-
-    SMOOTHING = 0.9  # the bar's loss per task is an exponential moving average, not the last batch's
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TextColumn("{task.fields[losses]}"),
-            console=console,
-            transient=True,
-        )
-        self.bar = None
-        self.smoothed: dict[str, float] = {}
-        self.began = 0.0
-        self.examples = 0
-
-    def __call__(self, name: str, p: dict) -> None:
-        from rich.table import Table
-
-        if name == "stage_start":
-            table = Table(
-                title=f"stage '{p['stage']}'" + (" (frozen encoder: features computed once)" if p["cached"] else ""),
-                title_justify="left",
-            )
-            for col in ("group", "params", "trainable", "lr"):
-                table.add_column(col, justify="right" if col != "group" else "left")
-            for row in p["table"]:
-                lr = p["lrs"].get(row["group"])
-                table.add_row(
-                    row["group"],
-                    f"{row['params']:,}",
-                    "yes" if row["trainable"] else "frozen",
-                    f"{lr:.2e}" if lr else "",
-                )
-            console.print(table)
-        elif name == "step":
-            import time
-
-            if self.bar is None:
-                self.progress.start()
-                self.bar = self.progress.add_task(f"{p['stage']}", total=p["total"], rate="", losses="")
-                self.smoothed, self.began, self.examples = {}, time.perf_counter(), 0
-            for task, loss in p["tasks"].items():
-                before = self.smoothed.get(task, loss)
-                self.smoothed[task] = self.SMOOTHING * before + (1 - self.SMOOTHING) * loss
-            self.examples += p["examples"]
-            rate = self.examples / max(time.perf_counter() - self.began, 1e-9)
-            losses = " ".join(f"{task} {loss:.3f}" for task, loss in sorted(self.smoothed.items()))
-            self.progress.update(self.bar, completed=p["update"], rate=f"{rate:,.0f} ex/s", losses=f"loss {losses}")
-        elif name == "eval":
-            console.print(
-                _metrics_table(
-                    f"{p['stage']} step {p['step']} epoch {p['epoch']:.2f} ({p['split']})", p["results"], p["score"]
-                )
-            )
-        elif name in ("stage_end", "results"):
-            self.stop()
-            if name == "stage_end":
-                console.print(
-                    f"stage '{p['stage']}': best {p['best_score']} at step {p['best_step']}, {p['stopped']}, "
-                    f"{p['wall_s']}s",
-                    highlight=False,
-                    markup=False,
-                )
-            else:
-                splits = ", ".join(sorted(set(p["splits"].values())))
-                console.print(_metrics_table(f"final model ({splits})", p["tasks"], p["score"]))
-        elif name == "cache":
-            if "message" in p:
-                console.print(f"cache: {p['message']}", markup=False, highlight=False)
-            else:
-                console.print(
-                    f"cache: computing frozen features for {p['task']}/{p['split']} ({p['examples']} examples)",
-                    markup=False,
-                )
-        elif name == "scenario":
-            console.rule(f"scenario '{p['scenario']}'")
-        elif name == "plan_stop":
-            console.print(
-                f"plan stopped: stage '{p['stage']}' scored {p['score']:.4f}, not better than {p['best']:.4f}",
-                markup=False,
-            )
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.progress.stop()
-            self.bar = None
-            self.progress = type(self.progress)(*self.progress.columns, console=console, transient=True)
-
-
 @app.command()
 def train(
     config: Path | None = typer.Argument(None, help="YAML config."),
@@ -257,6 +136,7 @@ def train(
 ) -> None:
     """Train a multi-task model (or --resume a stopped run); prints the run directory on its last line."""
     from thawing.config import load_config
+    from thawing.progress import ProgressPrinter
     from thawing.reporting.report import report_finished
     from thawing.store.run_dir import RunDir
     from thawing.training.loop import resume_run
@@ -269,16 +149,17 @@ def train(
     main = distributed.is_main()  # under `accelerate launch` / `torchrun`: only rank 0 prints and logs
     if not main:
         logging.getLogger().setLevel(logging.ERROR)
-    printer = _TrainPrinter() if main else None
+    printer = ProgressPrinter(console) if main else None
     try:
         if resume is not None:
-            run = resume_run(resume, events=printer)
+            run = resume_run(resume, callbacks=[printer] if printer else ())
         else:
             cfg = load_config(config, set_)
             if main:  # before the data and the model load, not after (the main process makes the directory)
                 RunDir.check_creatable(run_dir)
             run = run_training(
-                cfg, run_dir=str(run_dir) if run_dir else None, events=printer, run_optional=full or None
+                cfg, run_dir=str(run_dir) if run_dir else None, callbacks=[printer] if printer else (),
+                run_optional=full or None
             )
     finally:
         if printer is not None:
@@ -353,18 +234,19 @@ def evaluate(
     ),
 ) -> None:
     """Evaluate a trained run on a split of its tasks' data, or on other files."""
+    if output is not None:  # before the model stack is imported (seconds): a refusal comes at once
+        _check_output(output, overwrite=False)
     import json
 
     from thawing.api import load
     from thawing.config import SPLITS, load_config
     from thawing.model.hub import model_folder
     from thawing.model.inference import file_examples, split_examples
+    from thawing.progress import metrics_table
     from thawing.store.run_dir import RunDir
 
     if split not in SPLITS:
         raise InputError(f"--split '{split}' is not a split; choose {', '.join(SPLITS)}")
-    if output is not None:
-        _check_output(output, overwrite=False)
     overrides = dict(_split_pair(item) for item in data)
     folder = model_folder(run_dir)
     run = RunDir.of_model(folder)
@@ -386,8 +268,8 @@ def evaluate(
         if not examples:
             console.print(f"task '{task}' has no {split} split; skipped (give --data {task}=FILE)", markup=False)
             continue
-        results[task] = model.evaluate(task, examples)
-    Console().print(_metrics_table(f"{run_dir} ({split})", results))
+        results[task] = model.evaluate_examples(task, examples)
+    Console().print(metrics_table(f"{run_dir} ({split})", results))
     if output is not None:
         from thawing.store.atomic import write_text
 
@@ -414,13 +296,13 @@ def predict(
     ),
 ) -> None:
     """Predict labels and probabilities (or entity spans) for each input text."""
+    _check_output(output, overwrite)  # before the model stack is imported (seconds): a refusal comes at once
     import json
 
     from thawing.api import load
     from thawing.data.readers import read_texts
     from thawing.store.atomic import atomic_path
 
-    _check_output(output, overwrite)
     texts = read_texts(input, text_field=text_field)
     model = load(run_dir, trust_remote_code=trust_remote_code)
     predictions = model.predict(texts, task=task)
@@ -463,6 +345,7 @@ def study(
 ) -> None:
     """Train the config once per freezing scenario (and seed) and compare them; prints the study directory last."""
     from thawing.config import load_config
+    from thawing.progress import ProgressPrinter
     from thawing.store.run_dir import RunDir
     from thawing.study.run import run_study
     from thawing.study.scenarios import SINGLE
@@ -476,9 +359,9 @@ def study(
     RunDir.check_creatable(study_dir)
     names = [s.strip() for s in scenarios.split(",") if s.strip()]
     names += [f"{SINGLE}{task}" for task in cfg.tasks if single_task and f"{SINGLE}{task}" not in names]
-    printer = _TrainPrinter()
+    printer = ProgressPrinter(console)
     try:
-        result = run_study(cfg, names, str(study_dir) if study_dir else None, events=printer,
+        result = run_study(cfg, names, str(study_dir) if study_dir else None, callbacks=[printer],
                            run_optional=full or None, seeds=seed_list, isolate=not in_process,
                            interpolate=interpolate, alphas=alpha_list)
     finally:
@@ -505,13 +388,14 @@ def study_run(
     import json
 
     from thawing.config import load_config
+    from thawing.progress import ProgressPrinter
     from thawing.store.atomic import write_text
     from thawing.study.measure import train_measured
 
     cfg = load_config(config)
-    printer = _TrainPrinter()
+    printer = ProgressPrinter(console)
     try:
-        measured = train_measured(cfg, str(run_dir), events=printer, run_optional=full or None, own_process=True)
+        measured = train_measured(cfg, str(run_dir), callbacks=[printer], run_optional=full or None, own_process=True)
     finally:
         printer.stop()
     write_text(output, json.dumps(measured) + "\n")
@@ -602,12 +486,13 @@ def interpolate(
 ) -> None:
     """Interpolate the trained encoder with the pretrained one (WiSE-FT), re-fit the heads at each alpha, measure
     tasks and probes; writes RUN/interpolate/interpolate.json and interpolate.png and prints the chosen alpha."""
+    from thawing.progress import ProgressPrinter
     from thawing.study.interpolate import interpolate as run_interpolation
 
     values = _alphas(alphas)
-    printer = _TrainPrinter()
+    printer = ProgressPrinter(console)
     try:
-        result = run_interpolation(run_dir, values, floor=floor, probe=probe, save=save, events=printer)
+        result = run_interpolation(run_dir, values, floor=floor, probe=probe, save=save, callbacks=[printer])
     finally:
         printer.stop()
     for point in result["points"]:
@@ -628,17 +513,18 @@ def serve(
     max_text_bytes: int = typer.Option(16384, min=1, help="UTF-8 bytes per text; more is refused (413)."),
     max_queue: int = typer.Option(4096, min=1, help="Texts waiting for the model; past it requests get 503."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for the model [default: torch's]."),
-    device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu or cuda."),
+    device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu, cuda or mps."),
     log_level: str = typer.Option("info", help="uvicorn's log level: critical, error, warning, info, debug."),
+    docs: bool = typer.Option(True, "--docs/--no-docs", help="Serve GET /docs (the API page) and /openapi.json."),
 ) -> None:
-    """Serve a trained run over HTTP: POST /predict, POST /embed, GET /health, GET /info (JSON)."""
+    """Serve a trained run over HTTP: POST /predict, POST /embed, GET /health, GET /info (JSON), GET /docs."""
     from thawing.deploy.serve import LOG_LEVELS, ServeSettings, listen, require_dependencies
 
     require_dependencies()  # a missing package, bad settings or a taken port fail before the model loads
     if log_level not in LOG_LEVELS:
         raise InputError(f"--log-level '{log_level}': choose {', '.join(LOG_LEVELS)}")
     settings = ServeSettings(max_batch=max_batch, batch_size=batch_size, max_wait_ms=max_wait_ms, max_texts=max_texts,
-                             max_text_bytes=max_text_bytes, max_queue=max_queue, threads=threads)
+                             max_text_bytes=max_text_bytes, max_queue=max_queue, threads=threads, docs=docs)
     sock = listen(host, port)
     from thawing.api import load
     from thawing.deploy.serve import serve as run_server

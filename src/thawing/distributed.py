@@ -71,7 +71,7 @@ def init(device: str) -> int:
     import torch
     from accelerate.state import PartialState
 
-    PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    PartialState(cpu=device == "cpu" or not torch.cuda.is_available())  # several processes: CUDA GPUs, or CPUs
     return size()
 
 

@@ -270,7 +270,7 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(64, gt=0)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else no
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     checkpoint: bool = True  # save checkpoints, so a stopped run resumes (`thawing train --resume`)
     # Inside a stage too: every N updates, or every "Nm" minutes (e.g. "30m"); None: at stage ends only.
     checkpoint_every: int | str | None = "30m"
@@ -278,7 +278,8 @@ class TrainConfig(_Strict):
     nonfinite: Literal["stop", "skip"] = "stop"  # a non-finite loss or gradient: stop the run (exit 2), or skip it
     nonfinite_limit: int = Field(10, gt=0)  # with skip: the run stops at this many skipped updates
     log_every: int = Field(10, gt=0)  # training records (loss per task, rates, speed) in metrics.jsonl, every N updates
-    report_to: list[Literal["tensorboard"]] = Field(default_factory=list)  # trackers fed what metrics.jsonl gets
+    # trackers fed what metrics.jsonl gets, through accelerate's (training/tracking.py)
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(default_factory=list)
     small_data: SmallDataConfig = Field(default_factory=SmallDataConfig)  # a dev split too small to choose by
     # How a linear single-label head starts when a stage first trains it: from its class centroids, scaled (the
     # `frozen` baseline with a sharper softmax), or at random. From centroids, a stage also evaluates before its first

@@ -81,7 +81,7 @@ def featurize_words(
     rows = _tokenize_words(encoder, words)
     stand_in = _fill_empty_words(encoder, words, rows)
     if stand_in:
-        for row, ids in zip(stand_in, _tokenize_words(encoder, [words[r] for r in stand_in])):
+        for row, ids in zip(stand_in, _tokenize_words(encoder, [words[r] for r in stand_in]), strict=True):
             rows[row] = ids
     out = Features([], [], [], per_token=True)
     for row, (ids, word_ids) in enumerate(rows):

@@ -169,7 +169,7 @@ def _parse_csv(text: str, path: str | Path, delimiter: str) -> list[Row]:
             if len(fields) != len(header):
                 raise InputError(f"expected {len(header)} fields as in the header, found {len(fields)}",
                                  path=path, line=start)
-            rows.append((start, dict(zip(header, fields))))
+            rows.append((start, dict(zip(header, fields, strict=True))))
     except csv.Error as exc:
         raise InputError(f"malformed {kind}: {exc}", path=path,
                          line=reader.line_num) from None

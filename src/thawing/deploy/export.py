@@ -201,7 +201,7 @@ def compare(graph: ExportGraph, encoder: Encoder, names: list[str], path: Path) 
         got = session.run(names, {name: batch[name].numpy().astype(np.int64) for name in INPUTS})
         with torch.no_grad():
             want = [x.float().numpy() for x in graph(batch["input_ids"], batch["attention_mask"])]
-        for name, a, b in zip(names, got, want):
+        for name, a, b in zip(names, got, want, strict=True):
             diff = float(np.abs(a - b).max())
             worst[name]["max_abs"] = max(worst[name]["max_abs"], diff)
             worst[name]["relative"] = max(worst[name]["relative"], diff / max(1.0, float(np.abs(b).max())))

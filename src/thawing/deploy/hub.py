@@ -11,6 +11,7 @@ huggingface_hub is imported inside the functions: the CLI's start-up must stay l
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from thawing.errors import InputError, ThawingError
 from thawing.model.hub import first_line, is_repo_id
-from thawing.store.run_dir import MODEL_CARD, RunDir
+from thawing.store.run_dir import ENCODER, MANIFEST, MODEL_CARD, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def push(run_dir: str | Path, repo_id: str, *, private: bool = False, revision: 
                                        delete_patterns="*")  # the Hub keeps .gitattributes whatever the pattern
         except ThawingError:
             raise
-        except Exception as exc:  # HTTP errors, no token, offline, a bad branch name: each its own type
+        except Exception as exc:  # noqa: BLE001 (HTTP errors, no token, offline, a bad branch name: each its own type)
             raise ThawingError(f"cannot push to '{repo_id}': {type(exc).__name__}: {first_line(exc)}") from None
     log.info("pushed %s to %s", run.final, repo_id)
     return str(commit.commit_url)
@@ -114,20 +115,33 @@ def finished_run(run_dir: str | Path) -> RunDir:
 
 @contextlib.contextmanager
 def _staged(final: Path, card: str) -> Iterator[Path]:
-    """A temporary folder holding final/'s files, linked rather than copied (an encoder can be gigabytes), and `card`
-    as README.md. Hidden files (a .DS_Store) stay behind, as the manifest ignores them."""
+    """A temporary folder holding final/'s files as the repo holds them, linked rather than copied (an encoder can be
+    gigabytes), and `card` as README.md. The encoder (final/encoder/) is at the root, so that
+    `SentenceTransformer("owner/name")` loads the repo as it is; the heads, labels and tasks beside it are thawing's,
+    and the manifest names every file where it now is. Hidden files (a .DS_Store) stay behind, as the manifest ignores
+    them."""
     with tempfile.TemporaryDirectory(prefix="thawing-push-") as tmp:
         root = Path(tmp) / "model"
         for source in sorted(p for p in final.rglob("*") if p.is_file()):
             relative = source.relative_to(final)
-            if relative.as_posix() == MODEL_CARD or any(part.startswith(".") for part in relative.parts):
+            if relative.as_posix() in (MODEL_CARD, MANIFEST) or any(part.startswith(".") for part in relative.parts):
                 continue
-            target = root / relative
+            target = root / repo_path(relative.as_posix())
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(source, target)
             except OSError:  # another file system, or one without hard links
                 os.symlink(source.resolve(), target)
         root.mkdir(exist_ok=True)
+        manifest = json.loads((final / MANIFEST).read_text(encoding="utf-8"))
+        manifest["files"] = {repo_path(name): digest for name, digest in manifest["files"].items()}
+        (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         (root / MODEL_CARD).write_text(card, encoding="utf-8")
         yield root
+
+
+def repo_path(name: str) -> str:
+    """Where a file of final/ goes in a pushed repo: the encoder's at the root (sentence-transformers layout), the
+    rest as it is."""
+    prefix = f"{ENCODER}/"
+    return name[len(prefix):] if name.startswith(prefix) else name

@@ -145,19 +145,19 @@ class MicroBatcher:
     async def _run_and_answer(self, jobs: list[Job]) -> None:
         try:
             results = await self._run_in_thread(jobs)
-        except Exception:
+        except Exception:  # noqa: BLE001 (whatever the model raises, its requests get an answer)
             if len(jobs) == 1:
                 self._fail(jobs[0])
                 return
             for job in jobs:  # run each request alone, so that only the one that fails gets an error
                 try:
                     (result,) = await self._run_in_thread([job])
-                except Exception:
+                except Exception:  # noqa: BLE001 (as above: this request gets RunFailed)
                     self._fail(job)
                 else:
                     _answer(job, result)
             return
-        for job, result in zip(jobs, results):
+        for job, result in zip(jobs, results, strict=True):
             _answer(job, result)
 
     async def _run_in_thread(self, jobs: list[Job]) -> list[Any]:

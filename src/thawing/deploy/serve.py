@@ -5,6 +5,7 @@ embeddings, and what the run is.
     POST /embed    {"texts": [...]}                   ->  {"embeddings": [[...], ...], "dimension": D}
     GET  /health                                      ->  {"status": "ok", "tasks": [...]}
     GET  /info                                        ->  tasks, labels, the run's test metrics, settings, counters
+    GET  /docs, /openapi.json                         ->  the API page and its schema (`--no-docs`: off)
 
 Concurrent requests are micro-batched (microbatch.py): grouped until they hold `max_batch` texts or the first has
 waited `max_wait_ms`, run by the model once in a single worker thread (so the event loop keeps accepting requests
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from thawing._version import version
 from thawing.api import TrainedModel
 from thawing.deploy.microbatch import Busy, Closed, Job, MicroBatcher, RunFailed
 from thawing.errors import ThawingError
@@ -53,6 +55,7 @@ class ServeSettings:
     max_text_bytes: int = 16_384  # per text, UTF-8
     max_queue: int = 4_096  # texts waiting for the model, all requests together
     threads: int | None = None  # torch CPU threads of the model thread (None: torch's default, one per core)
+    docs: bool = True  # GET /docs (the interactive API page) and /openapi.json (the schema), as FastAPI serves them
 
     def __post_init__(self) -> None:
         problems = [f"{name} must be positive" for name in ("max_batch", "batch_size", "max_texts", "max_text_bytes",
@@ -151,9 +154,9 @@ def predict_jobs(model: TrainedModel, jobs: list[Job], batch_size: int = 16) -> 
         texts = [text for i in members for text in jobs[i].texts]
         with model.runtime.autocast():
             out = inference.predict(model.model, texts, group, batch_size, model.runtime.inference_max_tokens)
-        for i, (a, b) in zip(members, _spans([jobs[i] for i in members])):
+        for i, (a, b) in zip(members, _spans([jobs[i] for i in members]), strict=True):
             found[i].update({t: out[t][a:b] for t in group if t in jobs[i].tasks})
-    return [{t: rows[t] for t in job.tasks} for rows, job in zip(found, jobs)]
+    return [{t: rows[t] for t in job.tasks} for rows, job in zip(found, jobs, strict=True)]
 
 
 def embed_jobs(model: TrainedModel, jobs: list[Job], batch_size: int = 16) -> list[list[list[float]]]:
@@ -282,7 +285,7 @@ def build_app(model: TrainedModel, settings: ServeSettings | None = None):
     rejected = {"count": 0}
 
     @contextlib.asynccontextmanager
-    async def lifespan(app):
+    async def lifespan(app):  # noqa: ARG001 (FastAPI's lifespan signature)
         # One thread runs the model for every endpoint: off the event loop, and never two runs at once.
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thawing-model",
                                       initializer=_set_threads, initargs=(settings.threads,))
@@ -295,20 +298,21 @@ def build_app(model: TrainedModel, settings: ServeSettings | None = None):
                 await batcher.stop()
             executor.shutdown(wait=True, cancel_futures=True)
 
-    app = FastAPI(title="thawing", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="thawing", version=version(), lifespan=lifespan, redoc_url=None,
+                  docs_url="/docs" if settings.docs else None, openapi_url="/openapi.json" if settings.docs else None)
 
     @app.exception_handler(RequestError)
-    async def _refused(request, exc: RequestError):
+    async def _refused(request, exc: RequestError):  # noqa: ARG001 (an exception handler's signature)
         if exc.status < 500:
             rejected["count"] += 1
         return _json({"error": str(exc)}, exc.status)
 
     @app.exception_handler(HTTPException)
-    async def _http(request, exc: HTTPException):  # unknown paths and methods: JSON like every other error
+    async def _http(request, exc: HTTPException):  # noqa: ARG001 (handler signature; unknown paths and methods: JSON)
         return _json({"error": str(exc.detail)}, exc.status_code)
 
     @app.exception_handler(Exception)
-    async def _crash(request, exc: Exception):
+    async def _crash(request, exc: Exception):  # noqa: ARG001 (an exception handler's signature)
         log.exception("unexpected error", exc_info=exc)
         return _json({"error": "internal error"}, 500)
 
@@ -322,10 +326,10 @@ def build_app(model: TrainedModel, settings: ServeSettings | None = None):
         vectors = await _submit(batchers["embed"], texts, [])
         return _json({"embeddings": vectors, "dimension": info["embedding_size"]})
 
-    async def health(request):
+    async def health(request):  # noqa: ARG001 (a Starlette route's signature)
         return _json({"status": "ok", "tasks": list(model.tasks)})
 
-    async def about(request):
+    async def about(request):  # noqa: ARG001 (a Starlette route's signature)
         stats = {name: asdict(b.stats) for name, b in batchers.items()}
         stats["rejected"] = rejected["count"]
         stats["peak_rss_mb"] = peak_rss_mb()
@@ -335,7 +339,50 @@ def build_app(model: TrainedModel, settings: ServeSettings | None = None):
     app.add_route("/embed", embed, methods=["POST"])
     app.add_route("/health", health, methods=["GET"])
     app.add_route("/info", about, methods=["GET"])
+    # The routes read and check their own bodies (plain routes): their schema is written here.
+    app.openapi = lambda: openapi_schema(app, list(model.tasks), settings)  # type: ignore[method-assign]
     return app
+
+
+def openapi_schema(app, tasks: list[str], settings: ServeSettings) -> dict:
+    """The OpenAPI document of the service (what GET /openapi.json returns and GET /docs shows)."""
+    from fastapi.openapi.utils import get_openapi
+
+    if app.openapi_schema is None:
+        texts = {"type": "array", "items": {"type": "string", "maxLength": settings.max_text_bytes}, "minItems": 1,
+                 "maxItems": settings.max_texts, "description": "the inputs (token tasks split them on whitespace)"}
+        chosen = {"type": "array", "items": {"type": "string", "enum": tasks},
+                  "description": "the tasks to predict (default: every task)"}
+        error = {"description": "a refused request", "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"error": {"type": "string"}}}}}}
+
+        def post(summary: str, properties: dict, answer: dict) -> dict:
+            body = {"type": "object", "required": ["texts"], "properties": properties, "additionalProperties": False}
+            return {"post": {"summary": summary, "requestBody": {"required": True, "content": {
+                "application/json": {"schema": body, "example": {"texts": [EXAMPLE_TEXT]}}}},
+                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": answer}}},
+                              "400": error, "413": error, "503": error}}}
+
+        def get(summary: str) -> dict:
+            return {"get": {"summary": summary, "responses": {"200": {"description": "OK", "content": {
+                "application/json": {"schema": {"type": "object"}}}}}}}
+
+        schema = get_openapi(title=app.title, version=app.version, routes=[])
+        schema["paths"] = {
+            "/predict": post("Every task's prediction (or the chosen tasks') for each text, from one encoder pass",
+                             {"texts": texts, "tasks": chosen},
+                             {"type": "object", "properties": {"predictions": {"type": "object"}}}),
+            "/embed": post("The sentence embedding of each text", {"texts": texts},
+                           {"type": "object", "properties": {"embeddings": {"type": "array"},
+                                                             "dimension": {"type": "integer"}}}),
+            "/health": get("Whether the service is up, and its tasks"),
+            "/info": get("The model's tasks, labels and test metrics, the service's settings and counters"),
+        }
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+EXAMPLE_TEXT = "Where is my parcel?"
 
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")

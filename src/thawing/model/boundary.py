@@ -22,7 +22,8 @@ from thawing.model.groups import find_layers
 class _PassThrough(nn.Module):
     """Stands in for an embedding module that would transform `inputs_embeds` (BERT adds positions)."""
 
-    def forward(self, *args, inputs_embeds: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    # Takes whatever else the model passes its embedding module.
+    def forward(self, *args, inputs_embeds: torch.Tensor | None = None, **kwargs) -> torch.Tensor:  # noqa: ARG002
         return inputs_embeds
 
 
@@ -44,7 +45,7 @@ def hidden_at(encoder: Encoder, first: int, input_ids: torch.Tensor, attention_m
     _, layers = find_layers(encoder.backbone)
     captured: list[torch.Tensor] = []
 
-    def grab(module, args, kwargs):
+    def grab(module, args, kwargs):  # noqa: ARG001 (a forward pre-hook's signature)
         captured.append(args[0] if args else kwargs["hidden_states"])
         raise _Stop
 
@@ -99,5 +100,5 @@ def _difference(encoder: Encoder, first: int, batch: dict[str, torch.Tensor]) ->
         split = top_states(encoder, first, hidden, batch["attention_mask"]).float()
         mask = batch["attention_mask"].bool()
         return float((whole - split)[mask].abs().max())
-    except Exception:  # an architecture whose forward cannot be split this way
+    except Exception:  # noqa: BLE001 (an architecture whose forward cannot be split this way, whatever it raises)
         return None

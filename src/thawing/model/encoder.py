@@ -157,7 +157,7 @@ class Encoder(nn.Module):
         if mode == "varlen":
             packed = packing.pack(input_ids, attention_mask, None, pad_id)
             cu = torch.tensor(packed.starts, dtype=torch.int32, device=input_ids.device)
-            longest = max(self.max_length, max(b - a for a, b in zip(packed.starts, packed.starts[1:])))
+            longest = max(self.max_length, max(b - a for a, b in zip(packed.starts, packed.starts[1:], strict=False)))
             for tensor, dim in ((packed.input_ids, 1), (packed.position_ids, 1), (cu, 0)):
                 mark(tensor, dim)
             with packing.attention_implementation(self.backbone, packing.VARLEN):

@@ -59,7 +59,7 @@ def download(repo_id: str, revision: str | None = None) -> Path:
 
     try:
         return Path(snapshot_download(repo_id, revision=revision, library_name="thawing", library_version=version()))
-    except Exception as exc:  # the hub client raises many unrelated types (HTTP, offline, validation, cache)
+    except Exception as exc:  # noqa: BLE001 (the hub client raises many unrelated types: HTTP, offline, validation, cache)
         raise ModelNotFoundError(f"cannot find model '{repo_id}': there is no such folder here, and "
                                  f"{_why_not_found(exc, revision)}") from None
 

@@ -56,7 +56,7 @@ def logits_by_task(model: MultiTaskModel, tasks: Sequence[str], feats: Features,
         for idx, rows in map_batches(sorted_batches(feats.lengths, batch_size, max_tokens), compute,
                                      label or "Predicting"):
             for task in tasks:
-                for i, row in zip(idx, rows[task]):
+                for i, row in zip(idx, rows[task], strict=True):
                     out[task][i] = row
     return out
 
@@ -93,7 +93,7 @@ def predict(model: MultiTaskModel, items: Sequence[str] | Sequence[Sequence[str]
         logits = logits_by_task(model, group, feats, batch_size, max_tokens)
         for task in group:
             spec = model.specs[task]
-            out[task] = [spec.kind.predict(spec, x, ex) for x, ex in zip(logits[task], examples)]
+            out[task] = [spec.kind.predict(spec, x, ex) for x, ex in zip(logits[task], examples, strict=True)]
     return {task: out[task] for task in tasks}
 
 

@@ -65,7 +65,7 @@ def load_encoder(
                            "or hub id as model.name")
     _check_remote_code(layout["transformer"], name, trust_remote_code)
 
-    with _loading(layout["transformer"], "model"):
+    with _loading(layout["transformer"], "model"), _no_bars():
         backbone = AutoModel.from_pretrained(layout["transformer"], trust_remote_code=trust_remote_code)
     with _loading(layout["transformer"], "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(layout["transformer"], trust_remote_code=trust_remote_code)
@@ -84,6 +84,20 @@ def load_encoder(
         max_length=max_length or st_cfg.get("max_seq_length") or _default_max_length(backbone, tokenizer),
         do_lower_case=bool(st_cfg.get("do_lower_case", False)),
     )
+
+
+@contextlib.contextmanager
+def _no_bars() -> Iterator[None]:
+    """Without transformers' weight-loading and shard-writing bars (thawing shows its own progress), as it was after."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
@@ -192,7 +206,8 @@ def save_encoder(encoder: Encoder, path: str | Path, prompts: dict[str, str] | N
     """
     path = Path(path)
     path.mkdir(parents=True)
-    encoder.backbone.save_pretrained(path, safe_serialization=True)
+    with _no_bars():
+        encoder.backbone.save_pretrained(path, safe_serialization=True)
     encoder.tokenizer.save_pretrained(path)
     st_config = {"max_seq_length": encoder.max_length, "do_lower_case": encoder.do_lower_case}
     _write_json(path / "sentence_bert_config.json", st_config)

@@ -20,6 +20,7 @@ hands the encoder the resulting `BatchLayout`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -203,13 +204,14 @@ def compare_with_dense(device: torch.device, heads: int, kv_heads: int, head_dim
         try:
             fast_out = flash_varlen(q, k, v, cu, 8, causal, 0.125)
             fast = [fast_out.detach().float(), *torch.autograd.grad(fast_out.float().square().sum(), (q, k, v))]
-        except Exception as exc:  # a torch whose kernel rejects this GPU, head size or these arguments
+        except Exception as exc:  # noqa: BLE001 (a torch whose kernel rejects this GPU, head size or these arguments)
             return f"flash varlen attention failed ({type(exc).__name__}: {exc})"
         # The reference runs in fp32: bf16 rounding (~1e-2) stays well inside the tolerance, while a wrong
         # scale, mask or backward is off by order one.
         exact = dense_varlen(q.float(), k.float(), v.float(), cu, causal, 0.125)
         dense = [exact.detach(), *torch.autograd.grad(exact.square().sum(), (q, k, v))]
-        if any((a.float() - b.float()).abs().max() > 5e-2 * float(b.abs().max()) for a, b in zip(fast, dense)):
+        if any((a.float() - b.float()).abs().max() > 5e-2 * float(b.abs().max())
+               for a, b in zip(fast, dense, strict=True)):
             return "flash varlen attention disagrees with dense attention on a test case"
     return None
 
@@ -226,12 +228,12 @@ def varlen_attention(
     query,
     key,
     value,
-    attention_mask,
-    dropout: float = 0.0,
+    attention_mask,  # noqa: ARG001 (transformers' attention-function signature, as dropout and kwargs)
+    dropout: float = 0.0,  # noqa: ARG001
     scaling: float | None = None,
     cu_seq_lens_q: torch.Tensor | None = None,
     max_length_q: int | None = None,
-    **kwargs,
+    **kwargs,  # noqa: ARG001
 ):
     """A transformers attention function over one packed row: query (1, Hq, T, D) to output (1, T, Hq, D)."""
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (T, heads, D)
@@ -316,7 +318,7 @@ def choose(
     reasons = []
     for mode in modes:
         reason = unsupported(encoder.backbone, mode, training, half) or check(
-            encoder.backbone, lambda ids, mask: encoder.packed_states(ids, mask, mode, width), *sample
+            encoder.backbone, functools.partial(encoder.packed_states, mode=mode, width=width), *sample
         )
         if reason is None:
             return mode, reasons
@@ -342,7 +344,7 @@ def check(backbone: nn.Module, packed_forward, input_ids: torch.Tensor, attentio
         with torch.autocast(device_type=input_ids.device.type, enabled=False), torch.compiler.set_stance("force_eager"):
             padded = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             packed = packed_forward(input_ids, attention_mask)
-    except Exception as exc:  # an architecture that rejects 4D masks, position ids or attention keywords
+    except Exception as exc:  # noqa: BLE001 (an architecture that rejects 4D masks, position ids or attention keywords)
         return f"packed forward failed ({type(exc).__name__}: {exc})"
     finally:
         for m, training in modes.items():

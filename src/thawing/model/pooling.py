@@ -19,7 +19,7 @@ def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / count
 
 
-def cls_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def cls_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # noqa: ARG001 (the POOLERS signature)
     """The first token's state ([CLS] for BERT-style models)."""
     return states[:, 0]
 

@@ -78,7 +78,7 @@ def _hub_copy(name: str, tried: list[str], local_only: bool = False) -> Path | N
 
     try:
         return Path(snapshot_download(name, local_files_only=True))
-    except Exception as exc:  # the hub client raises several unrelated types for "not cached"
+    except Exception as exc:  # noqa: BLE001 (the hub client raises several unrelated types for "not cached")
         tried.append(f"Hugging Face cache ({type(exc).__name__})")
     if local_only:
         tried.append("Hugging Face Hub (skipped: only this machine's copies were asked for)")
@@ -88,6 +88,6 @@ def _hub_copy(name: str, tried: list[str], local_only: bool = False) -> Path | N
         return None
     try:
         return Path(snapshot_download(name))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (as above: any failure is one more place tried)
         tried.append(f"Hugging Face Hub ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
     return None

@@ -35,7 +35,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class Runtime:
-    device: str  # "cpu" or "cuda"
+    device: str  # "cpu", "cuda" or "mps"
     precision: str  # "no" (fp32), "bf16" or "fp16": autocast for every forward of the command
     packing: str | None  # how training batches run: "varlen", "rows", or None (padded)
     inference_packing: str | None  # the same for evaluation, caches, encode and predict
@@ -57,14 +57,26 @@ class Runtime:
         return asdict(self)
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def mps_available() -> bool:
+    """An Apple GPU (Metal), as torch sees it."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
 def resolve_device(name: str = "auto") -> str:
-    """auto: a GPU when there is one. Refuses cuda without one."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise ThawingError(f"unknown device '{name}'; choose auto, cpu or cuda")
+    """auto: a CUDA GPU when there is one, else an Apple GPU (mps), else the CPU. Refuses a GPU that is not there.
+    On mps thawing runs in fp32 by default, unpacked and uncompiled (the CPU's defaults; CUDA's speed-ups need CUDA)."""
+    if name not in DEVICES:
+        raise ThawingError(f"unknown device '{name}'; choose {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
         raise ThawingError("device cuda: no CUDA GPU is available here")
+    if name == "mps" and not mps_available():
+        raise ThawingError("device mps: no Apple GPU (Metal) is available to torch here")
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
     return name
 
 
@@ -75,8 +87,8 @@ def resolve_precision(name: str, device: str) -> str:
         raise ThawingError(f"unknown mixed precision '{name}'; choose auto, no, bf16 or fp16")
     if name == "auto":
         return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "no"
-    if name == "fp16" and device == "cpu":
-        raise ThawingError("mixed precision fp16 needs a GPU; use bf16 or no on CPU")
+    if name == "fp16" and device != "cuda":
+        raise ThawingError(f"mixed precision fp16 needs a CUDA GPU (its loss scaling); use bf16 or no on {device}")
     return name
 
 

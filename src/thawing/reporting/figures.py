@@ -44,10 +44,10 @@ def dev_curves(lines: list[dict], primary: dict[str, str], starts: Sequence[tupl
     plt = _pyplot()
     panels = list(primary.items()) + [(SCORE, "score")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    for ax, (task, metric) in zip(axes[0], panels):
+    for ax, (task, metric) in zip(axes[0], panels, strict=True):
         points = [(m["step"], m["metrics"][metric]) for m in dev if m["task"] == task and metric in m["metrics"]]
         if points:
-            ax.plot(*zip(*points), marker="o", markersize=3)
+            ax.plot(*zip(*points, strict=True), marker="o", markersize=3)
         _boundaries(ax, starts)
         ax.set_title("selection score" if task == SCORE else f"{task} ({metric})", fontsize=10)
         ax.set_xlabel("optimizer step")
@@ -125,7 +125,7 @@ def probes(points: dict[str, list[tuple[str, int, dict]]]) -> bytes | None:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    for ax, (name, values) in zip(axes[0], panels.items()):
+    for ax, (name, values) in zip(axes[0], panels.items(), strict=True):
         metric = values[-1][1][0]
         ax.plot(range(len(values)), [h[1] for _, h in values], marker="o")
         ax.set_xticks(range(len(values)), [s for s, _ in values], rotation=30, fontsize=8)

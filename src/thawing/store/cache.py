@@ -7,6 +7,7 @@ folders of .npy arrays, written to a temporary folder and renamed into place, an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -83,10 +84,8 @@ class FeatureStore:
             for name, array in arrays.items():
                 np.save(tmp / f"{name}.npy", np.ascontiguousarray(array))
             (tmp / "DONE").write_text("")
-            try:
+            with contextlib.suppress(OSError):  # already written by another run: keep theirs
                 os.rename(tmp, folder)
-            except OSError:  # already written by another run: keep theirs
-                pass
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder

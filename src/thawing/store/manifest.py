@@ -27,7 +27,7 @@ def file_digests(folder: Path, skip: tuple[str, ...]) -> dict[str, str]:
                    if p.is_file() and p.relative_to(folder).as_posix() not in skip and not _hidden(p, folder))
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         digests = list(pool.map(_sha256, files))
-    return {p.relative_to(folder).as_posix(): d for p, d in zip(files, digests)}
+    return {p.relative_to(folder).as_posix(): d for p, d in zip(files, digests, strict=True)}
 
 
 def build(folder: Path, labels: dict[str, list[str]], skip: tuple[str, ...]) -> dict:

@@ -67,7 +67,7 @@ def task_shares(lines: list[dict]) -> dict[str, float] | None:
             steps[line["stage"]].append(int(line["step"]))
         for values in steps.values():
             ordered = sorted(values)
-            if any(b - a != 1 for a, b in zip(ordered, ordered[1:])):
+            if any(b - a != 1 for a, b in zip(ordered, ordered[1:], strict=False)):
                 return None
         counts.update(line["task"] for line in train)
     total = sum(counts.values())

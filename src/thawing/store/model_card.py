@@ -57,8 +57,8 @@ def render_card(name: str, config: dict, tasks: dict, stages: list[dict], result
     lines += [
         f"A multi-task model trained with thawing: one shared sentence encoder, "
         f"fine-tuned from {_base_phrase(base)}, and one head per task ({', '.join(f'`{t}`' for t in tasks)}). "
-        f"`{ENCODER}/` holds the encoder in sentence-transformers layout; the heads are in `heads.safetensors`, "
-        "their labels and settings in `tasks.json`.",
+        f"The encoder is in sentence-transformers layout (in `{ENCODER}/` of a run's final/, at the root of a pushed "
+        "repo); the heads are in `heads.safetensors`, their labels and settings in `tasks.json`.",
         "",
         "## Tasks",
     ]
@@ -80,7 +80,9 @@ def front_matter(name: str, config: dict, tasks: dict, results: dict) -> dict:
     """The YAML metadata of the card (Hugging Face model card keys)."""
     base = (config.get("model") or {}).get("name", "")
     kinds = [task_type(spec["type"]) for spec in tasks.values()]
-    meta: dict = {"library_name": "thawing"}
+    # A pushed repo is a sentence-transformers model at its root (the heads beside it are thawing's): the Hub shows
+    # its loading code, and the thawing tag finds it.
+    meta: dict = {"library_name": "sentence-transformers"}
     license_ = base_model_license(base) if base else None
     if license_:
         meta["license"] = license_
@@ -297,10 +299,8 @@ def _usage_section(name: str, tasks: dict, hub: bool = False) -> list[str]:
     if hub:
         where = ["From the Hugging Face Hub: downloaded the first time, then read from the Hugging Face cache."]
         load = f'model = thawing.load("{name}")'
-        # SentenceTransformer takes no subfolder, and the repo's root is thawing's layout: it needs encoder/'s path.
-        st = ["from huggingface_hub import snapshot_download", "from sentence_transformers import SentenceTransformer",
-              "", f'folder = snapshot_download("{name}", allow_patterns=["{ENCODER}/*"])  # the encoder\'s files only',
-              f'encoder = SentenceTransformer(f"{{folder}}/{ENCODER}")']
+        # The repo's root is the encoder in sentence-transformers layout (deploy/hub.py), the heads beside it.
+        st = ["from sentence_transformers import SentenceTransformer", "", f'encoder = SentenceTransformer("{name}")']
     else:
         where = ["Paths are relative to the folder that holds the run directory."]
         load = f'model = thawing.load("{name}")  # the run directory, or its {FINAL}/ folder'
@@ -309,8 +309,8 @@ def _usage_section(name: str, tasks: dict, hub: bool = False) -> list[str]:
     lines = ["", USAGE, "", *where, "", "With thawing:", "", "```python", "import thawing", "", load,
              f'print(model.predict(["{EXAMPLE}"], task="{first}"))',
              f'print(model.encode(["{EXAMPLE}"]).shape)  # sentence embeddings', "```", "",
-             f"With sentence-transformers (the encoder alone, in `{ENCODER}/`: embeddings; each task's prompt is a "
-             "named prompt):", "", "```python", *st]
+             "With sentence-transformers (the encoder alone: embeddings; each task's prompt is a named prompt):",
+             "", "```python", *st]
     if prompted:
         lines.append(f'vectors = encoder.encode(["{EXAMPLE}"], prompt_name="{prompted}")  # the prompt of {prompted}')
     else:

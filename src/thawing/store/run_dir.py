@@ -16,7 +16,8 @@ A run:
                       repo (hub.py), whose download `thawing.load` reads as a final/ folder on its own
     checkpoints/      last/: the state after the last finished stage; step/: inside the stage under way
                       (training/checkpoint.py); removed when the run finishes, unless train.keep_checkpoints
-    run.lock          held (fcntl) by the process that trains in this directory
+    run.lock          held (filelock) by the process that trains in this directory, its PID in run.lock.pid; gone
+                      once the run has finished
     tensorboard/      event files, with train.report_to: [tensorboard] (tracking.py)
     report/           report.md, curves.png, index.html (one self-contained page) and evaluation.json (the final
                       model's metrics, confusion matrices and per-entity scores per split), written by report.py
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -64,6 +66,7 @@ CHECKPOINTS = "checkpoints"
 CHECKPOINT = Path(CHECKPOINTS) / "last"
 STAGE_CHECKPOINT = Path(CHECKPOINTS) / "step"
 LOCK = "run.lock"
+LOCK_HOLDER = "run.lock.pid"  # who holds the lock (the lock file itself is truncated by whoever tries it)
 REPORT = "report"
 REPORT_MD = "report.md"  # inside report/
 CURVES = "curves.png"  # inside report/
@@ -83,6 +86,26 @@ STUDY_MD = "study.md"
 STUDY_PNG = "study.png"
 
 
+class RunLock:
+    """A run directory taken by this process (`RunDir.lock`). Leaving its `with` block normally (the run finished)
+    removes the lock's files; an error or a signal releases the lock and leaves them (a run to resume)."""
+
+    def __init__(self, lock, path: Path):
+        self._lock, self._path = lock, path
+
+    def close(self, finished: bool = False) -> None:
+        (self._path / LOCK_HOLDER).unlink(missing_ok=True)
+        self._lock.release()
+        if finished:  # nothing will take this run again for training: no files left behind
+            (self._path / LOCK).unlink(missing_ok=True)
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:  # noqa: ARG002 (the context-manager protocol)
+        self.close(finished=kind is None)
+
+
 class RunDir:
     """Paths and writers for one run (or study) directory."""
 
@@ -90,6 +113,14 @@ class RunDir:
         self.path = Path(path)
         # A trained model's folder on its own (a Hugging Face download, a copy of final/) has no run around it.
         self._final = Path(final) if final is not None else None
+
+    def __repr__(self) -> str:
+        """The folder, and the final score once the run has finished (`thawing.train` returns a RunDir)."""
+        try:
+            score = json.loads(self.results.read_text())["score"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"RunDir({str(self.path)!r})"
+        return f"RunDir({str(self.path)!r}, score={score:.4f})"
 
     @classmethod
     def create(cls, name: str, explicit: str | Path | None = None, base: str | Path = "runs") -> RunDir:
@@ -157,7 +188,9 @@ class RunDir:
     results = property(lambda self: self.path / RESULTS)
     final = property(lambda self: self._final or self.path / FINAL)
     manifest = property(lambda self: self.final / MANIFEST)
-    encoder_dir = property(lambda self: self.final / ENCODER)
+    # A pushed repo holds the encoder at its root (sentence-transformers layout), beside tasks.json (deploy/hub.py).
+    encoder_dir = property(lambda self: self.final / ENCODER if (self.final / ENCODER).is_dir()
+                           or not (self.final / "modules.json").is_file() else self.final)
     heads = property(lambda self: self.final / HEADS)
     tasks = property(lambda self: self.final / TASKS)
     checkpoints = property(lambda self: self.path / CHECKPOINTS)
@@ -239,25 +272,23 @@ class RunDir:
         with open(self.metrics, "a") as fh:
             fh.write(json.dumps(record, allow_nan=False) + "\n")
 
-    def lock(self):
-        """Take this directory for one process: an exclusive `fcntl` lock on run.lock, released when the returned file
-        closes or the process ends (a killed process leaves no stale lock). A second process gets a clear error."""
-        import fcntl
-        import os
+    def lock(self) -> RunLock:
+        """Take this directory for one process: an exclusive lock on run.lock (filelock: fcntl on POSIX, msvcrt on
+        Windows), released when it closes or the process ends (a killed process leaves no stale lock), its holder
+        named in run.lock.pid. A second process gets a clear error naming the holder."""
+        from filelock import FileLock, Timeout
 
-        handle = open(self.path / LOCK, "a+")
+        lock = FileLock(str(self.path / LOCK), timeout=0)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
+            lock.acquire()
+        except Timeout:
+            try:
+                holder = (self.path / LOCK_HOLDER).read_text().strip() or "another process"
+            except OSError:
+                holder = "another process"
             raise InputError(f"this run directory is in use by {holder}; wait for it to end", path=self.path) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}\n")
-        handle.flush()
-        return handle
+        (self.path / LOCK_HOLDER).write_text(f"process {os.getpid()}\n")
+        return RunLock(lock, self.path)
 
     def metrics_lines(self) -> int:
         return len(self.metrics.read_text().splitlines()) if self.metrics.is_file() else 0
@@ -361,13 +392,14 @@ class RunDir:
         Raises:
             InputError: for a missing file, or one that is not a whole safetensors file (cut short, damaged).
         """
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         if not self.heads.is_file():
             raise InputError("missing: the model's heads are not there", path=self.heads)
         try:
             return load_file(str(self.heads))
-        except Exception as exc:  # safetensors raises its own error type (and OSError) for a bad file
+        except (SafetensorError, OSError) as exc:  # safetensors' own error type for a bad file
             raise InputError(f"cannot read the heads ({' '.join(str(exc).split())[:200]}): the file is cut short or "
                              "damaged", path=self.heads) from None
 

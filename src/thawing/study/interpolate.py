@@ -12,15 +12,17 @@ retention; a rule picks an alpha and its model is saved beside the run's own, ne
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from thawing.errors import InputError
 from thawing.store.atomic import atomic_path, building
 from thawing.store.run_dir import FINAL, RunDir
+from thawing.training.events import Callback, ScenarioStarted
 
 
 def interpolate(run_dir: str | Path, alphas: list[float], floor: float | None = None, probe: str | None = None,
-                save: bool = True, events=None) -> dict:
+                save: bool = True, callbacks: Sequence[Callback] = ()) -> dict:
     """Interpolate a finished run's encoder with its pretrained one at each alpha; returns interpolate.json's content.
 
     The rule: the best dev selection score among alphas whose retention (the `probe`'s, or the lowest over the
@@ -59,9 +61,9 @@ def interpolate(run_dir: str | Path, alphas: list[float], floor: float | None = 
         # Exact at the ends: alpha 0 gives the pretrained weights, alpha 1 the fine-tuned ones.
         encoder.load_state_dict({k: start[k] if alpha == 0 else tuned[k] if alpha == 1
                                  else (1 - alpha) * start[k] + alpha * tuned[k] for k in start})
-        if events:
-            events("scenario", {"scenario": f"alpha {alpha}"})
-        point = train(heads_only, run_dir=str(out / f"alpha-{alpha:g}"), encoder=encoder, events=events)
+        for callback in callbacks:
+            callback(ScenarioStarted(f"alpha {alpha}"))
+        point = train(heads_only, run_dir=str(out / f"alpha-{alpha:g}"), encoder=encoder, callbacks=callbacks)
         results, stages = point.read_json(point.results), point.read_json(point.stages)
         measured = _measure(probes, encoder, config) if probes else {}
         rows.append({"alpha": alpha, "dev_score": max(s["best_score"] for s in stages), "score": results["score"],

@@ -23,15 +23,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import yaml
 
 from thawing.config import RunConfig
 from thawing.errors import Interrupted, ThawingError
-
-Events = Callable[[str, dict], None]
+from thawing.training.events import Callback, Event, Finished
 
 
 def peak_rss_bytes() -> int:
@@ -51,8 +50,8 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
 
 
-def train_measured(config: RunConfig, run_dir: str, events: Events | None = None, run_optional: bool | None = None,
-                   own_process: bool = False) -> dict:
+def train_measured(config: RunConfig, run_dir: str, callbacks: Sequence[Callback] = (),
+                   run_optional: bool | None = None, own_process: bool = False) -> dict:
     """Train `config` into `run_dir` in this process; returns the measurement (see the module docstring). Memory is
     read when the loop reports the final results, before the report (which loads the model again) is written, and
     again after it (`process_rss_peak_bytes`); only where `own_process` (the scenario's own process), else None."""
@@ -66,15 +65,13 @@ def train_measured(config: RunConfig, run_dir: str, events: Events | None = None
         torch.cuda.reset_peak_memory_stats()
     started, seen = time.perf_counter(), {}
 
-    def hook(name: str, payload: dict) -> None:
-        if name == "results":
+    def hook(event: Event) -> None:
+        if isinstance(event, Finished):
             seen["rss"] = peak_rss_bytes() if own_process else None
             seen["gpu"] = int(torch.cuda.max_memory_allocated()) if cuda else None
             seen["seconds"] = round(time.perf_counter() - started, 2)
-        if events:
-            events(name, payload)
 
-    run = train(config, run_dir=run_dir, events=hook, run_optional=run_optional)
+    run = train(config, run_dir=run_dir, callbacks=[hook, *callbacks], run_optional=run_optional)
     report_finished(run.path)
     measured = {"rss_peak_bytes": seen.get("rss"), "gpu_peak_bytes": seen.get("gpu"), "process_s": seen.get("seconds")}
     if own_process:
@@ -132,7 +129,7 @@ def _forwarding_sigterm(child: subprocess.Popen) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, lambda number, frame: child.send_signal(number))
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: child.send_signal(number))  # noqa: ARG005 (a signal handler's signature)
     try:
         yield
     finally:

@@ -20,7 +20,7 @@ task points.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 
 from thawing.config import RunConfig
 from thawing.errors import InputError
@@ -29,6 +29,7 @@ from thawing.store.run_dir import RunDir
 from thawing.study.measure import train_isolated, train_measured
 from thawing.study.report import study_json, write_study_report
 from thawing.study.scenarios import OWN_PLAN, Scenario, check_plans, parse_scenarios
+from thawing.training.events import Callback, ScenarioStarted
 
 DEFAULT_SCENARIOS = ("frozen", "heads", "progressive", "full")
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -42,7 +43,7 @@ def run_study(
     config: RunConfig,
     scenarios: list[str],
     study_dir: str | None = None,
-    events: Callable[[str, dict], None] | None = None,
+    callbacks: Sequence[Callback] = (),
     run_optional: bool | None = None,
     seeds: list[int] | None = None,
     isolate: bool = True,
@@ -75,19 +76,19 @@ def run_study(
     for scenario in parsed:
         per_seed = []
         for seed in seeds:
-            if events:
-                events("scenario", {"scenario": scenario.name if len(seeds) == 1 else f"{scenario.name}, seed {seed}"})
+            for callback in callbacks:
+                callback(ScenarioStarted(scenario.name if len(seeds) == 1 else f"{scenario.name}, seed {seed}"))
             run_dir = str(study.path / (scenario.dir_name if len(seeds) == 1 else f"{scenario.dir_name}-seed{seed}"))
             cfg = scenario.config.model_copy(update={"train": scenario.config.train.model_copy(update={"seed": seed})})
             measured = (train_isolated(cfg, run_dir, study.path, run_optional) if isolate
-                        else train_measured(cfg, run_dir, events, run_optional))
+                        else train_measured(cfg, run_dir, callbacks, run_optional))
             per_seed.append(summarize_run(RunDir(run_dir), seed, measured))
             rows[scenario.name] = combine(per_seed, scenario, plans[scenario.name])
             # a study cut short keeps its runs, and study.json says what they measured
             study.write_json(study.study_json, study_json(config.name, seeds, rows, reference, isolate))
     if interpolate is not None:
         source = next(s for s in parsed if s.name == interpolate)
-        for alpha, per_seed in interpolated(study, rows[interpolate], alphas, events).items():
+        for alpha, per_seed in interpolated(study, rows[interpolate], alphas, callbacks).items():
             scenario = Scenario(f"{interpolate}@{alpha:g}", "interpolated", source.config, source=interpolate)
             rows[scenario.name] = {**combine(per_seed, scenario, plans[interpolate]), "alpha": alpha}
         study.write_json(study.study_json, study_json(config.name, seeds, rows, reference, isolate))
@@ -95,7 +96,8 @@ def run_study(
     return study
 
 
-def interpolated(study: RunDir, row: dict, alphas: list[float], events=None) -> dict[float, list[dict]]:
+def interpolated(study: RunDir, row: dict, alphas: list[float], callbacks: Sequence[Callback] = ()
+                 ) -> dict[float, list[dict]]:
     """Each seed's run of a scenario interpolated at each alpha (`interpolate.py`, heads re-fitted on the frozen
     interpolated encoder): per alpha, one summary per seed, the run's own with the alpha's scores and probes."""
     from thawing.study.interpolate import interpolate
@@ -103,7 +105,7 @@ def interpolated(study: RunDir, row: dict, alphas: list[float], events=None) -> 
     out: dict[float, list[dict]] = {a: [] for a in alphas}
     for summary in row["per_seed"]:
         run = RunDir(study.path / summary["run"])
-        curve = interpolate(run.path, alphas, save=False, events=events)
+        curve = interpolate(run.path, alphas, save=False, callbacks=callbacks)
         for point in curve["points"]:
             where = (run.interpolate_dir / point["run"]).relative_to(study.path)
             # The scenario's training cost stays (the curve is built on it); its splits' metrics and peaks do not.
@@ -172,9 +174,9 @@ def mean_and_range(values: list) -> tuple[object, object]:
         keys = [k for k in first if all(isinstance(v, dict) and k in v for v in values)]
         pairs = {k: mean_and_range([v[k] for v in values]) for k in keys}
         return {k: m for k, (m, _) in pairs.items()}, {k: r for k, (_, r) in pairs.items() if r is not None}
-    if isinstance(first, (int, float)) and not isinstance(first, bool):
-        if all(isinstance(v, (int, float)) for v in values):
-            return sum(values) / len(values), [min(values), max(values)]
+    if (isinstance(first, (int, float)) and not isinstance(first, bool)
+            and all(isinstance(v, (int, float)) for v in values)):
+        return sum(values) / len(values), [min(values), max(values)]
     return first, None
 
 

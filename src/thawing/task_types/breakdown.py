@@ -17,7 +17,7 @@ def confusion(spec, logits: Sequence[np.ndarray], gold: Sequence) -> dict:
     """Rows are the gold labels, columns the predicted ones (argmax), counts."""
     size = len(spec.labels)
     matrix = np.zeros((size, size), dtype=int)
-    for row, label in zip(logits, gold):
+    for row, label in zip(logits, gold, strict=True):
         matrix[int(label), int(np.argmax(row))] += 1
     return {"kind": "confusion", "labels": list(spec.labels), "matrix": matrix.tolist()}
 
@@ -25,7 +25,7 @@ def confusion(spec, logits: Sequence[np.ndarray], gold: Sequence) -> dict:
 def per_entity(spec, logits: Sequence[np.ndarray], gold: Sequence) -> dict:
     """seqeval's per-type scores over the tags the task type predicts (words past max_length count as "O")."""
     true_tags = [[spec.labels[t] for t in tags] for tags in gold]
-    pred_tags = [spec.kind.tags(spec, words, len(tags)) for words, tags in zip(logits, gold)]
+    pred_tags = [spec.kind.tags(spec, words, len(tags)) for words, tags in zip(logits, gold, strict=True)]
     return {"kind": "per_type", "types": entity_report(true_tags, pred_tags, spec.tag_scheme)}
 
 
@@ -39,7 +39,7 @@ def per_label(spec, logits: Sequence[np.ndarray], gold: Sequence) -> dict:
     scores = f1_score(truth.astype(int), pred.astype(int), average=None, zero_division=0,
                       labels=list(range(len(spec.labels))))
     return {"kind": "per_type", "types": {label: {"f1": float(f), "support": int(s)}
-                                          for label, f, s in zip(spec.labels, scores, truth.sum(axis=0))}}
+                                          for label, f, s in zip(spec.labels, scores, truth.sum(axis=0), strict=True)}}
 
 
 # What each task type shows of its errors; a type without an entry shows its metrics only.

@@ -30,7 +30,7 @@ class Classification:
         check_label_kinds(((line, record.get(cfg.label_field)) for line, record in rows), path, cfg.label_field)
         return records
 
-    def read(self, cfg, path: str, fmt: str, line: int, record: dict) -> Record:
+    def read(self, cfg, path: str, fmt: str, line: int, record: dict) -> Record:  # noqa: ARG002 (the task-type interface)
         text = field_value(record, cfg.text_field, path, line)
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"expected a non-empty string, got {text!r}", path=path, line=line, field=cfg.text_field)
@@ -52,6 +52,10 @@ class Classification:
     def example_for_prediction(self, item: str | Sequence[str]) -> Example:
         return Example(text=item if isinstance(item, str) else " ".join(item))
 
+    def label_ids(self, gold: Any, ids: dict[str, int]) -> Any:
+        """A gold label as a user holds it (a label name) as the example's label; KeyError names an unknown one."""
+        return ids[str(gold)]
+
     # ------------------------------------------------------------------ model
     def featurize(self, encoder, examples: Sequence[Example], labelled: bool, prompt: str | None) -> Features:
         labels = [e.label for e in examples] if labelled else None
@@ -66,7 +70,7 @@ class Classification:
         return F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE, reduction="sum") / divisor
 
     def gather(
-        self, logits: np.ndarray, feats: Features, indices: Sequence[int], left_padded: bool
+        self, logits: np.ndarray, feats: Features, indices: Sequence[int], left_padded: bool  # noqa: ARG002 (the task-type interface)
     ) -> list[np.ndarray]:
         """A batch's logits (B, C) -> one (C,) array per example."""
         return [logits[row] for row in range(len(indices))]
@@ -82,7 +86,7 @@ class Classification:
         """Fit the task's decision rule on dev after training (multi-label: its threshold). `logits()` computes the
         dev logits, only if the rule needs them. Classification decides by argmax: nothing to fit."""
 
-    def decision_rule(self, spec) -> dict:
+    def decision_rule(self, spec) -> dict:  # noqa: ARG002 (the task-type interface)
         """How logits become a prediction, for code outside thawing (an ONNX export): softmax, then argmax."""
         return {"activation": "softmax", "rule": "argmax"}
 
@@ -91,6 +95,6 @@ class Classification:
 
         return classification_metrics(list(gold), [int(np.argmax(x)) for x in logits], len(spec.labels))
 
-    def predict(self, spec, logits: np.ndarray, example: Example) -> dict:
+    def predict(self, spec, logits: np.ndarray, example: Example) -> dict:  # noqa: ARG002 (the task-type interface)
         probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), -1).tolist()
-        return {"label": spec.labels[int(np.argmax(logits))], "probs": dict(zip(spec.labels, probs))}
+        return {"label": spec.labels[int(np.argmax(logits))], "probs": dict(zip(spec.labels, probs, strict=True))}

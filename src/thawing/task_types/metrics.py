@@ -75,14 +75,14 @@ def token_metrics(y_true: list[list[str]], y_pred: list[list[str]], scheme: str 
         raise ValueError(f"unknown tag scheme '{scheme}'; choose one of {', '.join(TAG_SCHEMES)}")
     if len(y_true) != len(y_pred):
         raise ValueError(f"y_true has {len(y_true)} sentences but y_pred has {len(y_pred)}")
-    for i, (gold, pred) in enumerate(zip(y_true, y_pred)):
+    for i, (gold, pred) in enumerate(zip(y_true, y_pred, strict=True)):
         if len(gold) != len(pred):
             raise ValueError(f"sentence {i}: {len(gold)} gold tags but {len(pred)} predicted")
     n_tokens = sum(len(s) for s in y_true)
     if n_tokens == 0:
         raise ValueError("cannot score an empty evaluation set")
     gold, pred = _to_conll(y_true, name), _to_conll(y_pred, name)
-    correct = sum(g == p for gs, ps in zip(y_true, y_pred) for g, p in zip(gs, ps))
+    correct = sum(g == p for gs, ps in zip(y_true, y_pred, strict=True) for g, p in zip(gs, ps, strict=True))
     return {
         "precision": float(_seqeval().precision_score(gold, pred, zero_division=0)),
         "recall": float(_seqeval().recall_score(gold, pred, zero_division=0)),

@@ -74,6 +74,13 @@ class MultiLabel(Classification):
             hot[ids[name]] = 1.0
         return Example(text=text, label=hot)
 
+    def label_ids(self, gold: Any, ids: dict[str, int]) -> Any:
+        """The label names a text has (any number, none included), one-hot."""
+        hot = [0.0] * len(ids)
+        for name in gold:
+            hot[ids[str(name)]] = 1.0
+        return hot
+
     # ------------------------------------------------------------------ model
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, divisor: float | None = None) -> torch.Tensor:
         """Binary cross-entropy, averaged over the labels of each example (so that a task's loss does not grow with
@@ -146,10 +153,10 @@ class MultiLabel(Classification):
             "subset_accuracy": float(accuracy_score(truth, pred)),
         }
 
-    def predict(self, spec, logits: np.ndarray, example: Example) -> dict:
+    def predict(self, spec, logits: np.ndarray, example: Example) -> dict:  # noqa: ARG002 (the task-type interface)
         probs = _probs([logits])[0]
-        chosen = [label for label, p in zip(spec.labels, probs) if p > _threshold(spec)]
-        return {"labels": chosen, "probs": {label: float(p) for label, p in zip(spec.labels, probs)}}
+        chosen = [label for label, p in zip(spec.labels, probs, strict=True) if p > _threshold(spec)]
+        return {"labels": chosen, "probs": {label: float(p) for label, p in zip(spec.labels, probs, strict=True)}}
 
 
 def _threshold(spec) -> float:

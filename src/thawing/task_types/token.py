@@ -61,6 +61,10 @@ class TokenClassification(Classification):
     def example_for_prediction(self, item: str | Sequence[str]) -> Example:
         return Example(tokens=item.split() if isinstance(item, str) else list(item))
 
+    def label_ids(self, gold: Any, ids: dict[str, int]) -> Any:
+        """One tag per word."""
+        return [ids[str(tag)] for tag in gold]
+
     # ------------------------------------------------------------------ model
     def featurize(self, encoder, examples: Sequence[Example], labelled: bool, prompt: str | None) -> Features:
         tags = [e.label for e in examples] if labelled else None
@@ -82,7 +86,7 @@ class TokenClassification(Classification):
         from thawing.task_types.metrics import token_metrics
 
         true_tags, pred_tags = [], []
-        for words, tags in zip(logits, gold):
+        for words, tags in zip(logits, gold, strict=True):
             # Words cut off by max_length were never seen: they count as "O" (a miss), never dropped.
             pred_tags.append(self.tags(spec, words, len(tags)))
             true_tags.append([spec.labels[t] for t in tags])

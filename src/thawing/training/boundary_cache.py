@@ -90,6 +90,6 @@ def build(encoder: Encoder, first: int, features: Features, batch_size: int, dty
     # With several processes each computes its share of the batches and all receive every state: built once in all.
     batches = sorted_batches(features.lengths, batch_size, max_tokens)
     for idx, rows in map_batches(batches, compute, f"Caching layer {first} input"):
-        for i, state in zip(idx, rows):
+        for i, state in zip(idx, rows, strict=True):
             states[i] = state
     return BoundaryCache(first, states)  # type: ignore[arg-type]

@@ -258,7 +258,7 @@ def snapshot(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
 @torch.no_grad()
 def put_back(params: list[torch.nn.Parameter], saved: list[torch.Tensor]) -> None:
     """Copy a `snapshot` back into `params`."""
-    for p, value in zip(params, saved):
+    for p, value in zip(params, saved, strict=True):
         p.copy_(value)
 
 

@@ -4,18 +4,17 @@ anchoring, trackers, and whether a signal asked training to stop."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from thawing.model.runtime import Runtime
 from thawing.store.run_dir import RunDir
 from thawing.training.checkpoint import TrainState
+from thawing.training.events import Callback
 from thawing.training.probes import Probes
 from thawing.training.retain import Pretrained
 from thawing.training.setup import Prepared
 from thawing.training.signals import StopRequest
-
-Events = Callable[[str, dict], None]  # the loop's progress: events(name, payload), e.g. for the CLI's printer
+from thawing.training.tracking import Trackers
 
 
 @dataclass
@@ -27,11 +26,11 @@ class Context:
     runtime: Runtime
     accelerator: object
     state: TrainState
-    events: Events
+    events: Callback  # every callback of the run (training/events.py), the main process's; a no-op elsewhere
     lock: object = None  # the run directory's lock (`RunDir.lock`), held until the run ends
     probes: Probes | None = None  # retention probes, with their pretrained side
     pretrained: Pretrained | None = None  # what anchoring (`retain`) compares against
-    trackers: list = field(default_factory=list)  # live views of metrics.jsonl (`train.report_to`)
+    trackers: Trackers | None = None  # live views of metrics.jsonl (`train.report_to`), the main process's
     stop: StopRequest = field(default_factory=StopRequest)  # SIGINT/SIGTERM asked training to stop
     main: bool = True  # this process writes the run directory and logs (the only one, or rank 0 of several)
     fsdp: object = None  # FSDP settings when the launcher asked for FSDP (training/stepping.py), else None
@@ -45,8 +44,8 @@ class Context:
         if not self.main:
             return
         self.run.log_metrics(record)
-        for tracker in self.trackers:
-            tracker.log(record)
+        if self.trackers is not None:
+            self.trackers.log(record)
 
     def probe(self, point: str, groups: dict) -> None:
         """Measure every probe at `point` ("start", or the stage that just ended) and log it."""

@@ -14,6 +14,7 @@ from thawing.model.inference import score
 from thawing.store.model_card import write_model_card
 from thawing.task_types.breakdown import SPLITS, split_entry
 from thawing.task_types.metrics import selection_score
+from thawing.training.events import Evaluated, Finished
 from thawing.training.paths import WholeModel
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,7 @@ def evaluate(ctx, path: WholeModel, stage, epoch: float, split: str = "dev") -> 
     value = selection_score(results, ctx.prep.primary, stage.metric)
     ctx.log({"stage": stage.name, "step": ctx.state.step, "epoch": round(epoch, 3), "split": split,
                          "task": "*", "metrics": {"score": value}})
-    ctx.events("eval", {"stage": stage.name, "step": ctx.state.step, "epoch": epoch, "split": split,
-                        "results": results, "score": value})
+    ctx.events(Evaluated(stage.name, ctx.state.step, epoch, split, results, value))
     return value
 
 
@@ -70,7 +70,7 @@ def finish(ctx) -> None:
                                  for split, out in by_split.items()} for task, by_split in logits.items()})
     run.write_json(run.results, results)
     write_model_card(run.path)  # final/README.md, from the files just written
-    ctx.events("results", results)
+    ctx.events(Finished(results))
     if not ctx.prep.config.train.keep_checkpoints:  # results.json says the run is done: nothing resumes it now
         shutil.rmtree(run.checkpoints, ignore_errors=True)
 

@@ -60,7 +60,7 @@ class CachedSplit:
         """Per-row `values` (one per feature row) back to one array per example."""
         if self.offsets is None:
             return list(values)
-        return [values[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+        return [values[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)]
 
 
 def flat_labels(feats: Features) -> torch.Tensor:
@@ -89,7 +89,7 @@ def compute(model: MultiTaskModel, task: str, feats: Features, batch_size: int, 
 
 
 def cached_features(model: MultiTaskModel, features: dict[str, dict[str, Features]], runtime, cache_dir: str | None,
-                    batch_size: int, note: Callable[[dict], None]) -> dict[str, dict[str, CachedSplit]]:
+                    batch_size: int, note: Callable[[str], None]) -> dict[str, dict[str, CachedSplit]]:
     """Every task's train and dev features from the frozen encoder, from the disk cache where an earlier stage or run
     computed them with the same weights, settings and inputs. `note` hears of each split computed."""
     from thawing.store.cache import FeatureStore, entry_key, fingerprint
@@ -112,7 +112,7 @@ def cached_features(model: MultiTaskModel, features: dict[str, dict[str, Feature
             key = entry_key(weights, {**settings, "type": model.specs[task].type}, [feats.input_ids, feats.word_starts])
             arrays = store.load(key)
             if arrays is None:
-                note({"task": task, "split": split, "examples": len(feats)})
+                note(f"computing frozen features for {task}/{split} ({len(feats)} examples)")
                 with runtime.autocast():
                     arrays = compute(model, task, feats, batch_size, runtime.inference_max_tokens).to_arrays()
                 store.save(key, arrays)

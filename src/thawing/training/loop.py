@@ -8,7 +8,7 @@ stage does not beat the best score so far. Checkpoints follow every stage and, i
 and merges them once the plan has decided on it, so checkpoints between stages and the final model are plain. A run
 whose dev split is too small to choose by adapts its plan once (training/small_data.py); heads start from their class
 centroids (training/head_start.py).
-Progress goes to an optional `events(name, payload)` callback.
+Progress goes to the callbacks, as typed events (training/events.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from thawing import distributed
@@ -29,8 +30,9 @@ from thawing.model.runtime import make_accelerator, resolve_for_training
 from thawing.store.run_dir import RunDir
 from thawing.training import checkpoint, head_start, signals, small_data
 from thawing.training.checkpoint import StageProgress, TrainState
-from thawing.training.context import Context, Events
+from thawing.training.context import Context
 from thawing.training.evaluation import evaluate, finish
+from thawing.training.events import CacheNote, Callback, PlanStopped, StageEnded, StageStarted, UpdateDone, fan_out
 from thawing.training.numerics import TrainingRecords, named_params
 from thawing.training.paths import centroid_heads, choose_path
 from thawing.training.plateau import Plateau
@@ -42,14 +44,14 @@ from thawing.training.signals import stop_requests
 from thawing.training.stages import Stage, build_plan, stage_configs, trainable_params
 from thawing.training.stepping import fsdp_settings, prepare_stepping
 from thawing.training.stepping import mode as stepping_mode
-from thawing.training.tracking import close_all, open_trackers
+from thawing.training.tracking import Trackers, check_available, closing
 from thawing.training.update import one_update, stage_losses
 from thawing.training.updates import StagePlan
 
 log = logging.getLogger(__name__)
 
 
-def train(config: RunConfig, run_dir: str | None = None, events: Events | None = None,
+def train(config: RunConfig, run_dir: str | None = None, callbacks: Sequence[Callback] = (),
           run_optional: bool | None = None, encoder: Encoder | None = None, resume: str | Path | None = None) -> RunDir:
     """Train per the config's plan and write a complete run directory. Returns it.
 
@@ -57,7 +59,7 @@ def train(config: RunConfig, run_dir: str | None = None, events: Events | None =
     directory of a run that stopped, from its last checkpoint (see `resume_run`).
     """
     try:
-        run = _train(config, run_dir, events, run_optional, encoder, resume)
+        run = _train(config, run_dir, callbacks, run_optional, encoder, resume)
     except BaseException:
         distributed.leave(finished=False)
         raise
@@ -65,11 +67,11 @@ def train(config: RunConfig, run_dir: str | None = None, events: Events | None =
     return run
 
 
-def _train(config: RunConfig, run_dir: str | None, events: Events | None, run_optional: bool | None,
+def _train(config: RunConfig, run_dir: str | None, callbacks: Sequence[Callback], run_optional: bool | None,
            encoder: Encoder | None, resume: str | Path | None) -> RunDir:
-    ctx, plan, groups = start(config, run_dir, events, run_optional, encoder, resume)
+    ctx, plan, groups = start(config, run_dir, callbacks, run_optional, encoder, resume)
     state, run = ctx.state, ctx.run
-    with ctx.lock, stop_requests() as ctx.stop, close_all(ctx.trackers):
+    with ctx.lock, stop_requests() as ctx.stop, closing(ctx.trackers):
         if not state.probes:  # the pretrained encoder's values (a resumed run has them logged already)
             ctx.probe("start", groups)
         for stage in plan[state.stages_done :] if not state.plan_stopped else []:
@@ -85,7 +87,7 @@ def _train(config: RunConfig, run_dir: str | None, events: Events | None, run_op
             if not beaten and stage.stops_plan:  # not on a dev split too small to judge by (training/small_data.py)
                 checkpoint.put_back(params, begin)
                 summary["stopped"] += "; plan stopped: stage did not beat the best so far"
-                ctx.events("plan_stop", {"stage": stage.name, "score": summary["best_score"], "best": state.best.best})
+                ctx.events(PlanStopped(stage.name, summary["best_score"], state.best.best))
                 state.plan_stopped = True
             if adapters is not None:  # after the stage's and the plan's decisions: from here on, a plain model
                 kept = not state.plan_stopped  # put back, the adapters are at their start (zero): dropped
@@ -110,7 +112,7 @@ def _train(config: RunConfig, run_dir: str | None, events: Events | None, run_op
     return run
 
 
-def start(config: RunConfig, run_dir: str | None = None, events: Events | None = None,
+def start(config: RunConfig, run_dir: str | None = None, callbacks: Sequence[Callback] = (),
           run_optional: bool | None = None, encoder: Encoder | None = None, resume: str | Path | None = None
           ) -> tuple[Context, list[Stage], dict]:
     """Everything before the first stage: data, model and plan (input errors surface before a run directory exists),
@@ -118,12 +120,27 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
     its plan and the model's parameter groups."""
     processes = distributed.init(config.train.device)  # several: before the model moves to this process's device
     main = distributed.is_main()
+    # A stopped run is taken (its lock) before anything reads it: reading its checkpoint may repair it after a kill
+    # mid-swap, which must never happen under a live run. A new run's directory is made, and taken, further down.
+    lock = RunDir(resume).lock() if resume and main else None
+    try:
+        return _start(config, run_dir, callbacks, run_optional, encoder, resume, processes, main, lock)
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
+
+
+def _start(config: RunConfig, run_dir: str | None, callbacks: Sequence[Callback], run_optional: bool | None,
+           encoder: Encoder | None, resume: str | Path | None, processes: int, main: bool, lock
+           ) -> tuple[Context, list[Stage], dict]:
     # The main process reads (and, after a kill mid-swap, repairs) the checkpoint; the others take its reading.
     resumed = distributed.agree(checkpoint.read_state(RunDir(resume)) if resume and main else None)
     if resumed:  # the plan must be the one the checkpoint was taken in
         run_optional = resumed.run_optional
     if not resume and main:  # a run directory that cannot be made fails now, not after the data and model load
         RunDir.check_creatable(run_dir)
+    check_available(config.train.report_to)  # a tracker's missing package, before anything is written
     prep = prepare(config, encoder)
     groups = parameter_groups(prep.model)
     plan = build_plan(config, groups, run_optional, prep.model)  # selector and target errors: before the run dir
@@ -138,9 +155,27 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
     if config.train.checkpoint:  # before a run directory exists
         trainable = max((trainable_params(s, groups) for s in plan), default=0)
         checkpoint.disk_check(Path(resume or run_dir or "runs"), prep.model, trainable)
+    run, state, config, new_lock = _open_run(config, run_dir, resume, resumed, plan, groups, prep, run_optional, main)
+    lock = lock or new_lock or contextlib.nullcontext()
+    if main:
+        run.write_json(run.runtime, {**runtime.to_json(), "world_size": processes, "distributed": stepping_mode()})
+    if probes is not None:
+        probes.seconds += state.probe_seconds  # what the run before the resume spent
+    # Only the main process reports progress.
+    trackers = Trackers(config.train.report_to, run, config) if main and config.train.report_to else None
+    ctx = Context(prep, run, runtime, accelerator, state, fan_out(list(callbacks) if main else []), lock, probes,
+                  pretrained, trackers, main=main, fsdp=fsdp)
+    return ctx, plan, groups
+
+
+def _open_run(config: RunConfig, run_dir: str | None, resume: str | Path | None, resumed: TrainState | None,
+              plan: list[Stage], groups: dict, prep, run_optional: bool | None, main: bool
+              ) -> tuple[RunDir, TrainState, RunConfig, object]:
+    """The run directory: the stopped one with its checkpoint restored, or a new one, taken (its lock, the main
+    process's), with its config.yaml (a preset recorded as the stages it expands to). Returns it, the run's state,
+    the config as recorded and a new run's lock."""
     if resume:
         run = RunDir(resume)
-        lock = run.lock() if main else contextlib.nullcontext()  # before anything is restored: no second run
         state = resumed or TrainState(plan=[s.name for s in plan], run_optional=run_optional)
         if [s.name for s in plan] != state.plan:
             raise InputError(f"the plan is now {[s.name for s in plan]}, the checkpoint's was {state.plan}",
@@ -152,23 +187,15 @@ def start(config: RunConfig, run_dir: str | None = None, events: Events | None =
         for task, head in state.heads.items():  # frozen heads became centroid (linear) heads
             prep.model.specs[task].head = head
         log.info("resuming %s: %d of %d stages done, step %d", run.path, state.stages_done, len(plan), state.step)
-    else:
-        # One run directory: the main process names and makes it, the others learn its path.
-        run = RunDir(distributed.agree(str(RunDir.create(config.name, run_dir).path) if main else None))
-        lock = run.lock() if main else contextlib.nullcontext()
-        if isinstance(config.schedule, str):  # the run records the stages a preset expands to, as they ran
-            config = config.model_copy(update={"schedule": stage_configs(config, len(layer_names(groups)))})
-        if main:
-            run.write_config(config)
-        state = TrainState(plan=[s.name for s in plan], run_optional=run_optional)
+        return run, state, config, None
+    # One run directory: the main process names and makes it, the others learn its path.
+    run = RunDir(distributed.agree(str(RunDir.create(config.name, run_dir).path) if main else None))
+    lock = run.lock() if main else None
+    if isinstance(config.schedule, str):  # the run records the stages a preset expands to, as they ran
+        config = config.model_copy(update={"schedule": stage_configs(config, len(layer_names(groups)))})
     if main:
-        run.write_json(run.runtime, {**runtime.to_json(), "world_size": processes, "distributed": stepping_mode()})
-    if probes is not None:
-        probes.seconds += state.probe_seconds  # what the run before the resume spent
-    quiet = lambda name, payload: None  # noqa: E731  (only the main process reports progress)
-    ctx = Context(prep, run, runtime, accelerator, state, (events or quiet) if main else quiet, lock, probes,
-                  pretrained, open_trackers(config.train.report_to, run) if main else [], main=main, fsdp=fsdp)
-    return ctx, plan, groups
+        run.write_config(config)
+    return run, TrainState(plan=[s.name for s in plan], run_optional=run_optional), config, lock
 
 
 def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: list | None = None,
@@ -184,13 +211,12 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
     model.train()
     set_frozen_modes(model, stage.trainable)
     path = choose_path(model, stage.trainable, ctx.prep.features, ctx.runtime, cfg, active,
-                       lambda payload: ctx.events("cache", payload))
+                       lambda message: ctx.events(CacheNote(message)))
     stage, fresh = head_start.start_stage(path, stage, state.trained_heads, cfg.train, resumed=inside is not None)
     # After the heads' start: FSDP trains a sharded copy of the model, made here, and it must copy the started heads.
     stepping = prepare_stepping(ctx, stage, groups, params)  # the model itself, DDP-wrapped, or a sharded copy
     optimizer = stepping.optimizer if stepping else None
-    ctx.events("stage_start", {"stage": stage.name, "table": parameter_table(groups, stage.trainable),
-                               "lrs": stage.lrs, "cached": path.cached})
+    ctx.events(StageStarted(stage.name, parameter_table(groups, stage.trainable), stage.lrs, path.cached))
     summary = {"stage": stage.name, "trainable_params": sum(p.numel() for p in params), "cached": path.cached,
                **path.summary, **({"lora": stage.lora.to_json()} if stage.lora else {})}
     p = state.stage = state.stage or StageProgress(evals=Plateau(min_delta=stage.min_delta, patience=stage.patience))
@@ -206,7 +232,7 @@ def run_stage(ctx: Context, stage: Stage, groups: dict, params: list, begin: lis
     summary.update(best_score=p.evals.best, best_step=state.step if p.evals.best_at is None else p.evals.best_at,
                    wall_s=round(time.perf_counter() - started, 2))
     state.stage = None
-    ctx.events("stage_end", summary)
+    ctx.events(StageEnded(stage.name, summary))
     return summary
 
 
@@ -239,9 +265,8 @@ def train_stage(ctx: Context, stage: Stage, path, stepping, groups: dict, params
             p.micro, p.update, p.position, state.step = (p.micro + len(batches), p.update + 1, p.position + 1,
                                                          state.step + 1)
             task_losses = tracked.add(update, train_sets)
-            ctx.events("step", {"stage": stage.name, "update": p.update, "total": max(updates.updates, p.update),
-                                "loss": sum(update.task_losses), "tasks": task_losses,
-                                "examples": sum(len(indices) for _, indices in batches)})
+            ctx.events(UpdateDone(stage.name, p.update, max(updates.updates, p.update), sum(update.task_losses),
+                                  task_losses, sum(len(indices) for _, indices in batches)))
             if p.update % cfg.train.log_every == 0:
                 tracked.log(ctx, stage.name, optimizer)
             due = p.position == len(grouped) if stage.eval_every == "epoch" else (
@@ -253,16 +278,7 @@ def train_stage(ctx: Context, stage: Stage, path, stepping, groups: dict, params
             elif due and p.evals.stalled:
                 p.stopped = f"plateau: no gain of {stage.min_delta} in {stage.patience} evaluations"
             agreed_stop(ctx)
-            # The main process's clock decides (a checkpoint under FSDP is gathered by every process).
-            if cfg.train.checkpoint and (ctx.stop.requested or distributed.agree(checkpoint.due(cfg.train,
-                                                                                                 p.update, saved))):
-                if not due:
-                    stepping.pull()
-                saved_optimizer, rng = stepping.optimizer_state(), checkpoint.rng_states()  # every process's
-                if ctx.main:
-                    state.metrics_lines = ctx.run.metrics_lines()
-                    checkpoint.save_stage(ctx.run, state, named, saved_optimizer, begin, best, rng)
-                saved = (p.update, time.monotonic())
+            saved = stage_checkpoint(ctx, stepping, named, begin, best, saved, pulled=due)
             if ctx.stop.requested:
                 raise signals.interrupted(ctx, stage)
             if p.stopped:
@@ -281,6 +297,23 @@ def train_stage(ctx: Context, stage: Stage, path, stepping, groups: dict, params
     return summary
 
 
+def stage_checkpoint(ctx: Context, stepping, named: dict, begin: list | None, best: list | None, saved: tuple,
+                     pulled: bool) -> tuple:
+    """A stage checkpoint where one is due (`train.checkpoint_every` updates or minutes since `saved`, or a signal);
+    returns when the last one was taken. `pulled`: FSDP's weights are in the model already (an evaluation ran)."""
+    cfg, p = ctx.prep.config.train, ctx.state.stage
+    # The main process's clock decides (a checkpoint under FSDP is gathered by every process).
+    if not cfg.checkpoint or not (ctx.stop.requested or distributed.agree(checkpoint.due(cfg, p.update, saved))):
+        return saved
+    if not pulled:
+        stepping.pull()
+    saved_optimizer, rng = stepping.optimizer_state(), checkpoint.rng_states()  # every process's
+    if ctx.main:
+        ctx.state.metrics_lines = ctx.run.metrics_lines()
+        checkpoint.save_stage(ctx.run, ctx.state, named, saved_optimizer, begin, best, rng)
+    return p.update, time.monotonic()
+
+
 def agreed_stop(ctx: Context) -> None:
     """With several processes, a signal that reached any of them stops all of them at the same update (each would
     otherwise wait for the others at the next gradient reduction)."""
@@ -289,7 +322,7 @@ def agreed_stop(ctx: Context) -> None:
         ctx.stop.signal = agreed
 
 
-def resume_run(run_dir: str | Path, events: Events | None = None) -> RunDir:
+def resume_run(run_dir: str | Path, callbacks: Sequence[Callback] = ()) -> RunDir:
     """Continue a run that stopped, in its own directory, from its last checkpoint (from its start when it stopped
     before the first), with the config it recorded; it ends as the uninterrupted run would have."""
     from thawing.config import load_config
@@ -299,4 +332,4 @@ def resume_run(run_dir: str | Path, events: Events | None = None) -> RunDir:
         raise InputError(f"no {run.config.name} here: not a thawing run directory", path=run.path)
     if distributed.is_main():  # the clear error first (a finished run, a damaged checkpoint), before any model loads
         checkpoint.read_state(run)
-    return train(load_config(run.config), events=events, resume=run.path)
+    return train(load_config(run.config), callbacks=callbacks, resume=run.path)

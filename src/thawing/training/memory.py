@@ -28,7 +28,7 @@ def split(batches: list[MicroBatch], parts: int) -> list[MicroBatch]:
         n = min(parts, len(indices))
         size, extra = divmod(len(indices), n)
         starts = [i * size + min(i, extra) for i in range(n + 1)]
-        out += [(task, indices[a:b]) for a, b in zip(starts, starts[1:])]
+        out += [(task, indices[a:b]) for a, b in zip(starts, starts[1:], strict=False)]  # neighbours
     return out
 
 

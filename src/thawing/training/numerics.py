@@ -27,7 +27,7 @@ def finite(losses: list[float], norm: torch.Tensor | None, scaled: bool) -> bool
 def nonfinite_update(ctx, stage, batches: list, losses: list[float]) -> None:
     """Stop the run (train.nonfinite: stop), or skip the update and count it, up to train.nonfinite_limit."""
     cfg, p = ctx.prep.config.train, ctx.state.stage
-    bad = [(task, loss) for (task, _), loss in zip(batches, losses) if not math.isfinite(loss)]
+    bad = [(task, loss) for (task, _), loss in zip(batches, losses, strict=True) if not math.isfinite(loss)]
     what = f"the loss of task '{bad[0][0]}' is {bad[0][1]}" if bad else "the gradient norm is not finite"
     where = f"stage '{stage.name}', update {p.update + 1} (step {ctx.state.step + 1})"
     if cfg.nonfinite == "skip" and p.nonfinite < cfg.nonfinite_limit:
@@ -58,7 +58,7 @@ class TrainingRecords:
             row = self.sums.setdefault(name, [0.0, 0, 0, 0])
             row[0], row[1] = row[0] + sum(parts), row[1] + 1
         sums: dict[str, list] = {}
-        for (task, indices), loss, divisor in zip(batches, losses, divisors(batches, train_sets)):
+        for (task, indices), loss, divisor in zip(batches, losses, divisors(batches, train_sets), strict=True):
             row = sums.setdefault(task, [0.0, 0, 0, 0])
             row[0] += loss * divisor  # back to the micro-batch's summed loss
             row[1] += train_sets[task].labelled(indices)

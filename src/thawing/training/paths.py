@@ -75,7 +75,8 @@ class WholeModel:
         """The micro-batch's task loss through the model itself."""
         return self.forward_loss(self.base, task, indices, divisor).loss
 
-    def forward(self, model, task: str, indices: list[int], batch: dict, device, embed: bool = False):
+    # `indices`: the top-layers path reads its cached states by them; the whole model runs on the batch alone.
+    def forward(self, model, task: str, indices: list[int], batch: dict, device, embed: bool = False):  # noqa: ARG002
         return model(task, batch["input_ids"].to(device), batch["attention_mask"].to(device), embed=embed)
 
     @property
@@ -116,8 +117,8 @@ class CachedHeads(WholeModel):
     cache: dict[str, dict[str, CachedSplit]] = field(default_factory=dict)
     cached: bool = True
 
-    def forward_loss(self, model, task: str, indices: list[int], divisor: float | None = None, embed: bool = False
-                     ) -> Step:
+    def forward_loss(self, model, task: str, indices: list[int], divisor: float | None = None,
+                     embed: bool = False) -> Step:  # noqa: ARG002 (the paths' interface)
         # The encoder is frozen: no embedding loss has a gradient to give (nothing is pooled here, whatever `embed`).
         features, labels = self.cache[task]["train"].batch(indices, self.base.encoder.device)
         with self.runtime.autocast():
@@ -142,7 +143,7 @@ class CachedHeads(WholeModel):
 
 
 def choose_path(base: MultiTaskModel, trainable: list[str], features: dict[str, dict[str, Features]],
-                runtime, cfg, active: list[str], note: Callable[[dict], None]) -> WholeModel:
+                runtime, cfg, active: list[str], note: Callable[[str], None]) -> WholeModel:
     """The stage's forward path: cached heads when the encoder is frozen, cached bottom layers when only top layers
     train (and the model splits there), else the whole model. `cfg` is the run config (cache and batch settings)."""
     common = dict(base=base, features=features, runtime=runtime, batch_size=cfg.train.eval_batch_size)
@@ -165,14 +166,14 @@ def choose_path(base: MultiTaskModel, trainable: list[str], features: dict[str, 
     if reason:
         message = f"no boundary cache, the stage runs the whole model padded: {reason}"
         log.warning(message)
-        note({"message": message})
+        note(message)
         return WholeModel(**common)
     with runtime.autocast():  # the cache holds what training's own (autocast) forward would compute
         built = {t: boundary_cache.build(base.encoder, first, f, cfg.train.eval_batch_size, dtype,
-                                         runtime.inference_max_tokens) for t, f in zip(active, feats)}
+                                         runtime.inference_max_tokens) for t, f in zip(active, feats, strict=True)}
     size = sum(b.nbytes for b in built.values())
-    note({"message": f"boundary cache at layers.{first}: {sum(len(f) for f in feats)} examples, {size / 1e6:.1f} MB "
-                     f"{str(dtype).replace('torch.', '')} (estimate {need / 1e6:.1f} MB); the top layers run padded"})
+    note(f"boundary cache at layers.{first}: {sum(len(f) for f in feats)} examples, {size / 1e6:.1f} MB "
+                     f"{str(dtype).replace('torch.', '')} (estimate {need / 1e6:.1f} MB); the top layers run padded")
     path = TopLayers(**common, boundary=built)
     path.summary = {"boundary_cache": f"layers.{first}", "boundary_cache_mb": round(size / 1e6, 1)}
     return path

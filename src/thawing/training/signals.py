@@ -30,7 +30,7 @@ def stop_requests() -> Iterator[StopRequest]:
         yield request
         return
 
-    def handle(number, frame):
+    def handle(number, frame):  # noqa: ARG001 (a signal handler's signature)
         request.signal = number
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C does not wait
 

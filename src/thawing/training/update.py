@@ -146,6 +146,6 @@ def one_update(ctx, path, stepping, stage, losses: StageLosses, batches: list[Mi
         ctx.state.stage.skipped += int(skipped)
         applied = not skipped
     else:
-        nonfinite_update(ctx, stage, batches, task_values)
+        nonfinite_update(ctx, stage, pieces, task_values)
     stepping.optimizer.zero_grad(set_to_none=True)
     return Update(pieces, task_values, added_values, None if norm is None else float(norm), applied)
