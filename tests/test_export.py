@@ -221,7 +221,8 @@ def test_bad_arguments_exit_2_naming_the_problem(bert_run, tmp_path):
     (tmp_path / "taken").mkdir()
     code, output = invoke("export", str(bert_run), "--output", str(tmp_path / "taken"))
     assert code == 2 and str(tmp_path / "taken") in output and "--overwrite" in output
-    code, output = invoke("export", str(tmp_path), "--output", str(tmp_path / "c"))
+    (tmp_path / "empty").mkdir()
+    code, output = invoke("export", str(tmp_path / "empty"), "--output", str(tmp_path / "c"))
     assert code == 2 and "final/tasks.json" in output
     assert not any((tmp_path / name).exists() for name in "abc")
 

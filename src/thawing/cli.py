@@ -57,10 +57,12 @@ def _setup(
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def _check_output(path: Path, overwrite: bool) -> None:
-    """Fail before any work if `path` cannot be written, so no work is wasted and nothing half-written."""
-    if path.exists() and not overwrite:
-        raise InputError("output exists; pass --overwrite to replace it", path=path)
+def _check_output(path: Path, overwrite: bool, inputs: tuple = ()) -> None:
+    """Fail before any work if `path` cannot be written, so no work is wasted and nothing half-written: never one of
+    the command's `inputs` (or inside one), never an existing file without `overwrite` (store/outputs.py)."""
+    from thawing.store.outputs import check_output
+
+    check_output(path, list(inputs), overwrite)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"cannot write output: folder '{parent}' does not exist", path=path)
@@ -91,7 +93,7 @@ def embed(
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
 ) -> None:
     """Embed texts with a sentence encoder and save them as a .npy array."""
-    _check_output(output, overwrite)  # before the model stack is imported (seconds): a refusal comes at once
+    _check_output(output, overwrite, (input, model))  # before the model stack is imported: a refusal comes at once
     import numpy as np
 
     from thawing.data.readers import read_texts
@@ -235,7 +237,7 @@ def evaluate(
 ) -> None:
     """Evaluate a trained run on a split of its tasks' data, or on other files."""
     if output is not None:  # before the model stack is imported (seconds): a refusal comes at once
-        _check_output(output, overwrite=False)
+        _check_output(output, overwrite=False, inputs=(run_dir,))
     import json
 
     from thawing.api import load
@@ -296,7 +298,7 @@ def predict(
     ),
 ) -> None:
     """Predict labels and probabilities (or entity spans) for each input text."""
-    _check_output(output, overwrite)  # before the model stack is imported (seconds): a refusal comes at once
+    _check_output(output, overwrite, (input, run_dir))  # before the model stack is imported: a refusal comes at once
     import json
 
     from thawing.api import load

@@ -32,6 +32,7 @@ from thawing.errors import InputError, ThawingError
 from thawing.model.encoder import Encoder
 from thawing.model.multitask import MultiTaskModel
 from thawing.store.atomic import building
+from thawing.store.outputs import check_output
 from thawing.store.run_dir import ONNX_META, ONNX_MODEL
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ def export_run(run_dir: str | Path, output: str | Path, format: str = "onnx", qu
         `output`, holding model.onnx, thawing_onnx.json and the tokenizer's files.
 
     Raises:
-        InputError: an unknown format or quantization, an existing output (without `overwrite`), no trained model.
+        InputError: an unknown format or quantization, an output that is or holds the run, an existing output
+            (without `overwrite`, or that is no earlier export), no trained model.
         ThawingError: onnx or onnxruntime missing; a task named like an input or the embedding; a graph whose
             outputs differ from the PyTorch model's (nothing is written then).
 
@@ -89,8 +91,7 @@ def export_run(run_dir: str | Path, output: str | Path, format: str = "onnx", qu
     if quantize is not None and quantize not in QUANTIZE:
         raise InputError(f"unknown quantization '{quantize}'; choose one of {', '.join(QUANTIZE)} (or none)")
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise InputError("output exists; pass --overwrite to replace it", path=output)
+    check_output(output, [run_dir], overwrite, marker=ONNX_META)
     onnx, onnxruntime = require_onnx()
     trained = load(run_dir, device="cpu", mixed_precision="no", packing=False)
     graph = ExportGraph(trained.model).float().eval()
