@@ -360,3 +360,23 @@ def test_a_trained_model_evaluates_texts_and_label_names(tiny_bert_dir, tmp_path
         model.evaluate(texts[:2], ["positive", "meh"], task="sentiment")
     with pytest.raises(InputError, match="several tasks"):
         model.evaluate(texts, truth)
+
+
+def test_plan_reads_no_weights(tiny_qwen2_dir, tmp_path):
+    """`thawing plan` builds the model from its config alone: with every weight file gone it shows the same plan."""
+    import shutil
+
+    stages = [{"name": "heads", "train": ["heads"], "epochs": 1}, {"name": "top", "train": ["heads", "layers[-2:]"]}]
+    bare = tmp_path / "bare-model"
+    shutil.copytree(tiny_qwen2_dir, bare)
+    removed = [p for p in bare.rglob("*") if p.suffix in (".safetensors", ".bin")]
+    for path in removed:
+        path.unlink()
+    assert removed
+    plans = []
+    for model in (tiny_qwen2_dir, bare):
+        config = toy_config(model, tmp_path / model.name, tasks=("sentiment", "ner"), schedule=stages)
+        code, output = invoke("plan", str(write_config(config, tmp_path / f"{model.name}.yaml")), "--json")
+        assert code == 0, output
+        plans.append(json.loads(output))
+    assert plans[0] == plans[1]

@@ -158,3 +158,31 @@ def test_minilm_matches_sentence_transformers(minilm_dir):
     ours = encoder.encode(texts, batch_size=16)
     assert ours.shape == (len(texts), 384)
     assert np.abs(ours - _st_encode(minilm_dir, texts, batch_size=16)).max() < 1e-5
+
+
+def test_a_saved_encoder_keeps_what_its_base_declared(tiny_bert_dir, tmp_path):
+    """The base model's named prompts, similarity function and Pooling's include_prompt survive thawing's save, as
+    sentence-transformers reads them; a prompt on a model that pools without its prompt tokens is refused."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from thawing.errors import ThawingError
+    from thawing.model.loading import load_encoder, save_encoder
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_bert_dir, base)
+    declared = json.loads((base / "config_sentence_transformers.json").read_text())
+    declared.update(prompts={"query": "query: ", "document": ""}, similarity_fn_name="dot")
+    (base / "config_sentence_transformers.json").write_text(json.dumps(declared))
+    pooling = json.loads((base / "1_Pooling" / "config.json").read_text())
+    (base / "1_Pooling" / "config.json").write_text(json.dumps({**pooling, "include_prompt": False}))
+
+    encoder = load_encoder(str(base))
+    saved = save_encoder(encoder, tmp_path / "saved", prompts={"topic": "topic: "})
+    st = SentenceTransformer(str(saved), device="cpu")
+    assert st.prompts == {"query": "query: ", "document": "", "topic": "topic: "}
+    assert st.similarity_fn_name == "dot" and st[1].include_prompt is False
+    np.testing.assert_allclose(st.encode(["who won the game ?"]), encoder.encode(["who won the game ?"]), atol=1e-5)
+    with pytest.raises(ThawingError, match="include_prompt: false"):
+        encoder.encode(["who won the game ?"], prompt="query: ")

@@ -336,3 +336,12 @@ def test_errors_name_what_failed(run, cache, monkeypatch):
         thawing.push(run, REPO)
     assert hub.named("create_repo")
 
+
+
+def test_an_error_message_keeps_its_urls_whole():
+    from thawing.model.hub import first_line
+
+    url = "https://huggingface.co/someone/toy-model/blob/main/" + "x" * 120
+    message = first_line(PermissionError("403 Forbidden: " + "you cannot write here " * 12 + url + " and more " * 40))
+    assert url in message and message.endswith(" ...") and len(message) < 600
+    assert first_line(ValueError("short")) == "short" and first_line(ValueError("")) == "ValueError"

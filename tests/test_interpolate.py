@@ -37,13 +37,18 @@ def test_the_ends_are_the_pretrained_and_the_fine_tuned_encoder(tuned, tiny_bert
     start = points[0.0]["probes"]
     assert start["drift"]["drift"] == 0.0 and start["pairs"]["spearman_retention"] == 1.0  # exactly pretrained
     assert points[1.0]["probes"]["drift"]["drift"] == tuned.read_json(tuned.results)["probes"]["drift"]["drift"]
-    for alpha, reference in ((0.0, tiny_bert_dir), (1.0, tuned.encoder_dir)):
-        mine = load_encoder(str(tuned.interpolate_dir / points[alpha]["run"] / "final" / "encoder")).state_dict()
-        theirs = load_encoder(str(reference)).state_dict()
-        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), alpha
     saved = json.loads(tuned.interpolate_json.read_text())
     assert saved["chosen"] in (0.0, 0.5, 1.0) and tuned.interpolate_png.is_file()
     assert (tuned.interpolated_final / "heads.safetensors").is_file() and tuned.final.is_dir()  # beside, not over
+    # The chosen model is the encoder at its alpha (exactly the pretrained or the fine-tuned one at the ends) ...
+    alpha = saved["chosen"]
+    start, end = load_encoder(str(tiny_bert_dir)).state_dict(), load_encoder(str(tuned.encoder_dir)).state_dict()
+    mine = load_encoder(str(tuned.interpolated_final / "encoder")).state_dict()
+    for key, value in mine.items():
+        expected = start[key] if alpha == 0 else end[key] if alpha == 1 else (1 - alpha) * start[key] + alpha * end[key]
+        torch.testing.assert_close(value, expected, atol=0 if alpha in (0, 1) else 1e-6, rtol=0)
+    # ... and the only copy kept: no alpha's run holds a model of its own
+    assert not any((tuned.interpolate_dir / p["run"] / "final").exists() for p in report["points"])
     with pytest.raises(InputError, match="already interpolated"):
         interpolate(tuned.path, [0.0])
 

@@ -120,11 +120,12 @@ def test_minilm_card_has_base_model_and_license():
 # ---------------------------------------------------------------------------------------------- ST metadata
 
 
-def test_encoder_has_sentence_transformers_prompts(run):
+def test_encoder_has_sentence_transformers_prompts(run, tiny_bert_dir):
     from sentence_transformers import SentenceTransformer
 
     config = json.loads((run.path / "final" / "encoder" / "config_sentence_transformers.json").read_text())
-    assert config["prompts"] == {"qtype": PROMPT}
+    base = json.loads((tiny_bert_dir / "config_sentence_transformers.json").read_text())["prompts"]
+    assert config["prompts"] == {**base, "qtype": PROMPT}  # the base model's named prompts, then each task's
     assert config["default_prompt_name"] is None and config["similarity_fn_name"] == "cosine"
     assert set(config["__version__"]) == {"sentence_transformers", "transformers", "pytorch"}
     st = SentenceTransformer(str(run.path / "final" / "encoder"), device="cpu")

@@ -134,7 +134,8 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=2 (repeatable)."),
     run_dir: Path | None = typer.Option(None, help="Write the run here instead of runs/<name>-<timestamp>."),
     full: bool = typer.Option(False, "--full", help="Also run stages marked optional (full fine-tuning)."),
-    resume: Path | None = typer.Option(None, help="Continue this stopped run from its last finished stage."),
+    resume: Path | None = typer.Option(
+        None, help="Continue this stopped run from its last checkpoint (inside a stage, too), with its own config."),
 ) -> None:
     """Train a multi-task model (or --resume a stopped run); prints the run directory on its last line."""
     from thawing.config import load_config
@@ -178,7 +179,8 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     full: bool = typer.Option(False, "--full", help="Include optional stages."),
 ) -> None:
-    """Show each stage's trainable groups, parameter counts and learning rates, without training."""
+    """Show each stage's trainable groups, parameter counts and learning rates, without training (the model's
+    architecture is read from its config: no weights are loaded)."""
     import json
 
     from rich.table import Table
@@ -186,11 +188,14 @@ def plan(
     from thawing.config import load_config
     from thawing.config.tasks import load_tasks
     from thawing.model.groups import parameter_groups
+    from thawing.model.loading import load_encoder
     from thawing.training.setup import build_model
     from thawing.training.stages import build_plan, plan_summary
 
     cfg = load_config(config, set_)
-    model = build_model(cfg, load_tasks(cfg.tasks, seed=cfg.train.seed))
+    encoder = load_encoder(cfg.model.name, max_length=cfg.model.max_length, pooling=cfg.model.pooling,
+                           normalize=cfg.model.normalize, trust_remote_code=cfg.model.trust_remote_code, weights=False)
+    model = build_model(cfg, load_tasks(cfg.tasks, seed=cfg.train.seed), encoder)
     groups = parameter_groups(model)
     summary = plan_summary(build_plan(cfg, groups, full or None, model), groups)
     if as_json:

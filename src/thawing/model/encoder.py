@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from thawing.data.batching import sorted_batches
 from thawing.distributed import map_batches
+from thawing.errors import ThawingError
 from thawing.model import packing
 from thawing.model.groups import find_layers
 from thawing.model.pooling import POOLERS
@@ -49,6 +50,7 @@ class Encoder(nn.Module):
         normalize: L2-normalize the sentence embedding.
         max_length: truncation length in tokens.
         do_lower_case: lower-case texts before tokenizing (a sentence-transformers option).
+        include_prompt: pool a prompt's tokens too (sentence-transformers' Pooling option; false: no prompts here).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class Encoder(nn.Module):
         normalize: bool = False,
         max_length: int = 512,
         do_lower_case: bool = False,
+        include_prompt: bool = True,
     ) -> None:
         super().__init__()
         if pooling not in POOLERS:
@@ -75,6 +78,10 @@ class Encoder(nn.Module):
         self.normalize = normalize
         self.max_length = max_length
         self.do_lower_case = do_lower_case
+        # sentence-transformers' Pooling option: false leaves a prompt's tokens out of the pooling. thawing pools
+        # every token, so it uses no prompt with such a model (`prepare_texts`), and keeps the option when it saves.
+        self.include_prompt = include_prompt
+        self.declared: dict = {}  # what the model's own files declare beyond this (prompts, similarity; loading.py)
         # How batches reach the backbone: padded (to a multiple) or packed, per context. Set once, from the resolved
         # runtime (`thawing.model.runtime.apply`); the default is plain padding.
         self.layout = packing.BatchLayout()
@@ -112,6 +119,9 @@ class Encoder(nn.Module):
 
     def prepare_texts(self, texts: Sequence[str], prompt: str | None = None) -> list[str]:
         """Prefix the prompt and normalize whitespace and case exactly as sentence-transformers does."""
+        if prompt and not self.include_prompt:
+            raise ThawingError("this model's pooling leaves prompt tokens out (include_prompt: false in its Pooling "
+                               "config), which thawing does not do: its embeddings would differ; use no prompt")
         prompt = prompt or ""
         out = [(prompt + str(t)).strip() for t in texts]
         return [t.lower() for t in out] if self.do_lower_case else out

@@ -95,7 +95,12 @@ def _why_not_found(exc: Exception, revision: str | None) -> str:
     return f"the Hub could not give it ({type(exc).__name__}: {first_line(exc)})"
 
 
-def first_line(exc: Exception) -> str:
-    """An exception's first line, at most 200 characters (the hub client's messages run long)."""
+def first_line(exc: Exception, limit: int = 300) -> str:
+    """An exception's first line (the hub client's messages run long), shortened past `limit` characters at a space,
+    never inside a word: a URL in it stays whole and can be opened."""
     lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
+    if not lines:
+        return type(exc).__name__
+    line = lines[0]
+    end = line.find(" ", limit) if len(line) > limit else -1
+    return line if end == -1 else line[:end] + " ..."

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from thawing.errors import ThawingError
 from thawing.model.encoder import Dense, Encoder
@@ -41,8 +41,10 @@ def load_encoder(
     pooling: str | None = None,
     normalize: bool | None = None,
     trust_remote_code: bool = False,
+    weights: bool = True,
 ) -> Encoder:
-    """Load an encoder by directory or hub id.
+    """Load an encoder by directory or hub id; with `weights=False` its architecture alone, on the meta device (the
+    shapes and parameter counts `thawing plan` shows, no weight file read, no memory taken).
 
     Args:
         name: a directory or hub id; see `resolve_model`. A trained thawing model (a run directory, its final/
@@ -66,7 +68,7 @@ def load_encoder(
     _check_remote_code(layout["transformer"], name, trust_remote_code)
 
     with _loading(layout["transformer"], "model"), _no_bars():
-        backbone = AutoModel.from_pretrained(layout["transformer"], trust_remote_code=trust_remote_code)
+        backbone = _backbone(layout["transformer"], trust_remote_code, weights)
     with _loading(layout["transformer"], "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(layout["transformer"], trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:  # decoder tokenizers often lack one; padding is masked anyway
@@ -74,8 +76,8 @@ def load_encoder(
     _check_max_length(max_length, backbone, name)
     st_cfg = layout["st_config"]
     with _loading(root, "projection"):
-        projection = nn.Sequential(*[_load_dense(p) for p in layout["dense"]]) if layout["dense"] else None
-    return Encoder(
+        projection = nn.Sequential(*[_load_dense(p, weights) for p in layout["dense"]]) if layout["dense"] else None
+    encoder = Encoder(
         backbone,
         tokenizer,
         pooling=pooling or layout["pooling"],
@@ -83,7 +85,25 @@ def load_encoder(
         normalize=layout["normalize"] if normalize is None else normalize,
         max_length=max_length or st_cfg.get("max_seq_length") or _default_max_length(backbone, tokenizer),
         do_lower_case=bool(st_cfg.get("do_lower_case", False)),
+        include_prompt=layout["include_prompt"],
     )
+    encoder.declared = _declared(root)
+    return encoder
+
+
+def _declared(root: Path) -> dict:
+    """What the model's config_sentence_transformers.json declares that thawing keeps when it saves the model: its
+    named prompts and its similarity function."""
+    path = root / ST_CONFIG
+    config = _read_json(path) if path.is_file() else {}
+    if not isinstance(config, dict):
+        return {}
+    out = {}
+    if isinstance(config.get("prompts"), dict):
+        out["prompts"] = {str(k): str(v) for k, v in config["prompts"].items()}
+    if isinstance(config.get("similarity_fn_name"), str):
+        out["similarity_fn_name"] = config["similarity_fn_name"]
+    return out
 
 
 @contextlib.contextmanager
@@ -129,7 +149,8 @@ def _check_max_length(max_length: int | None, backbone: nn.Module, name: str) ->
 
 def _parse_modules(root: Path, modules: list[dict] | None) -> dict:
     """Read a sentence-transformers modules.json into paths and options (plain models: defaults)."""
-    layout = {"transformer": root, "pooling": "mean", "dense": [], "normalize": False, "st_config": {}}
+    layout = {"transformer": root, "pooling": "mean", "dense": [], "normalize": False, "st_config": {},
+              "include_prompt": True}
     if modules is None:
         log.info("%s has no modules.json: a plain transformers model, mean pooling", root)
         return layout
@@ -140,7 +161,9 @@ def _parse_modules(root: Path, modules: list[dict] | None) -> dict:
             cfg = path / "sentence_bert_config.json"
             layout["st_config"] = _read_json(cfg) if cfg.is_file() else {}
         elif kind.endswith(".Pooling"):
-            layout["pooling"] = pooling_from_st_config(_read_json(path / "config.json"))
+            pooling = _read_json(path / "config.json")
+            layout["pooling"] = pooling_from_st_config(pooling)
+            layout["include_prompt"] = bool(pooling.get("include_prompt", True))
         elif kind.endswith(".Dense"):
             layout["dense"].append(path)
         elif kind.endswith(".Normalize"):
@@ -162,11 +185,23 @@ def _check_remote_code(path: Path, name: str, trust_remote_code: bool) -> None:
         )
 
 
-def _load_dense(path: Path) -> Dense:
+def _backbone(folder: Path, trust_remote_code: bool, weights: bool) -> nn.Module:
+    if weights:
+        return AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):  # parameters with shapes and no storage
+        return AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def _load_dense(path: Path, weights: bool = True) -> Dense:
     cfg = _read_json(path / "config.json")
+    if not weights:
+        with torch.device("meta"):
+            return Dense(cfg["in_features"], cfg["out_features"], cfg.get("bias", True), _activation(cfg))
     dense = Dense(cfg["in_features"], cfg["out_features"], cfg.get("bias", True), _activation(cfg))
-    weights = path / "model.safetensors"
-    state = load_file(weights) if weights.is_file() else torch.load(path / "pytorch_model.bin", weights_only=True)
+    weights_file = path / "model.safetensors"
+    state = (load_file(weights_file) if weights_file.is_file()
+             else torch.load(path / "pytorch_model.bin", weights_only=True))
     dense.load_state_dict(state)
     return dense
 
@@ -211,10 +246,11 @@ def save_encoder(encoder: Encoder, path: str | Path, prompts: dict[str, str] | N
     encoder.tokenizer.save_pretrained(path)
     st_config = {"max_seq_length": encoder.max_length, "do_lower_case": encoder.do_lower_case}
     _write_json(path / "sentence_bert_config.json", st_config)
-    _write_json(path / ST_CONFIG, sentence_transformers_config(prompts or {}))
+    _write_json(path / ST_CONFIG, sentence_transformers_config(prompts or {}, encoder.declared))
     modules = [{"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER}]
     pooling = {key: mode == encoder.pooling for mode, key in ST_POOLING_KEYS.items()}
-    pooling.update(word_embedding_dimension=encoder.hidden_size, pooling_mode_mean_sqrt_len_tokens=False)
+    pooling.update(word_embedding_dimension=encoder.hidden_size, pooling_mode_mean_sqrt_len_tokens=False,
+                   include_prompt=encoder.include_prompt)
     _write_json(path / "1_Pooling" / "config.json", pooling)
     modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": ST_POOLING})
     for dense in encoder.projection or []:
@@ -242,10 +278,11 @@ def save_encoder(encoder: Encoder, path: str | Path, prompts: dict[str, str] | N
     return path
 
 
-def sentence_transformers_config(prompts: dict[str, str]) -> dict:
-    """config_sentence_transformers.json: the named prompts, none used by default (thawing adds a prompt only where
-    a task asks for it), cosine similarity (what sentence embeddings are compared with) and the versions that wrote
-    it, as sentence-transformers itself records them."""
+def sentence_transformers_config(prompts: dict[str, str], declared: dict | None = None) -> dict:
+    """config_sentence_transformers.json: the named prompts (the base model's, then each task's), none used by default
+    (thawing adds a prompt only where a task asks for it), the base model's similarity function (cosine where it
+    names none) and the versions that wrote it, as sentence-transformers itself records them."""
+    declared = declared or {}
     import transformers
 
     versions = {"sentence_transformers": _installed("sentence-transformers"), "transformers": transformers.__version__,
@@ -253,9 +290,9 @@ def sentence_transformers_config(prompts: dict[str, str]) -> dict:
     return {
         "model_type": "SentenceTransformer",
         "__version__": {name: v for name, v in versions.items() if v is not None},
-        "prompts": dict(prompts),
+        "prompts": {**declared.get("prompts", {}), **prompts},
         "default_prompt_name": None,
-        "similarity_fn_name": "cosine",
+        "similarity_fn_name": declared.get("similarity_fn_name", "cosine"),
     }
 
 

@@ -81,6 +81,8 @@ def interpolate(run_dir: str | Path, alphas: list[float], floor: float | None = 
             raise InputError("exists; move it away to save another interpolated model", path=target)
         with building(target) as tmp:  # whole or not at all
             shutil.copytree(out / chosen["run"] / FINAL, tmp, dirs_exist_ok=True)
+    for row in rows:  # a model per alpha is a copy of the encoder each: only the chosen one is kept, beside final/
+        shutil.rmtree(out / row["run"] / FINAL, ignore_errors=True)
     return report
 
 
@@ -125,26 +127,29 @@ def choose(rows: list[dict], floor: float | None) -> dict | None:
 
 
 def plot(rows: list[dict], chosen: dict | None, out: Path) -> None:
-    """Task score (test) against retention, one point per alpha."""
+    """Dev score (what chooses) and test score against retention, one point per alpha (against alpha without
+    probes); the chosen alpha circled on both."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [r for r in rows if r["retention"] is not None]
-    fig, ax = plt.subplots(figsize=(5, 4))
-    if points:
-        ax.plot([r["retention"] for r in points], [r["score"] for r in points], marker="o")
+    by_retention = all(r["retention"] is not None for r in rows)
+    x = (lambda r: r["retention"]) if by_retention else (lambda r: r["alpha"])
+    points = sorted(rows, key=x)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for key, label in (("dev_score", "dev (chooses)"), ("score", "test")):
+        ax.plot([x(r) for r in points], [r[key] for r in points], marker="o", label=label)
+        if chosen is not None:
+            ax.scatter([x(chosen)], [chosen[key]], s=140, facecolors="none", edgecolors="red", zorder=3)
+    if by_retention:
         for r in points:
-            ax.annotate(f"{r['alpha']:g}", (r["retention"], r["score"]), textcoords="offset points", xytext=(4, 4))
-        ax.set_xlabel("retention (current / pretrained)")
-    else:
-        ax.plot([r["alpha"] for r in rows], [r["score"] for r in rows], marker="o")
-        ax.set_xlabel("alpha")
-    if chosen is not None and chosen["retention"] is not None:
-        ax.scatter([chosen["retention"]], [chosen["score"]], s=120, facecolors="none", edgecolors="red")
-    ax.set_ylabel("test score")
-    ax.set_title("weight interpolation")
+            ax.annotate(f"{r['alpha']:g}", (x(r), r["score"]), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("retention (current / pretrained)" if by_retention else "alpha")
+    ax.set_ylabel("selection score")
+    title = "weight interpolation" + (f": alpha {chosen['alpha']:g} chosen" if chosen is not None else "")
+    ax.set_title(title)
+    ax.legend(loc="best")
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
