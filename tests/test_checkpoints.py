@@ -205,3 +205,22 @@ def test_files_written_atomically_get_the_modes_of_plain_files(tmp_path, umask, 
     finally:
         os.umask(before)
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == mode
+
+
+def test_a_resume_takes_the_lock_before_it_touches_the_checkpoints(tiny_bert_dir, tmp_path):
+    """A live run writing a stage checkpoint has `.step.tmp` beside `step/`; a second `--resume` of the same run must
+    be refused before its checkpoint reading repairs (deletes) what the live run is writing (the hostile pass, #26)."""
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"),
+                   callbacks=[_on_step("all", 3, _kill)])
+    run = RunDir(tmp_path / "run")
+    writing = run.checkpoints / ".step.tmp"  # what the live run is in the middle of writing
+    writing.mkdir()
+    (writing / "state.json").write_text("{}")
+    holder = run.lock()  # the live run
+    try:
+        with pytest.raises(InputError, match="in use by"):
+            loop.resume_run(run.path)
+        assert (writing / "state.json").is_file()  # untouched
+    finally:
+        holder.close()

@@ -105,16 +105,34 @@ def test_the_pairs_preset_gives_classification_tasks_a_pair_loss_and_trains_by_i
     raw = toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment", "qtype", "ner"), schedule="pairs")
     raw["tasks"]["qtype"]["pair_loss"] = 0.5  # a weight the config gives is kept
     config = parse_config(raw)
-    assert {t: c.pair_loss for t, c in config.tasks.items()} == {"sentiment": 1.0, "qtype": 0.5, "ner": 0.0}
+    # the config is as written: the preset's stage carries the weight for the tasks that give none
+    assert {t: c.pair_loss for t, c in config.tasks.items()} == {"sentiment": 0.0, "qtype": 0.5, "ner": 0.0}
     run = loop.train(config, run_dir=str(tmp_path / "run"))  # train.epochs 2 (toy_config) applies to both stages
     assert [s["stage"] for s in run.read_json(run.stages)] == ["pairs", "heads"]
     records = [m for m in run.read_metrics() if m["split"] == "train" and m["stage"] == "pairs"]
     assert any(m["loss"] > 0 for m in records if m["task"] == "pairs:cosine")
     assert all(m["loss"] == 0 for m in records if m["task"] in ("sentiment", "qtype", "ner"))
-    written = load_config(run.config)  # what `--resume` reads back: the weight the preset gave, and its stages
-    assert written.tasks["sentiment"].pair_loss == 1.0 and [s.name for s in written.schedule] == ["pairs", "heads"]
+    written = load_config(run.config)  # what `--resume` reads back: the preset's stages, with the stage's weight
+    assert [s.name for s in written.schedule] == ["pairs", "heads"] and written.schedule[0].pair_loss == 1.0
+    assert written.tasks["sentiment"].pair_loss == 0.0
+
+
+def test_a_stage_pair_loss_weighs_classification_tasks_that_give_none(tiny_bert_dir, tmp_path):
+    from thawing.config import RunConfig
+    from thawing.training.stages import Stage, pair_weights
+
+    raw = toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment", "qtype", "ner"))
+    raw["tasks"]["qtype"]["pair_loss"] = 0.5
+    config: RunConfig = parse_config(raw)
+    stage = Stage(name="s", trainable=["encoder"], lrs={}, epochs=1, warmup=0, lr_schedule="constant", eval_every=1,
+                  pair_loss=2.0)
+    assert pair_weights(stage, config) == {"sentiment": 2.0, "qtype": 0.5}  # ner: no pair loss for token tasks
+    assert pair_weights(Stage(name="t", trainable=["encoder"], lrs={}, epochs=1, warmup=0, lr_schedule="constant",
+                              eval_every=1), config) == {"qtype": 0.5}
 
 
 def test_the_pairs_preset_needs_a_classification_task(tiny_bert_dir, tmp_path):
-    with pytest.raises(ConfigError, match="schedule: pairs"):
-        parse_config(toy_config(tiny_bert_dir, tmp_path, tasks=("ner",), schedule="pairs"))
+    with pytest.raises(ConfigError, match="no other loss to train by"):
+        loop.train(parse_config(toy_config(tiny_bert_dir, tmp_path, tasks=("ner",), schedule="pairs")),
+                   run_dir=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

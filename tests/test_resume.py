@@ -109,3 +109,58 @@ def test_train_takes_a_config_or_resume_not_both(tmp_path):
     ):
         result = CliRunner().invoke(app, args)
         assert isinstance(result.exception, InputError), args
+
+
+def _stopped(tiny_bert_dir, root):
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(_config(tiny_bert_dir, root), run_dir=str(root / "run"), callbacks=[_kill_in_stage("all")])
+    return root / "run"
+
+
+def _edit(run, change) -> None:
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    change(config)
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def test_a_resume_refuses_an_edited_config_naming_each_change(tiny_bert_dir, tmp_path):
+    """The hostile pass (#26): a changed seed and max_length gave exit 0 and another model; a changed stage rate was
+    silently ignored."""
+    run = _stopped(tiny_bert_dir, tmp_path)
+    metrics = (run / "metrics.jsonl").read_text()
+
+    def edit(config):
+        config["train"]["seed"] = 7
+        config["model"]["max_length"] = 40
+        config["schedule"][1]["lr"] = {"encoder": 0.5}
+
+    _edit(run, edit)
+    with pytest.raises(InputError, match="config.yaml was edited") as caught:
+        loop.resume_run(run)
+    message = str(caught.value)
+    assert "train.seed: 0 -> 7" in message and "model.max_length" in message and "schedule" in message
+    assert (run / "metrics.jsonl").read_text() == metrics and not (run / "results.json").exists()
+
+
+def test_a_resume_takes_a_changeable_key_when_told_and_records_it(tiny_bert_dir, tmp_path):
+    run = _stopped(tiny_bert_dir, tmp_path)
+    _edit(run, lambda config: config["train"].update(log_every=3))
+    with pytest.raises(InputError, match="--allow-config-change train.log_every"):
+        loop.resume_run(run)
+    with pytest.raises(InputError, match="only train.log_every"):
+        loop.resume_run(run, allow_config_change=["train.log_every", "train.seed"])
+    assert loop.resume_run(run, allow_config_change=["train.log_every"]).results.is_file()
+    record = json.loads((run / "config_record.json").read_text())
+    assert record["config"]["train"]["log_every"] == 3
+    assert [c["changed"] for c in record["changes"]] == [{"train.log_every": [10, 3]}]
+
+
+def test_the_cli_passes_allowed_changes_and_refuses_them_without_resume(tiny_bert_dir, tmp_path):
+    run = _stopped(tiny_bert_dir, tmp_path)
+    _edit(run, lambda config: config["train"].update(log_every=4))
+    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--allow-config-change", "train.log_every"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["train", str(run / "config.yaml"), "--allow-config-change", "train.log_every"])
+    assert isinstance(result.exception, InputError) and "applies to --resume" in str(result.exception)

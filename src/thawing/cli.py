@@ -136,6 +136,9 @@ def train(
     full: bool = typer.Option(False, "--full", help="Also run stages marked optional (full fine-tuning)."),
     resume: Path | None = typer.Option(
         None, help="Continue this stopped run from its last checkpoint (inside a stage, too), with its own config."),
+    allow_config_change: list[str] = typer.Option(
+        [], "--allow-config-change", help="With --resume: a key of config.yaml changed on purpose since the run "
+        "started (train.log_every, train.report_to, train.checkpoint_every, train.keep_checkpoints, cache.dir)."),
 ) -> None:
     """Train a multi-task model (or --resume a stopped run); prints the run directory on its last line."""
     from thawing.config import load_config
@@ -149,13 +152,15 @@ def train(
         raise InputError("give a CONFIG to train, or --resume RUN_DIR to continue a stopped run (not both)")
     if resume is not None and (set_ or run_dir or full):
         raise InputError("--resume continues a run as it was configured: --set, --run-dir and --full do not apply")
+    if allow_config_change and resume is None:
+        raise InputError("--allow-config-change applies to --resume")
     main = distributed.is_main()  # under `accelerate launch` / `torchrun`: only rank 0 prints and logs
     if not main:
         logging.getLogger().setLevel(logging.ERROR)
     printer = ProgressPrinter(console) if main else None
     try:
         if resume is not None:
-            run = resume_run(resume, callbacks=[printer] if printer else ())
+            run = resume_run(resume, callbacks=[printer] if printer else (), allow_config_change=allow_config_change)
         else:
             cfg = load_config(config, set_)
             if main:  # before the data and the model load, not after (the main process makes the directory)

@@ -3,6 +3,7 @@ checked (`tasks`)."""
 
 from thawing.config.schema import (
     ALL_LINEAR,
+    PRESETS,
     SPLITS,
     ConfigError,
     DistillConfig,
@@ -37,6 +38,7 @@ __all__ = [
     "L2SPConfig",
     "LoraSettings",
     "ModelConfig",
+    "PRESETS",
     "PerClassLimit",
     "ProbeConfig",
     "RetainConfig",

@@ -162,7 +162,7 @@ class TaskConfig(_Strict):
                                        ("label_separator", self.label_separator != "|")) if on]
         if given and self.type != "multi-label":
             raise ValueError(f"'{given[0]}' applies only to multi-label tasks; this task's type is {self.type}")
-        if self.pair_loss and self.type != "classification":  # pairs need one label per sentence
+        if self.pair_loss and not _task_type(self.type).pairs:  # pairs need one label per sentence
             raise ValueError(f"'pair_loss' applies only to classification tasks; this task's type is {self.type}")
         if isinstance(self.threshold, float) and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1 (or be 'tune'), got {self.threshold}")
@@ -389,6 +389,9 @@ class StageConfig(_Strict):
     # false: the stage trains by the losses added on sentence embeddings alone (the tasks' `pair_loss`,
     # `retain.distill`), not by the tasks' own losses: SetFit's contrastive stage before its head is fitted
     task_loss: bool = True
+    # In this stage, the pair-loss weight of every classification task that sets no `pair_loss` of its own (the
+    # `pairs` preset's first stage: 1); None: the tasks' own weights alone.
+    pair_loss: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _lora_trains(self) -> StageConfig:
@@ -442,6 +445,10 @@ class CacheConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # boundary states; auto: bf16 on GPU, fp32 on CPU
 
 
+# The named plans (`schedule: <name>`); training/stages.py defines their stages.
+PRESETS = ("frozen", "heads", "full", "progressive", "lora", "pairs")
+
+
 def _schedule_kind(value: Any) -> str | None:
     return "[stages]" if isinstance(value, list) else "[preset]" if isinstance(value, str) else None
 
@@ -451,8 +458,7 @@ def _schedule_kind(value: Any) -> str | None:
 Schedule = Annotated[
     Annotated[list[StageConfig], Tag("[stages]")] | Annotated[str, Tag("[preset]")],
     Discriminator(_schedule_kind, custom_error_type="schedule",
-                  custom_error_message="expected a preset name (frozen, heads, full, progressive, lora, pairs) or a "
-                                       "list of stages"),
+                  custom_error_message=f"expected a preset name ({', '.join(PRESETS)}) or a list of stages"),
 ]
 
 
@@ -476,18 +482,9 @@ class RunConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _pairs_preset(self) -> RunConfig:
-        """`schedule: pairs` trains the encoder by the pair loss alone (training/stages.py): classification tasks that
-        do not set `pair_loss` get weight 1 (config.yaml records it), and a run with no classification task has
-        nothing for that stage to train by."""
-        if self.schedule != "pairs":
-            return self
-        classification = [task for task in self.tasks.values() if task.type == "classification"]
-        if not classification:
-            raise ValueError("schedule: pairs trains the encoder by the pair loss of classification tasks, and this "
-                             "run has none (choose another preset)")
-        for task in classification:
-            task.pair_loss = task.pair_loss or 1.0
+    def _known_preset(self) -> RunConfig:
+        if isinstance(self.schedule, str) and self.schedule not in PRESETS:
+            raise ValueError(f"schedule: unknown preset '{self.schedule}'; choose one of {', '.join(PRESETS)}")
         return self
 
     @model_validator(mode="after")
@@ -513,6 +510,12 @@ class RunConfig(_Strict):
             if v not in allowed and not v.startswith("head:"):
                 raise ValueError(f"unknown freeze target '{v}'; choose from {', '.join(allowed)} or head:<task>")
         return values
+
+
+def _task_type(name: str):
+    from thawing.task_types import task_type  # imported when a config is checked: the types bring torch
+
+    return task_type(name)
 
 
 def metric_problem(metric: str, tasks: dict[str, TaskConfig], key: str) -> str | None:

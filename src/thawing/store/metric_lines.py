@@ -10,16 +10,62 @@ metrics.jsonl holds three kinds of line, told apart by `split`:
     "train"          every `train.log_every` updates, per task: {"stage", "step", "task", "loss" (its mean since the
                      last record), "lr": {group: rate}, "examples_per_s", "time", and with train.grad_clip
                      "grad_norm" (the mean gradient norm before clipping over those updates)}
-Everything here is a pure function of the lines (and stages.json), so it is tested on hand-made runs.
+This module owns that shape: the loop writes its lines with `evaluation`, `probe` and `training`, and reading them
+back checks each with `is_record`. Everything here is a pure function of the lines (and stages.json), so it is tested
+on hand-made runs.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
+from typing import Any
 
 SCORE = "*"  # the task name evaluation lines use for the selection score
 START = "start"  # the stage name of the probe line taken before anything trained
 RETENTION_SUFFIX = "_retention"
+
+
+def evaluation(stage: str, step: int, epoch: float, split: str, task: str, metrics: dict) -> dict:
+    """An evaluation line: a task's metrics on `split` (or, with task `SCORE`, the selection score)."""
+    return {"stage": stage, "step": step, "epoch": round(epoch, 3), "split": split, "task": task, "metrics": metrics}
+
+
+def probe(point: str, step: int, name: str, metrics: dict) -> dict:
+    """A probe line, at `point`: `START` or the stage just ended."""
+    return {"stage": point, "step": step, "epoch": None, "split": "probe", "task": name, "metrics": metrics}
+
+
+def training(stage: str, step: int, task: str, loss: float, lrs: dict[str, float], examples_per_s: float,
+             batches: int | None = None, grad_norm: float | None = None) -> dict:
+    """A training line: a task's mean loss since the last one (an added loss, e.g. "retain:distill", is a task of its
+    own and has no `batches`), the groups' rates, speed, and the updates' mean gradient norm where it was taken."""
+    line = {"stage": stage, "step": step, "split": "train", "task": task, "loss": loss, "lr": lrs,
+            "examples_per_s": round(examples_per_s, 1), "time": round(time.time(), 3)}
+    if batches is not None:
+        line["batches"] = batches
+    if grad_norm is not None:
+        line["grad_norm"] = grad_norm
+    return line
+
+
+def is_record(record: Any) -> bool:
+    """Whether `record` has the shape of a line: task and step, and either metrics (a mapping of names to numbers;
+    probes also give None for an undefined retention and a mapping per layer group) or, for a training line, a loss
+    and the groups' learning rates."""
+    if not (isinstance(record, dict) and isinstance(record.get("task"), str) and _is_number(record.get("step"))
+            and isinstance(record.get("step"), int)):
+        return False
+    if record.get("split") == "train":
+        return (_is_number(record.get("loss")) and isinstance(record.get("lr"), dict)
+                and all(_is_number(v) for v in record["lr"].values()))
+    return isinstance(record.get("metrics"), dict) and all(
+        _is_number(v) or v is None or (isinstance(v, dict) and all(_is_number(x) for x in v.values()))
+        for v in record["metrics"].values())
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def of_split(lines: list[dict], split: str) -> list[dict]:

@@ -5,6 +5,8 @@ A run:
     config.yaml       the resolved config
     data/             <task>_<split>.jsonl: a copy of each split that the config gave in memory (Python API), named
                       in config.yaml, so `--resume` and `evaluate` read the same rows
+    config_record.json  the config as the run trains with it (config.yaml read back) and every change a resume was
+                      allowed (`--allow-config-change`); a resume refuses any other edit of config.yaml
     runtime.json      what the run ran on: device, precision, packing, compile (`thawing.model.runtime.Runtime`), and
                       world_size and distributed (ddp, fsdp or null): the processes that trained it
     metrics.jsonl     one JSON object per evaluation and task (stage, step, epoch, split, task, metrics)
@@ -49,12 +51,13 @@ from typing import Any
 from thawing.config import RunConfig, dump_config
 from thawing.errors import InputError
 from thawing.model.saved import ENCODER, FINAL, HEADS, LABELS, TASKS
-from thawing.store import manifest
+from thawing.store import manifest, metric_lines
 from thawing.store.atomic import building, write_text
 
 # A run's files and folders.
 CONFIG = "config.yaml"
 RUNTIME = "runtime.json"
+CONFIG_RECORD = "config_record.json"  # the config the run trains with, and the changes a resume was allowed
 DATA = "data"
 METRICS = "metrics.jsonl"
 STAGES = "stages.json"
@@ -183,6 +186,7 @@ class RunDir:
     # ------------------------------------------------------------------ paths
     config = property(lambda self: self.path / CONFIG)
     runtime = property(lambda self: self.path / RUNTIME)
+    config_record = property(lambda self: self.path / CONFIG_RECORD)
     metrics = property(lambda self: self.path / METRICS)
     stages = property(lambda self: self.path / STAGES)
     results = property(lambda self: self.path / RESULTS)
@@ -380,7 +384,7 @@ class RunDir:
             if not line.strip():
                 continue
             record = _parse_json(line, self.metrics, number)
-            if not _is_metrics_record(record):
+            if not metric_lines.is_record(record):
                 raise InputError("not a metrics record (a JSON object with task, step and numeric metrics); the file "
                                  "is damaged", path=self.metrics, line=number)
             records.append(record)
@@ -430,22 +434,3 @@ def _parse_json(text: str, path: Path, line: int | None = None) -> Any:
                          path=path, line=where) from None
     except (ValueError, RecursionError) as exc:  # e.g. an integer of more digits than Python converts
         raise InputError(f"not valid JSON ({type(exc).__name__}): the file is damaged", path=path, line=line) from None
-
-
-def _is_metrics_record(record: Any) -> bool:
-    """What the loop writes and the report reads: task and step, and either metrics (a mapping of names to numbers;
-    probes also give None for an undefined retention and a mapping per layer group) or, for a training record, a loss
-    and the groups' learning rates."""
-    if not (isinstance(record, dict) and isinstance(record.get("task"), str) and _is_number(record.get("step"))
-            and isinstance(record.get("step"), int)):
-        return False
-    if record.get("split") == "train":
-        return (_is_number(record.get("loss")) and isinstance(record.get("lr"), dict)
-                and all(_is_number(v) for v in record["lr"].values()))
-    return isinstance(record.get("metrics"), dict) and all(
-        _is_number(v) or v is None or (isinstance(v, dict) and all(_is_number(x) for x in v.values()))
-        for v in record["metrics"].values())
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

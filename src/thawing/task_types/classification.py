@@ -22,6 +22,7 @@ class Classification:
     min_labels = 2  # distinct labels train must hold: with one class there is nothing to learn
     metric_names = ("accuracy", "macro_f1")  # what `metrics` returns; the config checks metric names against them
     hub_task = "text-classification"  # the Hugging Face task name, for the model card
+    pairs = True  # a pair loss applies: one label per sentence (training/pairs.py)
 
     # ------------------------------------------------------------------ data
     def read_split(self, cfg, path: str, fmt: str, rows: Sequence[tuple[int, dict]]) -> list[Record]:

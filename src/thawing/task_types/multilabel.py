@@ -23,6 +23,7 @@ DEFAULT_THRESHOLD = 0.5
 
 class MultiLabel(Classification):
     name = "multi-label"
+    pairs = False  # no pair loss: not one label per sentence
     reads = "sentence"  # the head reads the pooled sentence embedding
     primary_metric = "micro_f1"
     min_labels = 1  # one label is a yes/no task: the rows without it are the other side

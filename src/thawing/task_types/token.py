@@ -23,6 +23,7 @@ class TokenClassification(Classification):
     min_labels = 2  # 'O' and at least one entity tag
     metric_names = ("precision", "recall", "f1", "accuracy")
     hub_task = "token-classification"
+    pairs = False  # no pair loss: not one label per sentence
 
     # ------------------------------------------------------------------ data
     def read_split(self, cfg, path: str, fmt: str, rows: Sequence[tuple[int, dict]]) -> list[Record]:

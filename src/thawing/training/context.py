@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from thawing.model.runtime import Runtime
+from thawing.store import metric_lines
 from thawing.store.run_dir import RunDir
 from thawing.training.checkpoint import TrainState
 from thawing.training.events import Callback
@@ -48,11 +49,10 @@ class Context:
             self.trackers.log(record)
 
     def probe(self, point: str, groups: dict) -> None:
-        """Measure every probe at `point` ("start", or the stage that just ended) and log it."""
+        """Measure every probe at `point` (`metric_lines.START`, or the stage that just ended) and log it."""
         if self.probes is None:
             return
-        values = self.probes.pretrained if point == "start" else self.probes.measure(groups)
+        values = self.probes.pretrained if point == metric_lines.START else self.probes.measure(groups)
         for name, metrics in values.items():
-            self.log({"stage": point, "step": self.state.step, "epoch": None, "split": "probe", "task": name,
-                      "metrics": metrics})
+            self.log(metric_lines.probe(point, self.state.step, name, metrics))
         self.state.probes, self.state.probe_seconds = values, self.probes.seconds

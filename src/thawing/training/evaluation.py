@@ -11,6 +11,7 @@ import torch
 
 from thawing.errors import NonFiniteError
 from thawing.model.inference import score
+from thawing.store import metric_lines
 from thawing.store.model_card import write_model_card
 from thawing.task_types.breakdown import SPLITS, split_entry
 from thawing.task_types.metrics import selection_score
@@ -25,11 +26,9 @@ def evaluate(ctx, path: WholeModel, stage, epoch: float, split: str = "dev") -> 
     model, results = ctx.model, {}
     for task, spec in model.specs.items():
         results[task] = score(spec, path.logits(task, split), ctx.prep.gold[task][split])
-        ctx.log({"stage": stage.name, "step": ctx.state.step, "epoch": round(epoch, 3), "split": split,
-                             "task": task, "metrics": results[task]})
+        ctx.log(metric_lines.evaluation(stage.name, ctx.state.step, epoch, split, task, results[task]))
     value = selection_score(results, ctx.prep.primary, stage.metric)
-    ctx.log({"stage": stage.name, "step": ctx.state.step, "epoch": round(epoch, 3), "split": split,
-                         "task": "*", "metrics": {"score": value}})
+    ctx.log(metric_lines.evaluation(stage.name, ctx.state.step, epoch, split, metric_lines.SCORE, {"score": value}))
     ctx.events(Evaluated(stage.name, ctx.state.step, epoch, split, results, value))
     return value
 

@@ -20,15 +20,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from thawing import distributed
-from thawing.config import RunConfig
+from thawing.config import RunConfig, load_config
 from thawing.errors import InputError
 from thawing.model import lora
 from thawing.model.encoder import Encoder
 from thawing.model.freezing import active_tasks, apply_trainable, layer_names, parameter_table, set_frozen_modes
 from thawing.model.groups import parameter_groups
 from thawing.model.runtime import make_accelerator, resolve_for_training
+from thawing.store import metric_lines
 from thawing.store.run_dir import RunDir
-from thawing.training import checkpoint, head_start, signals, small_data
+from thawing.training import checkpoint, contract, head_start, signals, small_data
 from thawing.training.checkpoint import StageProgress, TrainState
 from thawing.training.context import Context
 from thawing.training.evaluation import evaluate, finish
@@ -52,14 +53,16 @@ log = logging.getLogger(__name__)
 
 
 def train(config: RunConfig, run_dir: str | None = None, callbacks: Sequence[Callback] = (),
-          run_optional: bool | None = None, encoder: Encoder | None = None, resume: str | Path | None = None) -> RunDir:
+          run_optional: bool | None = None, encoder: Encoder | None = None, resume: str | Path | None = None,
+          allow_config_change: Sequence[str] = ()) -> RunDir:
     """Train per the config's plan and write a complete run directory. Returns it.
 
     `encoder` replaces loading `config.model.name` (e.g. a model built in memory). `resume` continues the run
-    directory of a run that stopped, from its last checkpoint (see `resume_run`).
+    directory of a run that stopped, from its last checkpoint (see `resume_run`); `allow_config_change`: the keys its
+    config.yaml may have changed since (training/contract.py).
     """
     try:
-        run = _train(config, run_dir, callbacks, run_optional, encoder, resume)
+        run = _train(config, run_dir, callbacks, run_optional, encoder, resume, allow_config_change)
     except BaseException:
         distributed.leave(finished=False)
         raise
@@ -68,12 +71,12 @@ def train(config: RunConfig, run_dir: str | None = None, callbacks: Sequence[Cal
 
 
 def _train(config: RunConfig, run_dir: str | None, callbacks: Sequence[Callback], run_optional: bool | None,
-           encoder: Encoder | None, resume: str | Path | None) -> RunDir:
-    ctx, plan, groups = start(config, run_dir, callbacks, run_optional, encoder, resume)
+           encoder: Encoder | None, resume: str | Path | None, allow: Sequence[str]) -> RunDir:
+    ctx, plan, groups = start(config, run_dir, callbacks, run_optional, encoder, resume, allow)
     state, run = ctx.state, ctx.run
     with ctx.lock, stop_requests() as ctx.stop, closing(ctx.trackers):
         if not state.probes:  # the pretrained encoder's values (a resumed run has them logged already)
-            ctx.probe("start", groups)
+            ctx.probe(metric_lines.START, groups)
         for stage in plan[state.stages_done :] if not state.plan_stopped else []:
             # A LoRA stage's adapters exist before its parameters are listed and a stage checkpoint loads into them.
             adapters = lora.attach(ctx.model.encoder.backbone, stage.lora, config.train.seed + state.stages_done
@@ -113,8 +116,8 @@ def _train(config: RunConfig, run_dir: str | None, callbacks: Sequence[Callback]
 
 
 def start(config: RunConfig, run_dir: str | None = None, callbacks: Sequence[Callback] = (),
-          run_optional: bool | None = None, encoder: Encoder | None = None, resume: str | Path | None = None
-          ) -> tuple[Context, list[Stage], dict]:
+          run_optional: bool | None = None, encoder: Encoder | None = None, resume: str | Path | None = None,
+          allow_config_change: Sequence[str] = ()) -> tuple[Context, list[Stage], dict]:
     """Everything before the first stage: data, model and plan (input errors surface before a run directory exists),
     the runtime, the run directory (new, or the stopped one with its checkpoint restored). Returns the run's context,
     its plan and the model's parameter groups."""
@@ -124,7 +127,8 @@ def start(config: RunConfig, run_dir: str | None = None, callbacks: Sequence[Cal
     # mid-swap, which must never happen under a live run. A new run's directory is made, and taken, further down.
     lock = RunDir(resume).lock() if resume and main else None
     try:
-        return _start(config, run_dir, callbacks, run_optional, encoder, resume, processes, main, lock)
+        return _start(config, run_dir, callbacks, run_optional, encoder, resume, processes, main, lock,
+                      allow_config_change)
     except BaseException:
         if lock is not None:
             lock.close()
@@ -132,10 +136,12 @@ def start(config: RunConfig, run_dir: str | None = None, callbacks: Sequence[Cal
 
 
 def _start(config: RunConfig, run_dir: str | None, callbacks: Sequence[Callback], run_optional: bool | None,
-           encoder: Encoder | None, resume: str | Path | None, processes: int, main: bool, lock
-           ) -> tuple[Context, list[Stage], dict]:
+           encoder: Encoder | None, resume: str | Path | None, processes: int, main: bool, lock,
+           allow: Sequence[str]) -> tuple[Context, list[Stage], dict]:
     # The main process reads (and, after a kill mid-swap, repairs) the checkpoint; the others take its reading.
     resumed = distributed.agree(checkpoint.read_state(RunDir(resume)) if resume and main else None)
+    if resume and main:  # the config it started with, or the changes allowed: before anything loads
+        contract.check(RunDir(resume), config, list(allow), resumed.step if resumed else 0)
     if resumed:  # the plan must be the one the checkpoint was taken in
         run_optional = resumed.run_optional
     if not resume and main:  # a run directory that cannot be made fails now, not after the data and model load
@@ -195,6 +201,7 @@ def _open_run(config: RunConfig, run_dir: str | None, resume: str | Path | None,
         config = config.model_copy(update={"schedule": stage_configs(config, len(layer_names(groups)))})
     if main:
         run.write_config(config)
+        contract.start(run, load_config(run.config))  # as a resume will read it back
     return run, TrainState(plan=[s.name for s in plan], run_optional=run_optional), config, lock
 
 
@@ -322,14 +329,19 @@ def agreed_stop(ctx: Context) -> None:
         ctx.stop.signal = agreed
 
 
-def resume_run(run_dir: str | Path, callbacks: Sequence[Callback] = ()) -> RunDir:
+def resume_run(run_dir: str | Path, callbacks: Sequence[Callback] = (), allow_config_change: Sequence[str] = ()
+               ) -> RunDir:
     """Continue a run that stopped, in its own directory, from its last checkpoint (from its start when it stopped
-    before the first), with the config it recorded; it ends as the uninterrupted run would have."""
-    from thawing.config import load_config
-
+    before the first), with the config it recorded; it ends as the uninterrupted run would have. config.yaml must be
+    as the run left it, but for the `allow_config_change` keys (training/contract.py)."""
     run = RunDir(run_dir)
     if not run.config.is_file():
         raise InputError(f"no {run.config.name} here: not a thawing run directory", path=run.path)
     if distributed.is_main():  # the clear error first (a finished run, a damaged checkpoint), before any model loads
-        checkpoint.read_state(run)
-    return train(load_config(run.config), callbacks=callbacks, resume=run.path)
+        lock = run.lock()  # taken before the checkpoint is read: reading may repair it, never under a live run
+        try:
+            checkpoint.read_state(run)
+        finally:
+            lock.close()
+    return train(load_config(run.config), callbacks=callbacks, resume=run.path,
+                 allow_config_change=allow_config_change)

@@ -13,6 +13,7 @@ import torch
 
 from thawing import distributed
 from thawing.errors import NonFiniteError
+from thawing.store import metric_lines
 from thawing.training.updates import divisors
 
 log = logging.getLogger(__name__)
@@ -76,15 +77,12 @@ class TrainingRecords:
         examples = sum(row[2] for row in self.sums.values())
         rate = examples / max(now - self.clock, 1e-9)
         lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
+        # one value per update, so every task's record carries the same mean
+        norm = sum(self.norms) / len(self.norms) if self.norms else None
         for task, (total, labelled, _, batches) in sorted(self.sums.items()):
-            record = {"stage": stage, "step": ctx.state.step, "split": "train", "task": task,
-                      "loss": total / max(labelled, 1), "lr": lrs, "examples_per_s": round(rate, 1),
-                      "time": round(time.time(), 3)}
-            if not task.startswith("retain:"):
-                record["batches"] = batches  # the task's micro-batches since the last record: its share of training
-            if self.norms:  # one value per update, so every task's record carries the same mean
-                record["grad_norm"] = sum(self.norms) / len(self.norms)
-            ctx.log(record)
+            # a task's micro-batches since the last record: its share of training (an added loss has none)
+            ctx.log(metric_lines.training(stage, ctx.state.step, task, total / max(labelled, 1), lrs, rate,
+                                          None if task.startswith("retain:") else batches, norm))
         self.sums.clear()
         self.norms.clear()
         self.clock = now

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from thawing.config import LoraSettings, RetainConfig, RunConfig, StageConfig, StageRates
+from thawing.config import PRESETS, LoraSettings, RetainConfig, RunConfig, StageConfig, StageRates
 from thawing.errors import ConfigError
 from thawing.model.freezing import encoder_frozen, layer_names, select_groups
 from thawing.model.lora import AdapterPlan, plan_adapters
@@ -46,12 +46,12 @@ class Stage:
     retain: RetainConfig | None = None  # anchoring to the pretrained encoder (training/retain.py)
     lora: AdapterPlan | None = None  # adapters this stage attaches, trains and merges (their groups are in trainable)
     task_loss: bool = True  # false: only the losses on sentence embeddings train (pairs, distillation)
+    pair_loss: float | None = None  # the pair-loss weight of classification tasks that set none (config: StageConfig)
     # Set for runs whose dev split is too small to choose by (training/small_data.py); the defaults change nothing.
     stops_plan: bool = True  # a stage that does not beat the best so far stops the plan
     head_check: bool = False  # heads-only on centroid starts: train only where cross-validation says it helps
 
 
-PRESETS = ("frozen", "heads", "full", "progressive", "lora", "pairs")  # the named plans (`schedule: <name>`)
 
 
 def preset(name: str, num_layers: int) -> list[StageConfig]:
@@ -115,12 +115,12 @@ def preset(name: str, num_layers: int) -> list[StageConfig]:
             discriminative.model_copy(update={"optional": True}),
         ],
         # SetFit's recipe for few-shot classification (docs/benchmarks.md, "Few-shot against SetFit"): the whole encoder
-        # trained by the tasks' pair loss alone (config: classification tasks get pair_loss 1), at SetFit's body rate,
+        # trained by the tasks' pair loss alone (classification tasks that set none get 1), at SetFit's body rate,
         # then heads from the centroids of the trained encoder. 60 epochs: 120 updates on 8 TREC questions per class
         # (0.782 against progressive's 0.681); a long stage on thousands of rows.
         "pairs": [
             StageConfig(name="pairs", train=["encoder", "projection"], epochs=60, lr={"encoder": 2e-5}, warmup=0.1,
-                        task_loss=False, restore_best=False),
+                        task_loss=False, restore_best=False, pair_loss=1.0),
             heads,
         ],
     }
@@ -191,6 +191,16 @@ def group_rates(
     return out
 
 
+
+def pair_weights(stage: Stage, config: RunConfig) -> dict[str, float]:
+    """Each task's pair-loss weight in `stage`: its own `pair_loss`, else the stage's for the task types a pair loss
+    applies to (one label per sentence: classification); tasks at 0 are left out."""
+    from thawing.task_types import task_type
+
+    weights = {task: cfg.pair_loss or (stage.pair_loss if task_type(cfg.type).pairs else 0.0) or 0.0
+               for task, cfg in config.tasks.items()}
+    return {task: weight for task, weight in weights.items() if weight}
+
 def build_plan(config: RunConfig, groups: OrderedDict[str, list], run_optional: bool | None = None,
                model: nn.Module | None = None) -> list[Stage]:
     """Resolve the config's stages against the model's groups. Optional stages run only when asked. `model` (the
@@ -223,10 +233,12 @@ def build_plan(config: RunConfig, groups: OrderedDict[str, list], run_optional: 
             retain=cfg.retain if cfg.retain is not None else config.retain,
             lora=adapters,
             task_loss=cfg.task_loss,
+            pair_loss=cfg.pair_loss,
         )
-        if not cfg.task_loss and not distills(stage.retain) and not any(t.pair_loss for t in config.tasks.values()):
+        if not cfg.task_loss and not distills(stage.retain) and not pair_weights(stage, config):
             raise ConfigError(f"schedule: stage '{cfg.name}' has task_loss: false but no other loss to train by; give "
-                              "a classification task pair_loss, or the stage retain.distill")
+                              "a classification task pair_loss (the stage's pair_loss, for classification tasks), or "
+                              "the stage retain.distill")
         if not cfg.task_loss and encoder_frozen(trainable):  # the added losses act on the encoder's embeddings
             raise ConfigError(f"schedule: stage '{cfg.name}' has task_loss: false but trains only heads, which "
                               "nothing would train; train the encoder (or a projection) in it")

@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterator
 
 from thawing.errors import ConfigError
+from thawing.store import metric_lines
 
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow-skinny", "wandb": "wandb", "trackio": "trackio"}
@@ -56,7 +57,7 @@ def scalars(record: dict) -> dict[str, float]:
         out |= {f"lr/{group}": lr for group, lr in record["lr"].items()}
     else:
         prefix = "probe" if record["split"] == "probe" else record["split"]
-        task = "" if record["task"] == "*" else f"{record['task']}/"  # "*": the selection score
+        task = "" if record["task"] == metric_lines.SCORE else f"{record['task']}/"
         out = dict(_flat(record["metrics"], f"{prefix}/{task}"))
     return {_UNSAFE.sub("_", name): value for name, value in out.items()}
 

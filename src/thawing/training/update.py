@@ -21,6 +21,7 @@ from thawing.training import memory
 from thawing.training.numerics import finite, nonfinite_update, read_losses
 from thawing.training.pairs import pair_loss
 from thawing.training.retain import distill_loss, distills, l2sp_loss
+from thawing.training.stages import pair_weights
 from thawing.training.updates import MicroBatch, divisors
 
 
@@ -49,8 +50,8 @@ class Update:
 
 def stage_losses(stage, config, tasks: list[str]) -> StageLosses:
     """The stage's embedding losses: distillation where its `retain` distills (every task), pair losses for the
-    tasks that set `pair_loss`."""
-    pairs = {task: cfg.pair_loss for task, cfg in config.tasks.items() if cfg.pair_loss}
+    tasks that have a pair-loss weight in the stage (`stages.pair_weights`)."""
+    pairs = pair_weights(stage, config)
     pooled = set(tasks) if distills(stage.retain) else set()
     return StageLosses(stage.retain if distills(stage.retain) else None, pairs, stage.task_loss,
                        frozenset(pooled | set(pairs)))
