@@ -268,3 +268,60 @@ def test_the_model_card_may_be_edited(run):
     card = run / "final" / "README.md"
     card.write_text(card.read_text() + "\nOur notes on this model.\n")
     assert thawing.load(run).predict(["john is in paris"])  # documentation, not the model: the manifest skips it
+
+
+MARKING_CODE = CUSTOM_CODE + '''
+
+import os
+
+
+class MarkingModel(TinyCustomModel):
+    """Leaves a file behind each time it is built: whoever builds it ran this code."""
+
+    def __init__(self, config, *args, **kwargs):
+        marker = os.environ.get("THAWING_TEST_MARKER")
+        if marker:
+            with open(marker, "a") as fh:
+                fh.write("ran\\n")
+        super().__init__(config, *args, **kwargs)
+'''
+
+
+def test_every_command_that_loads_a_run_runs_its_code_only_when_told(custom_model_dir, tmp_path, monkeypatch):
+    """The hostile pass (#26): `thawing interpolate` ran a run's own model code with no flag, and serve and export could
+    not load such a run. Each command that loads a run now takes --trust-remote-code and refuses without it."""
+    import shutil
+
+    folder = tmp_path / "marking-bert"
+    shutil.copytree(custom_model_dir, folder)
+    (folder / "custom_bert.py").write_text(MARKING_CODE)
+    raw = json.loads((folder / "config.json").read_text())
+    raw["auto_map"]["AutoModel"] = "custom_bert.MarkingModel"
+    (folder / "config.json").write_text(json.dumps(raw, indent=2))
+    config = toy_config(folder, tmp_path, tasks=("sentiment",), schedule="heads")
+    config["model"]["trust_remote_code"] = True
+    config["probes"] = {}
+    run = tmp_path / "run"
+    assert invoke("train", str(write_config(config, tmp_path / "c.yaml")), "--run-dir", str(run))[0] == 0
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("THAWING_TEST_MARKER", str(marker))
+    (run / "report" / "evaluation.json").unlink()  # so that the report's breakdown loads the model
+
+    refused = {
+        "interpolate": ["interpolate", str(run), "--alphas", "0,1", "--no-save"],
+        "export": ["export", str(run), "--output", str(tmp_path / "onnx")],
+        "serve": ["serve", str(run), "--port", "0"],
+    }
+    for name, argv in refused.items():
+        code, message = invoke(*argv)
+        assert code == 2 and "trust" in message, (name, message)
+        assert not marker.exists(), f"`thawing {name}` ran the model's code without --trust-remote-code"
+    code, output = invoke("report", str(run))  # the report stands; its breakdown says why there is none
+    assert code == 0 and not marker.exists()
+    assert "trust" in (run / "report" / "index.html").read_text()
+    code, output = invoke("report", str(run), "--trust-remote-code")
+    assert code == 0 and marker.exists() and (run / "report" / "evaluation.json").is_file()
+    marker.unlink()
+    code, output = invoke("interpolate", str(run), "--alphas", "0,1", "--no-save", "--trust-remote-code")
+    assert code == 0, output
+    assert marker.exists()

@@ -263,7 +263,7 @@ def train(config: RunConfig | dict | str | Path, *, callbacks: Sequence[Callback
     return run
 
 
-def evaluate_final(run: RunDir) -> dict:
+def evaluate_final(run: RunDir, trust_remote_code: bool = False) -> dict:
     """Every task of the run's final model on each of its dev and test splits, read from the run's data (the report's
     breakdown, when the final model changed since training wrote one): {"final": stamp, "tasks": {task: {split:
     {"metrics": ..., "detail": ...}}}}.
@@ -276,7 +276,7 @@ def evaluate_final(run: RunDir) -> dict:
     from thawing.task_types.breakdown import SPLITS, split_entry
 
     config = load_config(run.config)
-    model = load(run.path)
+    model = load(run.path, trust_remote_code=trust_remote_code)
     tasks: dict[str, dict] = {}
     for task, spec in model.tasks.items():
         for split in SPLITS:

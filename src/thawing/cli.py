@@ -434,8 +434,14 @@ def _study_table(rows: dict):
     return table
 
 
+_TRUST_HELP = "Run the encoder's own modeling code (a run trained with model.trust_remote_code: true)."
+
+
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="A finished run directory, or a study directory.")) -> None:
+def report(
+    run_dir: Path = typer.Argument(..., help="A finished run directory, or a study directory."),
+    trust_remote_code: bool = typer.Option(False, help=_TRUST_HELP + " Only where the breakdown loads the model."),
+) -> None:
     """Write the report again from the directory's files (a run's report/, a study's study.md and report/); prints
     the path of its Markdown file (report/index.html beside it is the page to open)."""
     from thawing.api import evaluate_final
@@ -445,7 +451,10 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run directory, o
 
     if not run_dir.is_dir():
         raise InputError("not a directory", path=run_dir)
-    print(write_study_report(run_dir) if RunDir(run_dir).is_study() else write_report(run_dir, evaluate_final))
+    if RunDir(run_dir).is_study():
+        print(write_study_report(run_dir))
+    else:
+        print(write_report(run_dir, lambda run: evaluate_final(run, trust_remote_code=trust_remote_code)))
 
 
 @app.command()
@@ -458,12 +467,14 @@ def export(
     quantize: str | None = typer.Option(
         None, help="int8: weights in int8 (onnxruntime dynamic quantization; smaller, outputs change slightly)."
     ),
-    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier export in that folder."),
+    trust_remote_code: bool = typer.Option(False, help=_TRUST_HELP),
 ) -> None:
     """Export a trained run as one ONNX graph (encoder, embedding and every head); prints the folder."""
     from thawing.deploy.export import export_run
 
-    path = export_run(run_dir, output, format=format_, quantize=quantize, overwrite=overwrite)
+    path = export_run(run_dir, output, format=format_, quantize=quantize, overwrite=overwrite,
+                      trust_remote_code=trust_remote_code)
     console.print(f"exported {run_dir} as ONNX to {path}", markup=False, highlight=False)
     print(path)
 
@@ -495,6 +506,7 @@ def interpolate(
     floor: float | None = typer.Option(None, help="Keep alphas whose retention is at least this (e.g. 0.99)."),
     probe: str | None = typer.Option(None, help="The probe whose retention counts (default: the lowest)."),
     save: bool = typer.Option(True, help="Save the chosen alpha's model as RUN/final-interpolated/."),
+    trust_remote_code: bool = typer.Option(False, help=_TRUST_HELP),
 ) -> None:
     """Interpolate the trained encoder with the pretrained one (WiSE-FT), re-fit the heads at each alpha, measure
     tasks and probes; writes RUN/interpolate/interpolate.json and interpolate.png and prints the chosen alpha."""
@@ -504,7 +516,8 @@ def interpolate(
     values = _alphas(alphas)
     printer = ProgressPrinter(console)
     try:
-        result = run_interpolation(run_dir, values, floor=floor, probe=probe, save=save, callbacks=[printer])
+        result = run_interpolation(run_dir, values, floor=floor, probe=probe, save=save, callbacks=[printer],
+                                   trust_remote_code=trust_remote_code)
     finally:
         printer.stop()
     for point in result["points"]:
@@ -528,6 +541,7 @@ def serve(
     device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu, cuda or mps."),
     log_level: str = typer.Option("info", help="uvicorn's log level: critical, error, warning, info, debug."),
     docs: bool = typer.Option(True, "--docs/--no-docs", help="Serve GET /docs (the API page) and /openapi.json."),
+    trust_remote_code: bool = typer.Option(False, help=_TRUST_HELP),
 ) -> None:
     """Serve a trained run over HTTP: POST /predict, POST /embed, GET /health, GET /info (JSON), GET /docs."""
     from thawing.deploy.serve import LOG_LEVELS, ServeSettings, listen, require_dependencies
@@ -542,7 +556,7 @@ def serve(
     from thawing.deploy.serve import serve as run_server
 
     with sock:
-        model = load(run_dir, device=device)
+        model = load(run_dir, device=device, trust_remote_code=trust_remote_code)
         port = sock.getsockname()[1]
         console.print(f"serving {run_dir} ({', '.join(model.tasks)}) on http://{host}:{port}", markup=False,
                       soft_wrap=True)  # one line, whatever the width: scripts read the port from it

@@ -22,7 +22,7 @@ from thawing.training.events import Callback, ScenarioStarted
 
 
 def interpolate(run_dir: str | Path, alphas: list[float], floor: float | None = None, probe: str | None = None,
-                save: bool = True, callbacks: Sequence[Callback] = ()) -> dict:
+                save: bool = True, callbacks: Sequence[Callback] = (), trust_remote_code: bool = False) -> dict:
     """Interpolate a finished run's encoder with its pretrained one at each alpha; returns interpolate.json's content.
 
     The rule: the best dev selection score among alphas whose retention (the `probe`'s, or the lowest over the
@@ -46,7 +46,7 @@ def interpolate(run_dir: str | Path, alphas: list[float], floor: float | None = 
     if out.exists():
         raise InputError("already interpolated; move it away to run again (results are never overwritten)", path=out)
     options = dict(max_length=config.model.max_length, pooling=config.model.pooling,
-                   normalize=config.model.normalize, trust_remote_code=config.model.trust_remote_code)
+                   normalize=config.model.normalize, trust_remote_code=trust_remote_code)
     start = load_encoder(config.model.name, **options).state_dict()
     tuned = load_encoder(str(run.encoder_dir), **options).state_dict()
     if start.keys() != tuned.keys():

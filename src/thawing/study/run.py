@@ -88,7 +88,9 @@ def run_study(
             study.write_json(study.study_json, study_json(config.name, seeds, rows, reference, isolate))
     if interpolate is not None:
         source = next(s for s in parsed if s.name == interpolate)
-        for alpha, per_seed in interpolated(study, rows[interpolate], alphas, callbacks).items():
+        # the study's own config opted in to the model's code (or not): interpolation runs it as training did
+        trust = config.model.trust_remote_code
+        for alpha, per_seed in interpolated(study, rows[interpolate], alphas, callbacks, trust).items():
             scenario = Scenario(f"{interpolate}@{alpha:g}", "interpolated", source.config, source=interpolate)
             rows[scenario.name] = {**combine(per_seed, scenario, plans[interpolate]), "alpha": alpha}
         study.write_json(study.study_json, study_json(config.name, seeds, rows, reference, isolate))
@@ -96,8 +98,8 @@ def run_study(
     return study
 
 
-def interpolated(study: RunDir, row: dict, alphas: list[float], callbacks: Sequence[Callback] = ()
-                 ) -> dict[float, list[dict]]:
+def interpolated(study: RunDir, row: dict, alphas: list[float], callbacks: Sequence[Callback] = (),
+                 trust_remote_code: bool = False) -> dict[float, list[dict]]:
     """Each seed's run of a scenario interpolated at each alpha (`interpolate.py`, heads re-fitted on the frozen
     interpolated encoder): per alpha, one summary per seed, the run's own with the alpha's scores and probes."""
     from thawing.study.interpolate import interpolate
@@ -105,7 +107,7 @@ def interpolated(study: RunDir, row: dict, alphas: list[float], callbacks: Seque
     out: dict[float, list[dict]] = {a: [] for a in alphas}
     for summary in row["per_seed"]:
         run = RunDir(study.path / summary["run"])
-        curve = interpolate(run.path, alphas, save=False, callbacks=callbacks)
+        curve = interpolate(run.path, alphas, save=False, callbacks=callbacks, trust_remote_code=trust_remote_code)
         for point in curve["points"]:
             where = (run.interpolate_dir / point["run"]).relative_to(study.path)
             # The scenario's training cost stays (the curve is built on it); its splits' metrics and peaks do not.
