@@ -256,7 +256,7 @@ async def _level(url: str, clients: int, texts: list[str], reference: dict, args
             if n % args.bad_every == args.bad_every - 1:
                 body, raw = _bad_request(n // args.bad_every, args)
                 response = await http.post("/predict", json=body) if raw is None else await http.post(
-                    "/predict", content=raw)
+                    "/predict", content=raw, headers={"content-type": "application/json"})
                 counts["bad"] += 1
                 counts["bad_not_4xx"] += not (400 <= response.status_code < 500 and "error" in response.json())
                 continue

@@ -109,9 +109,12 @@ BAD = [
 ]
 
 
+JSON = {"content-type": "application/json"}
+
+
 @pytest.mark.parametrize("body,status,message", [case[1:] for case in BAD], ids=[case[0] for case in BAD])
 def test_bad_requests_get_json_4xx(client, body, status, message):
-    response = client.post("/predict", content=body)
+    response = client.post("/predict", content=body, headers=JSON)
     assert response.status_code == status
     assert message in response.json()["error"]
     assert client.get("/health").status_code == 200
@@ -119,7 +122,7 @@ def test_bad_requests_get_json_4xx(client, body, status, message):
 
 def test_more_bad_requests(client):
     deep = b'{"texts": ' + b"[" * 5000 + b"]" * 5000 + b"}"  # within the body limit: the parser's recursion
-    assert client.post("/predict", content=deep).status_code in (400, 422)
+    assert client.post("/predict", content=deep, headers=JSON).status_code in (400, 422)
     assert "takes texts" in client.post("/embed", json={"texts": ["a"], "tasks": ["ner"]}).json()["error"]
     assert client.post("/embed", json={"texts": [1]}).status_code == 422
     assert client.get("/predict").json() == {"error": "Method Not Allowed"}
@@ -250,3 +253,14 @@ def test_the_api_page_and_schema_are_served_unless_switched_off(model, client):
     assert client.get("/docs").status_code == 200
     with TestClient(build_app(model, ServeSettings(docs=False))) as closed:
         assert closed.get("/openapi.json").status_code == 404 and closed.get("/docs").status_code == 404
+
+
+@pytest.mark.parametrize("kind", ["text/plain", "", "application/x-www-form-urlencoded"])
+def test_a_body_that_is_not_declared_json_is_refused_with_415(client, kind):
+    """The hostile pass (#26): `Content-Type: text/plain` was served as JSON."""
+    headers = {"content-type": kind} if kind else {}
+    response = client.post("/predict", content=b'{"texts": ["a good film"]}', headers=headers)
+    assert response.status_code == 415 and "application/json" in response.json()["error"]
+    charset = {"content-type": "application/json; charset=utf-8"}
+    ok = client.post("/predict", content=b'{"texts": ["a good film"]}', headers=charset)
+    assert ok.status_code == 200

@@ -21,6 +21,7 @@ from pydantic import (
     Discriminator,
     Field,
     PlainValidator,
+    PositiveInt,
     Tag,
     ValidationError,
     field_validator,
@@ -107,7 +108,7 @@ class TaskSplits(_Strict):
 
 class HeadConfig(_Strict):
     type: Literal["linear", "mlp"] = "linear"
-    hidden_size: int = Field(256, gt=0)
+    hidden_size: int = Field(256, gt=0, le=65536)  # an MLP head's width (larger: a typo, not a head)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 
@@ -216,7 +217,7 @@ class LearningRates(_Strict):
 
 class SamplingConfig(_Strict):
     strategy: Literal["proportional", "round_robin", "temperature"] = "proportional"
-    temperature: float = Field(2.0, gt=0)
+    temperature: float = Field(2.0, ge=0.01, le=100.0)  # n^(1/T): past these 1/T over- or underflows, or is a typo
 
 
 class SmallDataConfig(_Strict):
@@ -259,7 +260,7 @@ class TrainConfig(_Strict):
     gradient_checkpointing: bool = False
     epochs: float = Field(3, gt=0)
     lr: LearningRates = Field(default_factory=LearningRates)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # what numpy, torch and Python's random all take
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     grad_accum: int = Field(1, gt=0)  # micro-batches per optimizer update
@@ -339,7 +340,7 @@ class LoraSettings(_Strict):
     """LoRA adapters a stage trains (thawing/model/lora.py): low-rank updates of linear modules of the selected layers,
     merged into those modules' weights when the stage ends."""
 
-    r: int = Field(8, gt=0)  # the rank of each update
+    r: int = Field(8, gt=0, le=4096)  # the rank of each update
     alpha: float = Field(16.0, gt=0)  # the update is scaled by alpha / r
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the adapter's input, while the stage trains
     layers: str | list[str] = "encoder"  # layer selectors (freezing.py): layers[a:b], layers.i, encoder, -layers.i
@@ -413,7 +414,8 @@ class ProbeConfig(_Strict):
 
     type: Literal["similarity", "transfer", "drift"]
     data: str | SplitPaths  # similarity and drift: one file; transfer: {train, test} (test carved when absent)
-    limit: int | dict[Literal["train", "test"], int] | None = None  # the first N rows (per split for transfer)
+    # the first N rows (per split for transfer); N > 0 (0 would measure nothing, and a negative N means nothing)
+    limit: PositiveInt | dict[Literal["train", "test"], PositiveInt] | None = None
     text_field: str = "text"
     label_field: str = "label"
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # transfer without a test split

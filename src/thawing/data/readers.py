@@ -110,7 +110,10 @@ def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
 
 
 def _read_text(path: Path) -> str:
-    """The file as UTF-8 (a BOM is dropped); a decode error names the line it is on."""
+    """The file as UTF-8 (a BOM is dropped); a decode error names the line it is on. Only a regular file is read: a
+    device such as /dev/zero would be read whole, without end."""
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise InputError("not a regular file (a device, a pipe or a socket): give a data file", path=path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -137,6 +140,9 @@ def _parse_jsonl(text: str, path: str | Path, _delimiter: str) -> list[Row]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"not valid JSON: {exc.msg} (column {exc.colno})", path=path, line=number) from None
+        except (ValueError, RecursionError) as exc:  # a number of thousands of digits, nesting past Python's stack
+            raise InputError(f"not valid JSON here ({type(exc).__name__}: {str(exc)[:120]})", path=path,
+                             line=number) from None
         if not isinstance(record, dict):
             raise InputError(f"expected a JSON object, got {type(record).__name__}", path=path, line=number)
         rows.append((number, record))

@@ -237,7 +237,11 @@ def _json(data: Any, status: int = 200):
 
 
 async def _read_body(request, limit: int) -> bytes:
-    """The request body, refused (413) once it passes `limit` bytes, whether or not Content-Length says so."""
+    """The request body, refused (413) once it passes `limit` bytes, whether or not Content-Length says so; a body
+    that does not say it is JSON is refused (415) before it is read."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise RequestError(415, f"Content-Type must be application/json, got {kind or 'none'}")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"the body is {declared} bytes; the limit is {limit}")

@@ -38,7 +38,9 @@ class Probe:
 
 def load_probe(name: str, cfg: ProbeConfig) -> Probe:
     """Read a probe's data (errors name the file, line and field)."""
-    limit = cfg.limit if isinstance(cfg.limit, dict) else {"train": cfg.limit, "test": cfg.limit}
+    # a per-split limit may name one split: the other is read whole
+    limit = {**{"train": None, "test": None}, **cfg.limit} if isinstance(cfg.limit, dict) else {
+        "train": cfg.limit, "test": cfg.limit}
     if cfg.type == "similarity":
         rows = _rows(cfg.data, limit["train"])
         first = [str(field_value(r, cfg.sentence1_field, cfg.data, line)) for line, r in rows]
