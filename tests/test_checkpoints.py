@@ -224,3 +224,14 @@ def test_a_resume_takes_the_lock_before_it_touches_the_checkpoints(tiny_bert_dir
         assert (writing / "state.json").is_file()  # untouched
     finally:
         holder.close()
+
+
+def test_a_trained_model_s_weights_read_like_its_other_files(tiny_bert_dir, tmp_path):
+    """The hostile pass (#26): safetensors wrote heads.safetensors and the encoder's weights 0600, the rest 0644."""
+    before = os.umask(0o022)
+    try:
+        run = loop.train(_config(tiny_bert_dir, tmp_path), run_dir=str(tmp_path / "run"))
+    finally:
+        os.umask(before)
+    modes = {p.relative_to(run.final).as_posix(): p.stat().st_mode & 0o777 for p in run.final.rglob("*") if p.is_file()}
+    assert modes["heads.safetensors"] == modes["encoder/model.safetensors"] == modes["tasks.json"] == 0o644, modes

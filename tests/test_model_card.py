@@ -137,3 +137,13 @@ def test_encoder_has_sentence_transformers_prompts(run, tiny_bert_dir):
     assert np.abs(prompted - st.encode(texts)).max() > 1e-3  # the prompt is really there
     ours = thawing.load(run.path, device="cpu").encode(texts, prompt=PROMPT)
     np.testing.assert_allclose(prompted, ours, atol=1e-5)
+
+
+def test_a_label_with_a_line_break_or_a_backtick_stays_one_code_span():
+    """The hostile pass (#26): a label holding a newline broke the card's code span and its list."""
+    from thawing.store.model_card import code
+
+    assert code("pos") == "`pos`"
+    shown = code("two\nlines")  # a real line break in the label
+    assert "\n" not in shown and shown == "`two" + "\\" + "nlines`"  # written as the escape \n
+    assert code("a`b") == "``a`b``" and code("`x`") == "`` `x` ``"

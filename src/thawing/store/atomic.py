@@ -54,11 +54,21 @@ def building(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _plain_modes(tmp)
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _plain_modes(folder: Path) -> None:
+    """Give every file built into `folder` the mode a new file gets (0666 less the umask): safetensors writes its
+    files 0600, which would keep a model's weights from the team that shares its runs while the rest reads 0644."""
+    mode = _new_file_mode()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
 
 
 def _aside(target: Path) -> tuple[Path, Path]:

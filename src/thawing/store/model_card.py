@@ -73,6 +73,15 @@ def render_card(name: str, config: dict, tasks: dict, stages: list[dict], result
     return "\n".join(lines) + "\n"
 
 
+def code(text: str) -> str:
+    """`text` as one Markdown code span, whatever it holds: line breaks and other control characters written as
+    escapes (a label with a newline would end the span and the list item), and a backtick in it fenced by two."""
+    shown = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
+    fence = "``" if "`" in shown else "`"
+    pad = " " if shown.startswith("`") or shown.endswith("`") else ""
+    return f"{fence}{pad}{shown}{pad}{fence}"
+
+
 # ---------------------------------------------------------------------------------------------- front matter
 
 
@@ -168,9 +177,9 @@ def _task_section(task: str, spec: dict, task_config: dict, results: dict) -> li
     head = spec.get("head") or {}
     shape = (f"MLP (hidden size {head.get('hidden_size')}, GELU)" if head.get("type") == "mlp" else "linear")
     lines = ["", f"### {task}", "", f"- Type: {spec['type']}",
-             f"- Labels ({len(labels)}): " + ", ".join(f"`{label}`" for label in labels),
+             f"- Labels ({len(labels)}): " + ", ".join(code(label) for label in labels),
              f"- Head: {shape} over {READS[kind.reads]}, dropout {head.get('dropout', 0.0)} in training"]
-    lines.append(f"- Prompt: `{spec['prompt']}`" if spec.get("prompt") else "- Prompt: none")
+    lines.append(f"- Prompt: {code(spec['prompt'])}" if spec.get("prompt") else "- Prompt: none")
     rule = kind.decision_rule(TaskSpec(**spec))
     if "threshold" in rule:
         lines.append(f"- Threshold: {rule['threshold']} (a label is predicted when its probability is above it)")
