@@ -325,3 +325,26 @@ def test_every_command_that_loads_a_run_runs_its_code_only_when_told(custom_mode
     code, output = invoke("interpolate", str(run), "--alphas", "0,1", "--no-save", "--trust-remote-code")
     assert code == 0, output
     assert marker.exists()
+
+
+def test_a_model_with_weights_that_are_not_finite_is_refused_at_load(run, tmp_path):
+    """The hostile pass (#26): NaN head weights (with a manifest made to match) gave NaN probabilities silently in the
+    Python API and a traceback in `predict`."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from thawing.store import manifest
+
+    heads = run / "final" / "heads.safetensors"
+    state = load_file(str(heads))
+    first = sorted(state)[0]
+    state[first] = torch.full_like(state[first], float("nan"))
+    save_file(state, str(heads))
+    labels = json.loads((run / "final" / "labels.json").read_text())
+    (run / "final" / "manifest.json").write_text(json.dumps(manifest.build(run / "final", labels,
+                                                                           ("manifest.json", "README.md"))))
+    with pytest.raises(InputError, match="not finite"):
+        thawing.load(run)
+    out = tmp_path / "out.jsonl"
+    code, message = invoke("predict", str(run), "-i", str(_texts(tmp_path)), "-o", str(out))
+    assert code == 2 and "not finite" in message and not out.exists()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from thawing import distributed
 from thawing.config import RunConfig
@@ -153,6 +154,10 @@ def load(model: str | Path, device: str = "auto", mixed_precision: str = "auto",
     encoder = load_encoder(str(run.encoder_dir), trust_remote_code=trust_remote_code)
     multitask = MultiTaskModel(encoder, specs)
     _load_heads(multitask, run)
+    bad = next((name for name, p in multitask.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:  # a model that computes NaN would answer every request with NaN probabilities
+        raise InputError(f"weights that are not finite ({bad}): this model cannot predict; train it again",
+                         path=run.final)
 
     def sample():
         ids = encoder.pad(encoder.token_ids(["a sentence to check packing with.", "and another one"]))

@@ -120,9 +120,10 @@ def backward_all(ctx, path, stepping, losses: StageLosses, batches: list[MicroBa
             # With several processes the others are inside the update's gradient exchange: no retry.
             if not memory.out_of_memory(exc) or distributed.size() > 1:
                 raise
-            p.split = memory.after_oom(stepping.optimizer, p.split, batches, name, p.update)
-            if not p.split:  # single examples already
+            split = memory.after_oom(stepping.optimizer, p.split, batches, name, p.update)
+            if not split:  # single examples already
                 raise
+            p.split = split
 
 
 def one_update(ctx, path, stepping, stage, losses: StageLosses, batches: list[MicroBatch], train_sets: dict,
