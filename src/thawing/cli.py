@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 _MODEL_HELP = "A run directory (or its final/ folder), or the Hugging Face repo id of a pushed model."
+_TRUST_HELP = "Run the encoder's own modeling code (a run trained with model.trust_remote_code: true)."
 
 
 def _print_version(value: bool) -> None:
@@ -241,9 +242,7 @@ def evaluate(
         [], "--data", help="Evaluate a task on another file: --data task=path (repeatable)."
     ),
     output: Path | None = typer.Option(None, help="Also write the metrics to this JSON file."),
-    trust_remote_code: bool = typer.Option(
-        False, help="Run the encoder's own modeling code (a run trained with model.trust_remote_code: true)."
-    ),
+    trust_remote_code: bool = typer.Option(False, help=_TRUST_HELP),
 ) -> None:
     """Evaluate a trained run on a split of its tasks' data, or on other files."""
     if output is not None:  # before the model stack is imported (seconds): a refusal comes at once
@@ -303,9 +302,7 @@ def predict(
     task: str | None = typer.Option(None, help="Only this task (default: every task)."),
     text_field: str = typer.Option("text", help="Field holding the text in .jsonl/.csv/.tsv input."),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
-    trust_remote_code: bool = typer.Option(
-        False, help="Run the encoder's own modeling code (a run trained with model.trust_remote_code: true)."
-    ),
+    trust_remote_code: bool = typer.Option(False, help=_TRUST_HELP),
 ) -> None:
     """Predict labels and probabilities (or entity spans) for each input text."""
     _check_output(output, overwrite, (input, run_dir))  # before the model stack is imported: a refusal comes at once
@@ -432,9 +429,6 @@ def _study_table(rows: dict):
             f"{row.get('wall_s', 0):.1f}",
         )
     return table
-
-
-_TRUST_HELP = "Run the encoder's own modeling code (a run trained with model.trust_remote_code: true)."
 
 
 @app.command()

@@ -1,9 +1,10 @@
 """Pushing a finished run's final/ folder to a Hugging Face repo (`thawing push`); finding one by repo id is
 model/hub.py's (`thawing.load("owner/name")`).
 
-A repo holds exactly what final/ holds (encoder/ in sentence-transformers layout, heads.safetensors, labels.json,
-tasks.json, manifest.json), with the model card as its README.md, so the Hub shows it; `thawing.load` checks the
-download against manifest.json as it checks a run's final/.
+A repo holds what final/ holds, with the encoder at its root (sentence-transformers layout, so that
+`SentenceTransformer("owner/name")` loads it) and heads.safetensors, labels.json, tasks.json and manifest.json beside
+it, and the model card as its README.md, so the Hub shows it; `thawing.load` checks the download against
+manifest.json as it checks a run's final/.
 
 huggingface_hub is imported inside the functions: the CLI's start-up must stay light.
 """
@@ -143,5 +144,4 @@ def _staged(final: Path, card: str) -> Iterator[Path]:
 def repo_path(name: str) -> str:
     """Where a file of final/ goes in a pushed repo: the encoder's at the root (sentence-transformers layout), the
     rest as it is."""
-    prefix = f"{ENCODER}/"
-    return name[len(prefix):] if name.startswith(prefix) else name
+    return name.removeprefix(f"{ENCODER}/")

@@ -195,10 +195,10 @@ def _backbone(folder: Path, trust_remote_code: bool, weights: bool) -> nn.Module
 
 def _load_dense(path: Path, weights: bool = True) -> Dense:
     cfg = _read_json(path / "config.json")
+    with contextlib.nullcontext() if weights else torch.device("meta"):  # meta: shapes without storage
+        dense = Dense(cfg["in_features"], cfg["out_features"], cfg.get("bias", True), _activation(cfg))
     if not weights:
-        with torch.device("meta"):
-            return Dense(cfg["in_features"], cfg["out_features"], cfg.get("bias", True), _activation(cfg))
-    dense = Dense(cfg["in_features"], cfg["out_features"], cfg.get("bias", True), _activation(cfg))
+        return dense
     weights_file = path / "model.safetensors"
     state = (load_file(weights_file) if weights_file.is_file()
              else torch.load(path / "pytorch_model.bin", weights_only=True))

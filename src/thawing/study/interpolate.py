@@ -75,15 +75,22 @@ def interpolate(run_dir: str | Path, alphas: list[float], floor: float | None = 
               "rule": "best dev score" + (f" with retention >= {floor}" if floor is not None else "")}
     run.write_json(run.interpolate_json, report)
     plot(rows, chosen, run.interpolate_png)
-    if save and chosen is not None:
+    keep_chosen(run, rows, chosen if save else None)
+    return report
+
+
+def keep_chosen(run: RunDir, rows: list[dict], chosen: dict | None) -> None:
+    """The chosen alpha's model saved beside final/ (`final-interpolated/`, whole or not at all), and no other: a model
+    per alpha is a copy of the encoder each."""
+    out = run.interpolate_dir
+    if chosen is not None:
         target = run.interpolated_final
         if target.exists():
             raise InputError("exists; move it away to save another interpolated model", path=target)
-        with building(target) as tmp:  # whole or not at all
+        with building(target) as tmp:
             shutil.copytree(out / chosen["run"] / FINAL, tmp, dirs_exist_ok=True)
-    for row in rows:  # a model per alpha is a copy of the encoder each: only the chosen one is kept, beside final/
+    for row in rows:
         shutil.rmtree(out / row["run"] / FINAL, ignore_errors=True)
-    return report
 
 
 def _runtime(config, encoder):

@@ -50,8 +50,8 @@ def check(run, config, allow: tuple[str, ...] | list[str], step: int) -> None:
                          "(the others change what is trained: start a new run)")
     if not run.config_record.is_file():
         return
-    record = run.read_json(run.config_record)
-    changed = changes(record["config"], config.model_dump(mode="json"))
+    record, current = run.read_json(run.config_record), config.model_dump(mode="json")
+    changed = changes(record["config"], current)
     refused = {key: values for key, values in changed.items() if key not in allow}
     if refused:
         lines = "; ".join(f"{key}: {_show(a)} -> {_show(b)}" for key, (a, b) in refused.items())
@@ -60,7 +60,7 @@ def check(run, config, allow: tuple[str, ...] | list[str], step: int) -> None:
         raise InputError(f"config.yaml was edited since the run started ({lines}); a resumed run trains with the "
                          f"config it started with: put it back{hint}", path=run.config)
     if changed:
-        record["config"] = config.model_dump(mode="json")
+        record["config"] = current
         record["changes"].append({"step": step, "changed": {key: list(v) for key, v in changed.items()}})
         run.write_json(run.config_record, record)
 

@@ -262,7 +262,7 @@ def train_stage(ctx: Context, stage: Stage, path, stepping, groups: dict, params
         p.evals.update(evaluate(ctx, path, stage, 0.0), at=state.step)
         best, p.has_best = checkpoint.snapshot(params), True
     saved = (p.update, time.monotonic())  # when the last stage checkpoint was taken
-    tracked, losses = TrainingRecords(p.log, p.norms), stage_losses(stage, cfg, list(ctx.model.specs))
+    tracked, losses = TrainingRecords(p.log, p.norms), stage_losses(stage, cfg)
     while p.micro < updates.micro_total and not p.stopped:  # a fractional last epoch ends with whole updates
         grouped = updates.epoch(p.epoch, p.epoch_start)
         for batches in grouped[p.position :]:

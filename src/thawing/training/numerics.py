@@ -95,7 +95,7 @@ def named_params(groups: dict, trainable: list[str]) -> dict[str, torch.nn.Param
 def read_losses(losses: list[torch.Tensor], added: dict[str, list]) -> tuple[list[float], dict[str, list[float]]]:
     """The update's micro-batch task losses and its added losses (by record name), read back in one transfer and
     summed over the processes (each holds its slice's part). Each is recorded as computed: the task losses hold no
-    embedding loss (`paths.MicroLoss` keeps them apart)."""
+    embedding loss (`update.micro_losses` keeps them apart)."""
     names = [name for name, parts in added.items() for _ in parts]
     values = distributed.summed(torch.stack(losses + [t for parts in added.values() for t in parts]).float()).tolist()
     out: dict[str, list[float]] = {}

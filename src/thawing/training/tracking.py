@@ -28,6 +28,7 @@ from collections.abc import Iterator
 
 from thawing.errors import ConfigError
 from thawing.store import metric_lines
+from thawing.training.contract import flat
 
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow-skinny", "wandb": "wandb", "trackio": "trackio"}
@@ -73,17 +74,11 @@ def _flat(values: dict, prefix: str) -> Iterator[tuple[str, float]]:
             yield f"{prefix}{key}", value
 
 
-def hyperparameters(config: dict, prefix: str = "") -> dict[str, str | int | float | bool]:
-    """The config as flat hyperparameters (a.b.c); lists and empty mappings as JSON text."""
-    out: dict[str, str | int | float | bool] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            out |= hyperparameters(value, f"{prefix}{key}.")
-        elif value is None or isinstance(value, (list, dict)):
-            out[f"{prefix}{key}"] = json.dumps(value)
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def hyperparameters(config: dict) -> dict[str, str | int | float | bool]:
+    """The config as flat hyperparameters (a.b.c, as `contract.flat` spells keys); None, lists and empty mappings as
+    JSON text."""
+    return {key: json.dumps(value) if value is None or isinstance(value, (list, dict)) else value
+            for key, value in flat(config).items()}
 
 
 class Trackers:

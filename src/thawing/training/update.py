@@ -39,20 +39,19 @@ class StageLosses:
 class Update:
     """What one update computed, for the records: the micro-batches as they ran (in smaller pieces after running out
     of GPU memory), each one's task loss (over its divisor), the added losses by record name, the gradient norm
-    before clipping (None without `train.grad_clip`), and whether the weights changed."""
+    before clipping (None without `train.grad_clip`)."""
 
     pieces: list[MicroBatch]
     task_losses: list[float]
     added: dict[str, list[float]]
     norm: float | None
-    applied: bool
 
 
-def stage_losses(stage, config, tasks: list[str]) -> StageLosses:
+def stage_losses(stage, config) -> StageLosses:
     """The stage's embedding losses: distillation where its `retain` distills (every task), pair losses for the
     tasks that have a pair-loss weight in the stage (`stages.pair_weights`)."""
     pairs = pair_weights(stage, config)
-    pooled = set(tasks) if distills(stage.retain) else set()
+    pooled = set(config.tasks) if distills(stage.retain) else set()
     return StageLosses(stage.retain if distills(stage.retain) else None, pairs, stage.task_loss,
                        frozenset(pooled | set(pairs)))
 
@@ -142,12 +141,9 @@ def one_update(ctx, path, stepping, stage, losses: StageLosses, batches: list[Mi
     norm = stepping.clip(clip) if clip else None
     task_values, added_values = read_losses(task_losses, added)  # one device sync for the update's losses
     scaled = getattr(ctx.accelerator, "scaler", None) is not None
-    applied = finite(task_values + [v for parts in added_values.values() for v in parts], norm, scaled)
-    if applied:
-        skipped = stepping.step()  # with fp16, a step with non-finite gradients is skipped by the scaler
-        ctx.state.stage.skipped += int(skipped)
-        applied = not skipped
+    if finite(task_values + [v for parts in added_values.values() for v in parts], norm, scaled):
+        ctx.state.stage.skipped += int(stepping.step())  # with fp16, a step with non-finite gradients is skipped
     else:
         nonfinite_update(ctx, stage, pieces, task_values)
     stepping.optimizer.zero_grad(set_to_none=True)
-    return Update(pieces, task_values, added_values, None if norm is None else float(norm), applied)
+    return Update(pieces, task_values, added_values, None if norm is None else float(norm))
