@@ -151,21 +151,10 @@ def type_name(annotation: object) -> str:
 
 def constraints(field: FieldInfo) -> str:
     """`> 0`, `>= 0, < 1`, `at least 1 character`: the bounds pydantic checks."""
-    words = []
-    for item in field.metadata:
-        if isinstance(item, Gt):
-            words.append(f"> {item.gt}")
-        elif isinstance(item, Ge):
-            words.append(f">= {item.ge}")
-        elif isinstance(item, Lt):
-            words.append(f"< {item.lt}")
-        elif isinstance(item, Le):
-            words.append(f"<= {item.le}")
-        elif isinstance(item, MinLen):
-            words.append(f"length >= {item.min_length}")
-        elif isinstance(item, MaxLen):
-            words.append(f"length <= {item.max_length}")
-    return ", ".join(words)
+    bounds = ((Gt, "gt", ">"), (Ge, "ge", ">="), (Lt, "lt", "<"), (Le, "le", "<="),
+              (MinLen, "min_length", "length >="), (MaxLen, "max_length", "length <="))
+    return ", ".join(f"{sign} {getattr(item, attr)}" for item in field.metadata
+                     for kind, attr, sign in bounds if isinstance(item, kind))
 
 
 def models_in(annotation: object) -> Iterator[tuple[type[BaseModel], str]]:
