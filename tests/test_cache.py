@@ -131,3 +131,25 @@ def test_disk_cache_is_reused_and_invalidated_by_weight_changes(tiny_bert_dir, t
         prep.model.encoder.backbone.encoder.layer[0].output.dense.weight[0, 0] += 1e-3
     assert fingerprint(prep.model.encoder) != before
     assert entry_key(before, {}, [[1, 2]]) != entry_key(fingerprint(prep.model.encoder), {}, [[1, 2]])
+
+
+@pytest.mark.parametrize("damage", ["noise", "truncate", "old-entry"])
+def test_a_damaged_cache_entry_is_computed_again_not_trained_on(damage, tiny_bert_dir, tmp_path, caplog):
+    config = toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",), freeze=["encoder"])
+    config["cache"] = {"dir": str(tmp_path / "store")}
+    clean = loop.train(parse_config(config), run_dir=str(tmp_path / "clean")).read_json("results.json")
+    for array in (tmp_path / "store").glob("*/*/*.npy"):
+        if damage == "noise":  # the same shape and dtype, other values: only a checksum can tell
+            raw = array.read_bytes()
+            header = len(raw) - array.stat().st_size + raw.index(b"\n") + 1
+            array.write_bytes(raw[:header] + bytes(reversed(raw[header:])))
+        elif damage == "truncate":
+            array.write_bytes(array.read_bytes()[:-7])
+    if damage == "old-entry":  # written before checksums: an empty DONE
+        for done in (tmp_path / "store").glob("*/*/DONE"):
+            done.write_text("")
+    again = loop.train(parse_config(config), run_dir=str(tmp_path / "again")).read_json("results.json")
+    assert again["tasks"] == clean["tasks"]
+    assert sum("damaged" in r.getMessage() for r in caplog.records) == 2  # train and dev, each named once
+    assert len(list((tmp_path / "store").glob("*/*/DONE"))) == 2  # both computed again and verified
+    assert FeatureStore(tmp_path / "store").load((next((tmp_path / "store").glob("*/*"))).name) is not None

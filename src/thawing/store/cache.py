@@ -2,7 +2,9 @@
 
 An entry is keyed by (fingerprint of the encoder weights, pooling and length settings, the exact inputs and
 prompt), so any weight change gives a new key: stale entries are never read, only left behind. Entries are
-folders of .npy arrays, written to a temporary folder and renamed into place, and read back memory-mapped.
+folders of .npy arrays, written to a temporary folder and renamed into place, and read back memory-mapped. Each
+entry's DONE file records every array's size and blake2b checksum, verified at every read: a damaged entry (noise of
+the right shape, a truncated file) is deleted with a warning and computed again, never trained on.
 """
 
 from __future__ import annotations
@@ -69,11 +71,19 @@ class FeatureStore:
         return self.root / key[:2] / key
 
     def load(self, key: str) -> dict[str, np.ndarray] | None:
-        """The arrays of an entry, memory-mapped; None when absent."""
+        """The arrays of an entry, memory-mapped; None when absent or damaged (a damaged entry is removed)."""
         folder = self.path(key)
         if not (folder / "DONE").is_file():
             return None
-        return {p.stem: np.load(p, mmap_mode="c") for p in folder.glob("*.npy")}
+        problem = _damage(folder)
+        if problem is None:
+            try:
+                return {p.stem: np.load(p, mmap_mode="c") for p in folder.glob("*.npy")}
+            except (ValueError, OSError) as err:  # a header the checksum could not have caught: the file changed since
+                problem = f"unreadable ({err})"
+        log.warning("feature cache entry %s is damaged: %s; computing it again", folder, problem)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
 
     def save(self, key: str, arrays: dict[str, np.ndarray]) -> Path:
         """Write an entry atomically; a concurrent writer of the same key simply wins the race."""
@@ -81,9 +91,12 @@ class FeatureStore:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key}."))
         try:
+            sums = {}
             for name, array in arrays.items():
-                np.save(tmp / f"{name}.npy", np.ascontiguousarray(array))
-            (tmp / "DONE").write_text("")
+                path = tmp / f"{name}.npy"
+                np.save(path, np.ascontiguousarray(array))
+                sums[name] = {"bytes": path.stat().st_size, "blake2b": file_digest(path)}
+            (tmp / "DONE").write_text(json.dumps({"format": 2, "arrays": sums}, indent=1))
             with contextlib.suppress(OSError):  # already written by another run: keep theirs
                 os.rename(tmp, folder)
         finally:
@@ -92,3 +105,29 @@ class FeatureStore:
 
     def size_bytes(self, key: str) -> int:
         return sum(p.stat().st_size for p in self.path(key).glob("*.npy"))
+
+
+def file_digest(path: Path) -> str:
+    """blake2b of a file's bytes, read in 8 MiB blocks (hashlib lets go of the GIL on each)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _damage(folder: Path) -> str | None:
+    """What is wrong with an entry's files against its DONE record, or None when every array checks out."""
+    try:
+        record = json.loads((folder / "DONE").read_text())["arrays"]
+    except (ValueError, KeyError, TypeError):  # an entry from before checksums (an empty DONE) cannot be verified
+        return "no checksums recorded"
+    files = {p.stem: p for p in folder.glob("*.npy")}
+    if set(files) != set(record):
+        return f"arrays {sorted(files)} on disk, {sorted(record)} recorded"
+    for name, path in files.items():
+        if path.stat().st_size != record[name]["bytes"]:
+            return f"{path.name} has {path.stat().st_size} bytes, {record[name]['bytes']} recorded"
+        if file_digest(path) != record[name]["blake2b"]:
+            return f"{path.name} does not match its checksum"
+    return None
