@@ -62,6 +62,14 @@ class NonFiniteError(ThawingError):
     """A non-finite loss or gradient during training; the run stops and its last good checkpoint stays."""
 
 
+class DiskFullError(ThawingError):
+    """The disk filled up while a file or folder was written; nothing of it was kept."""
+
+    def __init__(self, message: str, path: str | Path, free: int) -> None:
+        super().__init__(message)
+        self.path, self.free = Path(path), free
+
+
 class Interrupted(ThawingError):
     """SIGINT or SIGTERM stopped training at an update boundary, after a checkpoint: exit 130 or 143 (128 + signal)."""
 

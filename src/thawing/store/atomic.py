@@ -4,11 +4,14 @@ error never leaves a half-written file where a result is expected."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from thawing.errors import DiskFullError
 
 
 @contextlib.contextmanager
@@ -21,6 +24,12 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, target)
+    except BaseException as exc:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        _raise_if_disk_full(exc, target, written)
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -51,8 +60,10 @@ def building(target: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
+        written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_disk_full(exc, target, written)
         raise
     _plain_modes(tmp)
     shutil.rmtree(old, ignore_errors=True)
@@ -69,6 +80,23 @@ def _plain_modes(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file() and not path.is_symlink():
             os.chmod(path, mode)
+
+
+def _raise_if_disk_full(exc: BaseException, target: Path, written: int) -> None:
+    """Turn a full disk (an OSError, or safetensors' own error, which carries only the OS's text) into a DiskFullError
+    naming what was being written, how much of it was written and what is free now that it is removed."""
+    full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        type(exc).__name__ == "SafetensorError" and ("No space left" in str(exc) or "StorageFull" in str(exc)))
+    if not full:
+        return
+    where = target.parent if target.parent.exists() else Path(".")
+    free = shutil.disk_usage(where).free
+    raise DiskFullError(f"{target}: the disk is full ({_mb(written)} of it was written before it filled up, and "
+                        f"removed; {_mb(free)} free now). Free space and run the command again", target, free) from exc
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
 
 
 def _aside(target: Path) -> tuple[Path, Path]:

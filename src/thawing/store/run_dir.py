@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from thawing.config import RunConfig, dump_config
-from thawing.errors import InputError
+from thawing.errors import DiskFullError, InputError
 from thawing.model.saved import ENCODER, FINAL, HEADS, LABELS, TASKS
 from thawing.store import manifest, metric_lines
 from thawing.store.atomic import building, write_text
@@ -306,11 +306,21 @@ class RunDir:
     def save_final(self, model) -> None:
         """Write final/: the encoder in sentence-transformers layout, the heads, their labels and specs, and last the
         manifest of them all (sha256 of every file, the labels), which `thawing.load` checks."""
+        labels = {t: list(s.labels) for t, s in model.specs.items()}
+        try:
+            self._write_final(model, labels)
+        except DiskFullError as exc:
+            need = sum(t.numel() * t.element_size() for t in model.state_dict().values())  # and the tokenizer's files
+            raise DiskFullError(f"{self.final}: the disk is full; final/ needs more than {need / 1e6:.1f} MB and "
+                                f"{exc.free / 1e6:.1f} MB is free. Nothing of final/ was kept: free space, then "
+                                f"finish the run with `thawing train --resume {self.path}`",
+                                exc.path, exc.free) from exc
+
+    def _write_final(self, model, labels: dict[str, list[str]]) -> None:
         from safetensors.torch import save_file
 
         from thawing.model.loading import save_encoder  # the model stack is loaded only when a model is saved
 
-        labels = {t: list(s.labels) for t, s in model.specs.items()}
         with self.replacing(self.final) as tmp:
             # Each task's prompt becomes a named sentence-transformers prompt: encode(text, prompt_name=task).
             prompts = {task: spec.prompt for task, spec in model.specs.items() if spec.prompt}

@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from thawing import distributed
-from thawing.errors import InputError, ThawingError
+from thawing.errors import DiskFullError, InputError, ThawingError
 from thawing.store.atomic import recover
 from thawing.store.run_dir import RunDir
 from thawing.training.plateau import Plateau
@@ -118,7 +118,7 @@ def _writing(run: RunDir, folder) -> Iterator:
     try:
         with run.replacing(folder) as tmp:
             yield tmp
-    except (OSError, RuntimeError, SafetensorError) as exc:
+    except (DiskFullError, OSError, RuntimeError, SafetensorError) as exc:
         raise ThawingError(f"{folder}: the checkpoint could not be written ({type(exc).__name__}: {exc}); the "
                            "previous checkpoint is kept") from exc
 
@@ -231,12 +231,18 @@ def disk_check(where: Path, model: torch.nn.Module, trainable: int) -> None:
     weights, their two snapshots and Adam's two moments (counted twice: a new one is built beside the old)."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     need = 2 * weights + 2 * 5 * trainable * 4
+    if where.is_dir():  # a resumed run: the checkpoint it wrote is on the disk already and is replaced in place
+        need = max(need - sum(f.stat().st_size for f in RunDir(where).checkpoints.rglob("*") if f.is_file()), 0)
     while not where.exists() and where != where.parent:  # the run directory may not exist yet
         where = where.parent
     free = shutil.disk_usage(where.resolve()).free
     if free < need:
-        raise ThawingError(f"{where}: {free / 1e9:.2f} GB free, checkpoints need about {need / 1e9:.2f} GB; free "
-                           "space, or set train.checkpoint: false")
+        raise ThawingError(f"{where}: {_size(free)} free, checkpoints need about {_size(need)}; free space, or set "
+                           "train.checkpoint: false")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def due(cfg, update: int, saved: tuple[int, float]) -> bool:
