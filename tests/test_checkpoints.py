@@ -18,14 +18,14 @@ from safetensors.torch import load_file
 from toy import toy_config
 from typer.testing import CliRunner
 
-from thawing import progress
+from thawing import cli, progress
 from thawing.cli import app
 from thawing.config import parse_config
 from thawing.errors import InputError, Interrupted
 from thawing.store.atomic import building, recover, write_text
 from thawing.store.run_dir import RunDir
 from thawing.training import loop
-from thawing.training.events import UpdateDone
+from thawing.training.events import StageEnded, UpdateDone
 
 # 16 sentiment + 12 NER training rows at batch 4: 7 updates per epoch; stage "all" runs 3 epochs (21 updates).
 SCHEDULE = [{"name": "heads", "train": ["heads"], "epochs": 1}, {"name": "all", "train": ["all"], "epochs": 3}]
@@ -109,6 +109,52 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tiny_bert_dir, tmp_pat
     assert state["stage"]["update"] == 5  # a checkpoint of that update, although checkpoint_every is 2
     assert signal.getsignal(signal.SIGINT) == before  # the handlers are put back
     _assert_identical(loop.resume_run(tmp_path / "run"), reference)
+
+
+def test_sigint_after_the_last_update_of_the_last_stage_still_stops_with_130(tiny_bert_dir, tmp_path):
+    """No update boundary comes after the signal: the stage's end is the boundary, and finishing is left to --resume."""
+    raw = toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",), schedule=[SCHEDULE[1]], train=TRAIN)
+    reference = loop.train(parse_config(raw), run_dir=str(tmp_path / "reference"))
+
+    def at_stage_end(event):
+        if isinstance(event, StageEnded):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted) as caught:
+        loop.train(parse_config(raw), run_dir=str(tmp_path / "run"), callbacks=[at_stage_end])
+    assert caught.value.exit_code == 130 and "thawing train --resume" in str(caught.value)
+    run = RunDir(tmp_path / "run")
+    assert not run.final.exists() and not run.results.exists()
+    resumed = loop.resume_run(run.path)
+    assert resumed.read_json(resumed.results) == reference.read_json(reference.results)
+
+
+def test_a_second_sigint_stops_at_once_and_says_how_to_resume(tiny_bert_dir, tmp_path, monkeypatch, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps(toy_config(tiny_bert_dir, tmp_path, tasks=("sentiment",), schedule=SCHEDULE,
+                                            train=TRAIN)))
+
+    def twice():
+        os.kill(os.getpid(), signal.SIGINT)  # asks for a stop at the next boundary
+        os.kill(os.getpid(), signal.SIGINT)  # does not wait for it
+
+    class Printer:  # the command line's progress printer, with two signals sent at one step
+        def __init__(self, *args, **kwargs):
+            pass
+
+        __call__ = staticmethod(_on_step("all", 3, twice))
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(progress, "ProgressPrinter", Printer)
+    monkeypatch.setattr("sys.argv", ["thawing", "train", str(config), "--run-dir", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 130
+    err = capsys.readouterr().err
+    assert "SIGINT twice: training stopped at once" in err and f"thawing train --resume {tmp_path / 'run'}" in err
+    assert "its last checkpoint is kept in" in err and "Traceback" not in err
 
 
 def test_sigterm_on_the_command_line_exits_143(tiny_bert_dir, tmp_path, monkeypatch):

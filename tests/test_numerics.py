@@ -38,6 +38,7 @@ def test_an_exploding_run_stops_with_exit_2_naming_stage_step_and_task_and_write
     assert "train.nonfinite: skip" in message
     run = RunDir(tmp_path / "run")
     assert not run.final.exists() and not run.results.exists()
+    assert not run.checkpoints.exists() and "it had written no checkpoint yet" in message  # none claimed kept
     assert run.metrics.read_text()  # an evaluation ran on the exploded weights before the loss went non-finite
     for line in run.metrics.read_text().splitlines():  # strict JSON: NaN would not parse with this hook
         json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))

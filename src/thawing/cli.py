@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import typer
 from rich.console import Console
 
 from thawing import distributed
-from thawing.errors import InputError, ThawingError
+from thawing.errors import InputError, Interrupted, StoppedAtOnce, ThawingError
 
 app = typer.Typer(
     add_completion=False,
@@ -170,6 +171,8 @@ def train(
                 cfg, run_dir=str(run_dir) if run_dir else None, callbacks=[printer] if printer else (),
                 run_optional=full or None
             )
+    except StoppedAtOnce as exc:  # a KeyboardInterrupt, which typer turns into exit 130 without a word
+        raise Interrupted(exc.message, signal.SIGINT) from None
     finally:
         if printer is not None:
             printer.stop()

@@ -76,3 +76,12 @@ class Interrupted(ThawingError):
     def __init__(self, message: str, signal_number: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signal_number
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second SIGINT while training waited for an update boundary: training stops at once, without a checkpoint of
+    its own. A KeyboardInterrupt still (so nothing catches it on the way out); the CLI prints it and exits 130."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

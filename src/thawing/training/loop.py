@@ -74,7 +74,7 @@ def _train(config: RunConfig, run_dir: str | None, callbacks: Sequence[Callback]
            encoder: Encoder | None, resume: str | Path | None, allow: Sequence[str]) -> RunDir:
     ctx, plan, groups = start(config, run_dir, callbacks, run_optional, encoder, resume, allow)
     state, run = ctx.state, ctx.run
-    with ctx.lock, stop_requests() as ctx.stop, closing(ctx.trackers):
+    with ctx.lock, stop_requests(run.path, run.checkpoints) as ctx.stop, closing(ctx.trackers):
         if not state.probes:  # the pretrained encoder's values (a resumed run has them logged already)
             ctx.probe(metric_lines.START, groups)
         for stage in plan[state.stages_done :] if not state.plan_stopped else []:
@@ -107,7 +107,7 @@ def _train(config: RunConfig, run_dir: str | None, callbacks: Sequence[Callback]
                 if config.train.checkpoint:
                     checkpoint.save(run, ctx.model, state, rng)
             agreed_stop(ctx)
-            if ctx.stop.requested and not state.plan_stopped and state.stages_done < len(plan):
+            if ctx.stop.requested:  # the last stage too: finishing (test split, final/, report) is left to --resume
                 raise signals.interrupted(ctx, stage)
             if state.plan_stopped:
                 break

@@ -36,8 +36,10 @@ def nonfinite_update(ctx, stage, batches: list, losses: list[float]) -> None:
         log.warning("%s: %s; update skipped (%d of at most %d)", where, what, p.nonfinite, cfg.nonfinite_limit)
         return
     limit = f" after {p.nonfinite} skipped updates (train.nonfinite_limit)" if cfg.nonfinite == "skip" else ""
-    raise NonFiniteError(f"{where}: {what}{limit}. The run stopped; its last checkpoint is kept in "
-                         f"{ctx.run.checkpoints}. Lower the learning rates, or set train.nonfinite: skip")
+    kept = (f"its last checkpoint is kept in {ctx.run.checkpoints}" if ctx.run.checkpoints.is_dir()
+            else "it had written no checkpoint yet")
+    raise NonFiniteError(f"{where}: {what}{limit}. The run stopped; {kept}. Lower the learning rates, or set "
+                         "train.nonfinite: skip")
 
 
 class TrainingRecords:

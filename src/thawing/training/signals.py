@@ -1,5 +1,6 @@
-"""SIGINT and SIGTERM during training: the first one asks the loop to stop at the next update boundary, after a
-checkpoint; a second SIGINT stops at once (Python's KeyboardInterrupt)."""
+"""SIGINT and SIGTERM during training: the first one asks the loop to stop at the next update boundary (or the end of
+the stage: the last stage included), after a checkpoint; a second SIGINT stops at once (a KeyboardInterrupt that says
+how to resume from the last checkpoint)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
-from thawing.errors import Interrupted
+from thawing.errors import Interrupted, StoppedAtOnce
 
 
 class StopRequest:
@@ -22,17 +24,24 @@ class StopRequest:
 
 
 @contextlib.contextmanager
-def stop_requests() -> Iterator[StopRequest]:
+def stop_requests(run: Path, checkpoints: Path) -> Iterator[StopRequest]:
     """Catch SIGINT and SIGTERM for the block (main thread only: elsewhere Python cannot install handlers, and the
-    block runs with the process's own handling)."""
+    block runs with the process's own handling). `run` is the run directory a resume names; `checkpoints` its
+    checkpoints' folder."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
 
+    def at_once(number, frame):  # noqa: ARG001 (a signal handler's signature)
+        kept = (f"its last checkpoint is kept in {checkpoints}" if checkpoints.is_dir()
+                else "no checkpoint had been written yet, so it starts again")
+        raise StoppedAtOnce(f"SIGINT twice: training stopped at once; {kept}. Resume with: thawing train --resume "
+                            f"{run}")
+
     def handle(number, frame):  # noqa: ARG001 (a signal handler's signature)
         request.signal = number
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C does not wait
+        signal.signal(signal.SIGINT, at_once)  # a second Ctrl-C does not wait
 
     previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
