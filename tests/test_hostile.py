@@ -66,3 +66,13 @@ def test_a_transfer_probe_may_limit_one_split(tmp_path):
     train, test = write_jsonl(tmp_path / "a.jsonl", rows), write_jsonl(tmp_path / "b.jsonl", rows)
     probe = load_probe("p", ProbeConfig(type="transfer", data={"train": train, "test": test}, limit={"train": 4}))
     assert probe.n_train == 4 and len(probe.texts) == 4 + 12  # the test split read whole
+
+
+def test_a_folder_of_unreadable_files_is_an_input_error_naming_the_folder(tmp_path):
+    pytest.importorskip("datasets")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "part.jsonl").write_text('{"text": "a fine film", "label": "pos"}\n{"text": \n')
+    with pytest.raises(InputError, match="cannot be read as one") as caught:
+        load_task("t", _task(folder))
+    assert str(folder) in str(caught.value)

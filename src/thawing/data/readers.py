@@ -220,6 +220,11 @@ def _read_hf(path: str | Path, split: str | None, subset: str | None, hf_split: 
     except (FileNotFoundError, ValueError, ConnectionError) as exc:
         hint = " (hf_subset names a subset, hf_split a split)" if isinstance(exc, ValueError) else ""
         raise InputError(f"cannot load Hugging Face dataset: {exc}{hint}", path=path) from None
+    except datasets.exceptions.DatasetBuildError as exc:  # a folder of files datasets cannot parse: say why
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise InputError(f"a folder is read as a Hugging Face dataset, and its files cannot be read as one{cause}; "
+                         "give a data file (.jsonl, .csv, .tsv, .conll) or a folder written by save_to_disk",
+                         path=path) from None
     if isinstance(loaded, datasets.DatasetDict):
         names = (hf_split,) if hf_split is not None else HF_SPLITS.get(split or "train", (split,))
         name = next((n for n in names if n in loaded), None)
