@@ -111,12 +111,24 @@ def test_hidden_files_are_not_compared(run):
     assert thawing.load(run).tasks["sentiment"].labels == ["negative", "positive"]
 
 
-def test_a_model_without_a_manifest_loads_with_a_warning(run, caplog):
+def test_a_model_without_its_manifest_is_refused_unless_told_not_to_verify(run, tmp_path, caplog):
+    """A deleted manifest must not turn the checks off: reordered labels would then predict wrong labels silently."""
     (run / "final" / "manifest.json").unlink()
+    with pytest.raises(InputError, match="no manifest.json") as caught:
+        thawing.load(run)
+    assert "--no-verify" in str(caught.value) and str(run / "final") in str(caught.value)
+    for args in (["evaluate", str(run), "--split", "dev"],
+                 ["predict", str(run), "-i", str(_texts(tmp_path)), "-o", str(tmp_path / "p.jsonl")]):
+        code, message = invoke(*args)
+        assert code == 2 and "no manifest.json" in message and "Traceback" not in message, (args[0], message)
+    assert not (tmp_path / "p.jsonl").exists()
     with caplog.at_level(logging.WARNING, logger="thawing.api"):
-        model = thawing.load(run)
-    assert "has no manifest.json" in caplog.text and str(run / "final") in caplog.text
+        model = thawing.load(run, verify=False)
+    assert "without checking" in caplog.text and str(run / "final") in caplog.text
     assert model.predict(["the movie was great"], task="sentiment")[0]["label"] in ("negative", "positive")
+    code, message = invoke("predict", str(run), "-i", str(_texts(tmp_path)), "-o", str(tmp_path / "p.jsonl"),
+                           "--no-verify")
+    assert code == 0 and len((tmp_path / "p.jsonl").read_text().splitlines()) == 2, message
 
 
 # ------------------------------------------------------------------------------------------ damaged files, no manifest
@@ -147,11 +159,11 @@ DAMAGE = {
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_files_of_a_run_without_manifest_exit_2_naming_the_file(run, tmp_path, damage):
-    (run / "final" / "manifest.json").unlink()  # a run saved before manifests: the files' own checks speak
+    (run / "final" / "manifest.json").unlink()  # loaded unchecked (--no-verify): the files' own checks speak
     edit, expected = DAMAGE[damage]
     edit(run / "final")
-    for args in (["evaluate", str(run), "--split", "dev"],
-                 ["predict", str(run), "-i", str(_texts(tmp_path)), "-o", str(tmp_path / "p.jsonl")]):
+    for args in (["evaluate", str(run), "--split", "dev", "--no-verify"],
+                 ["predict", str(run), "-i", str(_texts(tmp_path)), "-o", str(tmp_path / "p.jsonl"), "--no-verify"]):
         code, message = invoke(*args)
         assert code == 2 and expected in message and "Traceback" not in message, (args[0], message)
         assert str(run / "final") in message

@@ -121,7 +121,7 @@ class TrainedModel:
         return inference.score(self.tasks[task], logits, [e.label for e in examples])
 
 def load(model: str | Path, device: str = "auto", mixed_precision: str = "auto", packing: bool | None = None,
-         trust_remote_code: bool = False, revision: str | None = None) -> TrainedModel:
+         trust_remote_code: bool = False, revision: str | None = None, verify: bool = True) -> TrainedModel:
     """Load a trained model into a `TrainedModel`, on a runtime resolved as for `thawing embed` (auto: a GPU in bf16
     with varlen packing where there is one; CPU in fp32 otherwise).
 
@@ -130,9 +130,10 @@ def load(model: str | Path, device: str = "auto", mixed_precision: str = "auto",
     with HF_HUB_OFFLINE=1). A local folder of that name takes precedence over the repo.
 
     `manifest.json` is checked first: a file changed since training (or a label list in another order) is refused,
-    in a download as in a run. A model saved before manifests existed loads with a warning. `trust_remote_code`
-    runs an encoder's own modeling code (a run trained with `model.trust_remote_code: true`); it is never taken from
-    the model's files. `revision` is a branch, tag or commit of the repo (a repo id only).
+    in a download as in a run. Every thawing version writes one, so a model without it is refused too (a deleted
+    manifest would otherwise turn every check off); `verify=False` loads a model unchecked, with a warning.
+    `trust_remote_code` runs an encoder's own modeling code (a run trained with `model.trust_remote_code: true`); it
+    is never taken from the model's files. `revision` is a branch, tag or commit of the repo (a repo id only).
 
     Raises:
         InputError: for a folder that holds no trained model, a damaged or changed one.
@@ -149,8 +150,12 @@ def load(model: str | Path, device: str = "auto", mixed_precision: str = "auto",
         raise InputError(f"no trained model here{where} (expected final/tasks.json, or tasks.json in a model folder; "
                          "a plain sentence encoder loads with thawing.load_encoder)", path=folder)
     specs = task_specs(run.read_json(run.tasks), run.tasks)
-    if not run.verify_final({t: s.labels for t, s in specs.items()}):
-        log.warning("%s has no manifest.json (saved by an older thawing): its files cannot be checked", run.final)
+    if not verify:
+        log.warning("%s: loaded without checking its files against manifest.json (verify=False)", run.final)
+    elif not run.verify_final({t: s.labels for t, s in specs.items()}):
+        raise InputError("no manifest.json, so its files cannot be checked against the model that was trained (every "
+                         "thawing writes one: a model without it was changed after training); load it unchecked "
+                         "with --no-verify (thawing.load(..., verify=False)) if you trust it", path=run.final)
     encoder = load_encoder(str(run.encoder_dir), trust_remote_code=trust_remote_code)
     multitask = MultiTaskModel(encoder, specs)
     _load_heads(multitask, run)

@@ -26,6 +26,8 @@ app = typer.Typer(
 console = Console(stderr=True)
 _MODEL_HELP = "A run directory (or its final/ folder), or the Hugging Face repo id of a pushed model."
 _TRUST_HELP = "Run the encoder's own modeling code (a run trained with model.trust_remote_code: true)."
+_NO_VERIFY_HELP = ("Load a model whose final/ has no manifest.json, unchecked (every thawing writes one; without it a "
+                   "changed file or a reordered label list goes unnoticed).")
 
 
 def _print_version(value: bool) -> None:
@@ -246,6 +248,7 @@ def evaluate(
     ),
     output: Path | None = typer.Option(None, help="Also write the metrics to this JSON file."),
     trust_remote_code: bool = typer.Option(False, help=_TRUST_HELP),
+    no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP),
 ) -> None:
     """Evaluate a trained run on a split of its tasks' data, or on other files."""
     if output is not None:  # before the model stack is imported (seconds): a refusal comes at once
@@ -269,7 +272,7 @@ def evaluate(
     if cfg is None and not overrides:
         raise InputError(f"'{run_dir}' has no run config (config.yaml) to find its data in: give --data task=FILE "
                          "for the tasks to evaluate (fields: text and label, or tokens and tags)")
-    model = load(str(folder), trust_remote_code=trust_remote_code)
+    model = load(str(folder), trust_remote_code=trust_remote_code, verify=not no_verify)
     unknown = set(overrides) - set(model.tasks)
     if unknown:
         raise InputError(f"--data names unknown task(s) {', '.join(sorted(unknown))}; tasks: {', '.join(model.tasks)}")
@@ -306,6 +309,7 @@ def predict(
     text_field: str = typer.Option("text", help="Field holding the text in .jsonl/.csv/.tsv input."),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     trust_remote_code: bool = typer.Option(False, help=_TRUST_HELP),
+    no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP),
 ) -> None:
     """Predict labels and probabilities (or entity spans) for each input text."""
     _check_output(output, overwrite, (input, run_dir))  # before the model stack is imported: a refusal comes at once
@@ -316,7 +320,7 @@ def predict(
     from thawing.store.atomic import atomic_path
 
     texts = read_texts(input, text_field=text_field)
-    model = load(run_dir, trust_remote_code=trust_remote_code)
+    model = load(run_dir, trust_remote_code=trust_remote_code, verify=not no_verify)
     predictions = model.predict(texts, task=task)
     if task:
         predictions = {task: predictions}
@@ -466,12 +470,13 @@ def export(
     ),
     overwrite: bool = typer.Option(False, help="Replace an earlier export in that folder."),
     trust_remote_code: bool = typer.Option(False, help=_TRUST_HELP),
+    no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP),
 ) -> None:
     """Export a trained run as one ONNX graph (encoder, embedding and every head); prints the folder."""
     from thawing.deploy.export import export_run
 
     path = export_run(run_dir, output, format=format_, quantize=quantize, overwrite=overwrite,
-                      trust_remote_code=trust_remote_code)
+                      trust_remote_code=trust_remote_code, verify=not no_verify)
     console.print(f"exported {run_dir} as ONNX to {path}", markup=False, highlight=False)
     print(path)
 
@@ -539,6 +544,7 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn's log level: critical, error, warning, info, debug."),
     docs: bool = typer.Option(True, "--docs/--no-docs", help="Serve GET /docs (the API page) and /openapi.json."),
     trust_remote_code: bool = typer.Option(False, help=_TRUST_HELP),
+    no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP),
 ) -> None:
     """Serve a trained run over HTTP: POST /predict, POST /embed, GET /health, GET /info (JSON), GET /docs."""
     from thawing.deploy.serve import LOG_LEVELS, ServeSettings, listen, require_dependencies
@@ -553,7 +559,7 @@ def serve(
     from thawing.deploy.serve import serve as run_server
 
     with sock:
-        model = load(run_dir, device=device, trust_remote_code=trust_remote_code)
+        model = load(run_dir, device=device, trust_remote_code=trust_remote_code, verify=not no_verify)
         port = sock.getsockname()[1]
         console.print(f"serving {run_dir} ({', '.join(model.tasks)}) on http://{host}:{port}", markup=False,
                       soft_wrap=True)  # one line, whatever the width: scripts read the port from it

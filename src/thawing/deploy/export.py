@@ -67,7 +67,7 @@ class ExportGraph(nn.Module):
 
 
 def export_run(run_dir: str | Path, output: str | Path, format: str = "onnx", quantize: str | None = None,
-               overwrite: bool = False, trust_remote_code: bool = False) -> Path:
+               overwrite: bool = False, trust_remote_code: bool = False, verify: bool = True) -> Path:
     """Export the trained model of `run_dir` (a run directory, its final/ folder, or a Hugging Face repo id, as
     `thawing.load` takes them) into the new folder `output`.
 
@@ -93,7 +93,8 @@ def export_run(run_dir: str | Path, output: str | Path, format: str = "onnx", qu
     output = Path(output)
     check_output(output, [run_dir], overwrite, marker=ONNX_META)
     onnx, onnxruntime = require_onnx()
-    trained = load(run_dir, device="cpu", mixed_precision="no", packing=False, trust_remote_code=trust_remote_code)
+    trained = load(run_dir, device="cpu", mixed_precision="no", packing=False, trust_remote_code=trust_remote_code,
+                   verify=verify)
     graph = ExportGraph(trained.model).float().eval()
     names = output_names(graph.tasks)
     encoder = trained.model.encoder
