@@ -6,6 +6,7 @@ Run: `.venv/bin/python -m pytest -q tests/test_serve.py`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -22,7 +23,7 @@ from typer.testing import CliRunner
 
 import thawing
 from thawing.config import parse_config
-from thawing.deploy.serve import ServeSettings, build_app, listen
+from thawing.deploy.serve import ServeSettings, build_app, build_server, listen
 from thawing.errors import ThawingError
 from thawing.training.loop import train
 
@@ -142,21 +143,27 @@ def test_settings_are_checked():
 # ------------------------------------------------------------------------------------------ a real server
 
 
-@pytest.fixture(scope="module")
-def server(model):
-    """uvicorn on a free port of 127.0.0.1, in a thread; requests wait up to 300 ms for company."""
+@contextlib.contextmanager
+def _serving(model, settings):
+    """The command's uvicorn server on a free port of 127.0.0.1, in a thread; yields its URL, server and thread."""
     sock = listen("127.0.0.1", 0)
-    app = build_app(model, ServeSettings(max_batch=64, max_wait_ms=300, max_texts=8))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    srv = build_server(model, settings, log_level="warning")
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
     assert srv.started
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", srv, thread
     srv.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    """A real server whose requests wait up to 300 ms for company."""
+    with _serving(model, ServeSettings(max_batch=64, max_wait_ms=300, max_texts=8)) as (url, _, _):
+        yield url
 
 
 def test_concurrent_clients_are_batched_and_bad_requests_stay_apart(server, model):
@@ -187,6 +194,57 @@ def test_concurrent_clients_are_batched_and_bad_requests_stay_apart(server, mode
     assert stats["predict"]["requests"] == len(good)
     assert stats["predict"]["batches"] < len(good)
     assert stats["rejected"] == len(bad)
+
+
+def _closed_within(conn: socket.socket, seconds: float, trickle: bytes = b"") -> float | None:
+    """Seconds until the server closes `conn` while the client sends `trickle` a byte every 0.1 s (None: still open
+    after `seconds`)."""
+    conn.settimeout(0.1)
+    start = time.monotonic()
+    sent = 0
+    while time.monotonic() - start < seconds:
+        if sent < len(trickle):
+            with contextlib.suppress(OSError):
+                conn.sendall(trickle[sent : sent + 1])
+            sent += 1
+        try:
+            if conn.recv(1024) == b"":
+                return time.monotonic() - start
+        except TimeoutError:
+            continue
+        except OSError:  # reset by the server
+            return time.monotonic() - start
+    return None
+
+
+def test_slow_and_silent_connections_are_closed_but_answered_requests_are_not(model):
+    """Slowloris: a connection that never sends a request, or sends it a byte at a time, holds a socket forever
+    unless the server sets a deadline; a request the model takes long to answer is not cut by it."""
+    with _serving(model, ServeSettings(request_timeout_s=1.0, max_wait_ms=1500)) as (url, _, _):
+        port = int(url.rsplit(":", 1)[1])
+        head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port)) as silent, \
+                socket.create_connection(("127.0.0.1", port)) as slow:
+            assert _closed_within(silent, 8) is not None
+            assert _closed_within(slow, 8, trickle=head + b'{"texts": ["a b"]}') is not None
+        # waits 1.5 s for company in the server (past the 1 s deadline), then is answered on the same connection
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for _ in range(2):
+                assert http.post("/predict", json={"texts": TEXTS[:2]}).status_code == 200
+
+
+def test_shutdown_waits_for_requests_in_flight_at_most_the_graceful_timeout(model):
+    with _serving(model, ServeSettings(max_wait_ms=15_000, graceful_timeout_s=1)) as (url, srv, thread), \
+            ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, f"{url}/predict", json={"texts": TEXTS[:1]}, timeout=30)
+        time.sleep(0.5)  # the request waits in the server's micro-batch queue
+        start = time.monotonic()
+        srv.should_exit = True  # what uvicorn's SIGTERM handler sets
+        thread.join(timeout=20)
+        stopped = time.monotonic() - start
+        with contextlib.suppress(httpx.HTTPError):
+            pending.result()
+    assert stopped < 6  # the graceful timeout (1 s) cut the wait; without one it waits for the answer (~15 s)
 
 
 # ------------------------------------------------------------------------------------------ the command

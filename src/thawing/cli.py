@@ -543,6 +543,10 @@ def serve(
     device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu, cuda or mps."),
     log_level: str = typer.Option("info", help="uvicorn's log level: critical, error, warning, info, debug."),
     docs: bool = typer.Option(True, "--docs/--no-docs", help="Serve GET /docs (the API page) and /openapi.json."),
+    request_timeout: float = typer.Option(10.0, help="Seconds a client has to send a whole request; a slower "
+                                          "connection (or one that sends nothing) is closed."),
+    graceful_timeout: int = typer.Option(30, min=0, help="On SIGTERM or Ctrl-C, seconds that requests in flight get "
+                                         "to be answered before the server stops."),
     trust_remote_code: bool = typer.Option(False, help=_TRUST_HELP),
     no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP),
 ) -> None:
@@ -553,7 +557,8 @@ def serve(
     if log_level not in LOG_LEVELS:
         raise InputError(f"--log-level '{log_level}': choose {', '.join(LOG_LEVELS)}")
     settings = ServeSettings(max_batch=max_batch, batch_size=batch_size, max_wait_ms=max_wait_ms, max_texts=max_texts,
-                             max_text_bytes=max_text_bytes, max_queue=max_queue, threads=threads, docs=docs)
+                             max_text_bytes=max_text_bytes, max_queue=max_queue, threads=threads, docs=docs,
+                             request_timeout_s=request_timeout, graceful_timeout_s=graceful_timeout)
     sock = listen(host, port)
     from thawing.api import load
     from thawing.deploy.serve import serve as run_server

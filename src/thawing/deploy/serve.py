@@ -56,6 +56,10 @@ class ServeSettings:
     max_queue: int = 4_096  # texts waiting for the model, all requests together
     threads: int | None = None  # torch CPU threads of the model thread (None: torch's default, one per core)
     docs: bool = True  # GET /docs (the interactive API page) and /openapi.json (the schema), as FastAPI serves them
+    # Seconds a client has to send a whole request (head and body) from the connection opening or its previous
+    # response; a slower one is closed (deadline.py). Keep-alive connections idle past uvicorn's 5 s close as before.
+    request_timeout_s: float = 10.0
+    graceful_timeout_s: int = 30  # on SIGTERM or Ctrl-C, requests in flight get this long to be answered
 
     def __post_init__(self) -> None:
         problems = [f"{name} must be positive" for name in ("max_batch", "batch_size", "max_texts", "max_text_bytes",
@@ -65,6 +69,10 @@ class ServeSettings:
             problems.append("threads must be positive")
         if self.max_wait_ms < 0:
             problems.append("max_wait_ms must be 0 or more")
+        if not 0 < self.request_timeout_s < float("inf"):
+            problems.append("request_timeout_s must be a positive number of seconds")
+        if self.graceful_timeout_s < 0:
+            problems.append("graceful_timeout_s must be 0 or more")
         if self.max_queue < self.max_texts:
             problems.append(f"max_queue ({self.max_queue}) must hold at least one full request ({self.max_texts})")
         if problems:
@@ -409,10 +417,21 @@ def listen(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
 def serve(model: TrainedModel, sock: socket.socket, settings: ServeSettings | None = None,
           log_level: str = "info") -> None:
     """Serve `model` on a bound socket (`listen`) until interrupted: uvicorn, one process, the model in one thread."""
+    build_server(model, settings, log_level).run(sockets=[sock])
+
+
+def build_server(model: TrainedModel, settings: ServeSettings | None = None, log_level: str = "info") -> Any:
+    """The uvicorn server of `model`'s app, with the request deadline and the shutdown deadline of `settings`; run it
+    with `.run(sockets=[sock])`."""
     require_dependencies()
     import uvicorn
 
+    from thawing.deploy.deadline import deadline_protocol
+
     if log_level not in LOG_LEVELS:
         raise ThawingError(f"unknown log level '{log_level}'; choose {', '.join(LOG_LEVELS)}")
-    server = uvicorn.Server(uvicorn.Config(build_app(model, settings), log_level=log_level))
-    server.run(sockets=[sock])
+    settings = settings or ServeSettings()
+    config = uvicorn.Config(build_app(model, settings), log_level=log_level,
+                            http=deadline_protocol(settings.request_timeout_s),
+                            timeout_graceful_shutdown=settings.graceful_timeout_s)
+    return uvicorn.Server(config)
