@@ -360,3 +360,16 @@ def test_a_model_with_weights_that_are_not_finite_is_refused_at_load(run, tmp_pa
     out = tmp_path / "out.jsonl"
     code, message = invoke("predict", str(run), "-i", str(_texts(tmp_path)), "-o", str(out))
     assert code == 2 and "not finite" in message and not out.exists()
+
+
+@pytest.mark.parametrize("path", ["../../../elsewhere", "/tmp/elsewhere"])
+def test_a_module_path_outside_the_model_folder_is_refused(run, path):
+    """modules.json could otherwise load an encoder from files no manifest covers."""
+    modules = run / "final" / "encoder" / "modules.json"
+    entries = json.loads(modules.read_text())
+    entries[0]["path"] = path
+    modules.write_text(json.dumps(entries))
+    for load in (lambda: thawing.load(run, verify=False), lambda: thawing.load_encoder(str(run / "final" / "encoder"))):
+        with pytest.raises(ThawingError, match="leaves the model's folder") as caught:
+            load()
+        assert str(modules) in str(caught.value) and path in str(caught.value)

@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def _parse_modules(root: Path, modules: list[dict] | None) -> dict:
         log.info("%s has no modules.json: a plain transformers model, mean pooling", root)
         return layout
     for module in modules:
-        kind, path = module["type"], root / module.get("path", "")
+        kind, path = module["type"], root / _inside(root, module.get("path", ""))
         if kind.endswith(".Transformer"):
             layout["transformer"] = path
             cfg = path / "sentence_bert_config.json"
@@ -171,6 +172,17 @@ def _parse_modules(root: Path, modules: list[dict] | None) -> dict:
         else:
             raise ThawingError(f"{root / 'modules.json'}: unsupported sentence-transformers module '{kind}'")
     return layout
+
+
+def _inside(root: Path, path: str) -> str:
+    """A module's path in modules.json, which must stay inside the model's folder: one outside it would load files
+    that no manifest of the folder covers. Checked on the text, not resolved: a Hugging Face cache links its files
+    to blobs outside the snapshot folder."""
+    parts = Path(os.path.normpath(path or ".")).parts
+    if Path(path).is_absolute() or (parts and parts[0] == ".."):
+        raise ThawingError(f"{root / 'modules.json'}: module path '{path}' leaves the model's folder; a model's "
+                           "modules live inside it")
+    return path
 
 
 def _check_remote_code(path: Path, name: str, trust_remote_code: bool) -> None:
