@@ -171,6 +171,18 @@ def test_two_processes_with_ddp_train_the_one_process_model(bert, tmp_path):
     assert [s.get("boundary_cache") for s in stages] == [None, "layers.1", None] and stages[0]["cached"]
 
 
+def test_two_processes_asked_for_and_one_started_is_refused_before_a_run_directory(bert, tmp_path):
+    """accelerate's --cpu without --multi_cpu starts one process for --num_processes 2: say so, do not train alone."""
+    work = tmp_path / "launch"
+    work.mkdir()
+    path = write_config(_config(bert, tmp_path, SCHEDULE), tmp_path / "config.yaml")
+    result = _launch(["--cpu", "--num_processes", "2", "-m", "thawing", "train", str(path)], work)
+    # thawing's process exits 2 with its message; accelerate's launcher reports any failed command with a traceback
+    assert result.returncode != 0 and "returned non-zero exit status 2" in result.stderr, result.stderr[-3000:]
+    assert "error: accelerate started a single process" in result.stderr and "--multi_cpu" in result.stderr
+    assert not (work / "runs").exists()
+
+
 DRIVER = """
 import os, signal, sys
 from thawing.config import load_config

@@ -20,6 +20,8 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
+from thawing.errors import ThawingError
+
 T = TypeVar("T")
 
 
@@ -67,12 +69,24 @@ def init(device: str) -> int:
     `train.device`, which picks the backend (gloo on CPU, NCCL on GPUs) and, on GPUs, this process's own GPU, set
     before the model moves anywhere."""
     if world_size() == 1:
+        _refuse_a_lone_process()
         return 1
     import torch
     from accelerate.state import PartialState
 
     PartialState(cpu=device == "cpu" or not torch.cuda.is_available())  # several processes: CUDA GPUs, or CPUs
     return size()
+
+
+def _refuse_a_lone_process() -> None:
+    """`accelerate launch --cpu --num_processes 2` without `--multi_cpu` starts one plain process: accelerate's
+    simple launcher sets MASTER_ADDR/MASTER_PORT for the processes asked for and no RANK or WORLD_SIZE. Training on
+    would quietly use one process where the user asked for several (and record world_size 1)."""
+    asked = "MASTER_PORT" in os.environ and "ACCELERATE_USE_CPU" in os.environ and "RANK" not in os.environ
+    if asked:
+        raise ThawingError("accelerate started a single process although several were asked for (its launcher "
+                           "sets MASTER_PORT but no RANK): on CPU, pass --multi_cpu with --num_processes N (or use "
+                           "--num_processes 1)")
 
 
 def leave(finished: bool) -> None:
