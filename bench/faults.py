@@ -4,7 +4,8 @@ Points are drawn with a seed from these kinds, spread over the run:
 - time: a random moment of the run (startup, caching, a stage, an evaluation, finishing);
 - stage-checkpoint / stage-boundary-checkpoint: while a checkpoint folder is being written (its `.tmp` exists);
 - swap: while a checkpoint's previous folder waits aside (`.old` exists: between the two renames);
-- final: while final/ is being written; results: after final/ is in place, before results.json.
+- final: while final/ is being written; results: after final/ is in place, before results.json;
+- cache: while an entry of the feature cache is being written (its `.KEY.*` folder exists).
 A watcher polls the run directory and kills the whole process group the moment the point is reached. Each killed run
 is resumed with `thawing train --resume` (a run killed before its directory had a config is started again), and
 results.json, metrics.jsonl (less the training records' clock fields), the heads, the encoder weights and the label
@@ -38,7 +39,7 @@ from report import write_report  # noqa: E402
 DATA = Path(os.environ.get("THAWING_DATASETS", REPO.parent / "shared" / "datasets"))
 COMPARED = ["results.json", "metrics.jsonl", "final/heads.safetensors", "final/encoder/model.safetensors",
             "final/labels.json", "final/tasks.json"]
-KINDS = ["time", "stage-checkpoint", "stage-boundary-checkpoint", "swap", "final", "results"]
+KINDS = ["time", "stage-checkpoint", "stage-boundary-checkpoint", "swap", "final", "results", "cache"]
 
 
 def config(model: str, n: int) -> dict:
@@ -60,9 +61,11 @@ def config(model: str, n: int) -> dict:
     }
 
 
-def reached(kind: str, run: Path, since: float, at: float) -> bool:
-    """Whether the run has reached the point: a moment, or a file state the run goes through."""
+def reached(kind: str, run: Path, cache: Path, since: float, at: float) -> bool:
+    """Whether the run has reached the point: a moment, or a file state the run (or its feature cache) goes through."""
     checkpoints = run / "checkpoints"
+    if kind == "cache":
+        return writing_cache(cache)
     if kind == "time":
         return time.monotonic() - since >= at
     if kind == "stage-checkpoint":
@@ -76,6 +79,15 @@ def reached(kind: str, run: Path, since: float, at: float) -> bool:
     return (run / "final").is_dir() and not (run / "results.json").exists()
 
 
+def writing_cache(root: Path) -> bool:
+    """Whether an entry of the cache under `root` (root/KEY[:2]/KEY) is being written: its temporary `.KEY.*`."""
+    try:
+        shards = [entry.path for entry in os.scandir(root) if entry.is_dir()]
+        return any(name.startswith(".") for shard in shards for name in os.listdir(shard))
+    except FileNotFoundError:  # not made yet, or a shard removed under us
+        return False
+
+
 def train(args: list[str], env: dict, kill: tuple[str, Path, float] | None = None) -> dict:
     """Run `thawing train ARGS` in its own process group; with `kill`, SIGKILL it at that point."""
     began = time.monotonic()
@@ -83,7 +95,7 @@ def train(args: list[str], env: dict, kill: tuple[str, Path, float] | None = Non
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     killed = False
     while proc.poll() is None:
-        if kill and reached(kill[0], kill[1], began, kill[2]):
+        if kill and reached(kill[0], kill[1], Path(env["THAWING_CACHE"]), began, kill[2]):
             os.killpg(proc.pid, signal.SIGKILL)
             killed = True
             break

@@ -1,6 +1,7 @@
 """Fault injection in small: bench/faults.py kills a real `thawing train` process (SIGKILL) inside a stage
-checkpoint's write, while final/ is written, and between final/ and results.json; each resumed run must
-end byte-identical to the uninterrupted one. (The full tool draws 20 points: docs/benchmarks.md.)
+checkpoint's write, while final/ is written, between final/ and results.json, and inside a feature-cache entry's
+write; each resumed run must end byte-identical to the uninterrupted one. (The full tool draws 21 points:
+docs/benchmarks.md.)
 
 Run: `.venv/bin/python -m pytest -q tests/test_faults.py`
 """
@@ -23,12 +24,12 @@ def test_killed_runs_resume_to_identical_results(tiny_bert_dir, datasets_dir, tm
         pytest.skip("../shared/datasets is not here")
     out = tmp_path / "faults.json"
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "faults.py"), "--model", str(tiny_bert_dir), "--points", "3",
-         "--examples", "48", "--kinds", "stage-checkpoint,final,results", "--workdir", str(tmp_path / "work"),
+        [sys.executable, str(REPO / "bench" / "faults.py"), "--model", str(tiny_bert_dir), "--points", "4",
+         "--examples", "48", "--kinds", "stage-checkpoint,final,results,cache", "--workdir", str(tmp_path / "work"),
          "--output", str(out)],
         env={**os.environ, "THAWING_DATASETS": str(datasets_dir)}, capture_output=True, text=True,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["points"] == 3 and report["killed"] == 3, report["rows"]
-    assert report["identical"] == 3, report["rows"]
+    assert report["points"] == 4 and report["killed"] == 4, report["rows"]
+    assert report["identical"] == 4, report["rows"]

@@ -209,10 +209,15 @@ class TaskConfig(_Strict):
         return self
 
 
+# Past this a rate is a typo: Adam's steps would be the size of the weights, and a rate past float32's range (3e38)
+# overflowed inside the optimizer with a traceback.
+MAX_LR = 10.0
+
+
 class LearningRates(_Strict):
-    heads: float = Field(3.0e-2, gt=0)  # tuned for linear heads on frozen MiniLM (TREC/SST-2 train+dev)
-    encoder: float = Field(2.0e-5, gt=0)
-    projection: float | None = Field(None, gt=0)  # None: same as heads
+    heads: float = Field(3.0e-2, gt=0, le=MAX_LR)  # tuned for linear heads on frozen MiniLM (TREC/SST-2 train+dev)
+    encoder: float = Field(2.0e-5, gt=0, le=MAX_LR)
+    projection: float | None = Field(None, gt=0, le=MAX_LR)  # None: same as heads
 
 
 class SamplingConfig(_Strict):
@@ -306,9 +311,9 @@ class TrainConfig(_Strict):
 
 
 class StageRates(_Strict):
-    heads: float | None = Field(None, gt=0)
-    encoder: float | None = Field(None, gt=0)  # the top trainable layer's rate; lower layers decay
-    projection: float | None = Field(None, gt=0)
+    heads: float | None = Field(None, gt=0, le=MAX_LR)
+    encoder: float | None = Field(None, gt=0, le=MAX_LR)  # the top trainable layer's rate; lower layers decay
+    projection: float | None = Field(None, gt=0, le=MAX_LR)
 
 
 class EarlyStopping(_Strict):

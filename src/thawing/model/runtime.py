@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from thawing import distributed
-from thawing.errors import ThawingError
+from thawing.errors import ConfigError, ThawingError
 from thawing.model import packing
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,9 @@ def resolve_for_training(config, prep, sharded: bool = False) -> Runtime:
 
     cfg = config.train
     encoder = prep.model.encoder
+    if cfg.pad_to_multiple_of and cfg.pad_to_multiple_of > encoder.max_length:  # a batch padded past the positions
+        raise ConfigError(f"train.pad_to_multiple_of: {cfg.pad_to_multiple_of} is more than the model's maximum "
+                          f"length ({encoder.max_length} tokens); choose a multiple such as 8 or 64")
 
     def sample():
         feats = next(iter(prep.features.values()))["train"]
