@@ -1,0 +1,364 @@
+"""`thawing tune`: search freezing plans for the config's tasks on Optuna, one training run per trial.
+
+Each trial samples a plan (`tune_space.py`), trains it with the config's tasks, data and model in
+`<tune>/trials/trial-<n>/` (dev only: the test split is left out, and no checkpoints), and reports the best dev
+score after each stage to the trial, so a pruner (median, Hyperband) stops the trials that cannot win; a pruned run
+never writes final/. The objectives: the dev selection score (always, maximized), and on demand the stages' wall
+time, a device-independent cost (trained examples x trainable parameters, summed over stages) and the retention of
+the config's probes. One objective: TPE with pruning. Several: TPE's multi-objective form, whose result is a Pareto
+front; Optuna prunes no multi-objective study.
+
+The study lives in Optuna storage: a journal file in the tune directory by default (several processes on one
+machine share it), or the database `storage` names (an RDB URL: workers on many machines). `resume` continues a
+study (a killed process's running trials are marked failed, and run again as new trials) or joins one from another
+process; `trials` counts the finished (completed or pruned) trials of the whole study. At the end, only the chosen
+trials (the best one; with several objectives, the Pareto front) keep final/, each scored once on the test split,
+and `tune_report.py` writes tune.json, best_plan.yaml and the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from thawing.config import RunConfig, StageConfig, TuneConfig, dump_config, load_config, parse_config
+from thawing.errors import ConfigError, InputError, NonFiniteError
+from thawing.store.run_dir import RunDir
+from thawing.study.tune_report import write_outputs
+from thawing.study.tune_space import corner_params, suggest_plan
+from thawing.training.events import Callback, ScenarioStarted, StageEnded, UpdateDone
+
+log = logging.getLogger(__name__)
+DIRECTIONS = {"score": "maximize", "time": "minimize", "cost": "minimize", "retention": "maximize"}
+RUN_AGAIN = ("trials", "timeout")  # tune settings a resumed study may change; the rest must stay as it started
+
+
+def optuna_module() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise InputError("thawing tune needs Optuna: pip install 'thawing[tune]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # thawing reports progress; Optuna's lines repeat it
+    return optuna
+
+
+def run_tune(config: RunConfig, tune_dir: str | Path | None = None, *, trials: int | None = None,
+             timeout: float | None = None, objectives: list[str] | None = None, storage: str | None = None,
+             study_name: str | None = None, resume: bool = False, callbacks: Sequence[Callback] = (),
+             pruner: Any = None) -> RunDir:
+    """Search plans for `config` (its `tune:` settings, overridden by the arguments); returns the tune directory
+    (default runs/<name>-tune). `pruner`: an Optuna pruner instead of `tune.pruner`'s.
+
+    Raises:
+        InputError: a new study on a tune directory that holds one (without `resume`), `resume` with none to continue,
+            a config that differs from the study's, a storage that cannot be opened.
+        ConfigError: a search space that does not fit the model (checked on every shape before anything trains).
+    """
+    optuna = optuna_module()
+    config = with_tune(config, trials, timeout, objectives)
+    settings: TuneConfig = config.tune  # type: ignore[assignment]
+    tune = RunDir(tune_dir or Path("runs") / f"{config.name}-tune")
+    num_layers = check_space(config, settings)
+    open_tune_dir(tune, config, resume)
+    study = open_study(optuna, tune, config, settings, storage, study_name or config.name, resume, pruner)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    left = settings.trials - len(study.get_trials(deepcopy=False, states=finished))
+    if left > 0:
+        objective = Objective(optuna, config, tune, num_layers, settings, list(callbacks))
+        study.optimize(objective, n_trials=left, timeout=settings.timeout, catch=(NonFiniteError,),
+                       callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=finished)])
+    write_outputs(tune, study, config, keep_chosen(study, tune, config))
+    return tune
+
+
+def with_tune(config: RunConfig, trials: int | None, timeout: float | None, objectives: list[str] | None
+              ) -> RunConfig:
+    """The config with its `tune:` settings (defaults where it has none) and the command line's, validated whole (a
+    retention objective needs a probe)."""
+    raw = config.model_dump(mode="json", exclude_unset=True)
+    tune = raw.get("tune") or {}
+    tune.update({k: v for k, v in (("trials", trials), ("timeout", timeout), ("objectives", objectives))
+                 if v is not None})
+    raw["tune"] = tune
+    return parse_config(raw, source="tune")
+
+
+def trial_config(config: RunConfig, stages: list[StageConfig]) -> RunConfig:
+    """A trial's config: the stages it tries, no test split (trials are chosen on dev; the test split is scored once,
+    for the chosen ones), no checkpoints (a trial cut short runs again as a new trial) and no `tune:`."""
+    raw = config.model_dump(mode="json", exclude_unset=True)
+    raw.pop("tune", None)
+    raw["schedule"] = [s.model_dump(mode="json", exclude_unset=True) for s in stages]
+    raw["run_optional"] = False
+    raw.setdefault("train", {})["checkpoint"] = False
+    for task in raw["tasks"].values():
+        task["data"]["test"] = None
+        task.get("limit", {}).pop("test", None)
+    return parse_config(raw, source="tune trial")
+
+
+def check_space(config: RunConfig, settings: TuneConfig) -> int:
+    """Every shape's plan resolved against the model (its knobs at both ends of their ranges), before anything
+    trains; returns the model's layer count."""
+    from optuna.trial import FixedTrial
+
+    from thawing.config.tasks import load_tasks
+    from thawing.model.freezing import layer_names
+    from thawing.model.groups import parameter_groups
+    from thawing.model.loading import load_encoder
+    from thawing.training.setup import build_model
+    from thawing.training.stages import build_plan
+
+    m = config.model
+    encoder = load_encoder(m.name, max_length=m.max_length, pooling=m.pooling, normalize=m.normalize,
+                           trust_remote_code=m.trust_remote_code, weights=False)
+    model = build_model(config, load_tasks(config.tasks, seed=config.train.seed), encoder)
+    groups = parameter_groups(model)
+    num_layers = len(layer_names(groups))
+    for shape in settings.space.shapes:
+        for high in (False, True):
+            params = corner_params(settings.space, num_layers, settings.objectives, list(shape), high)
+            try:
+                stages = suggest_plan(FixedTrial(params), settings.space, num_layers, settings.objectives)
+                build_plan(trial_config(config, stages), groups, False, model)
+            except ConfigError as exc:
+                raise ConfigError(f"tune.space.shapes: {'+'.join(shape)}: {exc}") from None
+    return num_layers
+
+
+def searched(config: RunConfig) -> dict:
+    """What a study is bound to: the config, but for the tune settings a resume may change."""
+    raw = config.model_dump(mode="json")
+    for key in RUN_AGAIN:
+        raw["tune"].pop(key, None)
+    return raw
+
+
+def open_tune_dir(tune: RunDir, config: RunConfig, resume: bool) -> None:
+    """A new tune directory with the config it searches with, or (`resume`) the existing one, whose config must
+    match this one."""
+    if not resume:
+        if tune.path.exists() and any(tune.path.iterdir()):
+            raise InputError("a tune is here already: --resume continues it (or joins it from another process); or "
+                             "choose another --tune-dir", path=tune.path)
+        tune.path.mkdir(parents=True, exist_ok=True)
+        from thawing.store.atomic import write_text
+
+        write_text(tune.tune_config, dump_config(config))
+        return
+    if not tune.tune_config.is_file():
+        raise InputError(f"no tune to resume here (no {tune.tune_config.name}); start one without --resume",
+                         path=tune.path)
+    before, now = searched(load_config(tune.tune_config)), searched(config)
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        raise InputError(f"the study was started with another config: {', '.join(changed)} differ (only "
+                         f"tune.{' and tune.'.join(RUN_AGAIN)} may change on --resume)", path=tune.tune_config)
+
+
+def open_study(optuna: Any, tune: RunDir, config: RunConfig, settings: TuneConfig, url: str | None, name: str,
+               resume: bool, pruner: Any) -> Any:
+    """The Optuna study: created, or loaded (`resume`) with the running trials of dead local processes failed."""
+    storage = open_storage(optuna, tune, url, resume)
+    single = len(settings.objectives) == 1
+    # The first process seeds the sampler (a reproducible start); others joining draw their own, or they would all
+    # try the same plans.
+    sampler = optuna.samplers.TPESampler(seed=None if resume else config.train.seed,
+                                         n_startup_trials=max(1, settings.startup_trials))
+    pruner = (pruner or make_pruner(optuna, settings)) if single else optuna.pruners.NopPruner()
+    if resume:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        except KeyError:
+            raise InputError(f"no study named '{name}' in the storage to resume", path=tune.path) from None
+        if study.user_attrs.get("objectives") != settings.objectives:
+            raise InputError(f"the study's objectives are {study.user_attrs.get('objectives')}, not "
+                             f"{settings.objectives}", path=tune.path)
+        fail_dead_trials(optuna, study, storage)
+        return study
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                    directions=[DIRECTIONS[o] for o in settings.objectives])
+    except optuna.exceptions.DuplicatedStudyError:
+        raise InputError(f"the storage holds a study named '{name}' already: --resume joins it, or give "
+                         "--study-name") from None
+    study.set_user_attr("objectives", settings.objectives)
+    return study
+
+
+def open_storage(optuna: Any, tune: RunDir, url: str | None, resume: bool) -> Any:
+    """A journal file in the tune directory, or the RDB `url` (with heartbeats: a killed worker's trials fail)."""
+    if url is None:
+        if resume and not tune.tune_journal.is_file():
+            raise InputError(f"no study to resume here (no {tune.tune_journal.name}); was it started with --storage?",
+                             path=tune.path)
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(tune.tune_journal)))
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    except (SQLAlchemyError, ValueError, ImportError) as exc:
+        raise InputError(f"--storage {url}: cannot open the study's database: {exc}") from None
+
+
+def make_pruner(optuna: Any, settings: TuneConfig) -> Any:
+    if settings.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials)
+    if settings.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def owner() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def fail_dead_trials(optuna: Any, study: Any, storage: Any) -> None:
+    """Mark failed the running trials whose process, on this machine, is gone (a killed `thawing tune`): they
+    would stay RUNNING forever in a journal file (a database's heartbeats fail its own)."""
+    here = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        who = trial.user_attrs.get("owner") or {}
+        if who.get("host") == here and not _alive(who.get("pid")):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(
+                storage.get_study_id_from_name(study.study_name), trial.number)
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            log.warning("trial %d was running in process %s, which is gone: marked failed", trial.number, who["pid"])
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+class Objective:
+    """One trial: a plan sampled, trained, measured."""
+
+    def __init__(self, optuna: Any, config: RunConfig, tune: RunDir, num_layers: int, settings: TuneConfig,
+                 callbacks: list[Callback]):
+        self.optuna, self.config, self.tune, self.num_layers = optuna, config, tune, num_layers
+        self.settings, self.callbacks = settings, callbacks
+
+    def __call__(self, trial: Any) -> tuple[float, ...]:
+        from thawing.training.loop import train
+
+        objectives = self.settings.objectives
+        stages = suggest_plan(trial, self.settings.space, self.num_layers, objectives)
+        run_dir = self.tune.trial_dir(trial.number)
+        trial.set_user_attr("owner", owner())
+        trial.set_user_attr("run", str(run_dir.relative_to(self.tune.path)))
+        trial.set_user_attr("plan", [s.model_dump(mode="json", exclude_unset=True) for s in stages])
+        for callback in self.callbacks:
+            callback(ScenarioStarted(f"trial {trial.number}: {trial.params['shape']}"))
+        meter = StageMeter(trial, self.optuna, prune=len(objectives) == 1)
+        started = time.perf_counter()
+        try:
+            run = train(trial_config(self.config, stages), run_dir=str(run_dir), callbacks=[meter, *self.callbacks])
+        finally:
+            trial.set_user_attr("wall_s", round(time.perf_counter() - started, 2))
+            trial.set_user_attr("stage_s", round(meter.stage_s, 2))
+            trial.set_user_attr("cost", meter.cost)
+        results = run.read_json(run.results)
+        values = {"score": results["score"], "time": meter.stage_s, "cost": float(meter.cost),
+                  "retention": retention(results)}
+        trial.set_user_attr("dev", results["tasks"])
+        return tuple(values[o] for o in objectives)
+
+
+class StageMeter:
+    """The training callback of a trial: stage time and cost, and the best dev score so far reported after each
+    stage (the step is the stage's index), pruning where the pruner says so."""
+
+    def __init__(self, trial: Any, optuna: Any, prune: bool):
+        self.trial, self.optuna, self.prune = trial, optuna, prune
+        self.stage_s, self.cost, self.examples, self.stages = 0.0, 0, 0, 0
+        self.best = float("-inf")
+
+    def __call__(self, event: Any) -> None:
+        if isinstance(event, UpdateDone):
+            self.examples += event.examples
+        if not isinstance(event, StageEnded):
+            return
+        summary = event.summary
+        self.stage_s += summary.get("wall_s", 0.0)
+        self.cost += self.examples * summary.get("trainable_params", 0)
+        self.examples, self.stages = 0, self.stages + 1
+        if summary.get("best_score") is not None:
+            self.best = max(self.best, summary["best_score"])
+        if self.prune and self.best > float("-inf"):
+            self.trial.report(self.best, self.stages)
+            if self.trial.should_prune():
+                raise self.optuna.TrialPruned(f"stage {event.stage}: best dev score {self.best:.4f} cannot win")
+
+
+def retention(results: dict) -> float:
+    """The mean retention (value over pretrained value) of the run's similarity and transfer probes."""
+    values = [v for probe in (results.get("probes") or {}).values() for k, v in probe.items()
+              if k.endswith("_retention") and isinstance(v, (int, float))]
+    if not values:
+        raise InputError("the retention objective found no probe retention in the trial's results")
+    return sum(values) / len(values)
+
+
+def keep_chosen(study: Any, tune: RunDir, config: RunConfig) -> list[int]:
+    """The chosen trials (the best; with several objectives, the Pareto front), each scored once on the test split;
+    every other finished trial's final/ removed (a copy of the model each). Returns the chosen trials' numbers."""
+    import optuna
+
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not done:
+        return []
+    chosen = [study.best_trial] if len(study.directions) == 1 else sorted(study.best_trials, key=lambda t: t.number)
+    numbers = [t.number for t in chosen]
+    for trial in study.get_trials(deepcopy=False):
+        run = RunDir(tune.path / trial.user_attrs.get("run", f"missing-{trial.number}"))
+        if trial.number in numbers:
+            if not run.trial_test.is_file() and run.final.is_dir():
+                run.write_json(run.trial_test, score_test(run, config))
+        elif trial.state != optuna.trial.TrialState.RUNNING:
+            shutil.rmtree(run.final, ignore_errors=True)
+    return numbers
+
+
+def score_test(run: RunDir, config: RunConfig) -> dict:
+    """A chosen trial's final model on each task's test split (from the tune's config: trials have none); tasks
+    without a test split are left out, and the selection score is given only when every task has one."""
+    from thawing.model.inference import featurize, score, split_examples, task_logits
+    from thawing.model.loading import load_encoder
+    from thawing.model.multitask import MultiTaskModel, TaskSpec
+    from thawing.model.runtime import resolve
+    from thawing.task_types.metrics import selection_score
+
+    specs = {task: TaskSpec(**spec) for task, spec in run.read_json(run.tasks).items()}
+    run.verify_final({task: spec.labels for task, spec in specs.items()})
+    encoder = load_encoder(str(run.encoder_dir), trust_remote_code=config.model.trust_remote_code)
+    model = MultiTaskModel(encoder, specs)
+    model.heads.load_state_dict(run.load_heads_state())
+    runtime = resolve(encoder, device=config.train.device, precision=config.train.mixed_precision, packing_=False,
+                      training=False)
+    model.to(runtime.device)
+    tasks = {}
+    for task, spec in specs.items():
+        examples = split_examples(config, task, spec.labels, "test")
+        if examples:
+            logits = task_logits(model, task, featurize(model, task, examples), config.train.eval_batch_size,
+                                 runtime.inference_max_tokens)
+            tasks[task] = score(spec, logits, [e.label for e in examples])
+    whole = set(tasks) == set(specs)
+    return {"tasks": tasks,
+            "score": selection_score(tasks, run.primary_metrics(), config.selection_metric) if whole else None}
