@@ -274,10 +274,10 @@ class Objective:
             trial.set_user_attr("stage_s", round(meter.stage_s, 2))
             trial.set_user_attr("cost", meter.cost)
         results = run.read_json(run.results)
-        values = {"score": results["score"], "time": meter.stage_s, "cost": float(meter.cost),
-                  "retention": retention(results)}
+        values = {"score": lambda: results["score"], "time": lambda: meter.stage_s,
+                  "cost": lambda: float(meter.cost), "retention": lambda: retention(results)}
         trial.set_user_attr("dev", results["tasks"])
-        return tuple(values[o] for o in objectives)
+        return tuple(values[o]() for o in objectives)
 
 
 class StageMeter:

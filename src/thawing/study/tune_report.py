@@ -25,7 +25,7 @@ def trial_rows(study: Any, tune: RunDir, objectives: list[str], chosen: list[int
         values = dict(zip(objectives, trial.values, strict=True)) if trial.values is not None else None
         row = {"number": trial.number, "state": trial.state.name.lower(), "params": trial.params, "values": values,
                "dev": attrs.get("dev"), "wall_s": attrs.get("wall_s"), "stage_s": attrs.get("stage_s"),
-               "cost": attrs.get("cost"), "run": attrs.get("run"), "plan": attrs.get("plan"),
+               "cost": attrs.get("cost"), "run": attrs.get("run"), "owner": attrs.get("owner"), "plan": attrs.get("plan"),
                "chosen": trial.number in chosen}
         test = RunDir(tune.path / attrs["run"]).trial_test if attrs.get("run") else None
         if row["chosen"] and test is not None and test.is_file():
