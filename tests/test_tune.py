@@ -116,7 +116,7 @@ def test_a_schedule_file_from_set_and_its_errors(tiny_bert_dir, tmp_path):
     with pytest.raises(ConfigError, match="schedule file 'nothere.yaml' is not found"):
         load_config(path, ["schedule=nothere.yaml"])
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump([{"name": "warm", "epocs": 2}]))
-    with pytest.raises(ConfigError, match=r"bad\.yaml.*schedule\.0\.epocs: unknown key \(did you mean 'epochs'"):
+    with pytest.raises(ConfigError, match=r"(?s)bad\.yaml.*schedule\.0\.epocs: unknown key \(did you mean 'epochs'"):
         load_config(path, ["schedule=bad.yaml"])
     (tmp_path / "empty.yaml").write_text("{}\n")
     with pytest.raises(ConfigError, match="non-empty list of stages"):
@@ -178,7 +178,7 @@ def test_several_objectives_give_a_pareto_front_in_sqlite(tiny_bert_dir, tmp_pat
     assert sorted(out["chosen"]) == sorted(t.number for t in front)
     for row in out["trials"]:
         assert (tune.path / row["run"] / "final").is_dir() == (row["number"] in out["chosen"])
-        assert row["values"]["time"] == row["stage_s"] and row["values"]["cost"] == row["cost"]
+        assert row["values"]["time"] == pytest.approx(row["stage_s"], abs=0.01) and row["values"]["cost"] == row["cost"]
     assert "Pareto front" in tune.index_html.read_text()
 
 

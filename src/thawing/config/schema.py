@@ -734,8 +734,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     parts = key.strip().split(".")
     if not all(parts):
         raise ConfigError(f"--set '{item}': the key '{key}' has an empty part")
-    try:
-        parsed = read_yaml(value)
+    try:  # `@file` (schedule=@plan.yaml: a schedule file) is text as typed; YAML cannot start a word with '@'
+        parsed = value if value.startswith("@") else read_yaml(value)
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
         raise ConfigError(f"--set {key.strip()}: cannot read the value {value!r} ({_yaml_problem(exc)}); quote it "
                           "to give a string") from None

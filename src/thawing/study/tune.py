@@ -23,6 +23,7 @@ import os
 import shutil
 import socket
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -204,7 +205,9 @@ def open_storage(optuna: Any, tune: RunDir, url: str | None, resume: bool) -> An
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are, since 2.9
+            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
     except (SQLAlchemyError, ValueError, ImportError) as exc:
         raise InputError(f"--storage {url}: cannot open the study's database: {exc}") from None
 

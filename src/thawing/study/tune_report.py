@@ -25,8 +25,8 @@ def trial_rows(study: Any, tune: RunDir, objectives: list[str], chosen: list[int
         values = dict(zip(objectives, trial.values, strict=True)) if trial.values is not None else None
         row = {"number": trial.number, "state": trial.state.name.lower(), "params": trial.params, "values": values,
                "dev": attrs.get("dev"), "wall_s": attrs.get("wall_s"), "stage_s": attrs.get("stage_s"),
-               "cost": attrs.get("cost"), "run": attrs.get("run"), "owner": attrs.get("owner"), "plan": attrs.get("plan"),
-               "chosen": trial.number in chosen}
+               "cost": attrs.get("cost"), "run": attrs.get("run"), "owner": attrs.get("owner"),
+               "plan": attrs.get("plan"), "chosen": trial.number in chosen}
         test = RunDir(tune.path / attrs["run"]).trial_test if attrs.get("run") else None
         if row["chosen"] and test is not None and test.is_file():
             row["test"] = RunDir(tune.path).read_json(test)
@@ -76,7 +76,7 @@ def figure(study: Any, objectives: list[str]) -> bytes | None:
         else:
             ax = plots.plot_pareto_front(study, targets=lambda t: (t.values[0], t.values[1]),
                                          target_names=objectives[:2])
-    fig = ax.figure
+    fig: Any = ax.figure
     fig.set_size_inches(7, 4.5)
     fig.tight_layout()
     buffer = io.BytesIO()

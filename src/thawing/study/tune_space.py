@@ -16,6 +16,7 @@ A knob a trial's shape does not use is never sampled, so TPE models each shape's
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from thawing.config import DistillConfig, LoraSettings, RetainConfig, StageConfig, TuneSpace
@@ -38,23 +39,23 @@ def layer_ranges(space: TuneSpace, num_layers: int) -> dict[str, tuple[int, int]
     return ranges
 
 
-def distill_range(space: TuneSpace, objectives: list[str]) -> tuple[float, float] | None:
+def distill_range(space: TuneSpace, objectives: Sequence[str]) -> tuple[float, float] | None:
     """retain.distill's range: the space's, else [0, 1] when retention is an objective; None: not searched."""
     return space.distill or ((0.0, 1.0) if "retention" in objectives else None)
 
 
-def shape_name(shape: list[str]) -> str:
+def shape_name(shape: Sequence[str]) -> str:
     return "+".join(shape)
 
 
-def suggest_plan(trial: Any, space: TuneSpace, num_layers: int, objectives: list[str]) -> list[StageConfig]:
+def suggest_plan(trial: Any, space: TuneSpace, num_layers: int, objectives: Sequence[str]) -> list[StageConfig]:
     """The stage list one trial tries (an `optuna.Trial`, or a `FixedTrial` to check a plan without training)."""
     shape = trial.suggest_categorical("shape", [shape_name(s) for s in space.shapes]).split("+")
     layers = layer_ranges(space, num_layers)
     distill = distill_range(space, objectives)
     stages = []
     for name in shape:
-        low, high = space.epochs[name]  # type: ignore[index]  # the schema checks every shape's stage has a range
+        low, high = space.epochs[name]  # the schema checks every shape's stage has a range
         stage: dict[str, Any] = {"name": name, "epochs": trial.suggest_int(f"epochs.{name}", low, high),
                                  "early_stopping": PLATEAU}
         if name == "heads":
@@ -94,7 +95,8 @@ def _rate(trial: Any, name: str, bounds: tuple[float, float]) -> float:
     return trial.suggest_float(name, *bounds, log=True)
 
 
-def corner_params(space: TuneSpace, num_layers: int, objectives: list[str], shape: list[str], high: bool) -> dict:
+def corner_params(space: TuneSpace, num_layers: int, objectives: Sequence[str], shape: Sequence[str],
+                  high: bool) -> dict:
     """Every knob at its low (or high) end, for `shape`: a `FixedTrial`'s params, to resolve a shape's plan against
     the model before anything trains."""
     pick = 1 if high else 0
