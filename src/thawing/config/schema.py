@@ -462,8 +462,8 @@ RateRange = tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] 
 
 
 class TuneSpace(_Strict):
-    """The plan knobs `thawing tune` searches (study/tune_space.py). Each range is [low, high], both ends included;
-    equal ends fix the knob."""
+    """The plan knobs `thawing tune` searches (study/tune_space.py). Each range is [low, high], both ends included
+    (learning rates on a log scale); equal ends fix the knob."""
 
     # The plans' shapes: which stages run, in TUNE_STAGES order (heads, top, discriminative, full, lora).
     shapes: list[list[Literal["heads", "top", "discriminative", "full", "lora"]]] = Field(default_factory=lambda: [
@@ -471,6 +471,7 @@ class TuneSpace(_Strict):
         ["heads", "top", "discriminative"], ["heads", "lora"]])
     top_layers: IntRange | None = None  # the top stage's layers; None: 1 to half the model's layers
     discriminative_layers: IntRange | None = None  # the discriminative stage's layers; None: 1 to all
+    # Each stage's epochs (whole numbers); a shape's every stage needs a range here.
     epochs: dict[Literal["heads", "top", "discriminative", "full", "lora"], IntRange] = Field(
         default_factory=lambda: {"heads": (1, 6), "top": (1, 4), "discriminative": (1, 4), "full": (1, 4),
                                  "lora": (1, 4)})
@@ -479,9 +480,11 @@ class TuneSpace(_Strict):
     top_lr: RateRange = (1e-5, 3e-4)  # the top stage's encoder rate
     encoder_lr: RateRange = (5e-6, 2e-4)  # the discriminative and full stages' encoder rate (top layer)
     lora_lr: RateRange = (1e-4, 2e-3)  # the LoRA stage's adapters
-    lora_rank: list[Annotated[int, Field(gt=0, le=4096)]] = Field(default_factory=lambda: [4, 8, 16, 32])
+    lora_rank: list[Annotated[int, Field(gt=0, le=4096)]] = Field(default_factory=lambda: [4, 8, 16, 32])  # choices
+    # the discriminative and full stages' layer decay (each layer's rate over the one above)
     layer_decay: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.5, 1.0)
-    warmup: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.0, 0.2)  # fraction
+    # warm-up of every stage that trains the encoder, as a fraction of the stage's updates
+    warmup: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.0, 0.2)
     # retain.distill's weight in the encoder stages; None: searched in [0, 1] when retention is an objective, else off
     distill: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] | None = None
 
@@ -556,7 +559,7 @@ class RunConfig(_Strict):
     selection_metric: str | None = None  # None: mean of each task's primary metric
     probes: dict[TaskName, ProbeConfig] = Field(default_factory=dict)  # retention probes (never trained on)
     retain: RetainConfig | None = None  # anchoring for every stage that does not set its own
-    tune: TuneConfig | None = None  # `thawing tune`: the plan search (study/tune.py); training ignores it
+    tune: TuneConfig | None = None  # the plan search that `thawing tune` runs (study/tune.py); `train` does not read it
 
     @model_validator(mode="after")
     def _check_tasks(self) -> RunConfig:
