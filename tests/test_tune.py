@@ -215,13 +215,51 @@ def test_a_killed_tune_resumes_to_the_asked_number_of_trials(tiny_bert_dir, tmp_
     assert sorted(states.values()) == ["complete", "complete", "complete", "fail"]
 
 
-def test_two_processes_share_one_study(tiny_bert_dir, tmp_path):
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A PostgreSQL server of its own (initdb, pg_ctl; as the postgres user when the tests run as root) on a Unix
+    socket; skips without the server's programs or a driver."""
+    import shutil
+    import tempfile
+
+    programs = [shutil.which(p) for p in ("initdb", "pg_ctl")]
+    if not all(programs):
+        pytest.skip("no PostgreSQL server here (initdb and pg_ctl: apt install postgresql)")
+    pytest.importorskip("psycopg2", reason="no PostgreSQL driver (pip install psycopg2-binary)")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root
+        import pwd
+
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run the server as")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="thawing-pg-"))
+    if as_user:
+        os.chown(root, user.pw_uid, user.pw_gid)
+    data, port = root / "data", 54000 + os.getpid() % 1000
+    subprocess.run([*as_user, programs[0], "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
+                   capture_output=True)
+    options = f"-p {port} -k {root} -c listen_addresses=''"
+    subprocess.run([*as_user, programs[1], "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"],
+                   check=True, capture_output=True)
+    yield f"postgresql+psycopg2://postgres@/postgres?host={root}&port={port}"
+    subprocess.run([*as_user, programs[1], "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("storage", ["journal", "postgresql"])
+def test_two_processes_share_one_study(tiny_bert_dir, tmp_path, request, storage):
     config = tune_config(tiny_bert_dir, tmp_path, trials=4, pruner="none")
+    # trials long enough that the second process, starting later, still finds some to run
+    config["tune"]["space"] = {**SPACE, "epochs": {"heads": [20, 20], "top": [2, 2]}}
     path = write_config(config, tmp_path / "tune.yaml")
     tune = tmp_path / "tune"
-    first = _tune_process(path, tune)
+    url = ["--storage", request.getfixturevalue("postgres_url")] if storage == "postgresql" else []
+    first = _tune_process(path, tune, *url)
     _wait_for(lambda: (tune / "trials").is_dir())  # the study exists: its first trial has started
-    second = _tune_process(path, tune, "--resume")
+    second = _tune_process(path, tune, "--resume", *url)
     for process in (first, second):
         _, err = process.communicate(timeout=600)
         assert process.returncode == 0, err
