@@ -195,6 +195,14 @@ def _wait_for(condition, seconds: float = 120.0) -> None:
         time.sleep(0.1)
 
 
+def test_optuna_missing_is_named(tiny_bert_dir, tmp_path, monkeypatch):
+    path = write_config(tune_config(tiny_bert_dir, tmp_path), tmp_path / "tune.yaml")
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    code, text = invoke("tune", str(path), "--tune-dir", str(tmp_path / "tune"))
+    assert code == 2 and "pip install 'thawing[tune]'" in text
+    assert not (tmp_path / "tune").exists()
+
+
 def test_a_killed_tune_resumes_to_the_asked_number_of_trials(tiny_bert_dir, tmp_path):
     config = tune_config(tiny_bert_dir, tmp_path, trials=3, pruner="none")
     config["train"]["epochs"] = 1
@@ -205,14 +213,23 @@ def test_a_killed_tune_resumes_to_the_asked_number_of_trials(tiny_bert_dir, tmp_
     _wait_for(lambda: (tune / "trials" / "trial-0000" / "metrics.jsonl").is_file())  # trial 0 is training
     first.send_signal(signal.SIGKILL)
     first.wait()
+    assert not (tune / "tune.json").exists()
+    # SIGTERM stops the next process at an update boundary: exit 143, the trial under way failed, the way on named
     second = _tune_process(path, tune, "--resume")
-    out, err = second.communicate(timeout=600)
-    assert second.returncode == 0, err
+    _wait_for(lambda: (tune / "trials" / "trial-0001" / "metrics.jsonl").is_file())
+    second.send_signal(signal.SIGTERM)
+    _, err = second.communicate(timeout=600)
+    assert second.returncode == 143, err
+    assert "SIGTERM: the tune stopped" in err and f"--tune-dir {tune} --resume" in " ".join(err.split())
+    third = _tune_process(path, tune, "--resume")
+    out, err = third.communicate(timeout=600)
+    assert third.returncode == 0, err
     assert out.strip().splitlines()[-1] == str(tune)
     summary = json.loads((tune / "tune.json").read_text())
     states = {r["number"]: r["state"] for r in summary["trials"]}
-    assert states[0] == "fail"  # the killed trial: failed, and run again as a new one
-    assert sorted(states.values()) == ["complete", "complete", "complete", "fail"]
+    assert states[0] == "fail" and states[1] == "fail"  # killed, stopped: each failed, and run again as a new one
+    assert sorted(states.values()) == ["complete", "complete", "complete", "fail", "fail"]
+    assert not (tune / "trials" / "trial-0000" / "final").exists()
 
 
 @pytest.fixture(scope="module")

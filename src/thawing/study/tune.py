@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import time
 import warnings
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from thawing.config import RunConfig, StageConfig, TuneConfig, dump_config, load_config, parse_config
-from thawing.errors import ConfigError, InputError, NonFiniteError
+from thawing.errors import ConfigError, InputError, Interrupted, NonFiniteError
 from thawing.store.run_dir import RunDir
 from thawing.study.tune_report import write_outputs
 from thawing.study.tune_space import corner_params, suggest_plan
@@ -72,8 +73,15 @@ def run_tune(config: RunConfig, tune_dir: str | Path | None = None, *, trials: i
     left = settings.trials - len(study.get_trials(deepcopy=False, states=finished))
     if left > 0:
         objective = Objective(optuna, config, tune, num_layers, settings, list(callbacks))
-        study.optimize(objective, n_trials=left, timeout=settings.timeout, catch=(NonFiniteError,),
-                       callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=finished)])
+        try:
+            study.optimize(objective, n_trials=left, timeout=settings.timeout, catch=(NonFiniteError,),
+                           callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=finished)])
+        except Interrupted as exc:  # SIGINT, SIGTERM: Optuna failed the trial under way; what finished is written
+            write_outputs(tune, study, config, keep_chosen(study, tune, config))
+            number = exc.exit_code - 128
+            raise Interrupted(f"{signal.Signals(number).name}: the tune stopped; the trial under way failed, and "
+                              "runs again as a new trial. Resume with: thawing tune CONFIG --tune-dir "
+                              f"{tune.path} --resume", number) from None
     write_outputs(tune, study, config, keep_chosen(study, tune, config))
     return tune
 
