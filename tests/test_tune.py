@@ -285,3 +285,23 @@ def test_two_processes_share_one_study(tiny_bert_dir, tmp_path, request, storage
     assert len(finished) >= 4  # each process stops once the study has 4 (one may finish a trial beyond)
     assert len({r["owner"]["pid"] for r in summary["trials"]}) == 2  # both processes ran trials
     assert len({r["number"] for r in summary["trials"]}) == len(summary["trials"])
+
+
+def test_retention_is_an_objective_and_distillation_a_knob(tiny_bert_dir, tmp_path):
+    texts = ["i love the film", "the movie was great", "where is paris ?", "who won the game ?",
+             "the delivery was late", "bad price bad service", "when is monday ?", "thanks for the fast refund"]
+    pairs = [{"sentence1": a, "sentence2": b, "score": float(i % 5)}
+             for i, (a, b) in enumerate(zip(texts, texts[3:] + texts[:3], strict=True))]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    config = tune_config(tiny_bert_dir, tmp_path, trials=2, objectives=["score", "retention"])
+    config["tune"]["space"] = {**SPACE, "shapes": [["heads", "top"]]}
+    config["probes"] = {"sts": {"type": "similarity", "data": str(tmp_path / "pairs.jsonl")}}
+    tune = run_tune(parse_config(config), tmp_path / "tune")
+    out = json.loads(tune.tune_json.read_text())
+    assert out["directions"] == ["maximize", "maximize"]
+    for row in out["trials"]:
+        results = json.loads((tune.path / row["run"] / "results.json").read_text())
+        assert row["values"]["retention"] == results["probes"]["sts"]["spearman_retention"]
+        top = next(s for s in row["plan"] if s["name"] == "top")
+        assert 0.0 <= row["params"]["distill"] <= 1.0
+        assert top["retain"] == {"distill": {"weight": row["params"]["distill"]}}
