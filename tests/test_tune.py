@@ -153,8 +153,11 @@ def test_a_tune_dir_is_never_reused_and_resume_needs_a_study(tuned, tiny_bert_di
         run_tune(config, tune.path)
     with pytest.raises(InputError, match="no tune to resume here"):
         run_tune(config, tmp_path / "none", resume=True)
-    with pytest.raises(InputError, match="started with another config: tasks differ"):
+    with pytest.raises(InputError, match=r"started with another config: tasks\.qtype, tasks\.sentiment differ"):
         run_tune(config, tune.path, resume=True)  # other data files: another study
+    recorded = load_config(tune.tune_config, ["tune.trials=9", "tune.pruner=none"])
+    with pytest.raises(InputError, match=r"another config: tune\.pruner differ \(only tune\.trials and"):
+        run_tune(recorded, tune.path, resume=True)
 
 
 def test_a_pruned_trial_leaves_no_final(tiny_bert_dir, tmp_path):

@@ -164,11 +164,24 @@ def open_tune_dir(tune: RunDir, config: RunConfig, resume: bool) -> None:
     if not tune.tune_config.is_file():
         raise InputError(f"no tune to resume here (no {tune.tune_config.name}); start one without --resume",
                          path=tune.path)
-    before, now = searched(load_config(tune.tune_config)), searched(config)
-    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    changed = differences(searched(load_config(tune.tune_config)), searched(config))
     if changed:
         raise InputError(f"the study was started with another config: {', '.join(changed)} differ (only "
                          f"tune.{' and tune.'.join(RUN_AGAIN)} may change on --resume)", path=tune.tune_config)
+
+
+def differences(before: dict, now: dict, prefix: str = "", depth: int = 2) -> list[str]:
+    """The dotted keys (to `depth` levels) whose values differ."""
+    out = []
+    for key in sorted(before.keys() | now.keys()):
+        a, b = before.get(key), now.get(key)
+        if a == b:
+            continue
+        if depth > 1 and isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.", depth - 1)
+        else:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 def open_study(optuna: Any, tune: RunDir, config: RunConfig, settings: TuneConfig, url: str | None, name: str,
