@@ -27,11 +27,11 @@ sys.path.insert(0, str(REPO / "bench"))
 from quality import FULL, MODEL, SOURCES, STSB, make_splits, thawing_task  # noqa: E402
 
 
-def base_config(mix: list[str], paths: dict[str, dict[str, Path]], seed: int) -> dict:
+def base_config(mix: list[str], paths: dict[str, dict[str, Path]], seed: int, probe: bool) -> dict:
     config = {"name": "tune-bench", "model": {"name": MODEL, "max_length": 128},
               "tasks": {name: thawing_task(name, paths[name]) for name in mix},
               "train": {"batch_size": 32, "seed": seed, "checkpoint": False}}
-    if STSB.is_file():
+    if probe and STSB.is_file():
         config["probes"] = {"stsb": {"type": "similarity", "data": str(STSB), "limit": 500}}
     return config
 
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-rows", type=int, default=300)
     parser.add_argument("--dev-rows", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--probe", action="store_true", help="the STS-B retention probe in every run (slower)")
     parser.add_argument("--work", default="/tmp/thawing-tune-bench")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     mode = {"train": dict.fromkeys(SOURCES, args.train_rows), "dev": dict.fromkeys(SOURCES, args.dev_rows),
             "test": {}}
     paths = {name: make_splits(name, mode, work) for name in mix}
-    config = base_config(mix, paths, args.seed)
+    config = base_config(mix, paths, args.seed, args.probe)
     started = time.perf_counter()
     tune = run_tune(parse_config({**config, "tune": {"trials": args.trials, "startup_trials": args.startup_trials}}),
                     work / "tune")
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join(["bench/tune.py"] + (argv if argv is not None else sys.argv[1:])),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
-        "mix": args.mix, "seed": args.seed, "rows": {"train": args.train_rows, "dev": args.dev_rows, "test": "all"},
+        "mix": args.mix, "seed": args.seed, "probe": args.probe,
+        "rows": {"train": args.train_rows, "dev": args.dev_rows, "test": "all"},
         "tune": {"wall_s": tune_s, "trials": len(summary["trials"]), "states": summary["states"],
                  "trials_stage_s": round(sum(r["stage_s"] or 0.0 for r in summary["trials"]), 1)},
         "chosen": {"trial": best["number"], "params": best["params"], "plan": best["plan"],
