@@ -386,6 +386,44 @@ def study(
     print(result.path)
 
 
+@app.command()
+def tune(
+    config: Path = typer.Argument(..., help="YAML config: the tasks, data and model to search plans for (its tune: "
+                                  "section sets the search space)."),
+    trials: int | None = typer.Option(None, min=1, help="Finished trials the study runs to (tune.trials; default 20)."),
+    timeout: float | None = typer.Option(None, min=1, help="Seconds this process starts trials for (tune.timeout)."),
+    objectives: str | None = typer.Option(
+        None, help="Comma-separated: score (always first), time, cost, retention (tune.objectives; default score)."),
+    storage: str | None = typer.Option(
+        None, help="An RDB URL (sqlite:///tune.db, postgresql://...) instead of the journal file in the tune dir."),
+    study_name: str | None = typer.Option(None, help="The study's name in the storage (default: the config's name)."),
+    tune_dir: Path | None = typer.Option(None, help="Write the tune here instead of runs/<name>-tune."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the study in the tune dir, or join it from "
+                                "another process."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key: --set tune.pruner=none (repeatable)."),
+) -> None:
+    """Search freezing plans on Optuna, one training run per trial; prints the tune directory last."""
+    from thawing.config import load_config
+    from thawing.progress import ProgressPrinter
+    from thawing.study.tune import run_tune
+
+    names = [o.strip() for o in objectives.split(",") if o.strip()] if objectives is not None else None
+    cfg = load_config(config, set_)
+    printer = ProgressPrinter(console)
+    try:
+        result = run_tune(cfg, tune_dir, trials=trials, timeout=timeout, objectives=names, storage=storage,
+                          study_name=study_name, resume=resume, callbacks=[printer])
+    except StoppedAtOnce as exc:
+        raise Interrupted(exc.message, signal.SIGINT) from None
+    finally:
+        printer.stop()
+    summary = result.read_json(result.tune_json)
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(summary["states"].items()))
+    console.print(f"{counts}; best trial: {summary['best']}" + (f" (plan: {result.best_plan})"
+                                                                 if summary["best"] is not None else ""))
+    print(result.path)
+
+
 def _alphas(text: str) -> list[float]:
     try:
         return [float(a) for a in text.split(",")]

@@ -452,6 +452,89 @@ class CacheConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # boundary states; auto: bf16 on GPU, fp32 on CPU
 
 
+# The stages a tuned plan is made of, in the order they run when chosen (study/tune_space.py builds each).
+TUNE_STAGES = ("heads", "top", "discriminative", "full", "lora")
+TUNE_OBJECTIVES = ("score", "time", "cost", "retention")
+
+
+def _ordered(low: float, high: float, what: str) -> None:
+    if low > high:
+        raise ValueError(f"{what}: the low end {low} is above the high end {high}")
+
+
+IntRange = tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]
+RateRange = tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]  # searched on a log scale
+
+
+class TuneSpace(_Strict):
+    """The plan knobs `thawing tune` searches (study/tune_space.py). Each range is [low, high], both ends included
+    (learning rates on a log scale); equal ends fix the knob."""
+
+    # The plans' shapes: which stages run, in TUNE_STAGES order (heads, top, discriminative, full, lora).
+    shapes: list[list[Literal["heads", "top", "discriminative", "full", "lora"]]] = Field(default_factory=lambda: [
+        ["full"], ["heads", "full"], ["heads", "top"], ["heads", "discriminative"],
+        ["heads", "top", "discriminative"], ["heads", "lora"]])
+    top_layers: IntRange | None = None  # the top stage's layers; None: 1 to half the model's layers
+    discriminative_layers: IntRange | None = None  # the discriminative stage's layers; None: 1 to all
+    # Each stage's epochs (whole numbers); a shape's every stage needs a range here.
+    epochs: dict[Literal["heads", "top", "discriminative", "full", "lora"], IntRange] = Field(
+        default_factory=lambda: {"heads": (1, 6), "top": (1, 4), "discriminative": (1, 4), "full": (1, 4),
+                                 "lora": (1, 4)})
+    heads_lr: RateRange = (3e-3, 1e-1)  # heads in the heads-only stage
+    head_lr: RateRange = (1e-5, 1e-3)  # heads in the stages that train the encoder
+    top_lr: RateRange = (1e-5, 3e-4)  # the top stage's encoder rate
+    encoder_lr: RateRange = (5e-6, 2e-4)  # the discriminative and full stages' encoder rate (top layer)
+    lora_lr: RateRange = (1e-4, 2e-3)  # the LoRA stage's adapters
+    lora_rank: list[Annotated[int, Field(gt=0, le=4096)]] = Field(default_factory=lambda: [4, 8, 16, 32])  # choices
+    # the discriminative and full stages' layer decay (each layer's rate over the one above)
+    layer_decay: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.5, 1.0)
+    # warm-up of every stage that trains the encoder, as a fraction of the stage's updates
+    warmup: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.0, 0.2)
+    # retain.distill's weight in the encoder stages; None: searched in [0, 1] when retention is an objective, else off
+    distill: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> TuneSpace:
+        if not self.shapes or not all(self.shapes):
+            raise ValueError("shapes: give at least one plan, each a non-empty list of stages")
+        for shape in self.shapes:
+            if list(shape) != sorted(set(shape), key=TUNE_STAGES.index):
+                raise ValueError(f"shapes: {shape}: each stage at most once, in the order {', '.join(TUNE_STAGES)}")
+        for name in ("top_layers", "discriminative_layers", "heads_lr", "head_lr", "top_lr", "encoder_lr", "lora_lr",
+                     "layer_decay", "warmup", "distill"):
+            value = getattr(self, name)
+            if value is not None:
+                _ordered(*value, name)
+        for stage, (low, high) in self.epochs.items():
+            _ordered(low, high, f"epochs.{stage}")
+        missing = sorted({s for shape in self.shapes for s in shape} - set(self.epochs))
+        if missing:
+            raise ValueError(f"epochs: no range for the stage(s) {', '.join(missing)} that shapes use")
+        if not self.lora_rank or len(set(self.lora_rank)) != len(self.lora_rank):
+            raise ValueError("lora_rank: give distinct ranks to choose from")
+        return self
+
+
+class TuneConfig(_Strict):
+    """`thawing tune`'s settings (study/tune.py); its command-line options override them."""
+
+    space: TuneSpace = Field(default_factory=TuneSpace)
+    trials: int = Field(20, gt=0)  # finished (completed or pruned) trials the study runs to, over all its processes
+    timeout: float | None = Field(None, gt=0)  # seconds this process starts trials for; None: no limit
+    # score (dev selection score, always first), time (stage wall time), cost (trained examples x trainable
+    # parameters), retention (the mean retention of the config's similarity and transfer probes)
+    objectives: list[Literal["score", "time", "cost", "retention"]] = Field(default_factory=lambda: ["score"])
+    pruner: Literal["median", "hyperband", "none"] = "median"  # one objective only: Optuna cannot prune several
+    startup_trials: int = Field(5, ge=0)  # trials before the sampler's model and the median pruner act
+
+    @field_validator("objectives")
+    @classmethod
+    def _score_first(cls, value: list[str]) -> list[str]:
+        if not value or value[0] != "score" or len(set(value)) != len(value):
+            raise ValueError(f"objectives: 'score' first, then any of time, cost, retention, each once; got {value}")
+        return value
+
+
 # The named plans (`schedule: <name>`); training/stages.py defines their stages.
 PRESETS = ("frozen", "heads", "full", "progressive", "lora", "pairs")
 
@@ -481,11 +564,19 @@ class RunConfig(_Strict):
     selection_metric: str | None = None  # None: mean of each task's primary metric
     probes: dict[TaskName, ProbeConfig] = Field(default_factory=dict)  # retention probes (never trained on)
     retain: RetainConfig | None = None  # anchoring for every stage that does not set its own
+    tune: TuneConfig | None = None  # the plan search that `thawing tune` runs (study/tune.py); `train` does not read it
 
     @model_validator(mode="after")
     def _check_tasks(self) -> RunConfig:
         if not self.tasks:
             raise ValueError("at least one task is needed under 'tasks'")
+        return self
+
+    @model_validator(mode="after")
+    def _retention_probe(self) -> RunConfig:
+        if self.tune is not None and "retention" in self.tune.objectives and not any(
+                p.type in ("similarity", "transfer") for p in self.probes.values()):
+            raise ValueError("tune.objectives: retention needs a similarity or transfer probe under `probes:`")
         return self
 
     @model_validator(mode="after")
@@ -596,8 +687,42 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise ConfigError(f"{path}: the top level must be a mapping")
     for item in overrides or []:
         apply_override(raw, item)
-    config = parse_config(raw, source=str(path))
+    plan_file = read_schedule_file(raw, path)
+    config = parse_config(raw, source=f"{path} (schedule: {plan_file})" if plan_file else str(path))
     return resolve_paths(config, path.parent)
+
+
+def read_schedule_file(raw: dict[str, Any], config_path: Path) -> Path | None:
+    """`schedule: plan.yaml` in a config, or `--set schedule=@plan.yaml`: the stage list the file holds (the shape of
+    `schedule:`, e.g. `thawing tune`'s best_plan.yaml) put in its place. The path is relative to the working directory
+    where a file is there, else to the config's folder (as data paths are). Returns the file, or None when `schedule`
+    names no file (a preset name, a list).
+
+    Raises:
+        ConfigError: the file is missing, unreadable, or holds no list of stages.
+    """
+    value = raw.get("schedule")
+    if not isinstance(value, str) or value in PRESETS:
+        return None
+    name = value.removeprefix("@")
+    if name == value and not name.endswith((".yaml", ".yml")):
+        return None  # an unknown preset name: the preset check says so
+    file = Path(_resolve(name, config_path.parent) or name)
+    if not file.is_file():
+        raise ConfigError(f"{config_path}: schedule: the schedule file '{name}' is not found (looked for {file})")
+    try:
+        stages = read_yaml(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read the schedule file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start})") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"{file}, {_yaml_problem(exc)}") from None
+    if not isinstance(stages, list) or not stages:
+        raise ConfigError(f"{file}: a schedule file holds a non-empty list of stages (the shape of 'schedule:' in a "
+                          "config)")
+    raw["schedule"] = stages
+    return file
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
@@ -617,8 +742,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     parts = key.strip().split(".")
     if not all(parts):
         raise ConfigError(f"--set '{item}': the key '{key}' has an empty part")
-    try:
-        parsed = read_yaml(value)
+    try:  # `@file` (schedule=@plan.yaml: a schedule file) is text as typed; YAML cannot start a word with '@'
+        parsed = value if value.startswith("@") else read_yaml(value)
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
         raise ConfigError(f"--set {key.strip()}: cannot read the value {value!r} ({_yaml_problem(exc)}); quote it "
                           "to give a string") from None

@@ -32,6 +32,13 @@ A study (several runs side by side, study.py):
     <scenario>/       one run directory per scenario (and seed)
     study.json, study.md, study.png, report/index.html
 
+A tune (`thawing tune`, study/tune.py):
+    tune_config.yaml  the config the study searches with (a --resume must give the same)
+    journal.log       the Optuna study (journal storage), unless --storage names a database
+    trials/trial-<n>/ one run directory per trial (dev only: no test split); only the chosen ones keep final/, with
+                      test.json (the test split, scored once)
+    tune.json, best_plan.yaml (a schedule file), report/index.html and report/tune.png
+
 Files are written atomically and folders built aside, then renamed into place; an existing directory is never
 reused.
 """
@@ -87,6 +94,14 @@ ONNX_META = "thawing_onnx.json"
 STUDY_JSON = "study.json"
 STUDY_MD = "study.md"
 STUDY_PNG = "study.png"
+# A tune's.
+TUNE_CONFIG = "tune_config.yaml"
+TUNE_JOURNAL = "journal.log"
+TUNE_TRIALS = "trials"
+TUNE_JSON = "tune.json"
+TUNE_PNG = "tune.png"  # inside report/
+BEST_PLAN = "best_plan.yaml"
+TRIAL_TEST = "test.json"  # inside a chosen trial's run: its test split, scored once
 
 
 class RunLock:
@@ -212,6 +227,16 @@ class RunDir:
     study_json = property(lambda self: self.path / STUDY_JSON)
     study_md = property(lambda self: self.path / STUDY_MD)
     study_png = property(lambda self: self.path / STUDY_PNG)
+    tune_config = property(lambda self: self.path / TUNE_CONFIG)
+    tune_journal = property(lambda self: self.path / TUNE_JOURNAL)
+    tune_json = property(lambda self: self.path / TUNE_JSON)
+    tune_png = property(lambda self: self.path / REPORT / TUNE_PNG)
+    best_plan = property(lambda self: self.path / BEST_PLAN)
+    trial_test = property(lambda self: self.path / TRIAL_TEST)
+
+    def trial_dir(self, number: int) -> Path:
+        """A tune's run directory of trial `number`."""
+        return self.path / TUNE_TRIALS / f"trial-{number:04d}"
 
     def data_copy(self, task: str, split: str) -> Path:
         """The JSONL copy of a split given in memory. A task name may hold "_", but the split (train, dev, test) is
