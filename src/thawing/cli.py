@@ -225,6 +225,9 @@ def plan(
         Console().print(table)
         if "lora" in stage:
             Console().print(_lora_line(stage["lora"]))
+        if "skips" in stage:
+            Console().print(f"skips {', '.join(stage['skips'])}: no head, and this stage trains neither the encoder "
+                            "nor a projection")
 
 
 def _lora_line(adapters: dict) -> str:
