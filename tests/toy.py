@@ -127,12 +127,12 @@ def pair_rows() -> dict[str, list[dict]]:
 
 
 def pair_config(model_dir: Path, root: Path, kind: str, **extra) -> dict:
-    """A one-task config of a pair type over `pair_rows`, train and dev written as files (dev: every other row)."""
+    """A one-task config of a pair type over `pair_rows`, train and dev written as files (dev: every second row)."""
     rows = pair_rows()[kind]
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     splits = {"train": write_jsonl(data / f"{kind}_train.jsonl", rows),
-              "dev": write_jsonl(data / f"{kind}_dev.jsonl", rows[::2])}
+              "dev": write_jsonl(data / f"{kind}_dev.jsonl", rows[1::2])}
     config = {
         "name": "pairs",
         "model": {"name": str(model_dir)},

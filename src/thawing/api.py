@@ -194,7 +194,7 @@ def task_specs(raw: Any, path: Path) -> dict[str, TaskSpec]:
             raise InputError(f"task '{task}': not a head description: {spec['head']!r:.200}", path=path) from None
         labels = spec["labels"]
         if (not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels)
-                or len(set(labels)) != len(labels) or not labels):
+                or len(set(labels)) != len(labels) or (not labels and TASK_TYPES[spec["type"]].min_labels)):
             raise InputError(f"task '{task}': labels must be distinct non-empty strings, got {labels!r:.200}",
                              path=path)
         specs[task] = TaskSpec(**spec)

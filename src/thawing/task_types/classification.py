@@ -23,6 +23,7 @@ class Classification:
     metric_names = ("accuracy", "macro_f1")  # what `metrics` returns; the config checks metric names against them
     hub_task = "text-classification"  # the Hugging Face task name, for the model card
     pairs = True  # a pair loss applies: one label per sentence (training/pairs.py)
+    has_head = True  # a head of its own, which trains (similarity and retrieval have none)
 
     # ------------------------------------------------------------------ data
     def read_split(self, cfg, path: str, fmt: str, rows: Sequence[tuple[int, dict]]) -> list[Record]:
