@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,7 +42,7 @@ def test_each_pair_type_trains_end_to_end(tiny_bert_dir, tmp_path, kind, metric)
     assert np.mean(losses[-3:]) < np.mean(losses[:3])  # training lowers the task's loss
     # the saved model predicts pairs, and scores the dev split as training did
     model = thawing.load(run.path, device="cpu")
-    dev = [json.loads(line) for line in open(raw["tasks"]["pair"]["data"]["dev"])]
+    dev = [json.loads(line) for line in Path(raw["tasks"]["pair"]["data"]["dev"]).read_text().splitlines()]
     fields = {"similarity": ("sentence1", "sentence2"), "pair-classification": ("sentence1", "sentence2"),
               "retrieval": ("query", "positive")}[kind]
     pairs = [[row[f] for f in fields] for row in dev]

@@ -20,7 +20,8 @@ class Classification:
     reads = "sentence"  # the head reads the pooled sentence embedding
     primary_metric = "accuracy"
     min_labels = 2  # distinct labels train must hold: with one class there is nothing to learn
-    metric_names = ("accuracy", "macro_f1")  # what `metrics` returns; the config checks metric names against them
+    # what `metrics` returns; the config checks metric names against them
+    metric_names: tuple[str, ...] = ("accuracy", "macro_f1")
     hub_task = "text-classification"  # the Hugging Face task name, for the model card
     pairs = True  # a pair loss applies: one label per sentence (training/pairs.py)
     has_head = True  # a head of its own, which trains (similarity and retrieval have none)

@@ -35,7 +35,7 @@ def pair_item(item: Any, names: Sequence[str]) -> list[str]:
     """The texts of one input for prediction: a list of texts, or an object with the type's field names.
 
     Raises:
-        ValueError: for anything else, saying what a pair input looks like.
+        InputError: for anything else, saying what a pair input looks like.
     """
     if isinstance(item, Mapping):
         texts = [item.get(name) for name in names]
@@ -44,9 +44,9 @@ def pair_item(item: Any, names: Sequence[str]) -> list[str]:
     else:
         texts = [item]
     if len(texts) != len(names) or not all(isinstance(t, str) and t.strip() for t in texts):
-        raise ValueError(f"a pair task takes {len(names)} texts per input: a list [{', '.join(names)}] or an object "
+        raise InputError(f"a pair task takes {len(names)} texts per input: a list [{', '.join(names)}] or an object "
                          f"with the fields {', '.join(names)}; got {item!r:.80}")
-    return texts
+    return [str(t) for t in texts]
 
 
 class PairTask(Classification):

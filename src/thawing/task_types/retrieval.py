@@ -25,7 +25,7 @@ class Retrieval(PairTask):
     name = "retrieval"
     primary_metric = "mrr_at_10"
     min_labels = 0  # no label set
-    metric_names = ("mrr_at_10", "recall_at_1", "recall_at_10", "ndcg_at_10")
+    metric_names: tuple[str, ...] = ("mrr_at_10", "recall_at_1", "recall_at_10", "ndcg_at_10")
     hub_task = "sentence-similarity"
     inputs = ("query", "passage")
 
@@ -33,7 +33,8 @@ class Retrieval(PairTask):
         return [cfg.query_field, cfg.positive_field]
 
     # ------------------------------------------------------------------ data
-    def read_split(self, cfg, path: str, fmt: str, rows: Sequence[tuple[int, dict]]) -> list[Record]:
+    def read_split(self, cfg, path: str, fmt: str, rows: Sequence[tuple[int, dict]]  # noqa: ARG002
+                   ) -> list[Record]:
         """Every row's texts, and its label: the ids of its positive and negative in the split's corpus (each distinct
         text one id). Hard negatives come in every row of a split or in none (a batch holds as many texts per row).
 
@@ -82,7 +83,7 @@ class Retrieval(PairTask):
     def objective(self, cfg) -> dict:
         return {"temperature": cfg.temperature}
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, divisor: float | None = None,
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, divisor: float | None = None,  # noqa: ARG002
              temperature: float = 0.05) -> torch.Tensor:
         """Multiple-negatives ranking: each query's cosines with every positive (and hard negative) of the batch, over
         `temperature`, under a softmax whose target is its own positive. `logits` are the texts' embeddings

@@ -4,6 +4,7 @@ Spearman (the primary metric) and Pearson correlations of the cosine with the go
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -33,10 +34,8 @@ class Similarity(PairTask):
         texts = read_texts(record, self.text_fields(cfg), path, line)
         value = field_value(record, cfg.score_field, path, line)
         if isinstance(value, str):  # CSV and TSV cells are text
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise InputError(f"expected a number (the pair's score), got {value!r:.80}", path=path, line=line,
                              field=cfg.score_field)
