@@ -249,3 +249,29 @@ def test_active_tasks_leave_similarity_out_of_a_heads_stage():
     assert active_tasks(specs, ["head:sent"]) == ["sent"]
     assert active_tasks(specs, ["head:sent", "projection"]) == ["sts", "sent"]
     assert active_tasks(specs, ["layers.1", "head:sent"]) == ["sts", "sent"]
+
+
+def test_a_mix_trains_progressively_with_distillation(tiny_bert_dir, tmp_path):
+    """Similarity, pair classification and a sentence task on one encoder: the heads stage trains the heads on cached
+    features (the pair head on both sentences' embeddings) and skips similarity; later stages train all three, with
+    the pair tasks' first sentences anchored by distillation."""
+    from thawing.training.loop import train
+
+    raw = pair_config(tiny_bert_dir, tmp_path, "similarity", schedule="progressive",
+                      retain={"distill": {"weight": 1.0}})
+    raw["tasks"]["nli"] = pair_config(tiny_bert_dir, tmp_path / "nli", "pair-classification")["tasks"]["pair"]
+    raw["tasks"]["sentiment"] = {"type": "classification", "data": toy_data(tmp_path)["sentiment"]}
+    raw["train"].update(log_every=1, head_init="centroids")
+    run = train(parse_config(raw), run_dir=str(tmp_path / "run"))
+    lines = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    trained = {}
+    for line in lines:
+        if line.get("split") == "train" and "loss" in line:
+            trained.setdefault(line["stage"], set()).add(line["task"])
+    assert trained["heads"] == {"nli", "sentiment"}  # similarity has no head: skipped where the encoder is frozen
+    assert trained["top"] == {"pair", "nli", "sentiment", "retain:distill"}  # the added loss has its own lines
+    results = json.loads((run.path / "results.json").read_text())
+    assert set(results["tasks"]) == {"pair", "nli", "sentiment"}
+    assert "pair" not in results.get("frozen_heads", {})
+    card = (run.path / "final" / "README.md").read_text()
+    assert "Head: none (the cosine of the two sentence embeddings)" in card
