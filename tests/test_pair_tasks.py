@@ -275,3 +275,90 @@ def test_a_mix_trains_progressively_with_distillation(tiny_bert_dir, tmp_path):
     assert "pair" not in results.get("frozen_heads", {})
     card = (run.path / "final" / "README.md").read_text()
     assert "Head: none (the cosine of the two sentence embeddings)" in card
+
+
+# ---------------------------------------------------------------------------------------------- using a trained run
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tiny_bert_dir, tmp_path_factory):
+    """A run with a similarity task and a sentence classification task on one encoder."""
+    from thawing.training.loop import train
+
+    root = tmp_path_factory.mktemp("pairs-run")
+    raw = pair_config(tiny_bert_dir, root, "similarity")
+    raw["tasks"]["sentiment"] = {"type": "classification", "data": toy_data(root)["sentiment"]}
+    return train(parse_config(raw), run_dir=str(root / "run"))
+
+
+PAIRS = [["i love the film", "the movie was great"], ["i hate the film", "who won the game ?"]]
+
+
+def test_load_predicts_pairs_for_pair_tasks_and_texts_for_the_others(mixed_run):
+    import thawing
+
+    model = thawing.load(mixed_run.path, device="cpu")
+    by_pairs = model.predict(PAIRS)
+    assert set(by_pairs) == {"pair"} and all(-1.0 <= p["score"] <= 1.0 for p in by_pairs["pair"])
+    assert model.predict([{"sentence1": a, "sentence2": b} for a, b in PAIRS], task="pair") == by_pairs["pair"]
+    assert set(model.predict(["i love the film"])) == {"sentiment"}
+    with pytest.raises(InputError, match="takes 2 texts per input"):
+        model.predict(["i love the film"], task="pair")
+
+
+def test_cli_predict_evaluate_and_plan_with_pairs(mixed_run, tmp_path):
+    from clirun import invoke
+
+    import thawing
+
+    source = write_jsonl(tmp_path / "pairs.jsonl", [{"sentence1": a, "sentence2": b} for a, b in PAIRS])
+    out = tmp_path / "out.jsonl"
+    code, text = invoke("predict", str(mixed_run.path), "-i", source, "-o", str(out), "--task", "pair")
+    assert code == 0, text
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = thawing.load(mixed_run.path, device="cpu").predict(PAIRS, task="pair")
+    assert [r["texts"] for r in rows] == PAIRS
+    assert [r["pair"]["score"] for r in rows] == pytest.approx([p["score"] for p in expected], abs=1e-6)
+    code, text = invoke("predict", str(mixed_run.path), "-i", source, "-o", str(tmp_path / "o2.jsonl"))
+    assert code == 2 and "choose one with --task" in text
+    code, text = invoke("predict", str(mixed_run.path), "-i", source, "-o", str(tmp_path / "o3.jsonl"), "--task",
+                        "pair", "--pair-fields", "sentence1,other")
+    assert code == 2 and "line 1, field 'other': missing field" in text
+
+    metrics = tmp_path / "metrics.json"
+    code, text = invoke("evaluate", str(mixed_run.path), "--split", "dev", "--output", str(metrics))
+    assert code == 0, text
+    results = json.loads((mixed_run.path / "results.json").read_text())["tasks"]
+    assert json.loads(metrics.read_text())["tasks"]["pair"] == pytest.approx(results["pair"])
+
+    config = mixed_run.path / "config.yaml"
+    code, text = invoke("plan", str(config), "--set", "schedule=progressive")
+    assert code == 0, text
+    assert "skips pair: no head" in " ".join(text.split())
+
+
+def test_serve_predicts_pairs(mixed_run):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    import thawing
+    from thawing.deploy.serve import ServeSettings, build_app
+
+    model = thawing.load(mixed_run.path, device="cpu")
+    with TestClient(build_app(model, ServeSettings(max_texts=8, max_text_bytes=200))) as client:
+        response = client.post("/predict", json={"pairs": PAIRS})
+        assert response.status_code == 200, response.text
+        got = response.json()["predictions"]
+        assert set(got) == {"pair"}
+        assert [p["score"] for p in got["pair"]] == pytest.approx(
+            [p["score"] for p in model.predict(PAIRS, task="pair")], abs=1e-6)
+        texts = client.post("/predict", json={"texts": ["i love the film"]})
+        assert texts.status_code == 200 and set(texts.json()["predictions"]) == {"sentiment"}
+        for body, message in [({"texts": ["i love the film"], "tasks": ["pair"]}, "do not take these inputs"),
+                              ({"pairs": [["only one"]]}, "pairs[0] is not a [text, text] pair"),
+                              ({"pairs": [["a", ""]]}, "pairs[0]: texts[1] is empty"),
+                              ({"pairs": PAIRS, "texts": ["x"]}, "not both")]:
+            refused = client.post("/predict", json=body)
+            assert refused.status_code == 422 and message in refused.json()["error"], refused.text
+        assert client.post("/embed", json={"texts": ["i love the film"]}).status_code == 200
