@@ -331,6 +331,12 @@ def test_cli_predict_evaluate_and_plan_with_pairs(mixed_run, tmp_path):
     results = json.loads((mixed_run.path / "results.json").read_text())["tasks"]
     assert json.loads(metrics.read_text())["tasks"]["pair"] == pytest.approx(results["pair"])
 
+    from thawing.reporting.report import write_report
+
+    report = write_report(mixed_run.path)
+    markdown = (report / "report.md").read_text() if report.is_dir() else report.read_text()
+    assert "**pair**: similarity, scores 0 to 5, primary metric spearman" in markdown
+
     config = mixed_run.path / "config.yaml"
     code, text = invoke("plan", str(config), "--set", "schedule=progressive")
     assert code == 0, text
