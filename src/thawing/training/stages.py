@@ -225,7 +225,8 @@ def check_encoder_only(plan: list[Stage], config: RunConfig) -> None:
     """
     tasks = encoder_only_tasks(config)
     trains = [s for s in plan if s.epochs > 0 and s.trainable]
-    if tasks and trains and not any(trains_embeddings(s.trainable) for s in trains):
+    meant = trains or any(s.skips for s in plan)  # a plan meant to train (not `frozen`)
+    if tasks and meant and not any(trains_embeddings(s.trainable) for s in trains):
         raise ConfigError(f"schedule: task(s) {', '.join(tasks)} have no head: only the encoder (or a projection) "
                           "trains by them, and no stage of this plan trains either; train the encoder in a stage "
                           "(e.g. schedule: full or progressive), or leave the task(s) out")
@@ -243,17 +244,18 @@ def build_plan(config: RunConfig, groups: OrderedDict[str, list], run_optional: 
             adapters = _adapters(cfg.lora, model, groups) if cfg.lora else None
         except ConfigError as exc:
             raise ConfigError(f"schedule: stage '{cfg.name}': {exc}") from None
-        if cfg.train and not trainable and cfg.epochs > 0:
-            headless = encoder_only_tasks(config)
-            why = f" (task(s) {', '.join(headless)} have no head)" if headless else ""
+        headless = encoder_only_tasks(config)
+        # Every task without a head: a heads stage (progressive's first) has nothing to train, and is skipped.
+        skipped = bool(cfg.train) and not trainable and cfg.epochs > 0 and len(headless) == len(config.tasks)
+        if cfg.train and not trainable and cfg.epochs > 0 and not skipped:
             raise ConfigError(f"schedule: stage '{cfg.name}' trains {cfg.train}, which selects no parameter of this "
-                              f"model{why}; give train: [] (or freeze: [all]) for a stage that trains nothing")
+                              "model; give train: [] (or freeze: [all]) for a stage that trains nothing")
         trainable += adapters.groups if adapters else []
         stage = Stage(
             name=cfg.name,
             trainable=trainable,
             lrs=group_rates(trainable, groups, cfg, config),
-            epochs=cfg.epochs,
+            epochs=0 if skipped else cfg.epochs,
             warmup=config.train.warmup if cfg.warmup is None else cfg.warmup,
             lr_schedule=cfg.lr_schedule or config.train.lr_schedule,
             eval_every=cfg.eval_every or config.train.eval_every,
@@ -266,7 +268,7 @@ def build_plan(config: RunConfig, groups: OrderedDict[str, list], run_optional: 
             lora=adapters,
             task_loss=cfg.task_loss,
             pair_loss=cfg.pair_loss,
-            skips=() if trains_embeddings(trainable) or cfg.epochs == 0 else tuple(encoder_only_tasks(config)),
+            skips=() if trains_embeddings(trainable) or cfg.epochs == 0 else tuple(headless),
         )
         if not cfg.task_loss and not distills(stage.retain) and not pair_weights(stage, config):
             raise ConfigError(f"schedule: stage '{cfg.name}' has task_loss: false but no other loss to train by; give "
