@@ -379,8 +379,9 @@ def test_serve_predicts_pairs(mixed_run):
 def test_progressive_on_similarity_alone_runs(tiny_bert_dir, tmp_path):
     from thawing.training.loop import train
 
-    run = train(parse_config(pair_config(tiny_bert_dir, tmp_path, "similarity", schedule="progressive")),
-                run_dir=str(tmp_path / "run"))
+    raw = pair_config(tiny_bert_dir, tmp_path, "similarity", schedule="progressive")
+    raw["train"]["log_every"] = 1
+    run = train(parse_config(raw), run_dir=str(tmp_path / "run"))
     stages = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     trained = {line["stage"] for line in stages if line.get("split") == "train" and line.get("task") == "pair"}
     assert trained == {"top", "discriminative"}
