@@ -385,3 +385,42 @@ def test_progressive_on_similarity_alone_runs(tiny_bert_dir, tmp_path):
     stages = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     trained = {line["stage"] for line in stages if line.get("split") == "train" and line.get("task") == "pair"}
     assert trained == {"top", "discriminative"}
+
+
+def test_onnx_export_gives_pair_outputs_from_consecutive_texts(tiny_bert_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from clirun import invoke
+    from transformers import AutoTokenizer
+
+    import thawing
+    from thawing.data.records import Example
+    from thawing.training.loop import train
+
+    raw = pair_config(tiny_bert_dir, tmp_path, "similarity")
+    for kind, name in (("pair-classification", "nli"), ("retrieval", "search")):
+        raw["tasks"][name] = pair_config(tiny_bert_dir, tmp_path / name, kind)["tasks"]["pair"]
+    raw["tasks"]["sentiment"] = {"type": "classification", "data": toy_data(tmp_path)["sentiment"]}
+    raw["train"]["epochs"] = 1
+    run = train(parse_config(raw), run_dir=str(tmp_path / "run"))
+    folder = tmp_path / "onnx"
+    code, output = invoke("export", str(run.path), "--format", "onnx", "--output", str(folder))
+    assert code == 0, output
+
+    import onnxruntime
+
+    meta = json.loads((folder / "thawing_onnx.json").read_text())
+    assert meta["tasks"]["pair"]["shape"] == ["pairs", 1] and meta["tasks"]["nli"]["shape"] == ["pairs", "labels"]
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    pairs = PAIRS + [["where is berlin ?", "the parcel is late again"]]
+    flat = [text for pair in pairs for text in pair]  # a1, b1, a2, b2, ...
+    encoded = AutoTokenizer.from_pretrained(str(folder))(flat, padding=True, return_tensors="np")
+    outputs = dict(zip(meta["outputs"], session.run(meta["outputs"], {k: encoded[k].astype(np.int64)
+                                                                       for k in meta["inputs"]}), strict=True))
+    model = thawing.load(run.path, device="cpu")
+    for task in ("pair", "search"):
+        want = [p["score"] for p in model.predict(pairs, task=task)]
+        np.testing.assert_allclose(outputs[task][:, 0], want, atol=1e-4)
+    want = np.stack(model.logits("nli", [Example(texts=p) for p in pairs]))
+    np.testing.assert_allclose(outputs["nli"], want, atol=1e-4)
+    assert outputs["sentiment"].shape == (len(flat), 2) and outputs["embedding"].shape[0] == len(flat)
