@@ -281,6 +281,7 @@ def test_a_mix_trains_progressively_with_distillation(tiny_bert_dir, tmp_path):
     assert "pair" not in results.get("frozen_heads", {})
     card = (run.path / "final" / "README.md").read_text()
     assert "Head: none (the cosine of the two sentence embeddings)" in card
+    assert "Pair tasks (`pair`, `nli`) read the batch as pairs" in card
 
 
 # ---------------------------------------------------------------------------------------------- using a trained run

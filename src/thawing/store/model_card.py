@@ -366,6 +366,11 @@ def _onnx_usage(name: str, tasks: dict) -> list[str]:
         else:
             lines.append('print(task["labels"][int(logits[0].argmax())])')
         lines.append("```")
+    pairs = [t for t, spec in tasks.items() if task_type(spec["type"]).reads == "pairs"]
+    if pairs:
+        lines += ["", f"Pair tasks ({', '.join(f'`{t}`' for t in pairs)}) read the batch as pairs, each pair's two "
+                  "texts one after the other (a1, b1, a2, b2, ...): one output row per pair, the cosine of the two "
+                  "embeddings (similarity, retrieval) or the pair's logits (pair classification)."]
     tokens = [t for t, spec in tasks.items() if task_type(spec["type"]).reads == "tokens"]
     if tokens:
         lines += ["", f"Token tasks ({', '.join(f'`{t}`' for t in tokens)}) output logits per token (batch, tokens, "
