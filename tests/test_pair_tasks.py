@@ -311,6 +311,11 @@ def test_load_predicts_pairs_for_pair_tasks_and_texts_for_the_others(mixed_run):
     assert set(model.predict(["i love the film"])) == {"sentiment"}
     with pytest.raises(InputError, match="takes 2 texts per input"):
         model.predict(["i love the film"], task="pair")
+    # a user's gold scores, as in the data (0 to 5), give the metrics training computed on the same pairs
+    dev = pair_rows()["similarity"][1::2]
+    got = model.evaluate([[r["sentence1"], r["sentence2"]] for r in dev], [r["score"] for r in dev], task="pair")
+    results = json.loads((mixed_run.path / "results.json").read_text())["tasks"]["pair"]
+    assert got == pytest.approx(results, abs=1e-6)
 
 
 def test_cli_predict_evaluate_and_plan_with_pairs(mixed_run, tmp_path):

@@ -66,7 +66,9 @@ class Retrieval(PairTask):
         return Example(texts=texts, label=list(label))
 
     def label_ids(self, gold: Any, ids: dict[str, int]) -> Any:  # noqa: ARG002 (the task-type interface)
-        return list(gold)
+        """Refused: a retrieval task is scored over a split's corpus, which a list of gold labels does not give."""
+        raise InputError("a retrieval task is scored by ranking a split's corpus, not against one label per input: "
+                         "evaluate it on a file (thawing evaluate --data task=FILE, rows {query, positive})")
 
     def featurize(self, encoder, examples: Sequence[Example], labelled: bool, prompt: str | None) -> Features:
         feats = super().featurize(encoder, examples, labelled, prompt)
