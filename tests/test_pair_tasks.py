@@ -430,3 +430,16 @@ def test_onnx_export_gives_pair_outputs_from_consecutive_texts(tiny_bert_dir, tm
     want = np.stack(model.logits("nli", [Example(texts=p) for p in pairs]))
     np.testing.assert_allclose(outputs["nli"], want, atol=1e-4)
     assert outputs["sentiment"].shape == (len(flat), 2) and outputs["embedding"].shape[0] == len(flat)
+
+
+def test_pair_classification_heads_on_small_data_from_centroids(tiny_bert_dir, tmp_path):
+    """The pair head in a heads stage on cached pairs, started from class centroids over (u, v, |u - v|), with the
+    small-data cross-validation deciding whether training beats them."""
+    from thawing.training.loop import train
+
+    raw = pair_config(tiny_bert_dir, tmp_path, "pair-classification", schedule="heads")
+    raw["train"] = {"batch_size": 8, "seed": 0, "head_init": "centroids"}  # dev of 12: small data
+    run = train(parse_config(raw), run_dir=str(tmp_path / "run"))
+    stages = run.read_json(run.stages)
+    assert stages[0]["cached"] and "head_check" in stages[0]
+    assert set(run.read_json(run.results)["tasks"]["pair"]) == {"accuracy", "macro_f1"}
