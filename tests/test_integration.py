@@ -116,3 +116,34 @@ def test_plan_json_for_minilm(tmp_path):
     assert (
         stages["full"]["trainable_params"] == 22_713_216 - 147_840 + 770
     )  # all but BERT's unused pooler, plus the head
+
+
+def _stsb(datasets_dir, schedule: str, n_train: int = 256) -> dict:
+    data = {split: str(datasets_dir / f"stsb/{split}.jsonl") for split in ("train", "dev", "test")}
+    return {
+        "name": "stsb",
+        "model": {"name": MODEL, "max_length": 64},
+        "tasks": {"sts": {"type": "similarity", "data": data, "score_range": [0, 5],
+                          "limit": {"train": n_train, "dev": 200, "test": 300}}},
+        "train": {"batch_size": 16, "epochs": 1, "seed": 0},
+        "schedule": schedule,
+    }
+
+
+def test_similarity_trains_on_stsb_and_reports_spearman(minilm_dir, datasets_dir, tmp_path):
+    """`similarity` on a slice of STS-B: the frozen run's test Spearman is that of MiniLM's own cosines
+    (sentence-transformers), and training the encoder by CoSENT keeps it in the same range."""
+    from scipy.stats import spearmanr
+
+    frozen = train(parse_config(_stsb(datasets_dir, "frozen")), run_dir=str(tmp_path / "frozen"))
+    pretrained = frozen.read_json(frozen.results)["tasks"]["sts"]["spearman"]
+    rows = [json.loads(line) for line in (datasets_dir / "stsb/test.jsonl").read_text().splitlines()[:300]]
+    st = SentenceTransformer(str(minilm_dir), device="cpu")
+    a, b = st.encode([r["sentence1"] for r in rows]), st.encode([r["sentence2"] for r in rows])
+    cosines = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert pretrained == pytest.approx(spearmanr(cosines, [r["score"] for r in rows]).statistic, abs=2e-3)
+
+    run = train(parse_config(_stsb(datasets_dir, "full")), run_dir=str(tmp_path / "full"))
+    trained = run.read_json(run.results)["tasks"]["sts"]
+    assert set(trained) == {"spearman", "pearson"} and run.read_json(run.results)["splits"] == {"sts": "test"}
+    assert trained["spearman"] > 0.7 and abs(trained["spearman"] - pretrained) < 0.1

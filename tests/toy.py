@@ -106,3 +106,40 @@ def toy_config(model_dir: Path, root: Path, tasks=("sentiment", "qtype", "ner"),
 def write_config(config: dict, path: Path) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def pair_rows() -> dict[str, list[dict]]:
+    """Toy rows of the three sentence-pair types, from the sentences above: a similarity score (5 the same sentence,
+    4 the same sentiment, 1 the opposite one, 0 a question), a pair label (same, opposite, unrelated), and retrieval
+    of each sentence (the positive) from its first three words (the query), its opposite as a hard negative."""
+    similarity, pairs = [], []
+    for i, (pos, neg) in enumerate(zip(POSITIVE, NEGATIVE, strict=True)):
+        other, question = POSITIVE[(i + 1) % len(POSITIVE)], QUESTIONS[i][0]
+        similarity += [{"sentence1": pos, "sentence2": pos, "score": 5}, {"sentence1": pos, "sentence2": other,
+                        "score": 4}, {"sentence1": pos, "sentence2": neg, "score": 1},
+                       {"sentence1": neg, "sentence2": question, "score": 0}]
+        pairs += [{"sentence1": pos, "sentence2": other, "label": "same"},
+                  {"sentence1": pos, "sentence2": neg, "label": "opposite"},
+                  {"sentence1": neg, "sentence2": question, "label": "unrelated"}]
+    retrieval = [{"query": " ".join(s.split()[:3]), "positive": s, "negative": o}
+                 for s, o in zip(POSITIVE + NEGATIVE, NEGATIVE + POSITIVE, strict=True)]
+    return {"similarity": similarity, "pair-classification": pairs, "retrieval": retrieval}
+
+
+def pair_config(model_dir: Path, root: Path, kind: str, **extra) -> dict:
+    """A one-task config of a pair type over `pair_rows`, train and dev written as files (dev: every second row)."""
+    rows = pair_rows()[kind]
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    splits = {"train": write_jsonl(data / f"{kind}_train.jsonl", rows),
+              "dev": write_jsonl(data / f"{kind}_dev.jsonl", rows[1::2])}
+    config = {
+        "name": "pairs",
+        "model": {"name": str(model_dir)},
+        "tasks": {"pair": {"type": kind, "data": splits}},
+        "train": {"batch_size": 8, "epochs": 2, "seed": 0, "eval_batch_size": 8, "small_data": {"min_dev": 0},
+                  "head_init": "random", "lr": {"encoder": 1e-3}},
+        "schedule": "full",
+    }
+    config.update(extra)
+    return config

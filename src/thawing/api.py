@@ -66,17 +66,38 @@ class TrainedModel:
         """Predict every task (or one) for each input, running the encoder once for the tasks that read the same
         inputs.
 
-        Inputs are strings; token tasks split them on whitespace (or take pre-split token lists).
-        Classification gives {"label", "probs"}; token classification gives {"tokens", "tags",
-        "entities": [{"type", "start", "end", "text"}]} with word indices, end exclusive.
+        Inputs are strings; token tasks split them on whitespace (or take pre-split token lists); pair tasks take
+        pairs: [text, text] lists (or objects with the type's field names: sentence1 and sentence2; query and
+        passage). Classification gives {"label", "probs"}; token classification gives {"tokens", "tags",
+        "entities": [{"type", "start", "end", "text"}]} with word indices, end exclusive; similarity and retrieval
+        give {"score"} (the cosine), pair classification {"label", "probs"}. Without `task`, pairs go to the pair
+        tasks and texts to the others.
         """
-        names = [task] if task else list(self.tasks)
+        names = [task] if task else self.tasks_for(texts)
         for name in names:
             if name not in self.tasks:
                 raise InputError(f"unknown task '{name}'; this model has {', '.join(self.tasks)}")
         with self.runtime.autocast():
             out = inference.predict(self.model, texts, names, self.batch_size, self.runtime.inference_max_tokens)
         return out[task] if task else out
+
+    def tasks_for(self, items: Sequence) -> list[str]:
+        """The tasks that take inputs like `items`: the pair tasks for pairs (lists or objects, every one), the others
+        for texts (strings; word lists where the model has no pair task: otherwise name the token task).
+
+        Raises:
+            InputError: when no task of the model takes them.
+        """
+        pairs = bool(items) and all(not isinstance(item, str) for item in items)
+        pair_tasks = [name for name, spec in self.tasks.items() if spec.kind.reads == "pairs"]
+        if pairs and pair_tasks:
+            return pair_tasks
+        names = [name for name in self.tasks if name not in pair_tasks and not any(isinstance(i, dict) for i in items)]
+        if not names:
+            wanted = "pairs ([text, text])" if not pairs else "texts (strings)"
+            raise InputError(f"no task of this model takes these inputs: its tasks ({', '.join(self.tasks)}) take "
+                             f"{wanted}")
+        return names
 
     def evaluate(self, texts: Sequence[str] | Sequence[Sequence[str]], labels: Sequence, task: str | None = None
                  ) -> dict[str, float]:
@@ -199,7 +220,7 @@ def task_specs(raw: Any, path: Path) -> dict[str, TaskSpec]:
             raise InputError(f"task '{task}': not a head description: {spec['head']!r:.200}", path=path) from None
         labels = spec["labels"]
         if (not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels)
-                or len(set(labels)) != len(labels) or not labels):
+                or len(set(labels)) != len(labels) or (not labels and TASK_TYPES[spec["type"]].min_labels)):
             raise InputError(f"task '{task}': labels must be distinct non-empty strings, got {labels!r:.200}",
                              path=path)
         specs[task] = TaskSpec(**spec)

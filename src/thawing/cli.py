@@ -227,6 +227,9 @@ def plan(
         Console().print(table)
         if "lora" in stage:
             Console().print(_lora_line(stage["lora"]))
+        if "skips" in stage:
+            Console().print(f"skips {', '.join(stage['skips'])}: no head, and this stage trains neither the encoder "
+                            "nor a projection")
 
 
 def _lora_line(adapters: dict) -> str:
@@ -307,26 +310,41 @@ def predict(
     output: Path = typer.Option(..., "--output", "-o", help="Where to write one JSON line per input."),
     task: str | None = typer.Option(None, help="Only this task (default: every task)."),
     text_field: str = typer.Option("text", help="Field holding the text in .jsonl/.csv/.tsv input."),
+    pair_fields: str | None = typer.Option(
+        None, help="Pair tasks: the two fields of each input row (default: sentence1,sentence2; retrieval: "
+        "query,passage)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     trust_remote_code: bool = typer.Option(False, help=_TRUST_HELP),
     no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP),
 ) -> None:
-    """Predict labels and probabilities (or entity spans) for each input text."""
+    """Predict labels and probabilities (or entity spans) for each input text; for pair tasks, a score (similarity,
+    retrieval) or a label for each pair of texts (.jsonl, .csv or .tsv rows)."""
     _check_output(output, overwrite, (input, run_dir))  # before the model stack is imported: a refusal comes at once
     import json
 
     from thawing.api import load
-    from thawing.data.readers import read_texts
+    from thawing.data.readers import read_pairs, read_texts
     from thawing.store.atomic import atomic_path
 
-    texts = read_texts(input, text_field=text_field)
     model = load(run_dir, trust_remote_code=trust_remote_code, verify=not no_verify)
+    names = [task] if task else list(model.tasks)
+    pairs = [t for t in names if t in model.tasks and model.tasks[t].kind.reads == "pairs"]
+    if pairs and len(pairs) != len(names):
+        raise InputError(f"this model has pair tasks ({', '.join(pairs)}) and text tasks "
+                         f"({', '.join(t for t in names if t not in pairs)}): choose one with --task")
+    if pairs:
+        fields = pair_fields.split(",") if pair_fields else list(model.tasks[pairs[0]].kind.inputs)
+        if len(fields) != 2 or not all(fields):
+            raise InputError(f"--pair-fields '{pair_fields}' must name two fields: a,b")
+        texts: list = read_pairs(input, fields)
+    else:
+        texts = read_texts(input, text_field=text_field)
     predictions = model.predict(texts, task=task)
     if task:
         predictions = {task: predictions}
     with atomic_path(output) as tmp, open(tmp, "w") as fh:
         for i, text in enumerate(texts):
-            row = {"text": text, **{t: rows[i] for t, rows in predictions.items()}}
+            row = {"texts" if pairs else "text": text, **{t: rows[i] for t, rows in predictions.items()}}
             fh.write(json.dumps(row, allow_nan=False) + "\n")  # strict JSON: a NaN probability fails here
     console.print(f"wrote {len(texts)} predictions to {output}")
 

@@ -110,6 +110,7 @@ class HeadConfig(_Strict):
     type: Literal["linear", "mlp"] = "linear"
     hidden_size: int = Field(256, gt=0, le=65536)  # an MLP head's width (larger: a typo, not a head)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    product: bool = False  # pair classification: the head also reads u * v, beside (u, v, |u - v|)
 
 
 class PerClassLimit(_Strict):
@@ -121,7 +122,8 @@ class PerClassLimit(_Strict):
 
 
 class TaskConfig(_Strict):
-    type: Literal["classification", "token-classification", "multi-label"]
+    type: Literal["classification", "token-classification", "multi-label", "similarity", "pair-classification",
+                  "retrieval"]
     data: Annotated[TaskSplits, BeforeValidator(dataset_dict_splits)]
     format: Literal["auto", "jsonl", "csv", "tsv", "conll", "hf"] = "auto"
     text_field: str = "text"
@@ -146,6 +148,17 @@ class TaskConfig(_Strict):
     # or validation, test reads test.
     hf_subset: str | None = Field(None, min_length=1)
     hf_split: dict[Literal["train", "dev", "test"], Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
+    # Sentence pairs (task_types/pair.py): similarity and pair-classification read two sentences, retrieval a query,
+    # its positive and, in every row or none, a hard negative.
+    sentence1_field: str = "sentence1"
+    sentence2_field: str = "sentence2"
+    score_field: str = "score"  # similarity: the pair's score
+    score_range: tuple[float, float] | None = None  # similarity: scores scale from it to [0, 1]; None: train's range
+    loss: Literal["cosent", "cosine_mse"] = "cosent"  # similarity's loss
+    query_field: str = "query"
+    positive_field: str = "positive"
+    negative_field: str = "negative"
+    temperature: float = Field(0.05, gt=0.0, le=1.0)  # retrieval: the softmax temperature (scale 1 / temperature)
 
     @field_validator("tag_scheme")
     @classmethod
@@ -179,6 +192,27 @@ class TaskConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _pair_options(self) -> TaskConfig:
+        # Silently ignoring them would hide a task whose type was mistyped.
+        applies = {"sentence1_field": ("similarity", "pair-classification"),
+                   "sentence2_field": ("similarity", "pair-classification"), "score_field": ("similarity",),
+                   "score_range": ("similarity",), "loss": ("similarity",), "query_field": ("retrieval",),
+                   "positive_field": ("retrieval",), "negative_field": ("retrieval",), "temperature": ("retrieval",),
+                   "labels": ("classification", "token-classification", "multi-label", "pair-classification"),
+                   "text_field": ("classification", "multi-label")}
+        for name, types in applies.items():
+            # Set to other than the default: a run directory's config.yaml writes every key out.
+            if getattr(self, name) != type(self).model_fields[name].default and self.type not in types:
+                raise ValueError(f"'{name}' applies only to {' and '.join(types)} tasks; this task's type is "
+                                 f"{self.type}")
+        if self.head.product and self.type != "pair-classification":
+            raise ValueError(f"'head.product' applies only to pair-classification tasks; this task's type is "
+                             f"{self.type}")
+        if self.score_range is not None and not self.score_range[0] < self.score_range[1]:
+            raise ValueError(f"score_range must be [low, high] with low < high, got {list(self.score_range)}")
+        return self
+
+    @model_validator(mode="after")
     def _hf_options(self) -> TaskConfig:
         given = [name for name, on in (("hf_subset", self.hf_subset is not None), ("hf_split", bool(self.hf_split)))
                  if on]
@@ -199,8 +233,11 @@ class TaskConfig(_Strict):
         if splits and self.format != "auto":
             raise ValueError(f"format: {self.format} applies to files; data.{splits[0]} is in memory (leave format "
                              "unset)")
-        fields = ((self.tokens_field, self.tags_field) if self.type == "token-classification"
-                  else (self.text_field, self.label_field))
+        fields = {"token-classification": (self.tokens_field, self.tags_field),
+                  "similarity": (self.sentence1_field, self.sentence2_field, self.score_field),
+                  "pair-classification": (self.sentence1_field, self.sentence2_field, self.label_field),
+                  "retrieval": (self.query_field, self.positive_field, self.negative_field),
+                  }.get(self.type, (self.text_field, self.label_field))
         for split in splits:
             rows = getattr(self.data, split)
             for index, row in enumerate(rows):

@@ -134,7 +134,9 @@ def draw_per_class(records: list[Record], per_class: int, seed: int) -> list[Rec
 
 
 def _label_set(cfg: TaskConfig, train: list[Record]) -> list[str]:
-    """The configured labels, else the train labels in the task type's order."""
+    """The configured labels (a similarity task's score range), else the train labels in the task type's order."""
+    if cfg.score_range is not None:
+        return [repr(float(x)) for x in cfg.score_range]
     if cfg.labels is not None:
         duplicates = sorted({lab for lab in cfg.labels if cfg.labels.count(lab) > 1})
         if duplicates:

@@ -39,12 +39,20 @@ class Features:
     labels: list
     word_starts: list[list[int]] = field(default_factory=list)  # token tasks: first sub-token per word
     per_token: bool = False  # token tasks: `labels[i]` holds a label per sub-token (IGNORE after each word's first)
+    # Pair tasks: example i's other texts (its second sentence; a positive and a hard negative), `input_ids[i]` being
+    # its first; every example of a batch has as many. `keys`: what no two examples of a training batch may share
+    # (retrieval: the positive, which would otherwise be a false in-batch negative).
+    others: list[list[list[int]]] = field(default_factory=list)
+    keys: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     @property
     def lengths(self) -> list[int]:
+        """Tokens per example: a pair task's are those of all its texts."""
+        if self.others:
+            return [len(ids) + sum(map(len, rest)) for ids, rest in zip(self.input_ids, self.others, strict=True)]
         return [len(ids) for ids in self.input_ids]
 
     def labelled(self, indices: Sequence[int] | None = None) -> int:
@@ -62,6 +70,50 @@ def featurize_texts(
     """Tokenize sentences for a classification task (labels may be None when predicting)."""
     ids = encoder.token_ids(texts, prompt)
     return Features(ids, list(labels) if labels is not None else [IGNORE] * len(ids))
+
+
+def featurize_pairs(
+    encoder: Encoder, texts: Sequence[Sequence[str]], labels: Sequence | None, prompt: str | None,
+    keys: Sequence[int] | None = None,
+) -> Features:
+    """Tokenize the texts of a pair task's examples (each example's texts, as many per example within a split): the
+    first text of each as `input_ids`, the others as `others`; each text on its own, so that a sentence embeds as it
+    would alone."""
+    flat = [text for row in texts for text in row]
+    ids = encoder.token_ids(flat, prompt)
+    rows, start = [], 0
+    for row in texts:
+        rows.append(ids[start : start + len(row)])
+        start += len(row)
+    return Features([r[0] for r in rows], list(labels) if labels is not None else [IGNORE] * len(rows),
+                    others=[r[1:] for r in rows], keys=list(keys or []))
+
+
+def separate_keys(batches: list[list[int]], keys: Sequence[int]) -> list[list[int]]:
+    """The same batches with no key twice in one batch: an example whose key its batch already holds moves to the
+    next batch that lacks it (a new batch at the end where none does). Deterministic; batch sizes stay at most what
+    they were, except that the moved examples may make new batches."""
+    out: list[list[int]] = [[] for _ in batches]
+    seen: list[set[int]] = [set() for _ in batches]
+    limit = [len(b) for b in batches]
+    waiting: list[int] = []
+    for b, batch in enumerate(batches):
+        for i in batch:
+            if keys[i] in seen[b]:
+                waiting.append(i)
+            else:
+                out[b].append(i)
+                seen[b].add(keys[i])
+    for i in waiting:
+        target = next((b for b in range(len(out)) if keys[i] not in seen[b] and len(out[b]) < limit[b]), None)
+        if target is None:
+            out.append([])
+            seen.append(set())
+            limit.append(max(limit, default=1))
+            target = len(out) - 1
+        out[target].append(i)
+        seen[target].add(keys[i])
+    return [b for b in out if b]
 
 
 def featurize_words(
@@ -213,8 +265,17 @@ def sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
 
 
 def collate(encoder: Encoder, features: Features, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Pad the chosen examples to their longest member: input_ids, attention_mask, labels."""
-    batch = encoder.pad([features.input_ids[i] for i in indices])
+    """Pad the chosen examples to their longest member: input_ids, attention_mask, labels. A pair task's texts come
+    as (B, S, T): its S texts per example, padded together."""
+    if features.others:
+        sides = {len(features.others[i]) for i in indices}
+        if len(sides) > 1:
+            raise ValueError(f"a batch of a pair task mixes examples of {sorted(s + 1 for s in sides)} texts")
+        batch = encoder.pad([ids for i in indices for ids in [features.input_ids[i], *features.others[i]]])
+        count = sides.pop() + 1
+        batch = {k: v.view(len(indices), count, -1) for k, v in batch.items()}
+    else:
+        batch = encoder.pad([features.input_ids[i] for i in indices])
     labels = [features.labels[i] for i in indices]
     if features.per_token:  # pad token labels with IGNORE on the same side as the ids
         width = batch["input_ids"].shape[1]

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,34 @@ def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
     if not texts:
         raise InputError("no texts in input", path=path)
     return texts
+
+
+def read_pairs(path: str | Path, fields: Sequence[str]) -> list[list[str]]:
+    """Read the pairs to predict: the texts in `fields` of each row of a .jsonl, .json, .csv or .tsv file.
+
+    Raises:
+        InputError: For a missing file or field (naming its line), a text that is not a non-empty string, an
+            unsupported suffix, or no rows at all.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
+        raise InputError(f"unsupported suffix '{path.suffix}' for pairs; use .jsonl, .json, .csv or .tsv (one row "
+                         f"per pair, with the fields {', '.join(fields)})", path=path)
+    pairs = []
+    for line, record in read_rows(path, _SUFFIXES[suffix]):
+        row = []
+        for name in fields:
+            if name not in record:
+                raise InputError("missing field", path=path, line=line, field=name)
+            value = record[name]
+            if not isinstance(value, str) or not value.strip():
+                raise InputError(f"expected a non-empty string, got {value!r:.80}", path=path, line=line, field=name)
+            row.append(value)
+        pairs.append(row)
+    if not pairs:
+        raise InputError("no pairs in input", path=path)
+    return pairs
 
 
 def _read_text(path: Path) -> str:

@@ -15,11 +15,13 @@ Record = tuple[int, Any, Any]  # (source line, the input, its label(s) as string
 
 @dataclass
 class Example:
-    """One input: a text with a class id (or a list of them, multi-label), or tokens with one tag id per token."""
+    """One input: a text with a class id (or a list of them, multi-label), tokens with one tag id per token, or the
+    texts of a pair task (two sentences; a query, its positive and a hard negative) with a score, class id or ids."""
 
     text: str | None = None
     tokens: list[str] | None = None
     label: Any = 0
+    texts: list[str] | None = None
 
 
 def field_value(record: dict, name: str, path: str, line: int) -> Any:

@@ -6,7 +6,9 @@ normalization, as `Encoder` runs them) and every task's head, for onnxruntime.
 DIR holds `model.onnx`, the tokenizer's files and `thawing_onnx.json` (per task: type, labels, prompt, decision
 rule, multi-label threshold; max_length, lower-casing, padding side). The graph takes `input_ids` and
 `attention_mask` (int64, batch x sequence, both dynamic) and gives one output per task, named by the task (logits,
-(batch, labels); token tasks (batch, sequence, labels)), and `embedding` (batch, D).
+(batch, labels); token tasks (batch, sequence, labels)), and `embedding` (batch, D). Pair tasks read the batch as
+pairs, each pair's two texts one after the other (a1, b1, a2, b2, ...: an even batch): similarity and retrieval give
+the cosine of each pair (pairs, 1), pair classification its logits (pairs, labels).
 
 The graph is traced by torch's TorchScript exporter (`dynamo=False`): the torch.export-based one needs onnxscript,
 which thawing does not install. A trace records one path through Python code, so before anything is written the
@@ -34,6 +36,7 @@ from thawing.model.multitask import MultiTaskModel
 from thawing.store.atomic import building
 from thawing.store.outputs import check_output
 from thawing.store.run_dir import ONNX_META, ONNX_MODEL
+from thawing.task_types.heads import Cosine
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,9 @@ TOLERANCE = 1e-4  # max |onnx - torch|, relative to the largest output magnitude
 TRACE_TEXTS = ("a longer sentence that the graph is traced with, so that the batch holds padding", "short one")
 CHECK_TEXTS = (("the second batch has three texts of other lengths than the traced one", "a", "two words"),
                ("one text, without any padding",))
+# With pair tasks a batch holds whole pairs: even sizes, still other than the traced one's, lengths still mixed.
+PAIR_CHECK_TEXTS = (("the second batch has four texts of other lengths than the traced one", "a", "two words",
+                     "and a fourth"), ("one text, without any padding", "one text, without any padding"))
 
 
 class ExportGraph(nn.Module):
@@ -61,9 +67,23 @@ class ExportGraph(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         states = self.model.encoder.token_states(input_ids, attention_mask)
-        reads = {"sentence": self.model.encoder.pool(states, attention_mask), "tokens": states}
-        logits = [self.model.heads[task](reads[self.model.specs[task].kind.reads]) for task in self.tasks]
-        return (*logits, reads["sentence"])
+        pooled = self.model.encoder.pool(states, attention_mask)
+        reads = {"sentence": pooled, "tokens": states}
+        if self.pairs:  # consecutive texts are a pair
+            reads["pairs"] = pooled.reshape(-1, 2, pooled.shape[-1])
+        logits = [self.output(task, reads) for task in self.tasks]
+        return (*logits, pooled)
+
+    @property
+    def pairs(self) -> bool:
+        return any(self.model.specs[task].kind.reads == "pairs" for task in self.tasks)
+
+    def output(self, task: str, reads: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A task's output: its head's on what it reads; a pair task without a head (retrieval) the cosine."""
+        kind = self.model.specs[task].kind
+        if kind.reads == "pairs" and not kind.has_head:
+            return Cosine()(reads["pairs"])
+        return self.model.heads[task](reads[kind.reads])
 
 
 def export_run(run_dir: str | Path, output: str | Path, format: str = "onnx", quantize: str | None = None,
@@ -146,8 +166,8 @@ def trace(graph: ExportGraph, encoder: Encoder, names: list[str], path: Path) ->
     batch = encoder.pad(encoder.token_ids(list(TRACE_TEXTS)))
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
     for task in graph.tasks:
-        reads_tokens = graph.model.specs[task].kind.reads == "tokens"
-        axes[task] = {0: "batch", 1: "sequence"} if reads_tokens else {0: "batch"}
+        reads = graph.model.specs[task].kind.reads
+        axes[task] = {0: "batch", 1: "sequence"} if reads == "tokens" else {0: "pairs" if reads == "pairs" else "batch"}
     axes[EMBEDDING] = {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
         # The tracer warns about every Python value it freezes, and the TorchScript exporter about being the old one:
@@ -198,7 +218,7 @@ def compare(graph: ExportGraph, encoder: Encoder, names: list[str], path: Path) 
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = {name: {"max_abs": 0.0, "relative": 0.0} for name in names}
-    for texts in CHECK_TEXTS:
+    for texts in PAIR_CHECK_TEXTS if graph.pairs else CHECK_TEXTS:
         batch = encoder.pad(encoder.token_ids(list(texts)))
         got = session.run(names, {name: batch[name].numpy().astype(np.int64) for name in INPUTS})
         with torch.no_grad():
@@ -215,13 +235,15 @@ def metadata(model: MultiTaskModel, names: list[str], quantize: str | None, diff
     encoder = model.encoder
     tasks = {}
     for task, spec in model.specs.items():
-        tokens = spec.kind.reads == "tokens"
+        tokens, pairs = spec.kind.reads == "tokens", spec.kind.reads == "pairs"
         tasks[task] = {
             "type": spec.type,
             "output": task,
-            "shape": ["batch", "sequence", "labels"] if tokens else ["batch", "labels"],
-            # Token tasks take pre-split words (is_split_into_words), a prompt as leading words that carry no tag.
-            "input": "words" if tokens else "text",
+            "shape": (["batch", "sequence", "labels"] if tokens else
+                      ["pairs", "labels" if spec.kind.has_head else 1] if pairs else ["batch", "labels"]),
+            # Token tasks take pre-split words (is_split_into_words), a prompt as leading words that carry no tag;
+            # pair tasks a batch of pairs, each pair's two texts one after the other.
+            "input": "words" if tokens else "pairs: a1, b1, a2, b2, ..." if pairs else "text",
             "labels": list(spec.labels),
             "prompt": spec.prompt,
             **spec.kind.decision_rule(spec),

@@ -2,6 +2,8 @@
 embeddings, and what the run is.
 
     POST /predict  {"texts": [...], "tasks": [...]?}  ->  {"predictions": {task: [one prediction per text]}}
+    POST /predict  {"pairs": [[a, b], ...], ...}      ->  the same for pair tasks (similarity, retrieval: the cosine;
+                                                          pair classification: the label)
     POST /embed    {"texts": [...]}                   ->  {"embeddings": [[...], ...], "dimension": D}
     GET  /health                                      ->  {"status": "ok", "tasks": [...]}
     GET  /info                                        ->  tasks, labels, the run's test metrics, settings, counters
@@ -97,11 +99,15 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_request(body: bytes, settings: ServeSettings, tasks: Sequence[str] | None) -> tuple[list[str], list[str]]:
-    """The texts and tasks of a request body, or a `RequestError` (400 malformed JSON, 413 too large, 422 invalid).
+def parse_request(body: bytes, settings: ServeSettings, tasks: Sequence[str] | None,
+                  pair_tasks: Sequence[str] = ()) -> tuple[list, list[str]]:
+    """The texts (or pairs) and tasks of a request body, or a `RequestError` (400 malformed JSON, 413 too large, 422
+    invalid).
 
     `tasks` are the model's task names, for a /predict request (which may name some of them); None for /embed,
-    which takes texts alone. Returns the texts and the tasks asked for (all of them when the request names none).
+    which takes texts alone. `pair_tasks`: those of them that take pairs (`"pairs": [[a, b], ...]` instead of
+    `"texts"`). Returns the texts or pairs and the tasks asked for (all of them that take such inputs when the
+    request names none).
     """
     try:
         payload = json.loads(body, parse_constant=_reject_constant)
@@ -109,12 +115,38 @@ def parse_request(body: bytes, settings: ServeSettings, tasks: Sequence[str] | N
         raise RequestError(400, f"malformed JSON: {str(exc) or type(exc).__name__}") from None
     if not isinstance(payload, dict):
         raise RequestError(422, "the body must be a JSON object such as {\"texts\": [\"...\"]}")
-    allowed = {"texts"} if tasks is None else {"texts", "tasks"}
+    allowed = {"texts"} if tasks is None else {"texts", "tasks"} | ({"pairs"} if pair_tasks else set())
     unknown = sorted(set(payload) - allowed)
     if unknown:
         takes = ", ".join(sorted(allowed))
         raise RequestError(422, f"unknown field(s) {', '.join(unknown)}; this endpoint takes {takes}")
-    return _texts(payload.get("texts"), settings), _tasks(payload.get("tasks"), tasks)
+    if tasks is None:
+        return _texts(payload.get("texts"), settings), []
+    if "pairs" in payload and "texts" in payload:
+        raise RequestError(422, "give 'texts' (for text tasks) or 'pairs' (for pair tasks), not both")
+    pairs = "pairs" in payload or ("texts" not in payload and set(pair_tasks) == set(tasks))
+    fitting = [t for t in tasks if (t in pair_tasks) == pairs]
+    if not fitting:
+        raise RequestError(422, f"this model's tasks ({', '.join(tasks)}) take "
+                           + ("pairs: give 'pairs': [[text, text], ...]" if not pairs else "texts: give 'texts'"))
+    chosen = _tasks(payload.get("tasks"), tasks, fitting)
+    inputs = _pairs(payload.get("pairs"), settings) if pairs else _texts(payload.get("texts"), settings)
+    return inputs, chosen
+
+
+def _pairs(pairs: Any, settings: ServeSettings) -> list[list[str]]:
+    if not isinstance(pairs, list) or not pairs:
+        raise RequestError(422, "'pairs' must be a non-empty list of [text, text] pairs")
+    if len(pairs) > settings.max_texts:
+        raise RequestError(413, f"{len(pairs)} pairs in one request; the limit is {settings.max_texts}")
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise RequestError(422, f"pairs[{i}] is not a [text, text] pair")
+        try:
+            _texts(pair, settings)
+        except RequestError as exc:
+            raise RequestError(exc.status, f"pairs[{i}]: {exc}") from None
+    return pairs
 
 
 def _texts(texts: Any, settings: ServeSettings) -> list[str]:
@@ -138,16 +170,20 @@ def _texts(texts: Any, settings: ServeSettings) -> list[str]:
     return texts
 
 
-def _tasks(asked: Any, known: Sequence[str] | None) -> list[str]:
-    if known is None:
-        return []
+def _tasks(asked: Any, known: Sequence[str], takes: Sequence[str]) -> list[str]:
+    """The tasks asked for, of the model's `known` ones; each must be one of those that `takes` the request's inputs
+    (all of which a request that names none gets)."""
     if asked is None:
-        return list(known)
+        return list(takes)
     if not isinstance(asked, list) or not asked or not all(isinstance(t, str) for t in asked):
         raise RequestError(422, "'tasks' must be a non-empty list of task names")
     unknown = [t for t in asked if t not in known]
     if unknown:
         raise RequestError(422, f"unknown task(s) {', '.join(unknown)}; this model has {', '.join(known)}")
+    other = [t for t in asked if t not in takes]
+    if other:
+        raise RequestError(422, f"task(s) {', '.join(other)} do not take these inputs (pair tasks take 'pairs', the "
+                           "others 'texts')")
     return [t for t in known if t in asked]  # the model's order, each once
 
 
@@ -330,7 +366,8 @@ def build_app(model: TrainedModel, settings: ServeSettings | None = None):
 
     # Plain request handlers (Starlette routes): the body is read and checked here, so every refusal is our JSON.
     async def predict(request):
-        texts, tasks = parse_request(await _read_body(request, settings.max_body_bytes), settings, list(model.tasks))
+        texts, tasks = parse_request(await _read_body(request, settings.max_body_bytes), settings, list(model.tasks),
+                                     [t for t, spec in model.tasks.items() if spec.kind.reads == "pairs"])
         return _json({"predictions": await _submit(batchers["predict"], texts, tasks)})
 
     async def embed(request):
@@ -352,11 +389,12 @@ def build_app(model: TrainedModel, settings: ServeSettings | None = None):
     app.add_route("/health", health, methods=["GET"])
     app.add_route("/info", about, methods=["GET"])
     # The routes read and check their own bodies (plain routes): their schema is written here.
-    app.openapi = lambda: openapi_schema(app, list(model.tasks), settings)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_schema(  # type: ignore[method-assign]
+        app, list(model.tasks), settings, [t for t, spec in model.tasks.items() if spec.kind.reads == "pairs"])
     return app
 
 
-def openapi_schema(app, tasks: list[str], settings: ServeSettings) -> dict:
+def openapi_schema(app, tasks: list[str], settings: ServeSettings, pair_tasks: Sequence[str] = ()) -> dict:
     """The OpenAPI document of the service (what GET /openapi.json returns and GET /docs shows)."""
     from fastapi.openapi.utils import get_openapi
 
@@ -369,7 +407,9 @@ def openapi_schema(app, tasks: list[str], settings: ServeSettings) -> dict:
             "type": "object", "properties": {"error": {"type": "string"}}}}}}
 
         def post(summary: str, properties: dict, answer: dict) -> dict:
-            body = {"type": "object", "required": ["texts"], "properties": properties, "additionalProperties": False}
+            # /predict of a model with pair tasks takes "texts" or "pairs"
+            body = {"type": "object", **({} if "pairs" in properties else {"required": ["texts"]}),
+                    "properties": properties, "additionalProperties": False}
             return {"post": {"summary": summary, "requestBody": {"required": True, "content": {
                 "application/json": {"schema": body, "example": {"texts": [EXAMPLE_TEXT]}}}},
                 "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": answer}}},
@@ -382,7 +422,11 @@ def openapi_schema(app, tasks: list[str], settings: ServeSettings) -> dict:
         schema = get_openapi(title=app.title, version=app.version, routes=[])
         schema["paths"] = {
             "/predict": post("Every task's prediction (or the chosen tasks') for each text, from one encoder pass",
-                             {"texts": texts, "tasks": chosen},
+                             {"texts": texts, "tasks": chosen, **({"pairs": {
+                                 "type": "array", "items": {"type": "array", "items": texts["items"], "minItems": 2,
+                                                            "maxItems": 2}, "minItems": 1,
+                                 "maxItems": settings.max_texts, "description": "pairs of texts, for the pair tasks "
+                                 f"({', '.join(pair_tasks)}); instead of texts"}} if pair_tasks else {})},
                              {"type": "object", "properties": {"predictions": {"type": "object"}}}),
             "/embed": post("The sentence embedding of each text", {"texts": texts},
                            {"type": "object", "properties": {"embeddings": {"type": "array"},

@@ -139,7 +139,7 @@ def active_tasks(specs: dict, trainable: list[str]) -> list[str]:
     wanted = set(trainable)
     return [t for t, spec in specs.items()
             if f"head:{t}" in wanted or trains_encoder(trainable)
-            or (spec.kind.reads == "sentence" and "projection" in wanted)]
+            or (spec.kind.reads in ("sentence", "pairs") and "projection" in wanted)]
 
 
 def parameter_table(groups: OrderedDict[str, list], trainable: list[str]) -> list[dict]:

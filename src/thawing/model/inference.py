@@ -19,7 +19,7 @@ from thawing.data.batching import Features, collate, sorted_batches
 from thawing.data.records import Example
 from thawing.distributed import map_batches
 from thawing.model.encoder import evaluating
-from thawing.model.multitask import MultiTaskModel, TaskSpec
+from thawing.model.multitask import MultiTaskModel, TaskSpec, flat
 
 
 def featurize(model: MultiTaskModel, task: str, examples: Sequence[Example], labelled: bool = True) -> Features:
@@ -41,9 +41,9 @@ def logits_by_task(model: MultiTaskModel, tasks: Sequence[str], feats: Features,
 
     def compute(idx: list[int]) -> dict[str, list]:
         batch = collate(model.encoder, feats, idx)
-        mask = batch["attention_mask"].to(device)
-        states = model.encoder.token_states(batch["input_ids"].to(device), mask)
-        inputs = {reads: model.read(next(t for t in tasks if model.specs[t].kind.reads == reads), states, mask)
+        ids, mask, sides = flat(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        states = model.encoder.token_states(ids, mask)
+        inputs = {reads: model.read(next(t for t in tasks if model.specs[t].kind.reads == reads), states, mask, sides)
                   for reads in readers}
         rows = {}
         for task in tasks:
@@ -103,8 +103,9 @@ def split_examples(config: RunConfig, task: str, labels: list[str], split: str, 
     data, with a dev split carved from train carved again exactly as in training (the same seed). None when the
     task has no such split."""
     from thawing.config.tasks import load_split, load_task
+    from thawing.task_types import task_type
 
-    task_cfg = config.tasks[task].model_copy(update={"labels": labels})
+    task_cfg = config.tasks[task].model_copy(update=task_type(config.tasks[task].type).fixed_labels(labels))
     if path is not None:
         return load_split(task_cfg, split, path, labels)
     return load_task(task, task_cfg, seed=config.train.seed).splits.get(split)
@@ -116,5 +117,6 @@ def file_examples(spec: TaskSpec, split: str, path: str) -> list[Example]:
     from thawing.config import TaskConfig
     from thawing.config.tasks import load_split
 
-    task_cfg = TaskConfig(type=spec.type, data={"train": path}, tag_scheme=spec.tag_scheme, labels=list(spec.labels))
+    task_cfg = TaskConfig(type=spec.type, data={"train": path}, tag_scheme=spec.tag_scheme,
+                          **spec.kind.fixed_labels(list(spec.labels)))
     return load_split(task_cfg, split, path, list(spec.labels))

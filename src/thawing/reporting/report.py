@@ -187,12 +187,21 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 # ---------------------------------------------------------------------------------------------- markdown
 
 
+def _labels(spec: dict) -> str:
+    """A task's label set in a few words: a count, or what a type without labels has (similarity: its score range)."""
+    from thawing.task_types import TASK_TYPES
+
+    labels, kind = spec.get("labels", []), TASK_TYPES.get(spec.get("type", ""))
+    if kind is None or kind.min_labels:
+        return f"{len(labels)} labels"
+    return f"scores {float(labels[0]):g} to {float(labels[1]):g}" if len(labels) == 2 else "no labels (ranking)"
+
+
 def markdown(files: RunFiles, curves: bool) -> str:
     model = (files.config.get("model") or {}).get("name", "?")
     lines = [f"# {files.run.path.name}", "", f"Model: `{model}`. Tasks:", ""]
     for task, spec in files.tasks.items():
-        lines.append(f"- **{task}**: {spec.get('type')}, {len(spec.get('labels', []))} labels, "
-                     f"primary metric {files.primary[task]}")
+        lines.append(f"- **{task}**: {spec.get('type')}, {_labels(spec)}, primary metric {files.primary[task]}")
     lines += ["", "## Stages", "", *md_table(*stage_table(files.stages))]
     lines += ["", "## Each task on dev", "", "First evaluation, best, and last, in each task's primary metric: a task "
               "whose head or encoder stopped training shows here what it kept.", "", *md_table(*dev_table(files))]

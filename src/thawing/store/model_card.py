@@ -28,7 +28,8 @@ from thawing.task_types import task_type
 log = logging.getLogger(__name__)
 
 EXAMPLE = "An example sentence."
-READS = {"sentence": "the sentence embedding", "tokens": "each token's state (a word is read at its first sub-token)"}
+READS = {"sentence": "the sentence embedding", "tokens": "each token's state (a word is read at its first sub-token)",
+         "pairs": "the two sentence embeddings u and v: (u, v, |u - v|)"}
 
 
 def write_model_card(path: str | Path) -> Path:
@@ -176,11 +177,17 @@ def _task_section(task: str, spec: dict, task_config: dict, results: dict) -> li
     labels = spec.get("labels") or []
     head = spec.get("head") or {}
     shape = (f"MLP (hidden size {head.get('hidden_size')}, GELU)" if head.get("type") == "mlp" else "linear")
-    lines = ["", f"### {task}", "", f"- Type: {spec['type']}",
-             f"- Labels ({len(labels)}): " + ", ".join(code(label) for label in labels),
-             f"- Head: {shape} over {READS[kind.reads]}, dropout {head.get('dropout', 0.0)} in training"]
-    lines.append(f"- Prompt: {code(spec['prompt'])}" if spec.get("prompt") else "- Prompt: none")
     rule = kind.decision_rule(TaskSpec(**spec))
+    lines = ["", f"### {task}", "", f"- Type: {spec['type']}"]
+    if kind.reads == "pairs" and not kind.has_head:  # similarity, retrieval: the encoder alone
+        objective = ", ".join(f"{k} {v}" for k, v in (spec.get("objective") or {}).items())
+        lines += [f"- Score range: {' to '.join(labels)} (scaled to 0 to 1)"] if labels else []
+        lines.append(f"- Head: none ({rule['rule']}); trained through the encoder" + (f" ({objective})"
+                                                                                        if objective else ""))
+    else:
+        lines += [f"- Labels ({len(labels)}): " + ", ".join(code(label) for label in labels),
+                  f"- Head: {shape} over {READS[kind.reads]}, dropout {head.get('dropout', 0.0)} in training"]
+    lines.append(f"- Prompt: {code(spec['prompt'])}" if spec.get("prompt") else "- Prompt: none")
     if "threshold" in rule:
         lines.append(f"- Threshold: {rule['threshold']} (a label is predicted when its probability is above it)")
     if "tag_scheme" in rule:
@@ -359,6 +366,11 @@ def _onnx_usage(name: str, tasks: dict) -> list[str]:
         else:
             lines.append('print(task["labels"][int(logits[0].argmax())])')
         lines.append("```")
+    pairs = [t for t, spec in tasks.items() if task_type(spec["type"]).reads == "pairs"]
+    if pairs:
+        lines += ["", f"Pair tasks ({', '.join(f'`{t}`' for t in pairs)}) read the batch as pairs, each pair's two "
+                  "texts one after the other (a1, b1, a2, b2, ...): one output row per pair, the cosine of the two "
+                  "embeddings (similarity, retrieval) or the pair's logits (pair classification)."]
     tokens = [t for t, spec in tasks.items() if task_type(spec["type"]).reads == "tokens"]
     if tokens:
         lines += ["", f"Token tasks ({', '.join(f'`{t}`' for t in tokens)}) output logits per token (batch, tokens, "

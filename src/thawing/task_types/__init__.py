@@ -1,9 +1,12 @@
 """Task types: everything that differs between a sentence classification task, a token classification task and a
 multi-label task lives in its type, and nothing outside asks which type it holds.
 
-A type says what its head reads (`reads`: the pooled "sentence" embedding, or the "tokens" states), and owns:
+A type says what its head reads (`reads`: the pooled "sentence" embedding, the "tokens" states, or the "pairs" of
+sentence embeddings of a pair task's texts, (B, S, D)), and owns:
     read_split / read             a file's rows / one data record -> (line, input, raw label)
     label_set / example           the label set (`min_labels` at least) -> an `Example`
+    build_head                    the module on top of what it reads (a head; for similarity and retrieval none
+                                  that trains: the cosine, the embeddings themselves)
     featurize                     examples -> `Features` (token ids and labels as the loss wants them)
     loss                          logits and labels -> a summed loss, divided by the caller's divisor
     gather                        a batch's logits -> one array per example (per word for token tasks)
@@ -20,9 +23,13 @@ from __future__ import annotations
 
 from thawing.task_types.classification import Classification
 from thawing.task_types.multilabel import MultiLabel
+from thawing.task_types.pair_classification import PairClassification
+from thawing.task_types.retrieval import Retrieval
+from thawing.task_types.similarity import Similarity
 from thawing.task_types.token import TokenClassification
 
-TASK_TYPES = {t.name: t for t in (Classification(), TokenClassification(), MultiLabel())}
+TASK_TYPES = {t.name: t for t in (Classification(), TokenClassification(), MultiLabel(), Similarity(),
+                                  PairClassification(), Retrieval())}
 
 
 def task_type(name: str):

@@ -47,6 +47,7 @@ DETAILS: dict[str, Callable] = {
     "classification": confusion,
     "token-classification": per_entity,
     "multi-label": per_label,
+    "pair-classification": confusion,
 }
 
 

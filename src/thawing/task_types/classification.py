@@ -20,9 +20,11 @@ class Classification:
     reads = "sentence"  # the head reads the pooled sentence embedding
     primary_metric = "accuracy"
     min_labels = 2  # distinct labels train must hold: with one class there is nothing to learn
-    metric_names = ("accuracy", "macro_f1")  # what `metrics` returns; the config checks metric names against them
+    # what `metrics` returns; the config checks metric names against them
+    metric_names: tuple[str, ...] = ("accuracy", "macro_f1")
     hub_task = "text-classification"  # the Hugging Face task name, for the model card
     pairs = True  # a pair loss applies: one label per sentence (training/pairs.py)
+    has_head = True  # a head of its own, which trains (similarity and retrieval have none)
 
     # ------------------------------------------------------------------ data
     def read_split(self, cfg, path: str, fmt: str, rows: Sequence[tuple[int, dict]]) -> list[Record]:
@@ -44,6 +46,10 @@ class Classification:
         """The train labels, sorted (numbers as numbers) for a stable id order."""
         return sorted_labels({label for _, _, label in records})
 
+    def fixed_labels(self, labels: list[str]) -> dict:
+        """The task config's settings that fix its label set to a trained model's `labels` (`TaskSpec.labels`)."""
+        return {"labels": labels}
+
     def example(self, cfg, record: Record, ids: dict[str, int], path: str, known: str) -> Example:
         line, text, label = record
         if label not in ids:
@@ -58,9 +64,19 @@ class Classification:
         return ids[str(gold)]
 
     # ------------------------------------------------------------------ model
+    def build_head(self, in_features: int, spec, cfg):
+        """The task's head over `in_features` (what it reads), from its `head:` settings `cfg`."""
+        from thawing.task_types.heads import Head
+
+        return Head(in_features, len(spec.labels), cfg)
+
     def featurize(self, encoder, examples: Sequence[Example], labelled: bool, prompt: str | None) -> Features:
         labels = [e.label for e in examples] if labelled else None
         return featurize_texts(encoder, [e.text for e in examples], labels, prompt)
+
+    def objective(self, cfg) -> dict:  # noqa: ARG002 (the task-type interface)
+        """The loss settings its `loss` takes from the task's config (saved with the task: `TaskSpec.objective`)."""
+        return {}
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, divisor: float | None = None) -> torch.Tensor:
         """Cross-entropy over labelled items: their mean, or their sum divided by `divisor` (the training loop

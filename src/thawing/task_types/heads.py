@@ -69,3 +69,34 @@ def centroid_init(head: Head, features: torch.Tensor, labels: torch.Tensor) -> N
     last.weight.copy_(centroids)
     bias = -0.5 * (centroids * centroids).sum(dim=1)
     last.bias.copy_(torch.where(counts > 0, bias, torch.full_like(bias, -1e4)))
+
+
+class PairHead(nn.Module):
+    """Sentence-BERT's classifier over a pair: features (B, 2, D), the two sentence embeddings u and v, -> logits
+    (B, C) from (u, v, |u - v|), and u * v with `product`. The last module of `net` is the output layer."""
+
+    def __init__(self, in_features: int, num_labels: int, cfg: HeadConfig, product: bool = False):
+        super().__init__()
+        self.product = product
+        self.net = build_mlp(in_features * (4 if product else 3), num_labels, cfg)
+
+    def combine(self, pairs: torch.Tensor) -> torch.Tensor:
+        u, v = pairs[:, 0], pairs[:, 1]
+        return torch.cat([u, v, (u - v).abs()] + ([u * v] if self.product else []), dim=-1)
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        return self.net(self.combine(pairs))
+
+
+class Cosine(nn.Module):
+    """No parameters: features (B, S, D) -> (B, 1), the cosine of each example's first two embeddings (float32)."""
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cosine_similarity(pairs[:, 0].float(), pairs[:, 1].float(), dim=-1).unsqueeze(-1)
+
+
+class Embeddings(nn.Module):
+    """No parameters: the embeddings themselves (B, S, D), which the task's loss and metrics compare."""
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        return pairs

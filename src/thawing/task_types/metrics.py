@@ -7,7 +7,10 @@ script and so the standard CoNLL score, plus token-level accuracy.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+
+import numpy as np
 
 from thawing.data.tags import TAG_SCHEMES
 
@@ -103,6 +106,38 @@ def entity_report(y_true: list[list[str]], y_pred: list[list[str]], scheme: str 
         kind: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
                "support": int(v["support"])}
         for kind, v in sorted(report.items()) if not kind.endswith(" avg")
+    }
+
+
+def correlations(predicted: Sequence[float], gold: Sequence[float]) -> dict[str, float]:
+    """Spearman's and Pearson's correlation of predicted scores with gold scores (scipy.stats). Where one side is
+    constant a correlation is undefined: it counts as 0 (no order found), keeping the records strict JSON."""
+    if len(predicted) != len(gold):
+        raise ValueError(f"{len(gold)} gold scores but {len(predicted)} predictions")
+    if len(gold) < 2:
+        raise ValueError("a correlation needs at least 2 pairs")
+    import warnings
+
+    from scipy.stats import pearsonr, spearmanr
+
+    with warnings.catch_warnings():  # a constant input warns, and gives NaN: counted as 0 below
+        warnings.simplefilter("ignore")
+        values = {"spearman": spearmanr(predicted, gold).statistic, "pearson": pearsonr(predicted, gold).statistic}
+    return {name: float(v) if math.isfinite(v) else 0.0 for name, v in values.items()}
+
+
+def ranking_metrics(ranks: Sequence[int]) -> dict[str, float]:
+    """Retrieval metrics from each query's rank of its one relevant document (1 = first): MRR@10, Recall@1,
+    Recall@10 and nDCG@10 (with one relevant document, 1 / log2(rank + 1) within the top 10), means over queries."""
+    if not ranks:
+        raise ValueError("cannot score an empty evaluation set")
+    r = np.asarray(ranks, dtype=np.float64)
+    top = r <= 10
+    return {
+        "mrr_at_10": float(np.mean(np.where(top, 1.0 / r, 0.0))),
+        "recall_at_1": float(np.mean(r <= 1)),
+        "recall_at_10": float(np.mean(top)),
+        "ndcg_at_10": float(np.mean(np.where(top, 1.0 / np.log2(r + 1.0), 0.0))),
     }
 
 

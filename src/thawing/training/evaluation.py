@@ -61,8 +61,9 @@ def finish(ctx) -> None:
         results.update(probes=ctx.probes.final(ctx.state.probes), probe_seconds=round(ctx.probes.seconds, 2))
     if not ctx.main:
         return
-    frozen = frozen_heads(run.read_metrics(), ctx.prep.primary, [t for t in model.specs
-                                                                  if t not in ctx.state.trained_heads])
+    frozen = frozen_heads(run.read_metrics(), ctx.prep.primary, [t for t, spec in model.specs.items()
+                                                                  if spec.kind.has_head
+                                                                  and t not in ctx.state.trained_heads])
     if frozen:
         results["frozen_heads"] = frozen
     run.write_evaluation({task: {split: split_entry(model.specs[task], out, gold[task][split])

@@ -109,7 +109,8 @@ def cached_features(model: MultiTaskModel, features: dict[str, dict[str, Feature
         for split, feats in splits.items():
             if split == "test":
                 continue
-            key = entry_key(weights, {**settings, "type": model.specs[task].type}, [feats.input_ids, feats.word_starts])
+            inputs = [feats.input_ids, feats.word_starts] + ([feats.others] if feats.others else [])
+            key = entry_key(weights, {**settings, "type": model.specs[task].type}, inputs)
             arrays = store.load(key)
             if arrays is None:
                 note(f"computing frozen features for {task}/{split} ({len(feats)} examples)")

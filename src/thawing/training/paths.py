@@ -155,6 +155,9 @@ def choose_path(base: MultiTaskModel, trainable: list[str], features: dict[str, 
     first = boundary_cache.first_trainable_layer(trainable)
     if first is None or cfg.cache.enabled is False:
         return WholeModel(**common)
+    if any(base.specs[t].kind.reads == "pairs" for t in active):  # the cache holds one text per example
+        note("no boundary cache: a pair task runs the whole model (its examples hold several texts)")
+        return WholeModel(**common)
     feats = [features[t]["train"] for t in active]
     dtype = boundary_cache.cache_dtype(cfg.cache.dtype, base.encoder.device)
     need = boundary_cache.estimate_bytes(feats, base.encoder.hidden_size, dtype)

@@ -64,6 +64,8 @@ def pretrained_side(model, features: dict[str, dict[str, Features]], groups: dic
                 def compute(indices: list[int], feats: Features = feats) -> torch.Tensor:
                     batch = collate(encoder, feats, indices)
                     ids, mask = batch["input_ids"].to(encoder.device), batch["attention_mask"].to(encoder.device)
+                    if ids.dim() == 3:  # a pair task: its first texts, whose embeddings its forward returns
+                        ids, mask = ids[:, 0], mask[:, 0]
                     return encoder.pool(encoder.token_states(ids, mask), mask).float().cpu()
 
                 rows = torch.empty(len(feats), encoder.embedding_size)

@@ -16,6 +16,7 @@ from thawing.model.inference import featurize
 from thawing.model.loading import load_encoder
 from thawing.model.multitask import MultiTaskModel, TaskSpec
 from thawing.store.run_dir import folder_problem
+from thawing.task_types import task_type
 
 
 @dataclass
@@ -55,6 +56,7 @@ def build_model(config: RunConfig, tasks: dict[str, TaskData], encoder: Encoder 
             # multi-label: the configured threshold (0.5 by default), or None: the type tunes it on dev (`decide`)
             threshold=(None if data.type != "multi-label" or config.tasks[name].threshold == "tune"
                        else config.tasks[name].threshold or 0.5),
+            objective=task_type(data.type).objective(config.tasks[name]),
         )
         for name, data in tasks.items()
     }

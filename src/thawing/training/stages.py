@@ -50,6 +50,8 @@ class Stage:
     # Set for runs whose dev split is too small to choose by (training/small_data.py); the defaults change nothing.
     stops_plan: bool = True  # a stage that does not beat the best so far stops the plan
     head_check: bool = False  # heads-only on centroid starts: train only where cross-validation says it helps
+    skips: tuple[str, ...] = ()  # tasks with no head (similarity, retrieval) that this stage leaves out: its encoder
+    # and projection are frozen
 
 
 
@@ -201,6 +203,35 @@ def pair_weights(stage: Stage, config: RunConfig) -> dict[str, float]:
                for task, cfg in config.tasks.items()}
     return {task: weight for task, weight in weights.items() if weight}
 
+def encoder_only_tasks(config: RunConfig) -> list[str]:
+    """The tasks with no head (similarity, retrieval): only the encoder (and a projection) trains by them."""
+    from thawing.task_types import task_type
+
+    return [task for task, cfg in config.tasks.items()
+            if task_type(cfg.type).reads == "pairs" and not task_type(cfg.type).has_head]
+
+
+def trains_embeddings(trainable: list[str]) -> bool:
+    """Whether a stage's groups change the sentence embeddings (what a task with no head trains)."""
+    return not encoder_frozen(trainable)
+
+
+def check_encoder_only(plan: list[Stage], config: RunConfig) -> None:
+    """A task with no head trains only where the encoder or projection does: a plan that trains, but never those,
+    would carry such a task along for nothing.
+
+    Raises:
+        ConfigError: naming the tasks and what to do.
+    """
+    tasks = encoder_only_tasks(config)
+    trains = [s for s in plan if s.epochs > 0 and s.trainable]
+    meant = trains or any(s.skips for s in plan)  # a plan meant to train (not `frozen`)
+    if tasks and meant and not any(trains_embeddings(s.trainable) for s in trains):
+        raise ConfigError(f"schedule: task(s) {', '.join(tasks)} have no head: only the encoder (or a projection) "
+                          "trains by them, and no stage of this plan trains either; train the encoder in a stage "
+                          "(e.g. schedule: full or progressive), or leave the task(s) out")
+
+
 def build_plan(config: RunConfig, groups: OrderedDict[str, list], run_optional: bool | None = None,
                model: nn.Module | None = None) -> list[Stage]:
     """Resolve the config's stages against the model's groups. Optional stages run only when asked. `model` (the
@@ -213,7 +244,10 @@ def build_plan(config: RunConfig, groups: OrderedDict[str, list], run_optional: 
             adapters = _adapters(cfg.lora, model, groups) if cfg.lora else None
         except ConfigError as exc:
             raise ConfigError(f"schedule: stage '{cfg.name}': {exc}") from None
-        if cfg.train and not trainable and cfg.epochs > 0:
+        headless = encoder_only_tasks(config)
+        # Every task without a head: a heads stage (progressive's first) has nothing to train, and is skipped.
+        skipped = bool(cfg.train) and not trainable and cfg.epochs > 0 and len(headless) == len(config.tasks)
+        if cfg.train and not trainable and cfg.epochs > 0 and not skipped:
             raise ConfigError(f"schedule: stage '{cfg.name}' trains {cfg.train}, which selects no parameter of this "
                               "model; give train: [] (or freeze: [all]) for a stage that trains nothing")
         trainable += adapters.groups if adapters else []
@@ -221,7 +255,7 @@ def build_plan(config: RunConfig, groups: OrderedDict[str, list], run_optional: 
             name=cfg.name,
             trainable=trainable,
             lrs=group_rates(trainable, groups, cfg, config),
-            epochs=cfg.epochs,
+            epochs=0 if skipped else cfg.epochs,
             warmup=config.train.warmup if cfg.warmup is None else cfg.warmup,
             lr_schedule=cfg.lr_schedule or config.train.lr_schedule,
             eval_every=cfg.eval_every or config.train.eval_every,
@@ -234,6 +268,7 @@ def build_plan(config: RunConfig, groups: OrderedDict[str, list], run_optional: 
             lora=adapters,
             task_loss=cfg.task_loss,
             pair_loss=cfg.pair_loss,
+            skips=() if trains_embeddings(trainable) or cfg.epochs == 0 else tuple(headless),
         )
         if not cfg.task_loss and not distills(stage.retain) and not pair_weights(stage, config):
             raise ConfigError(f"schedule: stage '{cfg.name}' has task_loss: false but no other loss to train by; give "
@@ -246,6 +281,7 @@ def build_plan(config: RunConfig, groups: OrderedDict[str, list], run_optional: 
             plan.append(stage)
     if not plan:
         raise ConfigError("schedule: no stage to run (all are optional; pass --full or run_optional: true)")
+    check_encoder_only(plan, config)
     return plan
 
 
@@ -295,5 +331,6 @@ def plan_summary(plan: list[Stage], groups: OrderedDict[str, list]) -> dict:
             "retain": stage.retain.model_dump(exclude_none=True) if stage.retain else None,
             **({"lora": stage.lora.to_json()} if stage.lora else {}),
             **({"task_loss": False} if not stage.task_loss else {}),
+            **({"skips": list(stage.skips)} if stage.skips else {}),
         })
     return {"stages": stages}

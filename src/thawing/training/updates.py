@@ -18,7 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from thawing.config import TrainConfig
-from thawing.data.batching import Features, length_grouped_batches, packed_batches, token_budget_batches
+from thawing.data.batching import (
+    Features,
+    length_grouped_batches,
+    packed_batches,
+    separate_keys,
+    token_budget_batches,
+)
 from thawing.data.sampling import task_order
 
 MicroBatch = tuple[str, list[int]]  # (task, example indices)
@@ -34,12 +40,15 @@ def epoch_batches(
     train: Mapping[str, Features], cfg: TrainConfig, seed: int, packed: bool
 ) -> dict[str, list[list[int]]]:
     """Each task's batches for one epoch: `batch_size` examples, or filled to `max_tokens`: real tokens when the
-    batches run packed (no padding to count), padded tokens (count x longest) otherwise."""
+    batches run packed (no padding to count), padded tokens (count x longest) otherwise. A task whose examples have
+    keys (retrieval: the positive) never holds one key twice in a batch (`separate_keys`)."""
     if cfg.max_tokens and packed:
-        return {t: packed_batches(f.lengths, cfg.max_tokens, seed + i) for i, (t, f) in enumerate(train.items())}
-    if cfg.max_tokens:
-        return {t: token_budget_batches(f.lengths, cfg.max_tokens, seed + i) for i, (t, f) in enumerate(train.items())}
-    return {t: length_grouped_batches(f.lengths, cfg.batch_size, seed + i) for i, (t, f) in enumerate(train.items())}
+        out = {t: packed_batches(f.lengths, cfg.max_tokens, seed + i) for i, (t, f) in enumerate(train.items())}
+    elif cfg.max_tokens:
+        out = {t: token_budget_batches(f.lengths, cfg.max_tokens, seed + i) for i, (t, f) in enumerate(train.items())}
+    else:
+        out = {t: length_grouped_batches(f.lengths, cfg.batch_size, seed + i) for i, (t, f) in enumerate(train.items())}
+    return {t: separate_keys(b, train[t].keys) if train[t].keys else b for t, b in out.items()}
 
 
 def epoch_micro_batches(
