@@ -246,9 +246,9 @@ class TaskConfig(_Strict):
         return self
 
 
-# Past this a rate is a typo: Adam's steps would be the size of the weights, and a rate past float32's range (3e38)
-# overflowed inside the optimizer with a traceback.
-MAX_LR = 10.0
+# No useful rate comes near this (rates far below it already blow the weights up, which the non-finite guard stops
+# with exit 2); past float32's range (3e38) a rate overflowed inside the optimizer with a traceback.
+MAX_LR = 1e12
 
 
 class LearningRates(_Strict):
