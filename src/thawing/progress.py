@@ -27,7 +27,7 @@ from thawing.training.events import (
     UpdateDone,
 )
 
-SMOOTHING = 0.9  # each task's loss on the bar is an exponential moving average, not the last update's
+SMOOTHING = 0.5  # each task's loss on the bar: a moving average over the updates whose losses are read (log_every)
 RATE_AFTER_S = 1.0  # examples per second are shown once a second has passed: the first update alone says little
 
 
@@ -75,7 +75,7 @@ class ProgressPrinter:
     def update_done(self, e: UpdateDone) -> None:
         if self.bar is None and self.progress is None:
             self._start(e)
-        for task, loss in e.tasks.items():
+        for task, loss in (e.tasks or {}).items():  # read every `train.log_every` updates
             self.smoothed[task] = SMOOTHING * self.smoothed.get(task, loss) + (1 - SMOOTHING) * loss
         self.examples += e.examples
         elapsed = time.perf_counter() - self.began
