@@ -144,8 +144,15 @@ class Replicated:
             return False
         if found_inf.item():
             return False
+        scaler = self.accelerator.scaler
+        if scaler is None:
+            self.optimizer.step()
+            return False
+        # fp16: the scaler skips a step with non-finite gradients and lowers its scale. (accelerate's
+        # `step_was_skipped` misses the skip of a fused optimizer, whose step runs and skips inside its kernel.)
+        before = scaler.get_scale()
         self.optimizer.step()
-        return bool(self.optimizer.step_was_skipped)
+        return scaler.get_scale() < before
 
     def pull(self) -> None:
         """The trained weights are the model's own: nothing to gather."""
