@@ -2,7 +2,7 @@
 
 A sync is counted by what the tensors do, not by which function asked for it: every read of a tensor's value into
 Python (`.item()`, `float()`, `bool()`, `int()` lower to `aten._local_scalar_dense`), every operation whose output
-shape depends on the data (`nonzero`, boolean-mask indexing, `masked_select`, `unique`), and every copy of a tensor
+shape depends on the data (`nonzero`, indexing by a boolean mask, `masked_select`, `unique`), and every copy of a tensor
 into host memory (`.tolist()`, `.numpy()`, `.cpu()`, `.to("cpu")`, which on a CPU never reach the dispatcher, so
 their Python calls are counted). On the CPU where the tests run every tensor is a host tensor, so the count is an
 upper bound: a copy of a tensor that never left the host counts too.
@@ -24,6 +24,12 @@ from thawing.training.events import Evaluated, StageStarted, UpdateDone
 WAITING_OPS = {"_local_scalar_dense", "nonzero", "nonzero_static", "masked_select", "_unique2", "unique_dim",
                "unique_consecutive", "_unique", "repeat_interleave"}
 HOST_COPIES = {"tolist", "numpy", "cpu"}
+# Indexing by a boolean mask: its output shape is the mask's count (on a CPU it never reaches `nonzero` here).
+MASK_INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}
+
+
+def _is_mask(index) -> bool:
+    return isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8)
 
 
 class SyncCounter(TorchDispatchMode):
@@ -44,6 +50,8 @@ class SyncCounter(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if name in WAITING_OPS and not (name == "repeat_interleave" and (kwargs or {}).get("output_size")):
             self.note(name)
+        elif name in MASK_INDEXING and any(_is_mask(i) for i in (args[1] if len(args) > 1 else [])):
+            self.note(f"{name} by a boolean mask")
         elif name in ("_to_copy", "copy_") and _to_host(func, args, kwargs or {}):
             self.note(name)
         return func(*args, **(kwargs or {}))
