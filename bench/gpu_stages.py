@@ -135,15 +135,19 @@ def stage_row(raw, name, encoder, runs, args, n_params, layers, peak, mean_token
     [summary] = run.read_json(run.stages)
     shutil.rmtree(run.path)  # a 1.5B model's final/ is 6 GB: the GPU machine's disk holds a few
     steps = events.steps  # from update 3: the first 3 updates compile and warm up
+    if len(steps) < 2:  # too few updates to time (small data: heads whose centroid start held, head_start.py)
+        steps = [(0.0, 0, 0), (float("nan"), 0, 0)]
     seconds = steps[-1][0] - steps[0][0]
     examples_per_s = (steps[-1][1] - steps[0][1]) / seconds
     tokens_per_s = examples_per_s * mean_tokens
     half = layers // 2
     flops = {"heads": 0, "full": 6 * n_params, "top3": 6 * n_params * 3 / layers, "disc": 6 * n_params * half / layers,
              "lora": 2 * n_params + 2 * n_params * half / layers}[name]
+    timed = tokens_per_s == tokens_per_s  # not NaN
     row = {"trainable_params": summary["trainable_params"], "updates": summary["updates"],
-           "timed_updates": steps[-1][2] - steps[0][2], "examples_per_s": round(examples_per_s, 1),
-           "real_tokens_per_s": round(tokens_per_s), "mfu": round(tokens_per_s * flops / peak, 4) if flops else None,
+           "timed_updates": steps[-1][2] - steps[0][2], "examples_per_s": round(examples_per_s, 1) if timed else None,
+           "real_tokens_per_s": round(tokens_per_s) if timed else None,
+           "mfu": round(tokens_per_s * flops / peak, 4) if flops and timed else None,
            "stage_wall_s": summary["wall_s"], "run_wall_s": round(wall, 1), "best_score": summary["best_score"],
            "peak_gpu_gb": events.stages.get(name)}
     for key in ("cached", "feature_cache_mb", "boundary_cache", "boundary_cache_mb", "lora", "micro_batch_pieces"):
