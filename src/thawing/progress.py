@@ -80,13 +80,14 @@ class ProgressPrinter:
         self.examples += e.examples
         elapsed = time.perf_counter() - self.began
         rate = f"{self.examples / elapsed:,.0f} ex/s" if elapsed >= RATE_AFTER_S else ""
-        losses = "loss " + " ".join(f"{task} {loss:.3f}" for task, loss in sorted(self.smoothed.items()))
+        losses = ("loss " + " ".join(f"{task} {loss:.3f}" for task, loss in sorted(self.smoothed.items()))
+                  if self.smoothed else "")  # none read yet
         if self.progress is not None:
             self.progress.update(self.bar, completed=e.update, total=e.total, rate=rate, losses=losses)
         elif e.update >= self.next_line or e.update == e.total:
             self.next_line = e.update + max(1, e.total // 10)
-            self.console.print(f"{e.stage}: update {e.update}/{e.total}, {losses}" + (f", {rate}" if rate else ""),
-                               markup=False, highlight=False)
+            line = ", ".join(filter(None, (f"{e.stage}: update {e.update}/{e.total}", losses, rate)))
+            self.console.print(line, markup=False, highlight=False)
 
     def _start(self, e: UpdateDone) -> None:
         self.smoothed, self.began, self.examples, self.next_line = {}, time.perf_counter(), 0, 0
