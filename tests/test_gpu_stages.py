@@ -24,7 +24,8 @@ def test_progressive_runs_every_stage_against_full(datasets_dir, tmp_path):
     out = tmp_path / "gpu_stages.json"
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / "gpu_stages.py"), "--model", "tiny-qwen2", "--device", "cpu",
-         "--n", "300", "--max-tokens", "2048", "--oom-tokens", "0", "--stages", "", "--output", str(out)],
+         "--n", "600", "--max-tokens", "2048", "--oom-tokens", "0", "--stages", "", "--e2e-epochs", "0.2",
+         "--output", str(out)],
         env={**os.environ, "THAWING_DATASETS": str(datasets_dir), "HF_HUB_OFFLINE": "1"}, capture_output=True,
         text=True,
     )
