@@ -153,3 +153,37 @@ def test_a_damaged_cache_entry_is_computed_again_not_trained_on(damage, tiny_ber
     assert sum("damaged" in r.getMessage() for r in caplog.records) == 2  # train and dev, each named once
     assert len(list((tmp_path / "store").glob("*/*/DONE"))) == 2  # both computed again and verified
     assert FeatureStore(tmp_path / "store").load((next((tmp_path / "store").glob("*/*"))).name) is not None
+
+
+def test_the_fingerprint_is_kept_while_no_weight_changes_and_follows_every_change(tiny_bert_dir):
+    """The weight fingerprint is hashed once per module in a process (store/cache.py): a kept hash must never
+    outlive a change of the weights, however they change."""
+    from thawing.config import LoraSettings
+    from thawing.model import lora
+    from thawing.model.groups import parameter_groups
+    from thawing.model.loading import load_encoder
+
+    encoder = load_encoder(str(tiny_bert_dir))
+    first = fingerprint(encoder)
+    assert fingerprint(encoder) == first
+    assert fingerprint(load_encoder(str(tiny_bert_dir))) == first  # the same weights in another module
+
+    weight = encoder.backbone.encoder.layer[0].output.dense.weight
+    with torch.no_grad():  # an in-place write (as an optimizer step)
+        weight[0, 0] += 1e-3
+    changed = fingerprint(encoder)
+    assert changed != first and fingerprint(encoder) == changed
+
+    encoder.backbone.encoder.layer[0].output.dense.weight = torch.nn.Parameter(weight.detach().clone() * 2)
+    replaced = fingerprint(encoder)  # a tensor replaced by another
+    assert replaced not in (first, changed)
+
+    plan = lora.plan_adapters(LoraSettings(targets=["query"], layers="layers.1"), encoder.backbone,
+                              parameter_groups(encoder))
+    tuner = lora.attach(encoder.backbone, plan, seed=0)
+    with torch.no_grad():  # adapters that change the weights when merged
+        for name, param in tuner.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.1)
+    encoder.backbone = lora.detach(tuner, merge=True)
+    assert fingerprint(encoder) != replaced  # peft merges through .data: the merge is seen all the same

@@ -68,3 +68,15 @@ def test_no_speed_is_shown_before_a_second_has_passed():
     printer = ProgressPrinter(Console(file=out, force_terminal=False, width=200))
     printer(_updates("heads", 1, examples=100_000)[0])  # a first update finishes in microseconds after the start
     assert "ex/s" not in out.getvalue()
+
+
+def test_progress_shows_the_losses_once_read():
+    """Losses come on the updates that write records (`train.log_every`); between them an update carries None."""
+    out = io.StringIO()
+    printer = ProgressPrinter(Console(file=out, force_terminal=False, width=200))
+    for i in range(1, 21):
+        read = i % 5 == 0
+        printer(UpdateDone("all", i, 20, 0.5 if read else None, {"sentiment": 0.5} if read else None, 8))
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("all: update")]
+    assert lines[0] == "all: update 1/20"  # nothing read yet: no loss, no dangling comma
+    assert lines[-1].startswith("all: update 20/20, loss sentiment 0.500")

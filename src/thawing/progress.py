@@ -27,7 +27,7 @@ from thawing.training.events import (
     UpdateDone,
 )
 
-SMOOTHING = 0.9  # each task's loss on the bar is an exponential moving average, not the last update's
+SMOOTHING = 0.5  # each task's loss on the bar: a moving average over the updates whose losses are read (log_every)
 RATE_AFTER_S = 1.0  # examples per second are shown once a second has passed: the first update alone says little
 
 
@@ -75,18 +75,19 @@ class ProgressPrinter:
     def update_done(self, e: UpdateDone) -> None:
         if self.bar is None and self.progress is None:
             self._start(e)
-        for task, loss in e.tasks.items():
+        for task, loss in (e.tasks or {}).items():  # read every `train.log_every` updates
             self.smoothed[task] = SMOOTHING * self.smoothed.get(task, loss) + (1 - SMOOTHING) * loss
         self.examples += e.examples
         elapsed = time.perf_counter() - self.began
         rate = f"{self.examples / elapsed:,.0f} ex/s" if elapsed >= RATE_AFTER_S else ""
-        losses = "loss " + " ".join(f"{task} {loss:.3f}" for task, loss in sorted(self.smoothed.items()))
+        losses = ("loss " + " ".join(f"{task} {loss:.3f}" for task, loss in sorted(self.smoothed.items()))
+                  if self.smoothed else "")  # none read yet
         if self.progress is not None:
             self.progress.update(self.bar, completed=e.update, total=e.total, rate=rate, losses=losses)
         elif e.update >= self.next_line or e.update == e.total:
             self.next_line = e.update + max(1, e.total // 10)
-            self.console.print(f"{e.stage}: update {e.update}/{e.total}, {losses}" + (f", {rate}" if rate else ""),
-                               markup=False, highlight=False)
+            line = ", ".join(filter(None, (f"{e.stage}: update {e.update}/{e.total}", losses, rate)))
+            self.console.print(line, markup=False, highlight=False)
 
     def _start(self, e: UpdateDone) -> None:
         self.smoothed, self.began, self.examples, self.next_line = {}, time.perf_counter(), 0, 0

@@ -318,7 +318,9 @@ class TrainConfig(_Strict):
     # Inside a stage too: every N updates, or every "Nm" minutes (e.g. "30m"); None: at stage ends only.
     checkpoint_every: int | str | None = "30m"
     keep_checkpoints: bool = False  # keep checkpoints/ once the run has finished (it holds a copy of the model)
-    nonfinite: Literal["stop", "skip"] = "stop"  # a non-finite loss or gradient: stop the run (exit 2), or skip it
+    # a non-finite loss or gradient: the update is never applied; the run stops (exit 2) at the next read of the
+    # training records (every log_every updates, evaluations, checkpoints, a stage's end), or skips it
+    nonfinite: Literal["stop", "skip"] = "stop"
     nonfinite_limit: int = Field(10, gt=0)  # with skip: the run stops at this many skipped updates
     log_every: int = Field(10, gt=0)  # training records (loss per task, rates, speed) in metrics.jsonl, every N updates
     # trackers fed what metrics.jsonl gets, through accelerate's (training/tracking.py)

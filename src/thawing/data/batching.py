@@ -264,6 +264,15 @@ def sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
     return batches
 
 
+def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on `device` without the host waiting: to a GPU from pinned memory, asynchronously (a plain copy
+    from pageable memory makes the host wait until the GPU has run everything queued before it)."""
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def collate(encoder: Encoder, features: Features, indices: Sequence[int]) -> dict[str, torch.Tensor]:
     """Pad the chosen examples to their longest member: input_ids, attention_mask, labels. A pair task's texts come
     as (B, S, T): its S texts per example, padded together."""

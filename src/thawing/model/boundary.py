@@ -77,10 +77,13 @@ def top_layers_only(encoder: Encoder, first: int) -> Iterator[None]:
             backbone.embeddings = embeddings
 
 
-def top_states(encoder: Encoder, first: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Last hidden states (B, T, H) from layers `first..L-1` applied to `hidden`."""
+def top_states(encoder: Encoder, first: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
+               lengths: list[int] | None = None) -> torch.Tensor:
+    """Last hidden states (B, T, H) from layers `first..L-1` applied to `hidden` (`lengths`: see
+    `Encoder.backbone_mask`)."""
+    mask = encoder.backbone_mask(attention_mask, lengths)
     with top_layers_only(encoder, first):
-        return encoder.backbone(inputs_embeds=hidden, attention_mask=attention_mask).last_hidden_state
+        return encoder.backbone(inputs_embeds=hidden, attention_mask=mask).last_hidden_state
 
 
 @torch.no_grad()

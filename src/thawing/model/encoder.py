@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from thawing.data.batching import sorted_batches
+from thawing.data.batching import sorted_batches, to_device
 from thawing.distributed import map_batches
 from thawing.errors import ThawingError
 from thawing.model import packing
@@ -150,23 +150,40 @@ class Encoder(nn.Module):
 
     # ------------------------------------------------------------------------------ forward
 
-    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: Sequence[int] | None = None,
+                     **extra) -> torch.Tensor:
         """The backbone's last hidden states, (B, T, H): computed without padding when the layout packs this context
-        (training or inference, see `packing.BatchLayout`), returned in the padded layout either way."""
+        (training or inference, see `packing.BatchLayout`), returned in the padded layout either way. `lengths`: each
+        sentence's real tokens, where the caller knows them on the host (packing then never reads the mask back)."""
         mode = self.layout.mode(self.backbone.training)
         if mode and not extra:
-            return self.packed_states(input_ids, attention_mask, mode, self.layout.width)
-        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+            return self.packed_states(input_ids, attention_mask, mode, self.layout.width, lengths)
+        mask = self.backbone_mask(attention_mask, lengths)
+        return self.backbone(input_ids=input_ids, attention_mask=mask, **extra).last_hidden_state
+
+    def backbone_mask(self, attention_mask: torch.Tensor, lengths: Sequence[int] | None = None):
+        """The attention mask a padded forward hands the backbone. With `lengths` (known on the host): none where
+        nothing is padding, else a 4D mask built on the device (`packing.padding_mask`), so that transformers need
+        not read the mask back to see whether it pads; without, the 2D mask as it is."""
+        impl = self.backbone.config._attn_implementation
+        if lengths is None or impl not in packing.MASK_FORMATS:
+            return attention_mask
+        if min(lengths) == attention_mask.shape[1]:
+            return None
+        dtype = next(self.backbone.parameters()).dtype
+        return packing.padding_mask(attention_mask, packing.is_causal(self.backbone), packing.MASK_FORMATS[impl],
+                                    dtype)
 
     def packed_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mode: str,
-                      width: int | None = None) -> torch.Tensor:
+                      width: int | None = None, lengths: Sequence[int] | None = None) -> torch.Tensor:
         """The backbone's last states with the batch packed: one row of every real token (varlen), or first-fit rows
         of `width` tokens (rows); returned in the padded layout."""
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         mark = torch._dynamo.maybe_mark_dynamic  # under torch.compile, one graph for every batch size
+        left = self.tokenizer.padding_side == "left" if lengths is not None else None
         if mode == "varlen":
-            packed = packing.pack(input_ids, attention_mask, None, pad_id)
-            cu = torch.tensor(packed.starts, dtype=torch.int32, device=input_ids.device)
+            packed = packing.pack(input_ids, attention_mask, None, pad_id, lengths, left)
+            cu = to_device(torch.tensor(packed.starts, dtype=torch.int32), input_ids.device)
             longest = max(self.max_length, max(b - a for a, b in zip(packed.starts, packed.starts[1:], strict=False)))
             for tensor, dim in ((packed.input_ids, 1), (packed.position_ids, 1), (cu, 0)):
                 mark(tensor, dim)
@@ -174,7 +191,7 @@ class Encoder(nn.Module):
                 states = self.backbone(input_ids=packed.input_ids, position_ids=packed.position_ids, cu_seq_lens_q=cu,
                                        cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest).last_hidden_state
         else:
-            packed = packing.pack(input_ids, attention_mask, width or self.max_length, pad_id)
+            packed = packing.pack(input_ids, attention_mask, width or self.max_length, pad_id, lengths, left)
             impl = self.backbone.config._attn_implementation
             dtype = next(self.backbone.parameters()).dtype
             mask = packing.block_mask(packed, packing.is_causal(self.backbone), packing.MASK_FORMATS[impl], dtype)

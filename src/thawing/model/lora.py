@@ -140,4 +140,9 @@ def attach(backbone: nn.Module, plan: AdapterPlan, seed: int):
 def detach(tuner, merge: bool = True) -> nn.Module:
     """Merge the adapters into the weights they adapt (or, `merge=False`, drop them) and put the plain modules back.
     Returns the backbone."""
-    return tuner.merge_and_unload() if merge else tuner.unload()
+    if not merge:
+        return tuner.unload()
+    backbone = tuner.merge_and_unload()
+    for param in backbone.parameters():  # peft merges through `.data`, past autograd's version counters: bump them
+        torch.autograd.graph.increment_version(param)  # (what `store.cache.fingerprint` knows a change by)
+    return backbone

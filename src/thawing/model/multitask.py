@@ -61,7 +61,7 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, task: str, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
                 features: torch.Tensor | None = None, hidden: torch.Tensor | None = None,
-                first_layer: int | None = None, embed: bool = False):
+                first_layer: int | None = None, embed: bool = False, lengths: list[int] | None = None):
         """Logits: (B, C) for sentence tasks, (B, T, C) for token tasks. One entry point for every way a stage runs
         (so that a wrapper such as DDP sees each of them), by what it is given:
 
@@ -70,7 +70,8 @@ class MultiTaskModel(nn.Module):
         - `hidden`, `attention_mask`, `first_layer`: cached states entering layer `first_layer` (the layers above run).
 
         `embed`: also return the sentence embeddings (B, D) of the same pass, as `(logits, embeddings)` (anchoring
-        to the pretrained encoder, training/retain.py); not with `features`.
+        to the pretrained encoder, training/retain.py); not with `features`. `lengths`: each sentence's real tokens,
+        known on the host (a packed forward then plans its layout without reading the mask back from the device).
         """
         if features is not None:
             return self.heads[task](features)
@@ -79,11 +80,12 @@ class MultiTaskModel(nn.Module):
             from thawing.model.boundary import top_states
 
             assert attention_mask is not None and first_layer is not None
-            states = top_states(self.encoder, first_layer, hidden, attention_mask)
+            states = top_states(self.encoder, first_layer, hidden, attention_mask, lengths)
         else:
             assert input_ids is not None and attention_mask is not None
             input_ids, attention_mask, sides = flat(input_ids, attention_mask)
-            states = self.encoder.token_states(input_ids, attention_mask)
+            # `lengths` are one per example: a pair task's flattened rows (S texts each) find theirs in the mask
+            states = self.encoder.token_states(input_ids, attention_mask, None if sides else lengths)
         inputs = self.read(task, states, attention_mask, sides)
         logits = self.heads[task](inputs)
         if not embed:

@@ -22,12 +22,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from thawing.data.batching import to_device
 
 # The mask format each attention implementation expects in rows mode: sdpa takes a boolean "may attend" mask,
 # eager adds the mask to the attention scores.
@@ -85,30 +88,42 @@ def first_fit(lengths: list[int], width: int) -> tuple[list[int], list[int]]:
     return rows, offsets
 
 
-def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int | None, pad_id: int) -> Packed:
+def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int | None, pad_id: int,
+         lengths: Sequence[int] | None = None, left: bool | None = None) -> Packed:
     """Pack a padded batch (either padding side) into rows of `width` tokens, or with `width=None` into one row
-    that holds exactly the real tokens."""
-    real = attention_mask.bool()
-    lengths = real.sum(dim=1).tolist()
-    width = sum(lengths) if width is None else max(width, max(lengths))
-    rows, offsets = first_fit(lengths, width)
-    device = input_ids.device
-    n_rows = max(rows) + 1
-    within = real.long().cumsum(dim=1) - 1  # each real token's position inside its sentence
-    start = torch.as_tensor(rows, device=device) * width + torch.as_tensor(offsets, device=device)
-    index = torch.where(real, start[:, None] + within, torch.zeros_like(within))
-    dest = index[real]
+    that holds exactly the real tokens.
 
+    The layout is planned on the host from the sentences' lengths and padding side, and its indices reach the
+    device in one copy each, without reading anything back: training passes `lengths` and `left` (it knows them
+    from the token ids on the host); otherwise they are read from the mask (one wait for the device)."""
+    if lengths is None or left is None:
+        host = attention_mask.cpu().bool()
+        lengths = host.sum(dim=1).tolist()
+        left = bool(host[:, -1].all()) and not bool(host[:, 0].all())  # padding only ever on the left
+    n, length = attention_mask.shape
+    width = sum(lengths) if width is None else max(width, max(lengths))
+    rows, offsets = first_fit(list(lengths), width)
+    sizes = np.asarray(lengths, dtype=np.int64)
+    sentence = np.repeat(np.arange(n), sizes)  # each real token's sentence, in the caller's order
+    within = np.arange(len(sentence)) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # its position inside it
+    column = within + (length - sizes)[sentence] if left else within
+    dest = (np.asarray(rows, dtype=np.int64) * width + np.asarray(offsets, dtype=np.int64))[sentence] + within
+    index = np.zeros((n, length), dtype=np.int64)
+    index[sentence, column] = dest
+    n_rows = max(rows) + 1
+    flat_positions = np.zeros(n_rows * width, dtype=np.int64)
+    flat_positions[dest] = within
+    flat_segment = np.full(n_rows * width, -1, dtype=np.int64)
+    flat_segment[dest] = sentence
+    device = input_ids.device
+    dest_t, source = (to_device(torch.from_numpy(a), device) for a in (dest, sentence * length + column))
     flat_ids = torch.full((n_rows * width,), pad_id, dtype=input_ids.dtype, device=device)
-    flat_ids[dest] = input_ids[real]
-    positions = torch.zeros(n_rows * width, dtype=torch.long, device=device)
-    positions[dest] = within[real]
-    segment = torch.full((n_rows * width,), -1, dtype=torch.long, device=device)
-    segment[dest] = torch.arange(len(rows), device=device)[:, None].expand_as(real)[real]
+    flat_ids[dest_t] = input_ids.reshape(-1)[source]
+    positions, segment = (to_device(torch.from_numpy(a), device).view(n_rows, width)
+                          for a in (flat_positions, flat_segment))
     starts = sorted(offsets) + [width] if n_rows == 1 else []
-    return Packed(
-        flat_ids.view(n_rows, width), positions.view(n_rows, width), segment.view(n_rows, width), index, real, starts
-    )
+    return Packed(flat_ids.view(n_rows, width), positions, segment, to_device(torch.from_numpy(index), device),
+                  attention_mask.bool(), starts)
 
 
 def block_mask(packed: Packed, causal: bool, mask_format: str, dtype: torch.dtype) -> torch.Tensor:
@@ -124,6 +139,23 @@ def block_mask(packed: Packed, causal: bool, mask_format: str, dtype: torch.dtyp
         return torch.zeros(allowed.shape, dtype=dtype, device=segment.device).masked_fill(
             ~allowed, torch.finfo(dtype).min
         )
+    return allowed
+
+
+def padding_mask(attention_mask: torch.Tensor, causal: bool, mask_format: str, dtype: torch.dtype) -> torch.Tensor:
+    """A padded batch's 4D attention mask, built on the device without reading it: (B, 1, 1, T) real keys, or
+    causal (B, 1, T, T) where padding attends to padding (its softmax stays finite; its states are never read). Given
+    a 2D mask, transformers checks whether it holds any padding, which makes the host wait for the device."""
+    real = attention_mask.bool()
+    if causal:
+        width = real.shape[1]
+        allowed = (real[:, :, None] == real[:, None, :]) & torch.ones(width, width, dtype=torch.bool,
+                                                                       device=real.device).tril()
+        allowed = allowed[:, None]
+    else:
+        allowed = real[:, None, None, :]
+    if mask_format == "additive":
+        return torch.zeros(allowed.shape, dtype=dtype, device=real.device).masked_fill(~allowed, torch.finfo(dtype).min)
     return allowed
 
 

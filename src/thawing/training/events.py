@@ -4,7 +4,9 @@ kinds it cares about, e.g. `if isinstance(event, Evaluated): ...`. Events come f
 
     StageStarted    a stage begins: its parameter groups (params, trainable), rates, whether its encoder is cached
     CacheNote       a cache was built or could not be (frozen features, the boundary cache)
-    UpdateDone      after every optimizer update: the update's loss per task, examples, the stage's update count
+    UpdateDone      after every optimizer update: the stage's update count, examples; the update's loss per task
+                    on the updates that write training records (`train.log_every`), None on the others (their
+                    losses stay on the device: reading them every update would make a GPU wait for the host)
     Evaluated       after every evaluation: each task's metrics on the split, and the selection score
     StageEnded      a stage ends: its summary as stages.json records it (best score and step, why it stopped, time)
     PlanStopped     the plan stops: a stage did not beat the best score so far
@@ -38,8 +40,8 @@ class UpdateDone:
     stage: str
     update: int  # updates done in the stage
     total: int  # the stage's planned updates (an estimate past epoch 0)
-    loss: float  # the update's summed task losses
-    tasks: dict[str, float]  # each task's mean loss in the update
+    loss: float | None  # the update's summed task losses (None: not read on this update, see above)
+    tasks: dict[str, float] | None  # each task's mean loss in the update (None: not read)
     examples: int  # examples the update trained on
 
 

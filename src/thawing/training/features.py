@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from thawing.data.batching import Features, collate, sorted_batches
+from thawing.data.batching import Features, collate, sorted_batches, to_device
 from thawing.distributed import progress
 from thawing.model.encoder import evaluating
 from thawing.model.multitask import MultiTaskModel
@@ -54,7 +54,7 @@ class CachedSplit:
     def batch(self, indices: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and labels of some examples, on `device`."""
         rows = self.rows(indices)
-        return self.features[rows].to(device), self.labels[rows].to(device)
+        return to_device(self.features[rows], device), to_device(self.labels[rows], device)
 
     def split_rows(self, values: np.ndarray) -> list[np.ndarray]:
         """Per-row `values` (one per feature row) back to one array per example."""

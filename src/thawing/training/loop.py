@@ -262,7 +262,7 @@ def train_stage(ctx: Context, stage: Stage, path, stepping, groups: dict, params
         p.evals.update(evaluate(ctx, path, stage, 0.0), at=state.step)
         best, p.has_best = checkpoint.snapshot(params), True
     saved = (p.update, time.monotonic())  # when the last stage checkpoint was taken
-    tracked, losses = TrainingRecords(p.log, p.norms), stage_losses(stage, cfg)
+    tracked, losses = TrainingRecords(p.log, p.norms, train_sets, stage), stage_losses(stage, cfg)
     while p.micro < updates.micro_total and not p.stopped:  # a fractional last epoch ends with whole updates
         grouped = updates.epoch(p.epoch, p.epoch_start)
         for batches in grouped[p.position :]:
@@ -271,27 +271,32 @@ def train_stage(ctx: Context, stage: Stage, path, stepping, groups: dict, params
             update = one_update(ctx, path, stepping, stage, losses, batches, train_sets, named, factor)
             p.micro, p.update, p.position, state.step = (p.micro + len(batches), p.update + 1, p.position + 1,
                                                          state.step + 1)
-            task_losses = tracked.add(update, train_sets)
-            ctx.events(UpdateDone(stage.name, p.update, max(updates.updates, p.update), sum(update.task_losses),
-                                  task_losses, sum(len(indices) for _, indices in batches)))
-            if p.update % cfg.train.log_every == 0:
+            tracked.add(update)  # its values stay on the device until read (training/numerics.py)
+            logs = p.update % cfg.train.log_every == 0
+            task_losses = tracked.read(ctx) if logs else None
+            ctx.events(UpdateDone(stage.name, p.update, max(updates.updates, p.update),
+                                  None if task_losses is None else sum(task_losses.values()), task_losses,
+                                  sum(len(indices) for _, indices in batches)))
+            if logs:
                 tracked.log(ctx, stage.name, optimizer)
             due = p.position == len(grouped) if stage.eval_every == "epoch" else (
                 p.update % int(stage.eval_every) == 0 or p.micro >= updates.micro_total)
             if due:
+                tracked.read(ctx)  # a non-finite update stops the run before it is evaluated
                 stepping.pull()  # FSDP: the trained weights, whole, into the model that evaluates
             if due and p.evals.update(evaluate(ctx, path, stage, p.micro / updates.per_epoch), at=state.step):
                 best, p.has_best = checkpoint.snapshot(params), True
             elif due and p.evals.stalled:
                 p.stopped = f"plateau: no gain of {stage.min_delta} in {stage.patience} evaluations"
             agreed_stop(ctx)
-            saved = stage_checkpoint(ctx, stepping, named, begin, best, saved, pulled=due)
+            saved = stage_checkpoint(ctx, stepping, named, begin, best, saved, pulled=due, tracked=tracked)
             if ctx.stop.requested:
                 raise signals.interrupted(ctx, stage)
             if p.stopped:
                 break
         else:
             p.epoch, p.epoch_start, p.position = p.epoch + 1, p.micro, 0
+    tracked.read(ctx)  # the stage's last updates: a non-finite one stops the run here
     stepping.pull()  # FSDP: the stage's last weights, whole, into the model (before its best is put back)
     if stage.restore_best and best is not None:
         checkpoint.put_back(params, best)
@@ -305,13 +310,15 @@ def train_stage(ctx: Context, stage: Stage, path, stepping, groups: dict, params
 
 
 def stage_checkpoint(ctx: Context, stepping, named: dict, begin: list | None, best: list | None, saved: tuple,
-                     pulled: bool) -> tuple:
+                     pulled: bool, tracked: TrainingRecords) -> tuple:
     """A stage checkpoint where one is due (`train.checkpoint_every` updates or minutes since `saved`, or a signal);
-    returns when the last one was taken. `pulled`: FSDP's weights are in the model already (an evaluation ran)."""
+    returns when the last one was taken. `pulled`: FSDP's weights are in the model already (an evaluation ran).
+    `tracked`: the records, read first (the checkpoint holds their sums; a non-finite update stops the run here)."""
     cfg, p = ctx.prep.config.train, ctx.state.stage
     # The main process's clock decides (a checkpoint under FSDP is gathered by every process).
     if not cfg.checkpoint or not (ctx.stop.requested or distributed.agree(checkpoint.due(cfg, p.update, saved))):
         return saved
+    tracked.read(ctx)
     if not pulled:
         stepping.pull()
     saved_optimizer, rng = stepping.optimizer_state(), checkpoint.rng_states()  # every process's

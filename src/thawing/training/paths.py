@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from thawing.data.batching import Features, collate
+from thawing.data.batching import Features, collate, to_device
 from thawing.distributed import agree, built_once
 from thawing.model.encoder import evaluating
 from thawing.model.freezing import encoder_frozen
@@ -68,7 +68,7 @@ class WholeModel:
         with self.runtime.autocast():
             out = self.forward(model, task, indices, batch, device, embed=embed)
         logits, embeddings = out if embed else (out, None)
-        labels = batch["labels"].to(device)
+        labels = to_device(batch["labels"], device)
         return Step(self.base.loss(task, logits, labels, divisor), embeddings, labels)
 
     def loss(self, task: str, indices: list[int], divisor: float | None = None) -> torch.Tensor:
@@ -76,8 +76,10 @@ class WholeModel:
         return self.forward_loss(self.base, task, indices, divisor).loss
 
     # `indices`: the top-layers path reads its cached states by them; the whole model runs on the batch alone.
-    def forward(self, model, task: str, indices: list[int], batch: dict, device, embed: bool = False):  # noqa: ARG002
-        return model(task, batch["input_ids"].to(device), batch["attention_mask"].to(device), embed=embed)
+    def forward(self, model, task: str, indices: list[int], batch: dict, device, embed: bool = False):
+        lengths = [len(self.features[task]["train"].input_ids[i]) for i in indices]  # known here, not on the device
+        return model(task, to_device(batch["input_ids"], device), to_device(batch["attention_mask"], device),
+                     embed=embed, lengths=lengths)
 
     @property
     def packs(self) -> bool:
@@ -98,10 +100,11 @@ class TopLayers(WholeModel):
     boundary: dict[str, boundary_cache.BoundaryCache] = field(default_factory=dict)
 
     def forward(self, model, task: str, indices: list[int], batch: dict, device, embed: bool = False):
-        mask = batch["attention_mask"].to(device)
+        mask = to_device(batch["attention_mask"], device)
         cache = self.boundary[task]
+        lengths = [len(self.features[task]["train"].input_ids[i]) for i in indices]
         return model(task, attention_mask=mask, hidden=cache.batch(indices, mask.shape[1], device),
-                          first_layer=cache.first, embed=embed)
+                     first_layer=cache.first, embed=embed, lengths=lengths)
 
     @property
     def packs(self) -> bool:

@@ -26,6 +26,8 @@ from thawing.model.lora import AdapterPlan, plan_adapters
 from thawing.training.retain import distills
 from thawing.training.schedule import layer_learning_rates
 
+FUSED_DEVICES = ("cuda", "cpu")  # where torch has a fused AdamW (CPU since torch 2.4)
+
 
 @dataclass
 class Stage:
@@ -302,9 +304,10 @@ def stage_optimizer(stage: Stage, groups: OrderedDict[str, list], weight_decay: 
             for g in stage.trainable
         ],
         weight_decay=weight_decay,
-        # One kernel for all parameters on a GPU: the step over a 1.5B model's fp32 states is memory-bound, and the
-        # default (foreach) makes several passes over them.
-        fused=all(p.is_cuda for p in params) or None,
+        # One kernel for all parameters: the step over a 1.5B model's fp32 states is memory-bound on a GPU, and the
+        # default (foreach) makes several passes over them. Fused, the step also takes a non-finite update's mark
+        # on the device (stepping.Replicated.step), where foreach would need the host to read it.
+        fused=all(p.device.type in FUSED_DEVICES for p in params) or None,
     )
 
 

@@ -123,10 +123,36 @@ class Replicated:
     def clip(self, max_norm: float) -> torch.Tensor:
         return self.accelerator.clip_grad_norm_(self.params, max_norm)
 
-    def step(self) -> bool:
-        """Step the optimizer; whether the fp16 loss scaler skipped it."""
+    @property
+    def skips_on_device(self) -> bool:
+        """Whether a non-finite update's step is skipped without the host reading the mark: a fused AdamW takes it
+        (`found_inf`, as under torch's GradScaler); fp16's loss scaler sets its own."""
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps it
+        return self.accelerator.scaler is None and bool(inner.defaults.get("fused"))
+
+    def step(self, found_inf: torch.Tensor) -> bool:
+        """Step the optimizer, unless `found_inf` (1.0: the update has a non-finite value): on the device where the
+        optimizer takes the mark (the step then changes nothing, its count included), else read here, one wait for
+        the device. Returns whether the fp16 loss scaler skipped the step."""
+        if self.skips_on_device:
+            inner = getattr(self.optimizer, "optimizer", self.optimizer)
+            inner.found_inf = found_inf
+            try:
+                self.optimizer.step()
+            finally:
+                del inner.found_inf
+            return False
+        if found_inf.item():
+            return False
+        scaler = self.accelerator.scaler
+        if scaler is None:
+            self.optimizer.step()
+            return False
+        # fp16: the scaler skips a step with non-finite gradients and lowers its scale. (accelerate's
+        # `step_was_skipped` misses the skip of a fused optimizer, whose step runs and skips inside its kernel.)
+        before = scaler.get_scale()
         self.optimizer.step()
-        return bool(self.optimizer.step_was_skipped)
+        return scaler.get_scale() < before
 
     def pull(self) -> None:
         """The trained weights are the model's own: nothing to gather."""
@@ -176,8 +202,10 @@ class Sharded:
         norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)  # the norm over every shard (DTensor-aware)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
-    def step(self) -> bool:
-        self.optimizer.step()
+    def step(self, found_inf: torch.Tensor) -> bool:
+        """Step unless `found_inf` (read here: untried with a fused optimizer over DTensors)."""
+        if not found_inf.item():
+            self.optimizer.step()
         return False  # no loss scaler: fp16 is refused with FSDP
 
     @torch.no_grad()

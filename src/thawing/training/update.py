@@ -18,7 +18,7 @@ import torch
 from thawing import distributed
 from thawing.config import RetainConfig
 from thawing.training import memory
-from thawing.training.numerics import finite, nonfinite_update, read_losses
+from thawing.training.numerics import Update, found_inf, stacked
 from thawing.training.pairs import pair_loss
 from thawing.training.retain import distill_loss, distills, l2sp_loss
 from thawing.training.stages import pair_weights
@@ -33,18 +33,6 @@ class StageLosses:
     pairs: dict[str, float] = field(default_factory=dict)  # task -> its pair-loss weight
     task_loss: bool = True  # false: the tasks' own losses are left out (the stage trains by the others alone)
     embedding_tasks: frozenset[str] = frozenset()  # the tasks whose forward pools sentence embeddings for them
-
-
-@dataclass
-class Update:
-    """What one update computed, for the records: the micro-batches as they ran (in smaller pieces after running out
-    of GPU memory), each one's task loss (over its divisor), the added losses by record name, the gradient norm
-    before clipping (None without `train.grad_clip`)."""
-
-    pieces: list[MicroBatch]
-    task_losses: list[float]
-    added: dict[str, list[float]]
-    norm: float | None
 
 
 def stage_losses(stage, config) -> StageLosses:
@@ -129,7 +117,9 @@ def one_update(ctx, path, stepping, stage, losses: StageLosses, batches: list[Mi
                named: dict, factor: float) -> Update:
     """One optimizer update at `factor` times each group's rate: the micro-batches' backward passes, the L2-SP
     penalty, clipping (accelerate unscales fp16 gradients first; the norm also tells a non-finite gradient), and the
-    step, unless a loss or the gradient is not finite (`train.nonfinite`: stop, or skip up to a limit)."""
+    step, which leaves the weights alone where a loss or the gradient norm is not finite. Nothing here waits for the
+    device: the update's values stay there until the records read them (training/numerics.py), where a non-finite
+    update stops the run or is counted (`train.nonfinite`)."""
     pieces, task_losses, added = backward_all(ctx, path, stepping, losses, batches, train_sets, stage.name)
     penalty = l2sp_loss(stage.retain, ctx.pretrained, named)
     if penalty is not None:  # every process adds the same gradient (after DDP's averaging)
@@ -139,11 +129,12 @@ def one_update(ctx, path, stepping, stage, losses: StageLosses, batches: list[Mi
         group["lr"] = group["initial_lr"] * factor
     clip = ctx.prep.config.train.grad_clip
     norm = stepping.clip(clip) if clip else None
-    task_values, added_values = read_losses(task_losses, added)  # one device sync for the update's losses
+    values, names = stacked(task_losses, added)
+    # Under fp16's loss scaler a non-finite gradient is the scaler's to handle: it skips the step, lowers the scale.
     scaled = getattr(ctx.accelerator, "scaler", None) is not None
-    if finite(task_values + [v for parts in added_values.values() for v in parts], norm, scaled):
-        ctx.state.stage.skipped += int(stepping.step())  # with fp16, a step with non-finite gradients is skipped
-    else:
-        nonfinite_update(ctx, stage, pieces, task_values)
+    skip = found_inf(values, None if scaled or norm is None else norm.detach())
+    ctx.state.stage.skipped += stepping.step(skip)
     stepping.optimizer.zero_grad(set_to_none=True)
-    return Update(pieces, task_values, added_values, None if norm is None else float(norm))
+    p = ctx.state.stage
+    return Update(pieces, values, names, None if norm is None else norm.detach(), skip, p.update + 1,
+                  ctx.state.step + 1)
