@@ -714,14 +714,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = read_yaml(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        raise ConfigError(f"{path}, {_yaml_problem(exc)}") from None
+    raw = _yaml_file(path, "the config") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     for item in overrides or []:
@@ -729,6 +722,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     plan_file = read_schedule_file(raw, path)
     config = parse_config(raw, source=f"{path} (schedule: {plan_file})" if plan_file else str(path))
     return resolve_paths(config, path.parent)
+
+
+def _yaml_file(path: Path, what: str) -> Any:
+    """A YAML file's value; a file that cannot be read or parsed is a ConfigError naming it (and the line)."""
+    try:
+        return read_yaml(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"{path}, {_yaml_problem(exc)}") from None
 
 
 def read_schedule_file(raw: dict[str, Any], config_path: Path) -> Path | None:
@@ -749,14 +754,7 @@ def read_schedule_file(raw: dict[str, Any], config_path: Path) -> Path | None:
     file = Path(_resolve(name, config_path.parent) or name)
     if not file.is_file():
         raise ConfigError(f"{config_path}: schedule: the schedule file '{name}' is not found (looked for {file})")
-    try:
-        stages = read_yaml(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read the schedule file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start})") from None
-    except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        raise ConfigError(f"{file}, {_yaml_problem(exc)}") from None
+    stages = _yaml_file(file, "the schedule file")
     if not isinstance(stages, list) or not stages:
         raise ConfigError(f"{file}: a schedule file holds a non-empty list of stages (the shape of 'schedule:' in a "
                           "config)")
