@@ -156,8 +156,9 @@ def labelled(path: Path) -> tuple[list[str], list[str]]:
 _EMBEDDED: dict = {}
 
 
-def run_probe(paths: dict[str, Path], seed: int) -> dict:
-    """Logistic regression (scikit-learn defaults, max_iter 1000) on frozen, normalized MiniLM embeddings."""
+def run_probe(paths: dict[str, Path], seed: int, C: float = 1.0) -> dict:
+    """Logistic regression (scikit-learn's defaults, C=1 unless given; max_iter 1000) on frozen, normalized MiniLM
+    embeddings; its dev accuracy too where there is a dev split (bench/baselines.py chooses C by it)."""
     from sklearn.linear_model import LogisticRegression
 
     from thawing.model.loading import load_encoder
@@ -168,10 +169,13 @@ def run_probe(paths: dict[str, Path], seed: int) -> dict:
         return _EMBEDDED[path]
 
     (_, y_train), (_, y_test) = labelled(paths["train"]), labelled(paths["test"])
-    clf = LogisticRegression(max_iter=1000, random_state=seed)
+    clf = LogisticRegression(C=C, max_iter=1000, random_state=seed)
     clf.fit(embedded(paths["train"]), y_train)
     accuracy = float((clf.predict(embedded(paths["test"])) == y_test).mean())
-    return {"test": accuracy, "trainable_params": int(clf.coef_.size + clf.intercept_.size)}
+    out = {"test": accuracy, "trainable_params": int(clf.coef_.size + clf.intercept_.size)}
+    if "dev" in paths:
+        out["dev"] = float((clf.predict(embedded(paths["dev"])) == labelled(paths["dev"])[1]).mean())
+    return out
 
 
 def run_setfit(paths: dict[str, Path], seed: int, work: Path, per_class: int, iterations: int,
@@ -202,7 +206,7 @@ def run_setfit(paths: dict[str, Path], seed: int, work: Path, per_class: int, it
             "trainable_params": int(body + model.model_head.coef_.size + model.model_head.intercept_.size)}
 
 
-def run_hf(paths: dict[str, Path], seed: int, work: Path, epochs: int) -> dict:
+def run_hf(paths: dict[str, Path], seed: int, work: Path, epochs: int, lr: float = 5e-5) -> dict:
     """Single-task full fine-tuning with the Hugging Face Trainer; the best epoch on dev is scored on test."""
     import numpy as np
     from datasets import Dataset
@@ -223,7 +227,7 @@ def run_hf(paths: dict[str, Path], seed: int, work: Path, epochs: int) -> dict:
         return Dataset.from_dict({**enc, "labels": [ids.get(y, -100) for y in labels]})
 
     model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=len(names))
-    args = _hf_args(work, len(splits["train"][0]), epochs, seed, "accuracy")
+    args = _hf_args(work, len(splits["train"][0]), epochs, seed, "accuracy", lr)
 
     def accuracy(pred) -> dict:
         return {"accuracy": float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())}
@@ -232,10 +236,11 @@ def run_hf(paths: dict[str, Path], seed: int, work: Path, epochs: int) -> dict:
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=accuracy)
     trainer.train()
     test = trainer.evaluate(dataset("test"), metric_key_prefix="test")
-    return {"test": test["test_accuracy"], "trainable_params": sum(p.numel() for p in model.parameters())}
+    return {"test": test["test_accuracy"], "dev": trainer.state.best_metric, "updates": trainer.state.global_step,
+            "trainable_params": sum(p.numel() for p in model.parameters())}
 
 
-def run_hf_token(paths: dict[str, Path], seed: int, work: Path, epochs: int) -> dict:
+def run_hf_token(paths: dict[str, Path], seed: int, work: Path, epochs: int, lr: float = 5e-5) -> dict:
     """NER with the Hugging Face Trainer (AutoModelForTokenClassification): each word's first sub-token carries its
     tag, the others are -100; entity F1 by seqeval, the best epoch on dev."""
     import numpy as np
@@ -268,20 +273,22 @@ def run_hf_token(paths: dict[str, Path], seed: int, work: Path, epochs: int) -> 
                                      [[names[p[j]] for j in k] for p, k in zip(predicted, keep, strict=True)]))}
 
     model = AutoModelForTokenClassification.from_pretrained(folder, num_labels=len(names))
-    trainer = Trainer(model=model, args=_hf_args(work, len(splits["train"]), epochs, seed, "f1"),
+    trainer = Trainer(model=model, args=_hf_args(work, len(splits["train"]), epochs, seed, "f1", lr),
                       train_dataset=dataset("train"), eval_dataset=dataset("dev"),
                       data_collator=DataCollatorForTokenClassification(tokenizer), compute_metrics=f1)
     trainer.train()
     test = trainer.evaluate(dataset("test"), metric_key_prefix="test")
-    return {"test": test["test_f1"], "trainable_params": sum(p.numel() for p in model.parameters())}
+    return {"test": test["test_f1"], "dev": trainer.state.best_metric, "updates": trainer.state.global_step,
+            "trainable_params": sum(p.numel() for p in model.parameters())}
 
 
-def _hf_args(work: Path, rows: int, epochs: int, seed: int, metric: str):
-    """The Trainer's usual recipe: lr 5e-5, batch 32, warmup 10% of the steps, an evaluation per epoch, best on dev."""
+def _hf_args(work: Path, rows: int, epochs: int, seed: int, metric: str, lr: float = 5e-5):
+    """The Trainer's usual recipe: lr 5e-5 (unless given), batch 32, warmup 10% of the steps, an evaluation per epoch,
+    best on dev."""
     from transformers import TrainingArguments
 
     steps = math.ceil(rows / 32) * epochs
-    return TrainingArguments(output_dir=str(work / "hf"), learning_rate=5e-5, num_train_epochs=epochs,
+    return TrainingArguments(output_dir=str(work / "hf"), learning_rate=lr, num_train_epochs=epochs,
                              warmup_steps=max(1, round(0.1 * steps)), per_device_train_batch_size=32,
                              per_device_eval_batch_size=64, eval_strategy="epoch", save_strategy="epoch",
                              load_best_model_at_end=True, metric_for_best_model=metric, save_total_limit=1,
