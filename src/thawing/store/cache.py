@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -111,6 +112,7 @@ class FeatureStore:
         """Write an entry atomically; a concurrent writer of the same key simply wins the race."""
         folder = self.path(key)
         folder.parent.mkdir(parents=True, exist_ok=True)
+        _sweep(folder.parent, key)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key}."))
         try:
             sums = {}
@@ -127,6 +129,19 @@ class FeatureStore:
 
     def size_bytes(self, key: str) -> int:
         return sum(p.stat().st_size for p in self.path(key).glob("*.npy"))
+
+
+STALE_S = 24 * 3600  # a write of an entry older than this was killed: no write takes a day
+
+
+def _sweep(shard: Path, key: str) -> None:
+    """Remove what killed writes of `key` left (their temporary `.KEY.*` folders, never read), but not one that may
+    still be written by another run now."""
+    now = time.time()
+    for leftover in shard.glob(f".{key}.*"):
+        with contextlib.suppress(OSError):
+            if now - leftover.stat().st_mtime > STALE_S:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def file_digest(path: Path) -> str:
