@@ -4,6 +4,7 @@ tables.
 
     hf      the Hugging Face Trainer (full fine-tuning, a new head), a grid of learning rate x epochs, each cell keeping
             its best epoch on dev (load_best_model_at_end); the cell with the best dev score is the baseline
+    hf_head the same with the new head at a rate of its own (`--head-lr`, the common practice; sentence tasks)
     probe   logistic regression on frozen MiniLM embeddings, C chosen on dev (scikit-learn's default C=1 underfits
             many classes)
 
@@ -31,14 +32,18 @@ import quality  # noqa: E402  (the quality benchmark's data and runners)
 from report import write_report  # noqa: E402
 
 
-def hf_grid(name: str, paths: dict, seed: int, work: Path, lrs: list[float], epochs: list[int], save) -> dict:
-    run = quality.run_hf_token if quality.SOURCES[name][2] == "token" else quality.run_hf
+def hf_grid(name: str, paths: dict, seed: int, work: Path, lrs: list[float], epochs: list[int], save,
+            head_lr: float | None = None) -> dict:
+    token = quality.SOURCES[name][2] == "token"
     cells = []
     for lr in lrs:
         for n in epochs:
             began = time.perf_counter()
-            got = run(paths, seed, work / f"hf-{lr}-{n}", n, lr=lr)
-            cells.append({"lr": lr, "epochs": n, **got, "wall_s": round(time.perf_counter() - began, 1)})
+            cell = work / f"hf-{lr}-{n}-{head_lr}"
+            got = (quality.run_hf_token(paths, seed, cell, n, lr=lr) if token
+                   else quality.run_hf(paths, seed, cell, n, lr=lr, head_lr=head_lr))
+            cells.append({"lr": lr, "head_lr": head_lr, "epochs": n, **got,
+                          "wall_s": round(time.perf_counter() - began, 1)})
             save(cells)
     return {"chosen": max(cells, key=lambda c: c["dev"]), "cells": cells}
 
@@ -55,7 +60,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["trec_fine"], choices=list(quality.SOURCES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--methods", nargs="+", default=["probe", "hf"], choices=["probe", "hf"])
+    parser.add_argument("--methods", nargs="+", default=["probe", "hf"], choices=["probe", "hf", "hf_head"])
+    parser.add_argument("--head-lr", type=float, default=1e-3, help="hf_head: the classifier's rate")
     parser.add_argument("--lrs", nargs="+", type=float, default=[2e-5, 5e-5, 1e-4])
     parser.add_argument("--epochs", nargs="+", type=int, default=[3, 10])
     parser.add_argument("--cs", nargs="+", type=float, default=[0.01, 0.1, 1.0, 10.0, 100.0])
@@ -82,6 +88,9 @@ def main() -> None:
             if "hf" in args.methods:
                 out["hf"] = hf_grid(name, paths, seed, work / name / str(seed), args.lrs, args.epochs,
                                     functools.partial(record, out, "hf"))
+            if "hf_head" in args.methods and quality.SOURCES[name][2] != "token":
+                out["hf_head"] = hf_grid(name, paths, seed, work / name / str(seed), args.lrs, args.epochs,
+                                         functools.partial(record, out, "hf_head"), head_lr=args.head_lr)
             print(json.dumps({name: {m: r["chosen"] for m, r in out.items()}}), flush=True)
     write_report(report, args.output)
 

@@ -206,8 +206,10 @@ def run_setfit(paths: dict[str, Path], seed: int, work: Path, per_class: int, it
             "trainable_params": int(body + model.model_head.coef_.size + model.model_head.intercept_.size)}
 
 
-def run_hf(paths: dict[str, Path], seed: int, work: Path, epochs: int, lr: float = 5e-5) -> dict:
-    """Single-task full fine-tuning with the Hugging Face Trainer; the best epoch on dev is scored on test."""
+def run_hf(paths: dict[str, Path], seed: int, work: Path, epochs: int, lr: float = 5e-5,
+           head_lr: float | None = None) -> dict:
+    """Single-task full fine-tuning with the Hugging Face Trainer; the best epoch on dev is scored on test.
+    `head_lr`: the new head at a rate of its own (an AdamW with two parameter groups, through `optimizers=`)."""
     import numpy as np
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
@@ -233,7 +235,8 @@ def run_hf(paths: dict[str, Path], seed: int, work: Path, epochs: int, lr: float
         return {"accuracy": float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())}
 
     trainer = Trainer(model=model, args=args, train_dataset=dataset("train"), eval_dataset=dataset("dev"),
-                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=accuracy)
+                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=accuracy,
+                      optimizers=(_head_optimizer(model, lr, head_lr, args.weight_decay), None))
     trainer.train()
     test = trainer.evaluate(dataset("test"), metric_key_prefix="test")
     return {"test": test["test_accuracy"], "dev": trainer.state.best_metric, "updates": trainer.state.global_step,
@@ -280,6 +283,18 @@ def run_hf_token(paths: dict[str, Path], seed: int, work: Path, epochs: int, lr:
     test = trainer.evaluate(dataset("test"), metric_key_prefix="test")
     return {"test": test["test_f1"], "dev": trainer.state.best_metric, "updates": trainer.state.global_step,
             "trainable_params": sum(p.numel() for p in model.parameters())}
+
+
+def _head_optimizer(model, lr: float, head_lr: float | None, weight_decay: float):
+    """None (the Trainer builds its own AdamW), or an AdamW whose group for the classifier runs at `head_lr`."""
+    if head_lr is None:
+        return None
+    import torch
+
+    head = [p for n, p in model.named_parameters() if n.startswith("classifier")]
+    body = [p for n, p in model.named_parameters() if not n.startswith("classifier")]
+    return torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": head_lr}], lr=lr,
+                             weight_decay=weight_decay)
 
 
 def _hf_args(work: Path, rows: int, epochs: int, seed: int, metric: str, lr: float = 5e-5):
