@@ -443,3 +443,38 @@ def test_pair_classification_heads_on_small_data_from_centroids(tiny_bert_dir, t
     stages = run.read_json(run.stages)
     assert stages[0]["cached"] and "head_check" in stages[0]
     assert set(run.read_json(run.results)["tasks"]["pair"]) == {"accuracy", "macro_f1"}
+
+
+def test_a_frozen_encoder_embeds_each_distinct_sentence_once_across_tasks(tiny_bert_dir, tmp_path):
+    """Pair-classification over the toy sentences beside a sentiment task over the same sentences, encoder frozen:
+    the feature cache runs the encoder over each distinct text once, and the two tasks read the same embedding."""
+    from thawing.model.freezing import active_tasks, apply_trainable, set_frozen_modes
+    from thawing.training import loop
+    from thawing.training.paths import CachedHeads, choose_path
+
+    raw = pair_config(tiny_bert_dir, tmp_path, "pair-classification", schedule=[{"name": "h", "train": ["heads"]}])
+    raw["tasks"]["sentiment"] = {"type": "classification", "data": toy_data(tmp_path)["sentiment"]}
+    raw["cache"] = {"enabled": True, "dtype": "float32"}
+    ctx, plan, groups = loop.start(parse_config(raw), run_dir=str(tmp_path / "run"))
+    model, stage = ctx.model, plan[0]
+    encoded: list[int] = []
+    features = model.features
+    model.features = lambda task, ids, mask: (encoded.append(ids.shape[0]), features(task, ids, mask))[1]
+    apply_trainable(groups, stage.trainable)
+    set_frozen_modes(model, stage.trainable)
+    path = choose_path(model, stage.trainable, ctx.prep.features, ctx.runtime, ctx.prep.config,
+                       active_tasks(model.specs, stage.trainable), lambda _message: None)
+    assert isinstance(path, CachedHeads)
+
+    rows = pair_rows()["pair-classification"]
+    sentences = {s for r in rows for s in (r["sentence1"], r["sentence2"])}
+    assert sum(encoded) == len(sentences) == 24  # against 48 + 24 + 16 + 6 texts in the four splits
+    pair, sentiment = path.cache["pair"]["train"].features, path.cache["sentiment"]["train"].features
+    assert pair.shape == (len(rows), 2, sentiment.shape[1])
+    first = rows[0]["sentence1"]  # a positive sentence: sentiment's train file starts with the positives
+    position = [json.loads(line)["text"] for line in Path(toy_data(tmp_path)["sentiment"]["train"]).open()].index(first)
+    assert torch.equal(pair[0, 0], sentiment[position])
+    with torch.no_grad():  # and it is the embedding of the sentence alone
+        alone = model.encoder.pad(model.encoder.token_ids([first], None))
+        expected = features("sentiment", alone["input_ids"], alone["attention_mask"])[0].float()
+    torch.testing.assert_close(pair[0, 0], expected, atol=1e-5, rtol=1e-5)

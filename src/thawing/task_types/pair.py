@@ -4,7 +4,8 @@ and embedded by the shared encoder, the example's embeddings stacked as (S, D) f
 
 The texts of an example travel together: `Features.input_ids` holds the first, `Features.others` the rest, and a batch
 comes as (B, S, T) token ids (data/batching.py), which the model flattens, encodes and pools back to (B, S, D)
-(model/multitask.py). A frozen encoder caches those (N, S, D) embeddings like any sentence task's.
+(model/multitask.py). A frozen encoder caches those (N, S, D) embeddings like any sentence task's, each distinct text
+encoded once (training/features.py).
 """
 
 from __future__ import annotations

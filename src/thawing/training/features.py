@@ -1,6 +1,8 @@
 """Frozen-encoder features, computed once: when nothing below the heads trains, every example's head input (pooled
 sentence embeddings, or the states of each word's first sub-token) is computed once per stage, or read back from the
 disk cache (`thawing.store.cache`) that an earlier stage or run with the same weights, settings and inputs wrote.
+A sentence embedding is computed once per distinct text within a stage, whichever tasks and splits hold the text
+(a pair task's two sentences, a classification task over the same sentences).
 """
 
 from __future__ import annotations
@@ -71,21 +73,45 @@ def flat_labels(feats: Features) -> torch.Tensor:
 
 
 @torch.no_grad()
-def compute(model: MultiTaskModel, task: str, feats: Features, batch_size: int, max_tokens: int | None) -> CachedSplit:
-    """Run the frozen encoder once over a split (eval mode, no gradients)."""
+def compute(model: MultiTaskModel, task: str, feats: Features, batch_size: int, max_tokens: int | None,
+            memo: dict[tuple[int, ...], torch.Tensor] | None = None) -> CachedSplit:
+    """Run the frozen encoder once over a split (eval mode, no gradients).
+
+    Sentence embeddings are computed once per distinct text (its token ids, prompt included): a pair task's texts
+    repeat (a hard negative serves many queries), and tasks over the same sentences share them. `memo` carries those
+    already computed from split to split and task to task; it gains the ones computed here."""
+    if not feats.per_token:
+        return _sentences(model, task, feats, batch_size, max_tokens, {} if memo is None else memo)
     left = model.encoder.tokenizer.padding_side == "left"
     device = model.encoder.device
-    rows: list[torch.Tensor | None] = [None] * len(feats)
+    rows: list[torch.Tensor] = [torch.empty(0)] * len(feats)
     with evaluating(model):
         for idx in progress(sorted_batches(feats.lengths, batch_size, max_tokens), f"Caching {task}"):
             batch = collate(model.encoder, feats, idx)
             out = model.features(task, batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu()
             for row, i in enumerate(idx):  # token tasks keep word starts only: the head is applied per word
-                rows[i] = out[row, word_positions(feats, i, out.shape[1], left)] if feats.per_token else out[row]
-    if not feats.per_token:
-        return CachedSplit(torch.stack(rows), flat_labels(feats))  # type: ignore[arg-type]
-    offsets = np.cumsum([0] + [len(r) for r in rows]).tolist()  # type: ignore[arg-type]
-    return CachedSplit(torch.cat(rows), flat_labels(feats), offsets)  # type: ignore[arg-type]
+                rows[i] = out[row, word_positions(feats, i, out.shape[1], left)]
+    offsets = np.cumsum([0] + [len(r) for r in rows]).tolist()
+    return CachedSplit(torch.cat(rows), flat_labels(feats), offsets)
+
+
+def _sentences(model: MultiTaskModel, task: str, feats: Features, batch_size: int, max_tokens: int | None,
+               memo: dict[tuple[int, ...], torch.Tensor]) -> CachedSplit:
+    """Sentence embeddings (N, D), or a pair task's (N, S, D), each distinct text encoded once (see `compute`)."""
+    others = feats.others or [[] for _ in feats.input_ids]
+    texts = [[tuple(ids), *map(tuple, rest)] for ids, rest in zip(feats.input_ids, others, strict=True)]
+    new = list(dict.fromkeys(t for row in texts for t in row if t not in memo))
+    if new:
+        unique = Features([list(t) for t in new], [0] * len(new))
+        device = model.encoder.device
+        with evaluating(model):
+            for idx in progress(sorted_batches(unique.lengths, batch_size, max_tokens), f"Caching {task}"):
+                batch = collate(model.encoder, unique, idx)
+                out = model.features(task, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                for row, embedding in zip(idx, out.float().cpu(), strict=True):
+                    memo[new[row]] = embedding
+    features = torch.stack([torch.stack([memo[t] for t in row]) for row in texts])
+    return CachedSplit(features if feats.others else features[:, 0], flat_labels(feats))
 
 
 def cached_features(model: MultiTaskModel, features: dict[str, dict[str, Features]], runtime, cache_dir: str | None,
@@ -104,6 +130,7 @@ def cached_features(model: MultiTaskModel, features: dict[str, dict[str, Feature
         "version": 1,
     }
     out: dict[str, dict[str, CachedSplit]] = {}
+    memo: dict[tuple[int, ...], torch.Tensor] = {}  # sentence embeddings by token ids, shared by every split and task
     for task, splits in features.items():
         out[task] = {}
         for split, feats in splits.items():
@@ -114,14 +141,16 @@ def cached_features(model: MultiTaskModel, features: dict[str, dict[str, Feature
             arrays = store.load(key)
             if arrays is None:
                 note(f"computing frozen features for {task}/{split} ({len(feats)} examples)")
+                known = len(memo)
                 with runtime.autocast():
-                    arrays = compute(model, task, feats, batch_size, runtime.inference_max_tokens).to_arrays()
+                    arrays = compute(model, task, feats, batch_size, runtime.inference_max_tokens, memo).to_arrays()
                 store.save(key, arrays)
                 log.info(
-                    "cached %s/%s: %d examples, %.1f MB at %s",
+                    "cached %s/%s: %d examples (%d distinct texts encoded, the rest shared), %.1f MB at %s",
                     task,
                     split,
                     len(feats),
+                    len(memo) - known,
                     store.size_bytes(key) / 1e6,
                     store.path(key),
                 )
