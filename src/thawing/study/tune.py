@@ -2,8 +2,9 @@
 
 Each trial samples a plan (`tune_space.py`), trains it with the config's tasks, data and model in
 `<tune>/trials/trial-<n>/` (dev only: the test split is left out, and no checkpoints), and reports the best dev
-score after each stage to the trial, so a pruner (median, Hyperband) stops the trials that cannot win; a pruned run
-never writes final/. The objectives: the dev selection score (always, maximized), and on demand the stages' wall
+score so far at every dev evaluation to the trial (the step is the evaluation's count in the trial), so a pruner
+(median, Hyperband) stops a trial that cannot win within a stage, not only between stages; a pruned run never writes
+final/. The objectives: the dev selection score (always, maximized), and on demand the stages' wall
 time, a device-independent cost (trained examples x trainable parameters, summed over stages) and the retention of
 the config's probes. One objective: TPE with pruning. Several: TPE's multi-objective form, whose result is a Pareto
 front; Optuna prunes no multi-objective study.
@@ -31,7 +32,7 @@ from thawing.store.run_dir import RunDir
 from thawing.study.tune_report import write_outputs
 from thawing.study.tune_space import corner_params, suggest_plan
 from thawing.study.tune_storage import open_study, open_tune_dir, owner
-from thawing.training.events import Callback, ScenarioStarted, StageEnded, UpdateDone
+from thawing.training.events import Callback, Evaluated, ScenarioStarted, StageEnded, UpdateDone
 
 
 def optuna_module() -> Any:
@@ -169,29 +170,31 @@ class Objective:
 
 
 class StageMeter:
-    """The training callback of a trial: stage time and cost, and the best dev score so far reported after each
-    stage (the step is the stage's index), pruning where the pruner says so."""
+    """The training callback of a trial: stage time and cost, and the best dev score so far reported at every dev
+    evaluation (the step is the evaluation's count in the trial), pruning where the pruner says so: a trial whose
+    stage cannot win stops at that evaluation, not at the stage's end. Steps count evaluations rather than updates
+    so that plans of different stages and batch counts meet at comparable points (each evaluation ends an epoch or
+    `eval_every` updates)."""
 
     def __init__(self, trial: Any, optuna: Any, prune: bool):
         self.trial, self.optuna, self.prune = trial, optuna, prune
-        self.stage_s, self.cost, self.examples, self.stages = 0.0, 0, 0, 0
+        self.stage_s, self.cost, self.examples, self.evaluations = 0.0, 0, 0, 0
         self.best = float("-inf")
 
     def __call__(self, event: Any) -> None:
         if isinstance(event, UpdateDone):
             self.examples += event.examples
-        if not isinstance(event, StageEnded):
-            return
-        summary = event.summary
-        self.stage_s += summary.get("wall_s", 0.0)
-        self.cost += self.examples * summary.get("trainable_params", 0)
-        self.examples, self.stages = 0, self.stages + 1
-        if summary.get("best_score") is not None:
-            self.best = max(self.best, summary["best_score"])
-        if self.prune and self.best > float("-inf"):
-            self.trial.report(self.best, self.stages)
-            if self.trial.should_prune():
-                raise self.optuna.TrialPruned(f"stage {event.stage}: best dev score {self.best:.4f} cannot win")
+        elif isinstance(event, Evaluated) and event.split == "dev":
+            self.best, self.evaluations = max(self.best, event.score), self.evaluations + 1
+            if self.prune:
+                self.trial.report(self.best, self.evaluations)
+                if self.trial.should_prune():
+                    raise self.optuna.TrialPruned(f"stage {event.stage}, evaluation {self.evaluations}: best dev "
+                                                  f"score {self.best:.4f} cannot win")
+        elif isinstance(event, StageEnded):
+            self.stage_s += event.summary.get("wall_s", 0.0)
+            self.cost += self.examples * event.summary.get("trainable_params", 0)
+            self.examples = 0
 
 
 def retention(results: dict) -> float:
