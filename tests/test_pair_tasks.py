@@ -472,7 +472,8 @@ def test_a_frozen_encoder_embeds_each_distinct_sentence_once_across_tasks(tiny_b
     pair, sentiment = path.cache["pair"]["train"].features, path.cache["sentiment"]["train"].features
     assert pair.shape == (len(rows), 2, sentiment.shape[1])
     first = rows[0]["sentence1"]  # a positive sentence: sentiment's train file starts with the positives
-    position = [json.loads(line)["text"] for line in Path(toy_data(tmp_path)["sentiment"]["train"]).open()].index(first)
+    train = Path(toy_data(tmp_path)["sentiment"]["train"]).read_text().splitlines()
+    position = [json.loads(line)["text"] for line in train].index(first)
     assert torch.equal(pair[0, 0], sentiment[position])
     with torch.no_grad():  # and it is the embedding of the sentence alone
         alone = model.encoder.pad(model.encoder.token_ids([first], None))
