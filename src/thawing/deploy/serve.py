@@ -320,9 +320,9 @@ def build_app(model: TrainedModel, settings: ServeSettings | None = None):
     """
     require_dependencies()
     from fastapi import FastAPI
-    from starlette.exceptions import HTTPException
 
     settings = settings or ServeSettings()
+    pair_tasks = [t for t, spec in model.tasks.items() if spec.kind.reads == "pairs"]
     batchers = {
         "predict": MicroBatcher(lambda jobs: predict_jobs(model, jobs, settings.batch_size), settings.max_batch,
                                 settings.max_wait_ms, settings.max_queue),
@@ -349,25 +349,12 @@ def build_app(model: TrainedModel, settings: ServeSettings | None = None):
     app = FastAPI(title="thawing", version=version(), lifespan=lifespan, redoc_url=None,
                   docs_url="/docs" if settings.docs else None, openapi_url="/openapi.json" if settings.docs else None)
 
-    @app.exception_handler(RequestError)
-    async def _refused(request, exc: RequestError):  # noqa: ARG001 (an exception handler's signature)
-        if exc.status < 500:
-            rejected["count"] += 1
-        return _json({"error": str(exc)}, exc.status)
-
-    @app.exception_handler(HTTPException)
-    async def _http(request, exc: HTTPException):  # noqa: ARG001 (handler signature; unknown paths and methods: JSON)
-        return _json({"error": str(exc.detail)}, exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def _crash(request, exc: Exception):  # noqa: ARG001 (an exception handler's signature)
-        log.exception("unexpected error", exc_info=exc)
-        return _json({"error": "internal error"}, 500)
+    answer_errors_in_json(app, rejected)
 
     # Plain request handlers (Starlette routes): the body is read and checked here, so every refusal is our JSON.
     async def predict(request):
         texts, tasks = parse_request(await _read_body(request, settings.max_body_bytes), settings, list(model.tasks),
-                                     [t for t, spec in model.tasks.items() if spec.kind.reads == "pairs"])
+                                     pair_tasks)
         return _json({"predictions": await _submit(batchers["predict"], texts, tasks)})
 
     async def embed(request):
@@ -389,9 +376,29 @@ def build_app(model: TrainedModel, settings: ServeSettings | None = None):
     app.add_route("/health", health, methods=["GET"])
     app.add_route("/info", about, methods=["GET"])
     # The routes read and check their own bodies (plain routes): their schema is written here.
-    app.openapi = lambda: openapi_schema(  # type: ignore[method-assign]
-        app, list(model.tasks), settings, [t for t, spec in model.tasks.items() if spec.kind.reads == "pairs"])
+    app.openapi = lambda: openapi_schema(app, list(model.tasks), settings, pair_tasks)  # type: ignore[method-assign]
     return app
+
+
+def answer_errors_in_json(app, rejected: dict[str, int]) -> None:
+    """Every error as a JSON body `{"error": ...}`: a refused request (counted in `rejected`, shown by /info), an
+    unknown path or method, and an unexpected failure (logged; the client learns no more than "internal error")."""
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(RequestError)
+    async def _refused(request, exc: RequestError):  # noqa: ARG001 (an exception handler's signature)
+        if exc.status < 500:
+            rejected["count"] += 1
+        return _json({"error": str(exc)}, exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request, exc: HTTPException):  # noqa: ARG001 (an exception handler's signature)
+        return _json({"error": str(exc.detail)}, exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _crash(request, exc: Exception):  # noqa: ARG001 (an exception handler's signature)
+        log.exception("unexpected error", exc_info=exc)
+        return _json({"error": "internal error"}, 500)
 
 
 def openapi_schema(app, tasks: list[str], settings: ServeSettings, pair_tasks: Sequence[str] = ()) -> dict:
