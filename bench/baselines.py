@@ -33,11 +33,14 @@ from report import write_report  # noqa: E402
 
 
 def hf_grid(name: str, paths: dict, seed: int, work: Path, lrs: list[float], epochs: list[int], save,
-            head_lr: float | None = None) -> dict:
+            head_lr: float | None = None, done: list[dict] | None = None) -> dict:
+    """The Trainer's grid; `done`: cells an earlier run of the same report measured (kept, not run again)."""
     token = quality.SOURCES[name][2] == "token"
-    cells = []
+    cells = list(done or [])
     for lr in lrs:
         for n in epochs:
+            if any(c["lr"] == lr and c["epochs"] == n and c.get("head_lr") == head_lr for c in cells):
+                continue
             began = time.perf_counter()
             cell = work / f"hf-{lr}-{n}-{head_lr}"
             got = (quality.run_hf_token(paths, seed, cell, n, lr=lr) if token
@@ -67,6 +70,7 @@ def main() -> None:
     parser.add_argument("--cs", nargs="+", type=float, default=[0.01, 0.1, 1.0, 10.0, 100.0])
     parser.add_argument("--work", default=None)
     parser.add_argument("--output", default=None)
+    parser.add_argument("--resume", action="store_true", help="keep the cells --output holds, run only the others")
     args = parser.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="thawing-baselines-"))
@@ -74,6 +78,9 @@ def main() -> None:
                     "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch threads "
                                f"{os.environ.get('OMP_NUM_THREADS', 'default')}",
                     "sizes": {s: quality.FULL[s] for s in ("train", "dev")}, "results": {}}
+    if args.resume and args.output and Path(args.output).is_file():
+        earlier = json.loads(Path(args.output).read_text())
+        report["results"], report["command"] = earlier["results"], f"{earlier['command']}; then {report['command']}"
 
     def record(out: dict, method: str, cells: list[dict]) -> None:  # after every cell: a stopped run keeps its cells
         out[method] = {"cells": cells}
@@ -87,10 +94,11 @@ def main() -> None:
                 out["probe"] = probe_grid(paths, seed, args.cs, functools.partial(record, out, "probe"))
             if "hf" in args.methods:
                 out["hf"] = hf_grid(name, paths, seed, work / name / str(seed), args.lrs, args.epochs,
-                                    functools.partial(record, out, "hf"))
+                                    functools.partial(record, out, "hf"), done=out.get("hf", {}).get("cells"))
             if "hf_head" in args.methods and quality.SOURCES[name][2] != "token":
                 out["hf_head"] = hf_grid(name, paths, seed, work / name / str(seed), args.lrs, args.epochs,
-                                         functools.partial(record, out, "hf_head"), head_lr=args.head_lr)
+                                         functools.partial(record, out, "hf_head"), head_lr=args.head_lr,
+                                         done=out.get("hf_head", {}).get("cells"))
             print(json.dumps({name: {m: r["chosen"] for m, r in out.items()}}), flush=True)
     write_report(report, args.output)
 
