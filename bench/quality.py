@@ -20,7 +20,8 @@ stratified 6080/760/760 split of its 7,600-row test file), CoNLL-2003 (its dev a
 (FULL) so that the whole comparison, 3 seeds, takes about 2 hours as two single-thread processes on 2 cores.
 Mixes: TREC coarse + SST-2 + CoNLL, TREC fine + AG News. `--quick`: 2 data sets, a few hundred rows, one seed, a
 smoke test. `--fewshot N`: N per class drawn from the whole train file by thawing's own draw, TREC coarse and SST-2,
-the full test splits. `--merge` joins the JSON of runs split by --datasets/--mixes into one report.
+the full test splits (`--dev-fraction F`: the share of the draw thawing carves as dev). `--merge` joins the JSON of
+runs split by --datasets/--mixes into one report.
 
 Run: HF_HUB_OFFLINE=1 PYTHONPATH=src .venv/bin/python bench/quality.py [--quick | --fewshot N] [--datasets ...]
          [--mixes ...] [--methods ...] [--train-rows N] [--dev-rows N] --output bench/results/quality.json
@@ -310,7 +311,8 @@ def _hf_args(work: Path, rows: int, epochs: int, seed: int, metric: str, lr: flo
                              seed=seed, report_to=[], use_cpu=True, logging_strategy="no")
 
 
-def thawing_task(name: str, paths: dict[str, Path], per_class: int | None = None, pairs: float = 0.0) -> dict:
+def thawing_task(name: str, paths: dict[str, Path], per_class: int | None = None, pairs: float = 0.0,
+                 dev_fraction: float | None = None) -> dict:
     kind = SOURCES[name][2]
     data = {s: str(p) for s, p in paths.items()}
     if kind == "token":
@@ -319,11 +321,12 @@ def thawing_task(name: str, paths: dict[str, Path], per_class: int | None = None
     if per_class is None:
         return task
     # few-shot: the source files themselves, N per class drawn by thawing (train.seed), dev carved from them
-    return {**task, "label_field": SOURCES[name][1], "limit": {"train": {"per_class": per_class}}}
+    carve = {"dev_fraction": dev_fraction} if dev_fraction else {}
+    return {**task, "label_field": SOURCES[name][1], "limit": {"train": {"per_class": per_class}}, **carve}
 
 
 def run_thawing(tasks: dict[str, dict[str, Path]], preset: str, seed: int, work: Path, sampling: str | None = None,
-                per_class: int | None = None) -> dict:
+                per_class: int | None = None, dev_fraction: float | None = None) -> dict:
     """One thawing run over `tasks` (one: single-task, several: multi-task) with a preset plan (`<preset>+pairs`:
     with `pair_loss: 1` on every classification task): test and dev metric per task, STS-B retention where the
     probe's data is present."""
@@ -335,7 +338,8 @@ def run_thawing(tasks: dict[str, dict[str, Path]], preset: str, seed: int, work:
     pairs = 1.0 if extra == "pairs" or preset == "pairs-plan" else 0.0
 
     config = {"name": "quality", "model": {"name": MODEL, "max_length": 128},
-              "tasks": {name: thawing_task(name, paths, per_class, pairs) for name, paths in tasks.items()},
+              "tasks": {name: thawing_task(name, paths, per_class, pairs, dev_fraction)
+                        for name, paths in tasks.items()},
               "train": {"batch_size": 32, "seed": seed, "checkpoint": False}, "schedule": preset}
     plan = PAIRS_PLAN if preset == "pairs-plan" else REPO / preset if preset.endswith(".yaml") else None
     if plan is not None:  # a plan file (pairs-plan: SetFit's recipe, the encoder by the pair loss alone)
@@ -411,7 +415,8 @@ def run_method(method: str, name: str, paths: dict[str, Path], seed: int, work: 
     if method == "hf":
         run = run_hf_token if SOURCES[name][2] == "token" else run_hf
         return run(paths, seed, work, mode["hf_epochs"])
-    got = run_thawing({name: paths}, method.split(":")[1], seed, work, per_class=per_class)
+    got = run_thawing({name: paths}, method.split(":")[1], seed, work, per_class=per_class,
+                      dev_fraction=mode.get("dev_fraction"))
     return {**got, "test": got["test"][name], "dev": got["dev"].get(name)}
 
 
@@ -559,6 +564,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-rows", type=int, default=None, metavar="N",
                         help="cap every data set's train split at N rows instead of the mode's caps (0: all rows)")
     parser.add_argument("--dev-rows", type=int, default=None, metavar="N", help="the same for dev (0: all rows)")
+    parser.add_argument("--dev-fraction", type=float, default=None,
+                        help="--fewshot: the share of the draw carved as thawing's dev (default: the task's, 0.1)")
     parser.add_argument("--work", default="/tmp/thawing-quality")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
@@ -571,6 +578,10 @@ def main(argv: list[str] | None = None) -> dict:
     mode = dict(QUICK if args.quick else FEWSHOT if args.fewshot else FULL)
     if args.fewshot:
         mode["per_class"] = args.fewshot
+    if args.dev_fraction is not None:
+        if not args.fewshot:
+            parser.error("--dev-fraction applies to --fewshot runs (the other modes have dev splits of their own)")
+        mode["dev_fraction"] = args.dev_fraction
     if args.seeds:
         mode["seeds"] = [int(s) for s in args.seeds.split(",")]
     for split, rows in (("train", args.train_rows), ("dev", args.dev_rows)):
