@@ -1,6 +1,8 @@
 """The sentence-pair task types on STS-B (MiniLM, CPU): `similarity` alone, test Spearman of the pretrained encoder
 (`frozen`: no gradient step) against the plans that train it (`full`, `progressive`; `heads` trains nothing of a
-task without a head and is refused); and `retrieval` on pairs built from STS-B (below), MRR@10 before and after.
+task without a head and is refused); `retrieval` on pairs built from STS-B (below), MRR@10 before and after; and
+`pair-classification` on STS-B's scores binned into three classes (a stand-in for NLI, which ../shared lacks):
+different (score < 2), related (2 to 4), equivalent (4 and above).
 
 STS-B's train file is ordered by genre (its first 2,000 rows are all image captions; dev mixes captions, news and
 forums), so a train subset (--n-train) is drawn at random (random.Random(seed)), kept in file order, never the first
@@ -70,6 +72,22 @@ def retrieval_pairs(work: Path, n_train: int | None, seed: int) -> dict[str, str
     return out
 
 
+BINS = ((2.0, "different"), (4.0, "related"), (float("inf"), "equivalent"))
+
+
+def binned_pairs(work: Path, n_train: int | None, seed: int) -> dict[str, str]:
+    """STS-B's splits (train sampled as `read` says) with each score's class (BINS) as the label; split -> path."""
+    work.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split in SPLITS:
+        rows = [{"sentence1": r["sentence1"], "sentence2": r["sentence2"],
+                 "label": next(name for bound, name in BINS if r["score"] < bound)} for r in read(split, n_train, seed)]
+        path = work / f"stsb_classes_{split}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out[split] = str(path)
+    return out
+
+
 def config(kind: str, schedule: str, data: dict, epochs: float | None, seed: int) -> dict:
     task = {"type": kind, "data": data}
     if kind == "similarity":
@@ -85,7 +103,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=None, help="every trained stage's epochs (default: preset's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plans", default="frozen,full")
-    parser.add_argument("--kinds", default="similarity,retrieval")
+    parser.add_argument("--kinds", default="similarity,retrieval")  # and pair-classification
     parser.add_argument("--work", default="/tmp/thawing-bench-pairs")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
@@ -96,7 +114,8 @@ def main() -> None:
     from thawing.training.loop import train
 
     sources = {"similarity": similarity_splits(Path(args.work) / "data", args.n_train, args.seed),
-               "retrieval": retrieval_pairs(Path(args.work) / "data", args.n_train, args.seed)}
+               "retrieval": retrieval_pairs(Path(args.work) / "data", args.n_train, args.seed),
+               "pair-classification": binned_pairs(Path(args.work) / "data", args.n_train, args.seed)}
     results: dict = {}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for kind in args.kinds.split(","):
