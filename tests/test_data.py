@@ -239,6 +239,24 @@ def test_dev_carving_is_deterministic(tmp_path):
     assert [len(v) for v in load_task("t", task(tiny, dev_fraction=0.01)).splits.values()] == [1, 1]
 
 
+def test_a_small_train_split_keeps_its_rows_for_training(tmp_path):
+    """Where a 10% carve would make a dev split too small to choose by (< train.small_data.min_dev), the carve keeps
+    `train.small_data.dev_rows` examples and the rest train; a task's own dev_fraction, a large train split, no
+    small-data settings, or min_dev 0 keep 10%."""
+    from thawing.config import SmallDataConfig
+
+    def sizes(n: int, small: SmallDataConfig | None, **kw) -> dict[str, int]:
+        rows = jsonl(tmp_path, f"t{n}.jsonl", [{"text": f"t{i}", "label": "ab"[i % 2]} for i in range(n)])
+        return {k: len(v) for k, v in load_task("x", task(rows, **kw), small=small).splits.items()}
+
+    small = SmallDataConfig()
+    assert sizes(48, small) == {"train": 47, "dev": 1}
+    assert sizes(48, SmallDataConfig(dev_rows=4)) == {"train": 44, "dev": 4}
+    assert sizes(48, small, dev_fraction=0.1) == {"train": 43, "dev": 5}
+    assert sizes(600, small) == {"train": 540, "dev": 60}
+    assert sizes(48, None) == sizes(48, SmallDataConfig(min_dev=0)) == {"train": 43, "dev": 5}
+
+
 def test_limit_keeps_first_rows(tmp_path):
     train = jsonl(tmp_path, "t.jsonl", [{"text": f"t{i}", "label": "ab"[i % 2]} for i in range(10)])
     data = load_task("x", task(train, train, limit={"train": 3, "dev": 20}))

@@ -194,6 +194,8 @@ def test_settings_that_would_do_nothing_are_refused():
 
     with pytest.raises(ValidationError, match="no effect with min_dev 0"):
         SmallDataConfig(min_dev=0, min_updates=12)
+    with pytest.raises(ValidationError, match="'dev_rows' has no effect with min_dev 0"):
+        SmallDataConfig(min_dev=0, dev_rows=3)
     assert SmallDataConfig(min_dev=0, min_updates=50).min_dev == 0  # defaults, as config.yaml writes them
     with pytest.raises(ValidationError, match="train.head_init"):  # the key moved: say where
         SmallDataConfig(centroid_init=True)
@@ -222,3 +224,25 @@ def test_on_plain_runs_the_centroid_start_is_the_stage_best_until_training_beats
     assert "head_check" not in stage  # cross-validation is for small data only
     np.testing.assert_array_equal(_probs(centroid, TEXTS).argsort(axis=1), _probs(frozen, TEXTS).argsort(axis=1))
 
+
+
+# ------------------------------------------------------------------------------ the dev carve of a small train split
+
+
+def test_a_small_runs_carved_dev_keeps_one_row_and_evaluation_carves_it_again(tiny_bert_dir, tmp_path):
+    """qtype's 36 training rows and no dev split: a 10% carve (4 rows) could not choose anyway, so the carve keeps
+    `dev_rows` (1) and 35 rows train; `thawing evaluate`'s dev split, carved again from the run's config.yaml, is
+    that same row."""
+    from thawing.config import load_config
+    from thawing.model.inference import split_examples
+
+    run = _run(tiny_bert_dir, tmp_path, "carve", {"min_dev": 50, "min_updates": 12}, repeat=3,
+               schedule=PLAN[:1])
+    lines = [m for m in run.read_metrics() if m.get("task") == "qtype" and m.get("split") == "dev"]
+    tasks = run.read_json(run.tasks)
+    config = load_config(run.path / "config.yaml")
+    assert config.tasks["qtype"].dev_fraction is None
+    dev = split_examples(config, "qtype", tasks["qtype"]["labels"], "dev")
+    train_rows = split_examples(config, "qtype", tasks["qtype"]["labels"], "train")
+    assert len(dev) == 1 and len(train_rows) == 35 and lines  # evaluated on it during training
+    assert split_examples(config, "qtype", tasks["qtype"]["labels"], "dev")[0].text == dev[0].text

@@ -206,7 +206,7 @@ def plan(
     cfg = load_config(config, set_)
     encoder = load_encoder(cfg.model.name, max_length=cfg.model.max_length, pooling=cfg.model.pooling,
                            normalize=cfg.model.normalize, trust_remote_code=cfg.model.trust_remote_code, weights=False)
-    model = build_model(cfg, load_tasks(cfg.tasks, seed=cfg.train.seed), encoder)
+    model = build_model(cfg, load_tasks(cfg.tasks, seed=cfg.train.seed, small=cfg.train.small_data), encoder)
     groups = parameter_groups(model)
     summary = plan_summary(build_plan(cfg, groups, full or None, model), groups)
     if as_json:

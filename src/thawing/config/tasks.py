@@ -10,12 +10,14 @@ import logging
 import random
 from dataclasses import dataclass
 
-from thawing.config import SPLITS, PerClassLimit, TaskConfig
+from thawing.config import SPLITS, PerClassLimit, SmallDataConfig, TaskConfig
 from thawing.data.readers import detect_format, read_rows
 from thawing.data.records import Example, Record
 from thawing.errors import InMemory, InputError
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_DEV_FRACTION = 0.1  # a task's `dev_fraction` when it sets none (see `dev_rows`)
 
 
 @dataclass
@@ -28,13 +30,14 @@ class TaskData:
     splits: dict[str, list[Example]]
 
 
-def load_task(name: str, cfg: TaskConfig, seed: int = 0) -> TaskData:
-    """Read, validate and label-encode one task; carve a dev split from train when none is given.
+def load_task(name: str, cfg: TaskConfig, seed: int = 0, small: SmallDataConfig | None = None) -> TaskData:
+    """Read, validate and label-encode one task; carve a dev split from train when none is given (its size: `dev_rows`,
+    with the run's `train.small_data` settings as `small`).
 
     Raises:
         InputError: The first problem in each split file (several are joined into one message).
     """
-    data, errors = _load(name, cfg, seed)
+    data, errors = _load(name, cfg, seed, small)
     if len(errors) == 1:
         raise errors[0]
     if errors:
@@ -43,8 +46,10 @@ def load_task(name: str, cfg: TaskConfig, seed: int = 0) -> TaskData:
     return data
 
 
-def load_tasks(tasks: dict[str, TaskConfig], seed: int = 0) -> dict[str, TaskData]:
-    """Load every task, so that all bad inputs are reported together before training starts.
+def load_tasks(tasks: dict[str, TaskConfig], seed: int = 0, small: SmallDataConfig | None = None
+               ) -> dict[str, TaskData]:
+    """Load every task, so that all bad inputs are reported together before training starts (`small`: as for
+    `load_task`).
 
     Raises:
         InputError: Listing every problem found, one per line, each prefixed with its task name.
@@ -52,7 +57,7 @@ def load_tasks(tasks: dict[str, TaskConfig], seed: int = 0) -> dict[str, TaskDat
     loaded: dict[str, TaskData] = {}
     problems: list[str] = []
     for name, cfg in tasks.items():
-        data, errors = _load(name, cfg, seed)
+        data, errors = _load(name, cfg, seed, small)
         problems.extend(f"{name}: {err}" for err in errors)
         if data is not None:
             loaded[name] = data
@@ -61,7 +66,8 @@ def load_tasks(tasks: dict[str, TaskConfig], seed: int = 0) -> dict[str, TaskDat
     return loaded
 
 
-def _load(name: str, cfg: TaskConfig, seed: int) -> tuple[TaskData | None, list[InputError]]:
+def _load(name: str, cfg: TaskConfig, seed: int, small: SmallDataConfig | None
+          ) -> tuple[TaskData | None, list[InputError]]:
     # Rows in memory are named by their place in the config wherever a file would be named by its path.
     paths = {split: InMemory(f"tasks.{name}.data.{split} (in memory)") if isinstance(source, list) else source
              for split in SPLITS if (source := getattr(cfg.data, split)) is not None}
@@ -89,7 +95,8 @@ def _load(name: str, cfg: TaskConfig, seed: int) -> tuple[TaskData | None, list[
     dev_from_train = "dev" not in splits
     if dev_from_train:
         try:
-            splits["train"], splits["dev"] = _carve_dev(splits["train"], cfg.dev_fraction, seed, paths["train"])
+            rows = dev_rows(len(splits["train"]), cfg.dev_fraction, small)
+            splits["train"], splits["dev"] = _carve_dev(splits["train"], rows, seed, paths["train"])
         except InputError as exc:
             return None, [exc]
     try:  # last: a row's own problem is the more useful message
@@ -175,12 +182,27 @@ def _kind(cfg: TaskConfig):
     return task_type(cfg.type)
 
 
-def _carve_dev(train: list[Example], fraction: float, seed: int, path: str) -> tuple[list[Example], list[Example]]:
-    """Split a deterministic random `fraction` of train off as dev; both keep their original order."""
+def dev_rows(n: int, fraction: float | None, small: SmallDataConfig | None) -> int:
+    """How many of `n` train rows a dev carve takes: `fraction` of them when the task sets one; by default 10%, but
+    where 10% is fewer than `small.min_dev` (a dev split too small to choose by: training/small_data.py) only
+    `small.dev_rows`, as every example is worth more in training then. At least 1, and at least 1 left to train.
+
+    Example:
+        >>> small = SmallDataConfig()
+        >>> dev_rows(48, None, small), dev_rows(48, 0.1, small), dev_rows(1000, None, small), dev_rows(48, None, None)
+        (1, 5, 100, 5)
+    """
+    k = round((fraction or DEFAULT_DEV_FRACTION) * n)
+    if fraction is None and small is not None and k < small.min_dev:
+        k = small.dev_rows
+    return min(max(1, k), n - 1)
+
+
+def _carve_dev(train: list[Example], k: int, seed: int, path: str) -> tuple[list[Example], list[Example]]:
+    """Split `k` deterministic random examples of train off as dev; both keep their original order."""
     n = len(train)
     if n < 2:
         raise InputError("train has 1 row: at least 2 are needed to carve a dev split (or give data.dev)", path=path)
-    k = min(max(1, round(fraction * n)), n - 1)
     order = list(range(n))
     random.Random(seed).shuffle(order)
     dev = set(order[:k])

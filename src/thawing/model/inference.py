@@ -108,7 +108,7 @@ def split_examples(config: RunConfig, task: str, labels: list[str], split: str, 
     task_cfg = config.tasks[task].model_copy(update=task_type(config.tasks[task].type).fixed_labels(labels))
     if path is not None:
         return load_split(task_cfg, split, path, labels)
-    return load_task(task, task_cfg, seed=config.train.seed).splits.get(split)
+    return load_task(task, task_cfg, seed=config.train.seed, small=config.train.small_data).splits.get(split)
 
 
 def file_examples(spec: TaskSpec, split: str, path: str) -> list[Example]:

@@ -128,7 +128,7 @@ def prepare_scenarios(config: RunConfig, specs: list[str], run_optional: bool | 
     from thawing.training.setup import build_model
 
     parse_scenarios(config, specs, None)
-    model = build_model(config, load_tasks(config.tasks, seed=config.train.seed))
+    model = build_model(config, load_tasks(config.tasks, seed=config.train.seed, small=config.train.small_data))
     groups = parameter_groups(model)
     scenarios = parse_scenarios(config, specs, len(layer_names(groups)))
     return scenarios, check_plans(scenarios, groups, run_optional, model)

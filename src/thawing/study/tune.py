@@ -121,7 +121,8 @@ def check_space(config: RunConfig, settings: TuneConfig) -> int:
     m = config.model
     encoder = load_encoder(m.name, max_length=m.max_length, pooling=m.pooling, normalize=m.normalize,
                            trust_remote_code=m.trust_remote_code, weights=False)
-    model = build_model(config, load_tasks(config.tasks, seed=config.train.seed), encoder)
+    tasks = load_tasks(config.tasks, seed=config.train.seed, small=config.train.small_data)
+    model = build_model(config, tasks, encoder)
     groups = parameter_groups(model)
     num_layers = len(layer_names(groups))
     for shape in settings.space.shapes:

@@ -102,7 +102,7 @@ def prepare(config: RunConfig, encoder: Encoder | None = None) -> Prepared:
     tokenize every split."""
     check_places(config)
     torch.manual_seed(config.train.seed)
-    tasks = load_tasks(config.tasks, seed=config.train.seed)
+    tasks = load_tasks(config.tasks, seed=config.train.seed, small=config.train.small_data)
     model = build_model(config, tasks, encoder)
     if config.train.gradient_checkpointing:
         checkpoint_activations(model.encoder)
