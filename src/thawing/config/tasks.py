@@ -93,9 +93,12 @@ def _load(name: str, cfg: TaskConfig, seed: int, small: SmallDataConfig | None
     if errors:
         return None, errors
     dev_from_train = "dev" not in splits
+    carved = " (dev carved from train)"
     if dev_from_train:
         try:
             rows = dev_rows(len(splits["train"]), cfg.dev_fraction, small)
+            if cfg.dev_fraction is None and rows < round(DEFAULT_DEV_FRACTION * len(splits["train"])):
+                carved = f" (dev: {rows} row(s) carved from train, as 10% would be too few to choose by)"
             splits["train"], splits["dev"] = _carve_dev(splits["train"], rows, seed, paths["train"])
         except InputError as exc:
             return None, [exc]
@@ -105,7 +108,7 @@ def _load(name: str, cfg: TaskConfig, seed: int, small: SmallDataConfig | None
         return None, [exc]
     splits = {split: splits[split] for split in SPLITS if split in splits}
     logger.info("task %s: %s, %d labels%s", name, ", ".join(f"{len(v)} {k}" for k, v in splits.items()),
-                len(labels), " (dev carved from train)" if dev_from_train else "")
+                len(labels), carved if dev_from_train else "")
     return TaskData(name=name, type=cfg.type, labels=labels, splits=splits), []
 
 
