@@ -10,7 +10,8 @@ rows. Retrieval pairs, deterministic and kept outside the project (--work): ever
 (sentence1) and its positive (sentence2); its hard negative is the sentence2 of the next row of the split with a
 score below 2, so the split's low-score sentences join its corpus.
 
-Run: HF_HUB_OFFLINE=1 nice -n 5 .venv/bin/python bench/pairs.py --seed 0 --output bench/results/pairs_stsb_all_seed0.json
+Run: HF_HUB_OFFLINE=1 nice -n 5 .venv/bin/python bench/pairs.py --seed 0 \
+         --output bench/results/pairs_stsb_all_seed0.json
 """
 
 from __future__ import annotations
