@@ -213,22 +213,16 @@ def encoder_only_tasks(config: RunConfig) -> list[str]:
             if task_type(cfg.type).reads == "pairs" and not task_type(cfg.type).has_head]
 
 
-def trains_embeddings(trainable: list[str]) -> bool:
-    """Whether a stage's groups change the sentence embeddings (what a task with no head trains)."""
-    return not encoder_frozen(trainable)
-
-
-def check_encoder_only(plan: list[Stage], config: RunConfig) -> None:
-    """A task with no head trains only where the encoder or projection does: a plan that trains, but never those,
-    would carry such a task along for nothing.
+def check_encoder_only(plan: list[Stage], tasks: list[str]) -> None:
+    """A task with no head (`tasks`, from `encoder_only_tasks`) trains only where the encoder or projection does: a
+    plan that trains, but never those, would carry such a task along for nothing.
 
     Raises:
         ConfigError: naming the tasks and what to do.
     """
-    tasks = encoder_only_tasks(config)
     trains = [s for s in plan if s.epochs > 0 and s.trainable]
     meant = trains or any(s.skips for s in plan)  # a plan meant to train (not `frozen`)
-    if tasks and meant and not any(trains_embeddings(s.trainable) for s in trains):
+    if tasks and meant and all(encoder_frozen(s.trainable) for s in trains):
         raise ConfigError(f"schedule: task(s) {', '.join(tasks)} have no head: only the encoder (or a projection) "
                           "trains by them, and no stage of this plan trains either; train the encoder in a stage "
                           "(e.g. schedule: full or progressive), or leave the task(s) out")
@@ -240,16 +234,17 @@ def build_plan(config: RunConfig, groups: OrderedDict[str, list], run_optional: 
     multi-task model or its encoder, plain) is needed to resolve a stage's `lora` targets."""
     run_optional = config.run_optional if run_optional is None else run_optional
     plan = []
+    headless = encoder_only_tasks(config)
     for cfg in stage_configs(config, len(layer_names(groups))):
         try:
             trainable = select_groups(cfg.train, groups) if cfg.train else []
             adapters = _adapters(cfg.lora, model, groups) if cfg.lora else None
         except ConfigError as exc:
             raise ConfigError(f"schedule: stage '{cfg.name}': {exc}") from None
-        headless = encoder_only_tasks(config)
+        selects_nothing = bool(cfg.train) and not trainable and cfg.epochs > 0
         # Every task without a head: a heads stage (progressive's first) has nothing to train, and is skipped.
-        skipped = bool(cfg.train) and not trainable and cfg.epochs > 0 and len(headless) == len(config.tasks)
-        if cfg.train and not trainable and cfg.epochs > 0 and not skipped:
+        skipped = selects_nothing and len(headless) == len(config.tasks)
+        if selects_nothing and not skipped:
             raise ConfigError(f"schedule: stage '{cfg.name}' trains {cfg.train}, which selects no parameter of this "
                               "model; give train: [] (or freeze: [all]) for a stage that trains nothing")
         trainable += adapters.groups if adapters else []
@@ -270,7 +265,7 @@ def build_plan(config: RunConfig, groups: OrderedDict[str, list], run_optional: 
             lora=adapters,
             task_loss=cfg.task_loss,
             pair_loss=cfg.pair_loss,
-            skips=() if trains_embeddings(trainable) or cfg.epochs == 0 else tuple(headless),
+            skips=() if not encoder_frozen(trainable) or cfg.epochs == 0 else tuple(headless),
         )
         if not cfg.task_loss and not distills(stage.retain) and not pair_weights(stage, config):
             raise ConfigError(f"schedule: stage '{cfg.name}' has task_loss: false but no other loss to train by; give "
@@ -283,7 +278,7 @@ def build_plan(config: RunConfig, groups: OrderedDict[str, list], run_optional: 
             plan.append(stage)
     if not plan:
         raise ConfigError("schedule: no stage to run (all are optional; pass --full or run_optional: true)")
-    check_encoder_only(plan, config)
+    check_encoder_only(plan, headless)
     return plan
 
 
