@@ -7,12 +7,9 @@ Run from anywhere: python data/demo/make_multilabel.py
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-SPLITS = ("train", "dev", "test")
+from derive import derive
 
 
 def combine(messages: list[dict], rng: random.Random) -> list[dict]:
@@ -31,13 +28,9 @@ def combine(messages: list[dict], rng: random.Random) -> list[dict]:
 
 
 def main() -> None:
-    for split in SPLITS:
-        lines = (HERE / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
-        rows = combine([json.loads(line) for line in lines if line.strip()], random.Random(0))
-        out = HERE / f"multilabel_{split}.jsonl"
-        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    for split, rows in derive("multilabel", combine).items():
         pairs = sum(len(r["topics"]) == 2 for r in rows)
-        print(f"{out.name}: {len(rows)} rows, {pairs} with two topics")
+        print(f"multilabel_{split}.jsonl: {len(rows)} rows, {pairs} with two topics")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,9 @@ Run from anywhere: python data/demo/make_pairs.py
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-SPLITS = ("train", "dev", "test")
+from derive import derive
 
 
 def score(a: dict, b: dict) -> int:
@@ -33,12 +30,8 @@ def pairs(messages: list[dict], rng: random.Random) -> list[dict]:
 
 
 def main() -> None:
-    for split in SPLITS:
-        lines = (HERE / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
-        rows = pairs([json.loads(line) for line in lines if line.strip()], random.Random(0))
-        out = HERE / f"pairs_{split}.jsonl"
-        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        print(f"{out.name}: {len(rows)} pairs")
+    for split, rows in derive("pairs", pairs).items():
+        print(f"pairs_{split}.jsonl: {len(rows)} pairs")
 
 
 if __name__ == "__main__":
