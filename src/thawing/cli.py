@@ -214,8 +214,9 @@ def plan(
         return
     for stage in summary["stages"]:
         table = Table(
-            title=f"stage '{stage['name']}': {stage['epochs']} epochs, "
-            f"{stage['trainable_params']:,} trainable parameters",
+            title=f"stage '{stage['name']}': {stage['epochs']} epochs"
+            + (f" (plateau: {stage['patience']} evaluations)" if stage["patience"] else "")
+            + f", {stage['trainable_params']:,} trainable parameters",
             title_justify="left",
         )
         for col in ("group", "params", "lr"):
