@@ -71,13 +71,21 @@ def main() -> None:
     parser.add_argument("--work", default=None)
     parser.add_argument("--output", default=None)
     parser.add_argument("--resume", action="store_true", help="keep the cells --output holds, run only the others")
+    parser.add_argument("--train-rows", type=int, default=None, metavar="N",
+                        help="cap every data set's train split at N rows instead of quality.py's (0: all rows)")
+    parser.add_argument("--dev-rows", type=int, default=None, metavar="N", help="the same for dev (0: all rows)")
     args = parser.parse_args()
+
+    mode = dict(quality.FULL)
+    for split, rows in (("train", args.train_rows), ("dev", args.dev_rows)):
+        if rows is not None:  # as bench/quality.py's options: one cap for every data set; 0: none
+            mode[split] = dict.fromkeys(quality.SOURCES, rows or None)
 
     work = Path(args.work or tempfile.mkdtemp(prefix="thawing-baselines-"))
     report: dict = {"command": " ".join(sys.argv),
                     "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch threads "
                                f"{os.environ.get('OMP_NUM_THREADS', 'default')}",
-                    "sizes": {s: quality.FULL[s] for s in ("train", "dev")}, "results": {}}
+                    "sizes": {s: mode[s] for s in ("train", "dev")}, "results": {}}
     if args.resume and args.output and Path(args.output).is_file():
         earlier = json.loads(Path(args.output).read_text())
         report["results"], report["command"] = earlier["results"], f"{earlier['command']}; then {report['command']}"
@@ -87,7 +95,9 @@ def main() -> None:
         write_report(report, args.output)
 
     for name in args.datasets:
-        paths = quality.make_splits(name, quality.FULL, work)
+        paths = quality.make_splits(name, mode, work)
+        report.setdefault("rows", {})[name] = {s: len(path.read_text(encoding="utf-8").splitlines())
+                                               for s, path in paths.items()}
         for seed in args.seeds:
             out = report["results"].setdefault(name, {}).setdefault(str(seed), {})
             if "probe" in args.methods and quality.SOURCES[name][2] != "token":
