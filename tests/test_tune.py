@@ -25,7 +25,7 @@ from thawing.errors import ConfigError, InputError
 
 optuna = pytest.importorskip("optuna")
 
-from thawing.study.tune import run_tune  # noqa: E402  (after the skip: it needs optuna's extra)
+from thawing.study.tune import run_tune, with_tune  # noqa: E402  (after the skip: it needs optuna's extra)
 
 # A small space: two shapes, one epoch a stage, so a trial is a second or two on the tiny model.
 SPACE = {"shapes": [["heads"], ["heads", "top"]], "epochs": {"heads": [1, 1], "top": [1, 1]},
@@ -134,6 +134,19 @@ def test_the_search_space_is_checked_like_the_rest_of_the_config(tiny_bert_dir, 
     config["tune"] = {"space": space}
     with pytest.raises(ConfigError, match=message):
         parse_config(config)
+
+
+@pytest.mark.parametrize("tasks, space, full_epochs", [
+    (("ner",), {}, (1, 20)),  # as the presets give a run of token tasks alone
+    (("ner", "sentiment"), {}, (1, 4)),  # a mix: the sentence plans' range
+    (("ner",), {"shapes": [["full"]], "epochs": {"full": [2, 3]}}, (2, 3)),  # the user's own range wins
+])
+def test_a_run_of_token_tasks_alone_searches_a_token_budget(tiny_bert_dir, tmp_path, tasks, space, full_epochs):
+    config = toy_config(tiny_bert_dir, tmp_path, tasks=tasks)
+    config["tune"] = {"space": space}
+    searched = with_tune(parse_config(config), None, None, None).tune.space.epochs
+    assert tuple(searched["full"]) == full_epochs
+    assert tuple(searched.get("heads", (1, 6))) == (1, 6)  # the stages that leave the encoder frozen keep theirs
 
 
 def test_a_space_past_the_model_or_retention_without_a_probe_is_refused(tiny_bert_dir, tmp_path):

@@ -135,6 +135,14 @@ def preset(name: str, num_layers: int, token_only: bool = False) -> list[StageCo
     return token_budget(stages[name]) if token_only else stages[name]
 
 
+TOKEN_EPOCHS = 20  # the encoder stages' epochs for a run of token tasks alone (`token_budget`; tune's default space)
+
+
+def token_only(config: RunConfig) -> bool:
+    """Every task of the run tags tokens: such a run gets a token task's budget (`token_budget`)."""
+    return all(task.type == "token-classification" for task in config.tasks.values())
+
+
 def token_budget(stages: list[StageConfig]) -> list[StageConfig]:
     """A preset's `full` and `discriminative` stages as a token task needs them. The presets were chosen on sentence
     tasks, where a few epochs suffice; on CoNLL (600 sentences, MiniLM) they stop 17 points of entity F1 below a Hugging
@@ -144,8 +152,9 @@ def token_budget(stages: list[StageConfig]) -> list[StageConfig]:
     to epoch there, so the plateau waits 5 evaluations, not 2."""
     plateau = EarlyStopping(patience=5, min_delta=0.001)
     changes = {
-        "full": {"epochs": 20, "lr": StageRates(heads=1e-3, encoder=1e-4), "warmup": 0.1, "early_stopping": plateau},
-        "discriminative": {"epochs": 20, "early_stopping": plateau},
+        "full": {"epochs": TOKEN_EPOCHS, "lr": StageRates(heads=1e-3, encoder=1e-4), "warmup": 0.1,
+                 "early_stopping": plateau},
+        "discriminative": {"epochs": TOKEN_EPOCHS, "early_stopping": plateau},
     }
     return [s.model_copy(update=changes[s.name]) if s.name in changes and not s.optional else s for s in stages]
 
@@ -153,8 +162,7 @@ def token_budget(stages: list[StageConfig]) -> list[StageConfig]:
 def stage_configs(config: RunConfig, num_layers: int) -> list[StageConfig]:
     """The stage list the config asks for, before resolution."""
     if isinstance(config.schedule, str):
-        token_only = all(task.type == "token-classification" for task in config.tasks.values())
-        return command_line_over_preset(preset(config.schedule, num_layers, token_only), config)
+        return command_line_over_preset(preset(config.schedule, num_layers, token_only(config)), config)
     if config.schedule is not None:
         return list(config.schedule)
     name = "frozen" if "all" in config.freeze else "train"
