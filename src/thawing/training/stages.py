@@ -145,11 +145,11 @@ def token_only(config: RunConfig) -> bool:
 
 def token_budget(stages: list[StageConfig]) -> list[StageConfig]:
     """A preset's `full` and `discriminative` stages as a token task needs them. The presets were chosen on sentence
-    tasks, where a few epochs suffice; on CoNLL (600 sentences, MiniLM) they stop 17 points of entity F1 below a Hugging
-    Face Trainer tuned on dev. Measured (docs/benchmarks.md, "A plan for token tasks"): `full` at encoder 1e-4 for 20
-    epochs with heads at 1e-3 (3e-2 moves a tag head too far each step once the encoder trains) 0.773 against the
-    preset's 0.584; the discriminative stage for 20 epochs 0.732 against 0.596. Dev F1 swings by 2-5 points from epoch
-    to epoch there, so the plateau waits 5 evaluations, not 2."""
+    tasks, where a few epochs suffice; on CoNLL (600 sentences, MiniLM) they ended 17 points of entity F1 below a
+    Hugging Face Trainer tuned on dev. With this budget (docs/benchmarks.md, "A plan for token tasks"; 3 seeds) `full`
+    reaches 0.771 (0.584 before; heads at 1e-3, since 3e-2 moves a tag head too far each step once the encoder
+    trains) and `progressive` 0.728 (0.596). Dev F1 swings by 2-5 points from epoch to epoch there, so the plateau
+    waits 5 evaluations, not 2."""
     plateau = EarlyStopping(patience=5, min_delta=0.001)
     changes = {
         "full": {"epochs": TOKEN_EPOCHS, "lr": StageRates(heads=1e-3, encoder=1e-4), "warmup": 0.1,
