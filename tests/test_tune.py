@@ -136,17 +136,26 @@ def test_the_search_space_is_checked_like_the_rest_of_the_config(tiny_bert_dir, 
         parse_config(config)
 
 
-@pytest.mark.parametrize("tasks, space, full_epochs", [
-    (("ner",), {}, (1, 20)),  # as the presets give a run of token tasks alone
-    (("ner", "sentiment"), {}, (1, 4)),  # a mix: the sentence plans' range
-    (("ner",), {"shapes": [["full"]], "epochs": {"full": [2, 3]}}, (2, 3)),  # the user's own range wins
+@pytest.mark.parametrize("tasks, space, full_epochs, patience", [
+    (("ner",), {}, (1, 20), 5),  # as the presets give a run of token tasks alone
+    (("ner", "sentiment"), {}, (1, 4), 2),  # a mix: the sentence plans' range and plateau
+    (("ner",), {"shapes": [["full"]], "epochs": {"full": [2, 3]}, "early_stopping": {"patience": 3}},
+     (2, 3), 3),  # the user's own range and plateau win
 ])
-def test_a_run_of_token_tasks_alone_searches_a_token_budget(tiny_bert_dir, tmp_path, tasks, space, full_epochs):
+def test_a_run_of_token_tasks_alone_searches_a_token_budget(tiny_bert_dir, tmp_path, tasks, space, full_epochs,
+                                                             patience):
     config = toy_config(tiny_bert_dir, tmp_path, tasks=tasks)
     config["tune"] = {"space": space}
-    searched = with_tune(parse_config(config), None, None, None).tune.space.epochs
-    assert tuple(searched["full"]) == full_epochs
-    assert tuple(searched.get("heads", (1, 6))) == (1, 6)  # the stages that leave the encoder frozen keep theirs
+    searched = with_tune(parse_config(config), None, None, None).tune.space
+    assert tuple(searched.epochs["full"]) == full_epochs
+    assert tuple(searched.epochs.get("heads", (1, 6))) == (1, 6)  # the stages that leave the encoder frozen keep theirs
+    assert searched.early_stopping.patience == patience  # every trial stage waits as long as the presets' would
+
+
+def test_every_trial_stage_stops_on_the_plateau_of_the_space(tuned):
+    tune, _ = tuned
+    for row in json.loads(tune.tune_json.read_text())["trials"]:
+        assert [s["early_stopping"]["patience"] for s in row["plan"]] == [2] * len(row["plan"])
 
 
 def test_a_space_past_the_model_or_retention_without_a_probe_is_refused(tiny_bert_dir, tmp_path):

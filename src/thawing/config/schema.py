@@ -539,6 +539,8 @@ class TuneSpace(_Strict):
     warmup: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.0, 0.2)
     # retain.distill's weight in the encoder stages; None: searched in [0, 1] when retention is an objective, else off
     distill: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] | None = None
+    # every trial stage's plateau stop (fixed, not searched); None: the presets' (training/stages.py `plateau`)
+    early_stopping: EarlyStopping | None = None
 
     @model_validator(mode="after")
     def _valid(self) -> TuneSpace:

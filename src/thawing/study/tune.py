@@ -88,13 +88,15 @@ def with_tune(config: RunConfig, trials: int | None, timeout: float | None, obje
     tune = raw.get("tune") or {}
     tune.update({k: v for k, v in (("trials", trials), ("timeout", timeout), ("objectives", objectives))
                  if v is not None})
-    from thawing.training.stages import TOKEN_EPOCHS, token_only  # imports torch: not at `thawing tune --help`
+    from thawing.training.stages import TOKEN_EPOCHS, plateau, token_only  # torch: not at `thawing tune --help`
 
-    if token_only(config) and "epochs" not in tune.get("space", {}):
+    space = tune["space"] = tune.get("space") or {}
+    # the trials stop on a plateau as the presets' stages do (patience 5 for a run of token tasks alone, 2 otherwise)
+    space.setdefault("early_stopping", plateau(config).model_dump(mode="json"))
+    if token_only(config) and "epochs" not in space:
         # as the presets give such a run (training/stages.py token_budget): the default space's 4 epochs cannot reach
         # what a tagger needs (CoNLL, 600 sentences: 0.58 entity F1 after 4 epochs of full, 0.77 after 20)
-        epochs = TuneSpace().epochs | {"discriminative": (1, TOKEN_EPOCHS), "full": (1, TOKEN_EPOCHS)}
-        tune.setdefault("space", {})["epochs"] = epochs
+        space["epochs"] = TuneSpace().epochs | {"discriminative": (1, TOKEN_EPOCHS), "full": (1, TOKEN_EPOCHS)}
     raw["tune"] = tune
     return parse_config(raw, source="tune")
 

@@ -10,6 +10,7 @@ define-by-run (`trial.suggest_*`), and the stage list they make, in the shape of
     lora_rank, lora_lr    the LoRA stage (the top half of the layers, queries and values, alpha 2 x rank)
     warmup                every stage that trains the encoder
     distill               retain.distill's weight in those stages (searched where the space or the objectives ask)
+    early_stopping        every stage's plateau stop: fixed, not searched (`with_tune` gives it the presets')
 
 A knob a trial's shape does not use is never sampled, so TPE models each shape's own knobs.
 """
@@ -21,8 +22,6 @@ from typing import Any
 
 from thawing.config import DistillConfig, LoraSettings, RetainConfig, StageConfig, TuneSpace
 from thawing.errors import ConfigError
-
-PLATEAU = {"patience": 2, "min_delta": 0.001}  # the presets' (training/stages.py)
 
 
 def layer_ranges(space: TuneSpace, num_layers: int) -> dict[str, tuple[int, int]]:
@@ -57,7 +56,7 @@ def suggest_plan(trial: Any, space: TuneSpace, num_layers: int, objectives: Sequ
     for name in shape:
         low, high = space.epochs[name]  # the schema checks every shape's stage has a range
         stage: dict[str, Any] = {"name": name, "epochs": trial.suggest_int(f"epochs.{name}", low, high),
-                                 "early_stopping": PLATEAU}
+                                 "early_stopping": space.early_stopping}
         if name == "heads":
             stage.update(train=["heads"], lr={"heads": _rate(trial, "heads_lr", space.heads_lr)})
         else:

@@ -65,7 +65,7 @@ def preset(name: str, num_layers: int, token_only: bool = False) -> list[StageCo
     top = 2 if num_layers <= 12 else 3
     more = min(num_layers, max(num_layers // 2, 6))
     half = max(1, num_layers // 2)
-    plateau = {"patience": 2, "min_delta": 0.001}
+    plateau = PLATEAU
     # heads 3e-2: dev score 0.905 vs 0.810 with 1e-3 (TREC coarse+fine+SST-2, docs/benchmarks.md)
     heads = StageConfig(name="heads", train=["heads"], epochs=4, lr={"heads": 3e-2}, early_stopping=plateau)
     discriminative = StageConfig(
@@ -136,6 +136,13 @@ def preset(name: str, num_layers: int, token_only: bool = False) -> list[StageCo
 
 
 TOKEN_EPOCHS = 20  # the encoder stages' epochs for a run of token tasks alone (`token_budget`; tune's default space)
+PLATEAU = EarlyStopping(patience=2, min_delta=0.001)  # every preset stage's stop on a plateau of the dev score
+TOKEN_PLATEAU = EarlyStopping(patience=5, min_delta=0.001)  # `token_budget`'s stages (a tagger's dev F1 swings)
+
+
+def plateau(config: RunConfig) -> EarlyStopping:
+    """The plateau stop the presets give the config's run (`thawing tune`'s trials get the same)."""
+    return TOKEN_PLATEAU if token_only(config) else PLATEAU
 
 
 def token_only(config: RunConfig) -> bool:
@@ -150,11 +157,10 @@ def token_budget(stages: list[StageConfig]) -> list[StageConfig]:
     reaches 0.771 (0.584 before; heads at 1e-3, since 3e-2 moves a tag head too far each step once the encoder
     trains) and `progressive` 0.728 (0.596). Dev F1 swings by 2-5 points from epoch to epoch there, so the plateau
     waits 5 evaluations, not 2."""
-    plateau = EarlyStopping(patience=5, min_delta=0.001)
     changes = {
         "full": {"epochs": TOKEN_EPOCHS, "lr": StageRates(heads=1e-3, encoder=1e-4), "warmup": 0.1,
-                 "early_stopping": plateau},
-        "discriminative": {"epochs": TOKEN_EPOCHS, "early_stopping": plateau},
+                 "early_stopping": TOKEN_PLATEAU},
+        "discriminative": {"epochs": TOKEN_EPOCHS, "early_stopping": TOKEN_PLATEAU},
     }
     return [s.model_copy(update=changes[s.name]) if s.name in changes and not s.optional else s for s in stages]
 
