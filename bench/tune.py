@@ -1,12 +1,12 @@
 """`thawing tune` on a mix of the quality benchmark (issue #27, item 2): the tune's own wall time and pruned trials,
-then the chosen plan against the `full` and `progressive` presets on the test split, with stage time, at one seed.
+then the chosen plan against the `full` and `progressive` presets on the test split, with stage time, at each seed.
 
 The data are bench/quality.py's fixed splits (`make_splits`, seed 0), capped at --train-rows and --dev-rows per data
 set (test: whole). The tune searches the default space (`tune.space` defaults) on dev with median pruning; the
 chosen trial is scored on test once, by the tune. The presets then train on the same files, seed and settings.
 
-Run: HF_HUB_OFFLINE=1 PYTHONPATH=src nice -n 5 .venv/bin/python bench/tune.py --mix trec_coarse+sst2+conll
-         --trials 8 --train-rows 300 --dev-rows 100 --output bench/results/tune_trec_coarse_sst2_conll.json
+Run: HF_HUB_OFFLINE=1 PYTHONPATH=src nice -n 5 .venv/bin/python bench/tune.py --mix trec_fine+ag_news
+         --trials 30 --quality-sizes --seeds 0 1 2 --output bench/results/tune_trec_fine_ag_news.json
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ def base_config(mix: list[str], paths: dict[str, dict[str, Path]], seed: int, pr
     return config
 
 
-def preset_run(config: dict, preset: str, work: Path) -> dict:
-    """One preset trained on the same data: test score, stage time, STS-B retention."""
+def plan_run(config: dict, schedule: str | list, work: Path) -> dict:
+    """One plan (a preset's name, or a stage list) trained on the same data: test score, stage time, retention."""
     from thawing.config import parse_config
     from thawing.training.loop import train
 
-    run = train(parse_config({**config, "schedule": preset}), run_dir=str(work / f"preset-{preset}"))
+    run = train(parse_config({**config, "schedule": schedule}), run_dir=str(work))
     results, stages = run.read_json(run.results), run.read_json(run.stages)
     return {"test_score": results["score"], "test": results["tasks"],
             "dev_score": max(s["best_score"] for s in stages),
@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--startup-trials", type=int, default=3)
     parser.add_argument("--train-rows", type=int, default=300)
     parser.add_argument("--dev-rows", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quality-sizes", action="store_true",
+                        help="quality.py's sizes (1,000 train, AG News and CoNLL 600; 300 dev) over --*-rows")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="the tune at the first; the chosen plan and the presets trained at each")
     parser.add_argument("--probe", action="store_true", help="the STS-B retention probe in every run (slower)")
     parser.add_argument("--work", default="/tmp/thawing-tune-bench")
     parser.add_argument("--output", required=True)
@@ -72,29 +75,38 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     mix = FULL["mixes"][args.mix]
-    mode = {"train": dict.fromkeys(SOURCES, args.train_rows), "dev": dict.fromkeys(SOURCES, args.dev_rows),
-            "test": {}}
+    mode = ({"train": FULL["train"], "dev": FULL["dev"], "test": {}} if args.quality_sizes else
+            {"train": dict.fromkeys(SOURCES, args.train_rows), "dev": dict.fromkeys(SOURCES, args.dev_rows),
+             "test": {}})
     paths = {name: make_splits(name, mode, work) for name in mix}
-    config = base_config(mix, paths, args.seed, args.probe)
+    config = base_config(mix, paths, args.seeds[0], args.probe)
     started = time.perf_counter()
     tune = run_tune(parse_config({**config, "tune": {"trials": args.trials, "startup_trials": args.startup_trials}}),
                     work / "tune")
     tune_s = round(time.perf_counter() - started, 1)
     summary = tune.read_json(tune.tune_json)
     best = next(r for r in summary["trials"] if r["number"] == summary["best"])
-    presets = {p: preset_run(config, p, work) for p in ("full", "progressive")}
+    # the chosen plan and the presets at each seed, one after another (their stage times at one load)
+    plans: dict[str, str | list] = {"chosen": best["plan"], "full": "full", "progressive": "progressive"}
+    seeds = {name: {seed: plan_run({**config, "train": {**config["train"], "seed": seed}}, plan,
+                                   work / f"{name}-{seed}") for seed in args.seeds}
+             for name, plan in plans.items()}
+    presets = {p: seeds[p][args.seeds[0]] for p in ("full", "progressive")}
     report = {
         "command": " ".join(["bench/tune.py"] + (argv if argv is not None else sys.argv[1:])),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
-        "mix": args.mix, "seed": args.seed, "probe": args.probe,
-        "rows": {"train": args.train_rows, "dev": args.dev_rows, "test": "all"},
+        "mix": args.mix, "seeds": args.seeds, "probe": args.probe,
+        "rows": {"train": mode["train"], "dev": mode["dev"], "test": "all"},
         "tune": {"wall_s": tune_s, "trials": len(summary["trials"]), "states": summary["states"],
                  "trials_stage_s": round(sum(r["stage_s"] or 0.0 for r in summary["trials"]), 1)},
         "chosen": {"trial": best["number"], "params": best["params"], "plan": best["plan"],
                    "dev_score": best["values"]["score"], "test_score": best["test"]["score"],
                    "test": best["test"]["tasks"], "stage_s": best["stage_s"]},
         "presets": presets,
+        "seeds_runs": {name: {str(seed): run for seed, run in runs.items()} for name, runs in seeds.items()},
+        "means": {name: {k: round(sum(r[k] for r in runs.values()) / len(runs), 4) for k in ("test_score", "stage_s")}
+                  for name, runs in seeds.items()},
         "trials": [{k: r[k] for k in ("number", "state", "params", "values", "stage_s", "wall_s")}
                    for r in summary["trials"]],
     }
@@ -103,9 +115,14 @@ def main(argv: list[str] | None = None) -> dict:
         "chosen_minus_full_test": round(report["chosen"]["test_score"] - full["test_score"], 4),
         "chosen_stage_time_over_full": round(best["stage_s"] / full["stage_s"], 3) if full["stage_s"] else None,
     }
+    means = report["means"]
+    report["verdict"]["seeds"] = {
+        "chosen_minus_full_test": round(means["chosen"]["test_score"] - means["full"]["test_score"], 4),
+        "chosen_stage_time_over_full": round(means["chosen"]["stage_s"] / means["full"]["stage_s"], 3),
+    }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    print(json.dumps({k: report[k] for k in ("tune", "chosen", "verdict")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("tune", "chosen", "means", "verdict")}, indent=2))
     return report
 
 
