@@ -331,22 +331,7 @@ def build_app(model: TrainedModel, settings: ServeSettings | None = None):
     }
     info = describe(model)
     rejected = {"count": 0}
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app):  # noqa: ARG001 (FastAPI's lifespan signature)
-        # One thread runs the model for every endpoint: off the event loop, and never two runs at once.
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thawing-model",
-                                      initializer=_set_threads, initargs=(settings.threads,))
-        for batcher in batchers.values():
-            batcher.start(executor)
-        try:
-            yield
-        finally:
-            for batcher in batchers.values():
-                await batcher.stop()
-            executor.shutdown(wait=True, cancel_futures=True)
-
-    app = FastAPI(title="thawing", version=version(), lifespan=lifespan, redoc_url=None,
+    app = FastAPI(title="thawing", version=version(), lifespan=lifespan(batchers, settings.threads), redoc_url=None,
                   docs_url="/docs" if settings.docs else None, openapi_url="/openapi.json" if settings.docs else None)
 
     answer_errors_in_json(app, rejected)
@@ -378,6 +363,27 @@ def build_app(model: TrainedModel, settings: ServeSettings | None = None):
     # The routes read and check their own bodies (plain routes): their schema is written here.
     app.openapi = lambda: openapi_schema(app, list(model.tasks), settings, pair_tasks)  # type: ignore[method-assign]
     return app
+
+
+def lifespan(batchers: dict[str, MicroBatcher], threads: int | None):
+    """The app's lifespan: the micro-batchers started on one model thread; stopped at the end (waiting requests get
+    `Closed`)."""
+
+    @contextlib.asynccontextmanager
+    async def run(app):  # noqa: ARG001 (FastAPI's lifespan signature)
+        # One thread runs the model for every endpoint: off the event loop, and never two runs at once.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thawing-model",
+                                      initializer=_set_threads, initargs=(threads,))
+        for batcher in batchers.values():
+            batcher.start(executor)
+        try:
+            yield
+        finally:
+            for batcher in batchers.values():
+                await batcher.stop()
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    return run
 
 
 def answer_errors_in_json(app, rejected: dict[str, int]) -> None:

@@ -296,14 +296,21 @@ def train_stage(ctx: Context, stage: Stage, path, stepping, groups: dict, params
                 break
         else:
             p.epoch, p.epoch_start, p.position = p.epoch + 1, p.micro, 0
+    return end_stage(ctx, stepping, tracked, stage, params, best, updates.per_epoch)
+
+
+def end_stage(ctx: Context, stepping, tracked: TrainingRecords, stage: Stage, params: list, best: list | None,
+              per_epoch: int) -> dict:
+    """A stage's last updates read, its best state put back, its heads marked trained; returns what the stage summary
+    adds."""
+    state, p = ctx.state, ctx.state.stage
     tracked.read(ctx)  # the stage's last updates: a non-finite one stops the run here
     stepping.pull()  # FSDP: the stage's last weights, whole, into the model (before its best is put back)
     if stage.restore_best and best is not None:
         checkpoint.put_back(params, best)
     state.trained_heads = sorted(set(state.trained_heads) | {g.split(":", 1)[1] for g in stage.trainable
                                                               if g.startswith("head:")})
-    summary = {"epochs_run": round(p.micro / updates.per_epoch, 3), "updates": p.update,
-               "stopped": p.stopped or "completed"}
+    summary = {"epochs_run": round(p.micro / per_epoch, 3), "updates": p.update, "stopped": p.stopped or "completed"}
     summary.update({k: v for k, v in (("skipped_updates", p.skipped), ("nonfinite_updates", p.nonfinite),
                                       ("micro_batch_pieces", p.split if p.split > 1 else 0)) if v})
     return summary
