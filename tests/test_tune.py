@@ -182,15 +182,20 @@ def test_a_tune_dir_is_never_reused_and_resume_needs_a_study(tuned, tiny_bert_di
         run_tune(recorded, tune.path, resume=True)
 
 
-def test_a_pruned_trial_leaves_no_final(tiny_bert_dir, tmp_path):
-    config = parse_config(tune_config(tiny_bert_dir, tmp_path, trials=2))
-    tune = run_tune(config, tmp_path / "tune", pruner=optuna.pruners.ThresholdPruner(lower=2.0))  # prunes every one
+def test_a_pruned_trial_leaves_no_final_and_its_heads_stage_is_never_judged(tiny_bert_dir, tmp_path):
+    config = tune_config(tiny_bert_dir, tmp_path, trials=2)
+    config["tune"]["space"] = {**SPACE, "shapes": [["heads", "top"]], "epochs": {"heads": [2, 2], "top": [1, 1]}}
+    # a pruner that stops every trial at the first step it is asked about
+    tune = run_tune(parse_config(config), tmp_path / "tune", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
     out = json.loads(tune.tune_json.read_text())
     assert out["states"] == {"pruned": 2} and out["best"] is None and not tune.best_plan.exists()
     for row in out["trials"]:
         run = tune.path / row["run"]
-        assert (run / "metrics.jsonl").is_file() and not (run / "final").exists()
-        assert not (run / "results.json").exists()
+        assert not (run / "final").exists() and not (run / "results.json").exists()
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        dev = [(r["stage"], r["epoch"]) for r in records if r["split"] == "dev" and r["task"] == "*"]
+        # the heads stage (frozen encoder, seconds) ran whole; the trial stopped at top's first evaluation
+        assert [e for stage, e in dev if stage == "heads"][-1] == 2.0 and dev[-1][0] == "top"
 
 
 def test_several_objectives_give_a_pareto_front_in_sqlite(tiny_bert_dir, tmp_path):
@@ -336,7 +341,7 @@ def test_a_trial_is_pruned_at_an_evaluation_inside_a_stage(tiny_bert_dir, tmp_pa
     """One stage of three epochs (an evaluation after each): a pruner that waits for step 2 prunes at the second
     evaluation, inside the stage, which therefore never ends (no stages.json entry, no final/)."""
     config = tune_config(tiny_bert_dir, tmp_path, trials=1)
-    config["tune"]["space"] = {"shapes": [["heads"]], "epochs": {"heads": [3, 3]}}
+    config["tune"]["space"] = {"shapes": [["full"]], "epochs": {"full": [3, 3]}}
     tune = run_tune(parse_config(config), tmp_path / "tune",
                     pruner=optuna.pruners.ThresholdPruner(lower=2.0, n_warmup_steps=2))
     out = json.loads(tune.tune_json.read_text())
