@@ -192,6 +192,8 @@ def test_a_pruned_trial_leaves_no_final_and_its_heads_stage_is_never_judged(tiny
     for row in out["trials"]:
         run = tune.path / row["run"]
         assert not (run / "final").exists() and not (run / "results.json").exists()
+        finished = sum(s["wall_s"] for s in json.loads((run / "stages.json").read_text()))  # the heads stage
+        assert row["stage_s"] > finished  # the stage cut short counts too, to where it stopped
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         dev = [(r["stage"], r["epoch"]) for r in records if r["split"] == "dev" and r["task"] == "*"]
         # the heads stage (frozen encoder, seconds) ran whole; the trial stopped at top's first evaluation

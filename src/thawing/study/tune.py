@@ -194,13 +194,14 @@ class StageMeter:
     def __init__(self, trial: Any, optuna: Any, prune: bool):
         self.trial, self.optuna, self.prune = trial, optuna, prune
         self.stage_s, self.cost, self.examples, self.evaluations = 0.0, 0, 0, 0
-        self.best, self.reports = float("-inf"), False
+        self.best, self.reports, self.started = float("-inf"), False, 0.0
 
     def __call__(self, event: Any) -> None:
         if isinstance(event, StageStarted):
             from thawing.model.freezing import encoder_frozen  # torch: not at `thawing tune --help`
 
             self.reports = not encoder_frozen([g["group"] for g in event.groups if g["trainable"]])
+            self.started = time.perf_counter()
         elif isinstance(event, UpdateDone):
             self.examples += event.examples
         elif isinstance(event, Evaluated) and event.split == "dev":
@@ -209,6 +210,7 @@ class StageMeter:
                 self.evaluations += 1
                 self.trial.report(self.best, self.evaluations)
                 if self.trial.should_prune():
+                    self.stage_s += time.perf_counter() - self.started  # the stage cut short counts to where it stopped
                     raise self.optuna.TrialPruned(f"stage {event.stage}, evaluation {self.evaluations}: best dev "
                                                   f"score {self.best:.4f} cannot win")
         elif isinstance(event, StageEnded):
