@@ -340,10 +340,12 @@ def test_retention_is_an_objective_and_distillation_a_knob(tiny_bert_dir, tmp_pa
 
 
 def test_a_trial_is_pruned_at_an_evaluation_inside_a_stage(tiny_bert_dir, tmp_path):
-    """One stage of three epochs (an evaluation after each): a pruner that waits for step 2 prunes at the second
-    evaluation, inside the stage, which therefore never ends (no stages.json entry, no final/)."""
+    """One stage of three epochs (an evaluation after each, and one of its start: heads from centroids): a pruner
+    that waits for step 2 prunes at the second evaluation after training began, inside the stage, which therefore
+    never ends (no stages.json entry, no final/)."""
     config = tune_config(tiny_bert_dir, tmp_path, trials=1)
     config["tune"]["space"] = {"shapes": [["full"]], "epochs": {"full": [3, 3]}}
+    config["train"]["head_init"] = "centroids"  # as by default: the stage's start is evaluated first
     tune = run_tune(parse_config(config), tmp_path / "tune",
                     pruner=optuna.pruners.ThresholdPruner(lower=2.0, n_warmup_steps=2))
     out = json.loads(tune.tune_json.read_text())
@@ -351,6 +353,6 @@ def test_a_trial_is_pruned_at_an_evaluation_inside_a_stage(tiny_bert_dir, tmp_pa
     run = tune.path / out["trials"][0]["run"]
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     scores = [line for line in lines if line.get("split") == "dev" and line.get("task") == "*"]  # the score lines
-    assert len(scores) == 2 and scores[-1]["epoch"] < 3
+    assert [line["epoch"] for line in scores] == [0.0, 1.0, 2.0]  # the start is never judged
     assert not (run / "stages.json").exists() or json.loads((run / "stages.json").read_text()) == []
     assert not (run / "final").exists()
