@@ -190,8 +190,8 @@ class StageMeter:
     evaluation of a stage's start (heads from their centroids, before any update). Were they steps, a plan would be
     judged by a score no training of its encoder made, against plans whose encoder had trained at the same step: in
     a 30-trial tune of TREC fine + AG News (docs/benchmarks.md) the median pruner stopped all 8 staged plans
-    proposed after the startup trials within a second of their heads stage, and with heads stages left out, 10 of
-    the first 17 `full` plans at their start."""
+    proposed after the startup trials within a second of their heads stage; with heads stages left out but the
+    start counted, it stopped 10 of the first 17 trials, `full` plans all, at their start."""
 
     def __init__(self, trial: Any, optuna: Any, prune: bool):
         self.trial, self.optuna, self.prune = trial, optuna, prune

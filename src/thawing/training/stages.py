@@ -65,9 +65,8 @@ def preset(name: str, num_layers: int, token_only: bool = False) -> list[StageCo
     top = 2 if num_layers <= 12 else 3
     more = min(num_layers, max(num_layers // 2, 6))
     half = max(1, num_layers // 2)
-    plateau = PLATEAU
     # heads 3e-2: dev score 0.905 vs 0.810 with 1e-3 (TREC coarse+fine+SST-2, docs/benchmarks.md)
-    heads = StageConfig(name="heads", train=["heads"], epochs=4, lr={"heads": 3e-2}, early_stopping=plateau)
+    heads = StageConfig(name="heads", train=["heads"], epochs=4, lr={"heads": 3e-2}, early_stopping=PLATEAU)
     discriminative = StageConfig(
         name="discriminative",
         train=["heads", "projection", f"layers[-{more}:]"],
@@ -76,14 +75,14 @@ def preset(name: str, num_layers: int, token_only: bool = False) -> list[StageCo
         # 0.875 vs 0.870, every seed; TREC coarse + fine + SST-2 0.876 vs 0.874, 2 of 3), docs/benchmarks.md (#17)
         lr={"heads": 3e-4, "encoder": 1e-4},
         layer_decay=0.8,
-        early_stopping=plateau,
+        early_stopping=PLATEAU,
     )
     stages = {
         "frozen": [StageConfig(name="frozen", train=[], epochs=0)],
         "heads": [heads],
         "full": [
             StageConfig(
-                name="full", train=["all"], epochs=4, lr={"heads": 3e-2, "encoder": 3e-5}, early_stopping=plateau
+                name="full", train=["all"], epochs=4, lr={"heads": 3e-2, "encoder": 3e-5}, early_stopping=PLATEAU
             )
         ],
         "progressive": [
@@ -93,7 +92,7 @@ def preset(name: str, num_layers: int, token_only: bool = False) -> list[StageCo
                 train=["heads", "projection", f"layers[-{top}:]"],
                 epochs=2,
                 lr={"heads": 5e-4, "encoder": 5e-5},
-                early_stopping=plateau,
+                early_stopping=PLATEAU,
             ),
             discriminative,
             StageConfig(
@@ -101,7 +100,7 @@ def preset(name: str, num_layers: int, token_only: bool = False) -> list[StageCo
                 train=["all"],
                 epochs=1,
                 lr={"heads": 1e-4, "encoder": 1e-5},
-                early_stopping=plateau,
+                early_stopping=PLATEAU,
                 optional=True,
             ),
         ],
@@ -115,7 +114,7 @@ def preset(name: str, num_layers: int, token_only: bool = False) -> list[StageCo
                 epochs=3,
                 lr={"heads": 5e-4, "encoder": 5e-4},
                 lora=LoraSettings(r=16, alpha=32, dropout=0.05, layers=f"layers[-{half}:]", targets=["query", "value"]),
-                early_stopping=plateau,
+                early_stopping=PLATEAU,
             ),
             discriminative.model_copy(update={"optional": True}),
         ],
