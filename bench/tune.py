@@ -51,6 +51,13 @@ def plan_run(config: dict, schedule: str | list, work: Path) -> dict:
                        for s in stages]}
 
 
+def write_report(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mix", default="trec_coarse+sst2+conll", choices=sorted(FULL["mixes"]))
@@ -86,42 +93,46 @@ def main(argv: list[str] | None = None) -> dict:
     tune_s = round(time.perf_counter() - started, 1)
     summary = tune.read_json(tune.tune_json)
     best = next(r for r in summary["trials"] if r["number"] == summary["best"])
-    # the chosen plan and the presets at each seed, one after another (their stage times at one load)
-    plans: dict[str, str | list] = {"chosen": best["plan"], "full": "full", "progressive": "progressive"}
-    seeds = {name: {seed: plan_run({**config, "train": {**config["train"], "seed": seed}}, plan,
-                                   work / f"{name}-{seed}") for seed in args.seeds}
-             for name, plan in plans.items()}
-    presets = {p: seeds[p][args.seeds[0]] for p in ("full", "progressive")}
     report = {
         "command": " ".join(["bench/tune.py"] + (argv if argv is not None else sys.argv[1:])),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
-        "mix": args.mix, "seeds": args.seeds, "probe": args.probe,
+        "mix": args.mix, "seeds": args.seeds, "probe": args.probe, "complete": False,
         "rows": {"train": mode["train"], "dev": mode["dev"], "test": "all"},
         "tune": {"wall_s": tune_s, "trials": len(summary["trials"]), "states": summary["states"],
                  "trials_stage_s": round(sum(r["stage_s"] or 0.0 for r in summary["trials"]), 1)},
         "chosen": {"trial": best["number"], "params": best["params"], "plan": best["plan"],
                    "dev_score": best["values"]["score"], "test_score": best["test"]["score"],
                    "test": best["test"]["tasks"], "stage_s": best["stage_s"]},
-        "presets": presets,
-        "seeds_runs": {name: {str(seed): run for seed, run in runs.items()} for name, runs in seeds.items()},
-        "means": {name: {k: round(sum(r[k] for r in runs.values()) / len(runs), 4) for k in ("test_score", "stage_s")}
-                  for name, runs in seeds.items()},
+        "seeds_runs": {},
         "trials": [{k: r[k] for k in ("number", "state", "params", "values", "stage_s", "wall_s")}
                    for r in summary["trials"]],
     }
-    full = presets["full"]
+    output = Path(args.output)
+    write_report(output, report)  # the tune's result kept before hours of seed runs
+    # the chosen plan and the presets at each seed, one after another (their stage times at one load), the JSON
+    # rewritten after each run so that a run stopped part way keeps what finished
+    plans: dict[str, str | list] = {"chosen": best["plan"], "full": "full", "progressive": "progressive"}
+    runs: dict[str, dict[str, dict]] = report["seeds_runs"]
+    for seed in args.seeds:
+        for name, plan in plans.items():
+            runs.setdefault(name, {})[str(seed)] = plan_run({**config, "train": {**config["train"], "seed": seed}},
+                                                            plan, work / f"{name}-{seed}")
+            write_report(output, report)
+    report["presets"] = {p: runs[p][str(args.seeds[0])] for p in ("full", "progressive")}
+    report["means"] = {name: {k: round(sum(r[k] for r in by_seed.values()) / len(by_seed), 4)
+                              for k in ("test_score", "stage_s")} for name, by_seed in runs.items()}
+    full, means = report["presets"]["full"], report["means"]
     report["verdict"] = {
         "chosen_minus_full_test": round(report["chosen"]["test_score"] - full["test_score"], 4),
         "chosen_stage_time_over_full": round(best["stage_s"] / full["stage_s"], 3) if full["stage_s"] else None,
+        "seeds": {
+            "chosen_minus_full_test": round(means["chosen"]["test_score"] - means["full"]["test_score"], 4),
+            "chosen_stage_time_over_full": round(means["chosen"]["stage_s"] / means["full"]["stage_s"], 3),
+        },
     }
-    means = report["means"]
-    report["verdict"]["seeds"] = {
-        "chosen_minus_full_test": round(means["chosen"]["test_score"] - means["full"]["test_score"], 4),
-        "chosen_stage_time_over_full": round(means["chosen"]["stage_s"] / means["full"]["stage_s"], 3),
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    report["complete"] = True
+    write_report(output, report)
     print(json.dumps({k: report[k] for k in ("tune", "chosen", "means", "verdict")}, indent=2))
     return report
 
