@@ -2,8 +2,10 @@
 then the chosen plan against the `full` and `progressive` presets on the test split, with stage time, at each seed.
 
 The data are bench/quality.py's fixed splits (`make_splits`, seed 0), capped at --train-rows and --dev-rows per data
-set (test: whole). The tune searches the default space (`tune.space` defaults) on dev with median pruning; the
-chosen trial is scored on test once, by the tune. The presets then train on the same files, seed and settings.
+set (test: whole). The tune searches the default space (`tune.space` defaults) on dev with median pruning, starting
+from the `full` and `progressive` presets (trials 0 and 1); the chosen trial (the best on dev, or with --tolerance
+the fastest near it) is scored on test once, by the tune. The presets then train on the same files, seed and
+settings.
 
 Run: HF_HUB_OFFLINE=1 PYTHONPATH=src nice -n 5 .venv/bin/python bench/tune.py --mix trec_fine+ag_news
          --trials 30 --quality-sizes --seeds 0 1 2 --output bench/results/tune_trec_fine_ag_news.json
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="quality.py's sizes (1,000 train, AG News and CoNLL 600; 300 dev) over --*-rows")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="the tune at the first; the chosen plan and the presets trained at each")
+    parser.add_argument("--tolerance", type=float, default=0.0,
+                        help="tune.tolerance: choose the fastest trial within this of the best dev score")
     parser.add_argument("--probe", action="store_true", help="the STS-B retention probe in every run (slower)")
     parser.add_argument("--work", default="/tmp/thawing-tune-bench")
     parser.add_argument("--output", required=True)
@@ -88,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     paths = {name: make_splits(name, mode, work) for name in mix}
     config = base_config(mix, paths, args.seeds[0], args.probe)
     started = time.perf_counter()
-    tune = run_tune(parse_config({**config, "tune": {"trials": args.trials, "startup_trials": args.startup_trials}}),
+    tune = run_tune(parse_config({**config, "tune": {"trials": args.trials, "startup_trials": args.startup_trials,
+                                                      "tolerance": args.tolerance}}),
                     work / "tune")
     tune_s = round(time.perf_counter() - started, 1)
     summary = tune.read_json(tune.tune_json)
@@ -101,11 +106,14 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": {"train": mode["train"], "dev": mode["dev"], "test": "all"},
         "tune": {"wall_s": tune_s, "trials": len(summary["trials"]), "states": summary["states"],
                  "trials_stage_s": round(sum(r["stage_s"] or 0.0 for r in summary["trials"]), 1)},
-        "chosen": {"trial": best["number"], "params": best["params"], "plan": best["plan"],
+        "tolerance": args.tolerance,
+        "best_dev": max((r for r in summary["trials"] if r["state"] == "complete"),
+                        key=lambda r: r["values"]["score"])["number"],
+        "chosen": {"trial": best["number"], "start": best.get("start"), "params": best["params"], "plan": best["plan"],
                    "dev_score": best["values"]["score"], "test_score": best["test"]["score"],
                    "test": best["test"]["tasks"], "stage_s": best["stage_s"]},
         "seeds_runs": {},
-        "trials": [{k: r[k] for k in ("number", "state", "params", "values", "stage_s", "wall_s")}
+        "trials": [{k: r[k] for k in ("number", "state", "start", "params", "values", "stage_s", "wall_s")}
                    for r in summary["trials"]],
     }
     output = Path(args.output)

@@ -25,7 +25,7 @@ from thawing.errors import ConfigError, InputError
 
 optuna = pytest.importorskip("optuna")
 
-from thawing.study.tune import run_tune, with_tune  # noqa: E402  (after the skip: it needs optuna's extra)
+from thawing.study.tune import choose, run_tune, with_tune  # noqa: E402  (after the skip: it needs optuna's extra)
 
 # A small space: two shapes, one epoch a stage, so a trial is a second or two on the tiny model.
 SPACE = {"shapes": [["heads"], ["heads", "top"]], "epochs": {"heads": [1, 1], "top": [1, 1]},
@@ -198,6 +198,55 @@ def test_a_pruned_trial_leaves_no_final_and_its_heads_stage_is_never_judged(tiny
         dev = [(r["stage"], r["epoch"]) for r in records if r["split"] == "dev" and r["task"] == "*"]
         # the heads stage (frozen encoder, seconds) ran whole; the trial stopped at top's first evaluation
         assert [e for stage, e in dev if stage == "heads"][-1] == 2.0 and dev[-1][0] == "top"
+
+
+def test_a_study_starts_from_the_presets_and_can_choose_the_fastest_near_the_best(tiny_bert_dir, tmp_path):
+    config = tune_config(tiny_bert_dir, tmp_path, trials=3, pruner="none", tolerance=0.99)
+    config["tune"]["space"] = {"shapes": [["heads"], ["full"], ["heads", "top", "discriminative"]],
+                               "epochs": {"heads": [1, 1], "top": [1, 1], "discriminative": [1, 1], "full": [1, 2]}}
+    tune = run_tune(parse_config(config), tmp_path / "tune")
+    out = json.loads(tune.tune_json.read_text())
+    trials = {r["number"]: r for r in out["trials"]}
+    assert [trials[n]["start"] for n in range(3)] == ["full", "progressive", None]
+
+    def knobs(plan):
+        return [(s["name"], s["train"], s["epochs"], s["lr"], s.get("layer_decay")) for s in plan]
+
+    # each preset's own knobs where the space holds them: full's 4 epochs clipped to 2, progressive's top 2 layers to
+    # the tiny model's 1, and its discriminative stage's heads rate is its top stage's (the space has one)
+    assert knobs(trials[0]["plan"]) == [("full", ["all"], 2, {"heads": 3e-2, "encoder": 3e-5}, 1.0)]
+    assert knobs(trials[1]["plan"]) == [
+        ("heads", ["heads"], 1, {"heads": 3e-2}, None),
+        ("top", ["heads", "projection", "layers[-1:]"], 1, {"heads": 5e-4, "encoder": 5e-5}, None),
+        ("discriminative", ["heads", "projection", "layers[-2:]"], 1, {"heads": 5e-4, "encoder": 1e-4}, 0.8)]
+    # tolerance 0.99: every completed trial is near enough, so the fastest is the plan chosen
+    fastest = min(out["trials"], key=lambda r: r["stage_s"])
+    assert out["tolerance"] == 0.99 and out["chosen"] == [fastest["number"]] == [out["best"]]
+    assert "the fastest within 0.99 of the best score" in tune.index_html.read_text()
+
+
+def test_choose_takes_the_fastest_trial_within_the_tolerance():
+    study = optuna.create_study(direction="maximize")
+    for score, seconds in ((0.80, 10.0), (0.78, 4.0), (0.70, 1.0)):
+        study.add_trial(optuna.trial.create_trial(value=score, user_attrs={"stage_s": seconds}))
+    done = study.get_trials()
+    assert [choose(study, done, tolerance).number for tolerance in (0.0, 0.019, 0.02, 0.1)] == [0, 0, 1, 2]
+
+
+@pytest.mark.parametrize("tune, message", [
+    ({"start": ["pairs"]}, r"tune\.start\.0: Input should be 'heads', 'full', 'progressive' or 'lora'"),
+    ({"tolerance": 0.01, "objectives": ["score", "time"]}, "tolerance: the choice among trials of one objective"),
+])
+def test_start_presets_and_tolerance_are_checked(tiny_bert_dir, tmp_path, tune, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(tune_config(tiny_bert_dir, tmp_path, **tune))
+
+
+def test_a_start_preset_outside_the_space_is_refused(tiny_bert_dir, tmp_path):
+    config = parse_config(tune_config(tiny_bert_dir, tmp_path, start=["lora"]))
+    with pytest.raises(ConfigError, match="tune.start: lora: its stages heads\\+lora are not among tune.space.shapes"):
+        run_tune(config, tmp_path / "tune")
+    assert not (tmp_path / "tune").exists()
 
 
 def test_several_objectives_give_a_pareto_front_in_sqlite(tiny_bert_dir, tmp_path):

@@ -528,7 +528,9 @@ class TuneSpace(_Strict):
         default_factory=lambda: {"heads": (1, 6), "top": (1, 4), "discriminative": (1, 4), "full": (1, 4),
                                  "lora": (1, 4)})
     heads_lr: RateRange = (3e-3, 1e-1)  # heads in the heads-only stage
-    head_lr: RateRange = (1e-5, 1e-3)  # heads in the stages that train the encoder
+    # heads in the stages that train the encoder: up to the `full` preset's 3e-2 (heads from centroids); the
+    # staged presets train them at 3e-4 to 5e-4 after a heads stage
+    head_lr: RateRange = (1e-5, 3e-2)
     top_lr: RateRange = (1e-5, 3e-4)  # the top stage's encoder rate
     encoder_lr: RateRange = (5e-6, 2e-4)  # the discriminative and full stages' encoder rate (top layer)
     lora_lr: RateRange = (1e-4, 2e-3)  # the LoRA stage's adapters
@@ -575,6 +577,12 @@ class TuneConfig(_Strict):
     objectives: list[Literal["score", "time", "cost", "retention"]] = Field(default_factory=lambda: ["score"])
     pruner: Literal["median", "hyperband", "none"] = "median"  # one objective only: Optuna cannot prune several
     startup_trials: int = Field(5, ge=0)  # trials before the sampler's model and the median pruner act
+    # presets tried first (study/tune_space.py `preset_params`: their knobs clipped into the space); None: `full` and
+    # `progressive` where the space has their shapes; []: none
+    start: list[Literal["heads", "full", "progressive", "lora"]] | None = None
+    # one objective: the chosen plan is the fastest (least stage time) completed trial whose dev score is within
+    # this of the best; 0: the best. (Dev scores of one plan moved by 0.3 points between seeds in docs/benchmarks.md.)
+    tolerance: float = Field(0.0, ge=0, lt=1)
 
     @field_validator("objectives")
     @classmethod
@@ -582,6 +590,13 @@ class TuneConfig(_Strict):
         if not value or value[0] != "score" or len(set(value)) != len(value):
             raise ValueError(f"objectives: 'score' first, then any of time, cost, retention, each once; got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _tolerance_one_objective(self) -> TuneConfig:
+        if self.tolerance and len(self.objectives) > 1:
+            raise ValueError("tolerance: the choice among trials of one objective; with several, the Pareto front "
+                             "is the choice")
+        return self
 
 
 # The named plans (`schedule: <name>`); training/stages.py defines their stages.

@@ -30,7 +30,7 @@ from thawing.config import RunConfig, StageConfig, TuneConfig, TuneSpace, parse_
 from thawing.errors import ConfigError, InputError, Interrupted, NonFiniteError
 from thawing.store.run_dir import RunDir
 from thawing.study.tune_report import write_outputs
-from thawing.study.tune_space import corner_params, suggest_plan
+from thawing.study.tune_space import corner_params, preset_params, suggest_plan
 from thawing.study.tune_storage import open_study, open_tune_dir, owner
 from thawing.training.events import Callback, Evaluated, ScenarioStarted, StageEnded, StageStarted, UpdateDone
 
@@ -60,9 +60,12 @@ def run_tune(config: RunConfig, tune_dir: str | Path | None = None, *, trials: i
     config = with_tune(config, trials, timeout, objectives)
     settings: TuneConfig = config.tune  # type: ignore[assignment]
     tune = RunDir(tune_dir or Path("runs") / f"{config.name}-tune")
-    num_layers = check_space(config, settings)
+    num_layers, starts = check_space(config, settings)
     open_tune_dir(tune, config, resume)
     study = open_study(optuna, tune, config, settings, storage, study_name or config.name, resume, pruner)
+    if not resume:
+        for name, params in starts.items():
+            study.enqueue_trial(params, user_attrs={"start": name}, skip_if_exists=True)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     left = settings.trials - len(study.get_trials(deepcopy=False, states=finished))
     if left > 0:
@@ -115,17 +118,21 @@ def trial_config(config: RunConfig, stages: list[StageConfig]) -> RunConfig:
     return parse_config(raw, source="tune trial")
 
 
-def check_space(config: RunConfig, settings: TuneConfig) -> int:
+def check_space(config: RunConfig, settings: TuneConfig) -> tuple[int, dict[str, dict]]:
     """Every shape's plan resolved against the model (its knobs at both ends of their ranges), before anything
-    trains; returns the model's layer count."""
+    trains; returns the model's layer count and the start presets' params (`tune.start`).
+
+    Raises:
+        ConfigError: a shape's plan that does not fit the model; a start preset whose shape the space lacks.
+    """
     from optuna.trial import FixedTrial
 
     from thawing.config.tasks import load_tasks
-    from thawing.model.freezing import layer_names
+    from thawing.model.freezing import layer_names, select_groups
     from thawing.model.groups import parameter_groups
     from thawing.model.loading import load_encoder
     from thawing.training.setup import build_model
-    from thawing.training.stages import build_plan
+    from thawing.training.stages import build_plan, preset, token_only
 
     m = config.model
     encoder = load_encoder(m.name, max_length=m.max_length, pooling=m.pooling, normalize=m.normalize,
@@ -142,7 +149,17 @@ def check_space(config: RunConfig, settings: TuneConfig) -> int:
                 build_plan(trial_config(config, stages), groups, False, model)
             except ConfigError as exc:
                 raise ConfigError(f"tune.space.shapes: {'+'.join(shape)}: {exc}") from None
-    return num_layers
+    layers = set(layer_names(groups))
+    starts: dict[str, dict] = {}
+    for name in settings.start if settings.start is not None else ("full", "progressive"):
+        params = preset_params(preset(name, num_layers, token_only(config)), settings.space, num_layers,
+                               settings.objectives, config.train.warmup,
+                               lambda train: len(layers.intersection(select_groups(train, groups))))
+        if params["shape"].split("+") in settings.space.shapes:
+            starts[name] = params
+        elif settings.start is not None:
+            raise ConfigError(f"tune.start: {name}: its stages {params['shape']} are not among tune.space.shapes")
+    return num_layers, starts
 
 
 class Objective:
@@ -231,14 +248,16 @@ def retention(results: dict) -> float:
 
 
 def keep_chosen(study: Any, tune: RunDir, config: RunConfig) -> list[int]:
-    """The chosen trials (the best; with several objectives, the Pareto front), each scored once on the test split;
+    """The chosen trials (one objective: `choose`'s; several: the Pareto front), each scored once on the test split;
     every other finished trial's final/ removed (a copy of the model each). Returns the chosen trials' numbers."""
     import optuna
 
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not done:
         return []
-    chosen = [study.best_trial] if len(study.directions) == 1 else sorted(study.best_trials, key=lambda t: t.number)
+    tolerance = config.tune.tolerance if config.tune else 0.0
+    chosen = ([choose(study, done, tolerance)] if len(study.directions) == 1
+              else sorted(study.best_trials, key=lambda t: t.number))
     numbers = [t.number for t in chosen]
     for trial in study.get_trials(deepcopy=False):
         run = RunDir(tune.path / trial.user_attrs.get("run", f"missing-{trial.number}"))
@@ -248,6 +267,16 @@ def keep_chosen(study: Any, tune: RunDir, config: RunConfig) -> list[int]:
         elif trial.state != optuna.trial.TrialState.RUNNING:
             shutil.rmtree(run.final, ignore_errors=True)
     return numbers
+
+
+def choose(study: Any, done: list, tolerance: float) -> Any:
+    """One objective's chosen trial: the best (`tolerance` 0), else the fastest (least stage time) of the completed
+    trials whose dev score is within `tolerance` of the best, the earlier on a tie."""
+    if not tolerance:
+        return study.best_trial
+    floor = max(t.values[0] for t in done) - tolerance - 1e-12  # a score exactly `tolerance` below the best is near
+    near = [t for t in done if t.values[0] >= floor]
+    return min(near, key=lambda t: (t.user_attrs.get("stage_s", float("inf")), t.number))
 
 
 def score_test(run: RunDir, config: RunConfig) -> dict:

@@ -26,7 +26,7 @@ def trial_rows(study: Any, tune: RunDir, objectives: list[str], chosen: list[int
         row = {"number": trial.number, "state": trial.state.name.lower(), "params": trial.params, "values": values,
                "dev": attrs.get("dev"), "wall_s": attrs.get("wall_s"), "stage_s": attrs.get("stage_s"),
                "cost": attrs.get("cost"), "run": attrs.get("run"), "owner": attrs.get("owner"),
-               "plan": attrs.get("plan"), "chosen": trial.number in chosen}
+               "plan": attrs.get("plan"), "start": attrs.get("start"), "chosen": trial.number in chosen}
         test = RunDir(tune.path / attrs["run"]).trial_test if attrs.get("run") else None
         if row["chosen"] and test is not None and test.is_file():
             row["test"] = RunDir(tune.path).read_json(test)
@@ -45,6 +45,7 @@ def write_outputs(tune: RunDir, study: Any, config: RunConfig, chosen: list[int]
     best = max((r for r in rows if r["chosen"]), key=lambda r: r["values"]["score"], default=None)
     out = {"study": study.study_name, "config": config.name, "objectives": objectives,
            "directions": [d.name.lower() for d in study.directions], "states": states,
+           "tolerance": config.tune.tolerance if config.tune else 0.0,
            "wall_s": round(sum(r["wall_s"] or 0.0 for r in rows), 2), "chosen": chosen,
            "best": best["number"] if best else None, "trials": rows}
     tune.write_json(tune.tune_json, out)
@@ -93,13 +94,15 @@ def page(out: dict, png: bytes | None) -> str:
     rows = []
     for r in out["trials"]:
         values = r["values"] or {}
-        rows.append([r["number"], r["state"], r["params"].get("shape", ""),
+        start = f" ({r['start']} preset)" if r.get("start") else ""
+        rows.append([r["number"], r["state"], r["params"].get("shape", "") + start,
                      *[_fmt(values.get(o)) for o in objectives], _fmt(r["stage_s"]), _fmt(r["wall_s"]),
                      "yes" if r["chosen"] else "", _fmt((r.get("test") or {}).get("score"))])
     counts = ", ".join(f"{n} {state}" for state, n in sorted(out["states"].items()))
+    near = f" (the fastest within {out['tolerance']} of the best score)" if out["tolerance"] else ""
     blocks = [html.paragraph(f"Study '{out['study']}': {counts}; objectives {', '.join(objectives)}; trials' wall "
-                             f"time {out['wall_s']} s. Trials are chosen on dev; the test split is scored for the "
-                             "chosen ones only."),
+                             f"time {out['wall_s']} s. Trials are chosen on dev{near}; the test split is scored for "
+                             "the chosen ones only."),
               html.figure(png, "optimisation history" if len(objectives) == 1 else "Pareto front"),
               html.heading("Trials"), html.table(header, rows)]
     return html.page(f"thawing tune: {out['config']}", blocks)

@@ -12,15 +12,17 @@ define-by-run (`trial.suggest_*`), and the stage list they make, in the shape of
     distill               retain.distill's weight in those stages (searched where the space or the objectives ask)
     early_stopping        every stage's plateau stop: fixed, not searched (`with_tune` gives it the presets')
 
-A knob a trial's shape does not use is never sampled, so TPE models each shape's own knobs.
+A knob a trial's shape does not use is never sampled, so TPE models each shape's own knobs. `preset_params` maps a
+preset onto these knobs, so that a study can start from the presets (`tune.start`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from thawing.config import DistillConfig, LoraSettings, RetainConfig, StageConfig, TuneSpace
+from thawing.config.schema import TUNE_STAGES
 from thawing.errors import ConfigError
 
 
@@ -108,3 +110,57 @@ def corner_params(space: TuneSpace, num_layers: int, objectives: Sequence[str], 
     if distill is not None:
         params["distill"] = distill[pick]
     return params
+
+
+def preset_params(stages: Sequence[StageConfig], space: TuneSpace, num_layers: int, objectives: Sequence[str],
+                  warmup: float, count_layers: Callable[[list[str]], int]) -> dict:
+    """A preset's plan as a trial's params (for `study.enqueue_trial`): the stages a trial runs (not the optional
+    ones: trials run none), each knob clipped into the space's range. The space has one heads rate and one warm-up for
+    all the encoder stages: the first encoder stage's are taken (`progressive`: heads 5e-4 in both, not 3e-4 in its
+    discriminative stage). `warmup`: the rate of a stage that sets none (train.warmup); `count_layers`: the layers
+    a stage's `train` selectors pick.
+
+    Raises:
+        ConfigError: a stage no shape can hold (frozen, pairs).
+    """
+    run = [s for s in stages if not s.optional]
+    unknown = [s.name for s in run if s.name not in TUNE_STAGES]
+    if unknown:
+        raise ConfigError(f"no tuned plan has the stage(s) {', '.join(unknown)}")
+    params: dict[str, Any] = {"shape": shape_name([s.name for s in run])}
+    for stage in run:
+        params[f"epochs.{stage.name}"] = round(stage.epochs)
+        if stage.name == "heads":
+            params["heads_lr"] = stage.lr.heads
+            continue
+        params.setdefault("head_lr", stage.lr.heads)
+        params.setdefault("warmup", warmup if stage.warmup is None else stage.warmup)
+        if stage.name == "lora" and stage.lora is not None:
+            params.update(lora_rank=stage.lora.r, lora_lr=stage.lr.encoder)
+        elif stage.name == "top":
+            params.update(top_layers=count_layers(stage.train), top_lr=stage.lr.encoder)
+        else:
+            params.update(encoder_lr=stage.lr.encoder, layer_decay=stage.layer_decay)
+            if stage.name == "discriminative":
+                params["discriminative_layers"] = count_layers(stage.train)
+    distill = distill_range(space, objectives)
+    if distill is not None:
+        params["distill"] = 0.0
+    return _clipped({k: v for k, v in params.items() if v is not None}, space, num_layers, distill)
+
+
+def _clipped(params: dict, space: TuneSpace, num_layers: int, distill: tuple[float, float] | None) -> dict:
+    ranges: dict[str, tuple[float, float]] = {f"epochs.{s}": r for s, r in space.epochs.items()}
+    ranges.update(layer_ranges(space, num_layers))
+    ranges.update({k: getattr(space, k) for k in ("heads_lr", "head_lr", "top_lr", "encoder_lr", "lora_lr",
+                                                  "layer_decay", "warmup")})
+    if distill is not None:
+        ranges["distill"] = distill
+    out = {}
+    for name, value in params.items():
+        if name == "lora_rank":
+            value = min(space.lora_rank, key=lambda r: abs(r - value))
+        elif name in ranges:
+            value = min(max(value, ranges[name][0]), ranges[name][1])
+        out[name] = value
+    return out
