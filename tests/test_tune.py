@@ -230,12 +230,13 @@ def test_choose_takes_the_fastest_trial_within_the_tolerance():
     for score, seconds in ((0.80, 10.0), (0.78, 4.0), (0.70, 1.0)):
         study.add_trial(optuna.trial.create_trial(value=score, user_attrs={"stage_s": seconds}))
     done = study.get_trials()
-    assert [choose(study, done, tolerance).number for tolerance in (0.0, 0.019, 0.02, 0.1)] == [0, 0, 1, 2]
+    assert [choose(done, tolerance).number for tolerance in (0.0, 0.019, 0.02, 0.1)] == [0, 0, 1, 2]
+    assert choose(done[1:], 0.0).number == 1  # with several objectives: among the Pareto front's trials
 
 
 @pytest.mark.parametrize("tune, message", [
     ({"start": ["pairs"]}, r"tune\.start\.0: Input should be 'heads', 'full', 'progressive' or 'lora'"),
-    ({"tolerance": 0.01, "objectives": ["score", "time"]}, "tolerance: the choice among trials of one objective"),
+    ({"tolerance": 1.0}, r"tune\.tolerance: Input should be less than 1"),
 ])
 def test_start_presets_and_tolerance_are_checked(tiny_bert_dir, tmp_path, tune, message):
     with pytest.raises(ConfigError, match=message):
@@ -257,6 +258,8 @@ def test_several_objectives_give_a_pareto_front_in_sqlite(tiny_bert_dir, tmp_pat
     assert out["directions"] == ["maximize", "minimize", "minimize"] and out["states"] == {"complete": 3}
     front = optuna.load_study(study_name="pareto", storage=url).best_trials
     assert sorted(out["chosen"]) == sorted(t.number for t in front)
+    best = max(front, key=lambda t: (t.values[0], -t.number))  # the plan written: the front's best score
+    assert out["best"] == best.number and yaml.safe_load(tune.best_plan.read_text()) == best.user_attrs["plan"]
     for row in out["trials"]:
         assert (tune.path / row["run"] / "final").is_dir() == (row["number"] in out["chosen"])
         assert row["values"]["time"] == pytest.approx(row["stage_s"], abs=0.01) and row["values"]["cost"] == row["cost"]

@@ -74,12 +74,12 @@ def run_tune(config: RunConfig, tune_dir: str | Path | None = None, *, trials: i
             study.optimize(objective, n_trials=left, timeout=settings.timeout, catch=(NonFiniteError,),
                            callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=finished)])
         except Interrupted as exc:  # SIGINT, SIGTERM: Optuna failed the trial under way; what finished is written
-            write_outputs(tune, study, config, keep_chosen(study, tune, config))
+            write_outputs(tune, study, config, *keep_chosen(study, tune, config))
             number = exc.exit_code - 128
             raise Interrupted(f"{signal.Signals(number).name}: the tune stopped; the trial under way failed, and "
                               "runs again as a new trial. Resume with: thawing tune CONFIG --tune-dir "
                               f"{tune.path} --resume", number) from None
-    write_outputs(tune, study, config, keep_chosen(study, tune, config))
+    write_outputs(tune, study, config, *keep_chosen(study, tune, config))
     return tune
 
 
@@ -247,17 +247,20 @@ def retention(results: dict) -> float:
     return sum(values) / len(values)
 
 
-def keep_chosen(study: Any, tune: RunDir, config: RunConfig) -> list[int]:
+def keep_chosen(study: Any, tune: RunDir, config: RunConfig) -> tuple[list[int], int | None]:
     """The chosen trials (one objective: `choose`'s; several: the Pareto front), each scored once on the test split;
-    every other finished trial's final/ removed (a copy of the model each). Returns the chosen trials' numbers."""
+    every other finished trial's final/ removed (a copy of the model each). Returns the chosen trials' numbers and
+    the one whose plan is written out (`choose`'s among them; None before any trial completed)."""
     import optuna
 
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not done:
-        return []
+        return [], None
     tolerance = config.tune.tolerance if config.tune else 0.0
-    chosen = ([choose(study, done, tolerance)] if len(study.directions) == 1
-              else sorted(study.best_trials, key=lambda t: t.number))
+    chosen = sorted(study.best_trials, key=lambda t: t.number) if len(study.directions) > 1 else done
+    plan = choose(chosen, tolerance)
+    if len(study.directions) == 1:
+        chosen = [plan]
     numbers = [t.number for t in chosen]
     for trial in study.get_trials(deepcopy=False):
         run = RunDir(tune.path / trial.user_attrs.get("run", f"missing-{trial.number}"))
@@ -266,16 +269,17 @@ def keep_chosen(study: Any, tune: RunDir, config: RunConfig) -> list[int]:
                 run.write_json(run.trial_test, score_test(run, config))
         elif trial.state != optuna.trial.TrialState.RUNNING:
             shutil.rmtree(run.final, ignore_errors=True)
-    return numbers
+    return numbers, plan.number
 
 
-def choose(study: Any, done: list, tolerance: float) -> Any:
-    """One objective's chosen trial: the best (`tolerance` 0), else the fastest (least stage time) of the completed
-    trials whose dev score is within `tolerance` of the best, the earlier on a tie."""
+def choose(trials: list, tolerance: float) -> Any:
+    """The trial whose plan is chosen among completed `trials` (all of them with one objective, the Pareto front with
+    several): the best dev score (`tolerance` 0), else the fastest (least stage time) of those whose dev score is
+    within `tolerance` of the best; the earlier trial on a tie."""
+    floor = max(t.values[0] for t in trials) - tolerance - 1e-12  # a score exactly `tolerance` below the best is near
+    near = [t for t in trials if t.values[0] >= floor]
     if not tolerance:
-        return study.best_trial
-    floor = max(t.values[0] for t in done) - tolerance - 1e-12  # a score exactly `tolerance` below the best is near
-    near = [t for t in done if t.values[0] >= floor]
+        return min(near, key=lambda t: t.number)
     return min(near, key=lambda t: (t.user_attrs.get("stage_s", float("inf")), t.number))
 
 

@@ -34,15 +34,15 @@ def trial_rows(study: Any, tune: RunDir, objectives: list[str], chosen: list[int
     return rows
 
 
-def write_outputs(tune: RunDir, study: Any, config: RunConfig, chosen: list[int]) -> dict:
-    """tune.json, best_plan.yaml (when a trial completed) and the report; returns tune.json's content."""
+def write_outputs(tune: RunDir, study: Any, config: RunConfig, chosen: list[int], plan: int | None) -> dict:
+    """tune.json, best_plan.yaml (trial `plan`'s, when a trial completed) and the report; returns tune.json's
+    content."""
     objectives = study.user_attrs["objectives"]
     rows = trial_rows(study, tune, objectives, chosen)
     states: dict[str, int] = {}
     for row in rows:
         states[row["state"]] = states.get(row["state"], 0) + 1
-    # with several objectives, the Pareto trial with the best score is the plan written out
-    best = max((r for r in rows if r["chosen"]), key=lambda r: r["values"]["score"], default=None)
+    best = next((r for r in rows if r["number"] == plan), None)
     out = {"study": study.study_name, "config": config.name, "objectives": objectives,
            "directions": [d.name.lower() for d in study.directions], "states": states,
            "tolerance": config.tune.tolerance if config.tune else 0.0,
