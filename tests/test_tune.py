@@ -204,10 +204,16 @@ def test_a_study_starts_from_the_presets_and_can_choose_the_fastest_near_the_bes
     config = tune_config(tiny_bert_dir, tmp_path, trials=3, pruner="none", tolerance=0.99)
     config["tune"]["space"] = {"shapes": [["heads"], ["full"], ["heads", "top", "discriminative"]],
                                "epochs": {"heads": [1, 1], "top": [1, 1], "discriminative": [1, 1], "full": [1, 2]}}
-    tune = run_tune(parse_config(config), tmp_path / "tune")
-    out = json.loads(tune.tune_json.read_text())
+    code, text = invoke("tune", str(write_config(config, tmp_path / "tune.yaml")), "--tune-dir", str(tmp_path / "tune"))
+    assert code == 0, text
+    out = json.loads((tmp_path / "tune" / "tune.json").read_text())
     trials = {r["number"]: r for r in out["trials"]}
     assert [trials[n]["start"] for n in range(3)] == ["full", "progressive", None]
+    # the last lines set the chosen plan beside the presets it started from (lines wrapped at the console's width)
+    full, progressive = trials[0]["values"]["score"], trials[1]["values"]["score"]
+    text = " ".join(text.split())
+    assert (f"3 complete; chosen trial {out['best']}: dev " in text and f"(full preset: dev {full:.4f}, stages "
+            in text and f"; progressive preset: dev {progressive:.4f}, stages " in text)
 
     def knobs(plan):
         return [(s["name"], s["train"], s["epochs"], s["lr"], s.get("layer_decay")) for s in plan]
@@ -222,7 +228,7 @@ def test_a_study_starts_from_the_presets_and_can_choose_the_fastest_near_the_bes
     # tolerance 0.99: every completed trial is near enough, so the fastest is the plan chosen
     fastest = min(out["trials"], key=lambda r: r["stage_s"])
     assert out["tolerance"] == 0.99 and out["chosen"] == [fastest["number"]] == [out["best"]]
-    assert "the fastest within 0.99 of the best score" in tune.index_html.read_text()
+    assert "the fastest within 0.99 of the best score" in (tmp_path / "tune" / "report" / "index.html").read_text()
 
 
 def test_choose_takes_the_fastest_trial_within_the_tolerance():

@@ -425,6 +425,7 @@ def tune(
     from thawing.config import load_config
     from thawing.progress import ProgressPrinter
     from thawing.study.tune import run_tune
+    from thawing.study.tune_report import summary_line
 
     names = [o.strip() for o in objectives.split(",") if o.strip()] if objectives is not None else None
     cfg = load_config(config, set_)
@@ -437,9 +438,7 @@ def tune(
     finally:
         printer.stop()
     summary = result.read_json(result.tune_json)
-    counts = ", ".join(f"{n} {state}" for state, n in sorted(summary["states"].items()))
-    console.print(f"{counts}; best trial: {summary['best']}" + (f" (plan: {result.best_plan})"
-                                                                 if summary["best"] is not None else ""))
+    console.print(summary_line(summary) + (f"; plan: {result.best_plan}" if summary["best"] is not None else ""))
     print(result.path)
 
 

@@ -59,6 +59,25 @@ def write_outputs(tune: RunDir, study: Any, config: RunConfig, chosen: list[int]
     return out
 
 
+def summary_line(out: dict) -> str:
+    """One line on a finished tune: the trials' states, the chosen plan's dev score and stage time, and the start
+    presets' beside it (the plans a user would have run without the search)."""
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(out["states"].items()))
+    rows = {r["number"]: r for r in out["trials"]}
+    if out["best"] is None:
+        return f"{counts}; no trial completed"
+
+    def measured(row: dict) -> str:
+        score, seconds = (row["values"] or {}).get("score"), row["stage_s"]
+        if score is None or seconds is None:
+            return row["state"]
+        return ("" if row["state"] == "complete" else f"{row['state']}, ") + f"dev {score:.4f}, stages {seconds:.1f} s"
+
+    starts = [f"{r['start']} preset: {measured(r)}" for r in out["trials"] if r.get("start")]
+    return (f"{counts}; chosen trial {out['best']}: {measured(rows[out['best']])}"
+            + (f" ({'; '.join(starts)})" if starts else ""))
+
+
 def figure(study: Any, objectives: list[str]) -> bytes | None:
     """Optuna's optimisation history (one objective) or Pareto front (the first two objectives) as PNG bytes; None
     before any trial completed."""
