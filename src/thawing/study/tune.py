@@ -7,14 +7,16 @@ a heads-only stage reports nothing, see `StageMeter`), so a pruner (median, Hype
 within a stage, not only between stages; a pruned run never writes final/. The objectives: the dev selection score
 (always, maximized), and on demand the stages' wall time, a device-independent cost (trained examples x trainable
 parameters, summed over stages) and the retention of the config's probes. One objective: TPE with pruning. Several:
-TPE's multi-objective form, whose result is a Pareto front; Optuna prunes no multi-objective study.
+TPE's multi-objective form, whose result is a Pareto front; Optuna prunes no multi-objective study. A new study's
+first trials are the `full` and `progressive` presets (`tune.start`; `tune_space.preset_params`), so the search
+starts from the plans a user would run without it.
 
 The study lives in Optuna storage: a journal file in the tune directory by default (several processes on one
 machine share it), or the database `storage` names (an RDB URL: workers on many machines). `resume` continues a
 study (a killed process's running trials are marked failed, and run again as new trials) or joins one from another
 process; `trials` counts the finished (completed or pruned) trials of the whole study. At the end, only the chosen
-trials (the best one; with several objectives, the Pareto front) keep final/, each scored once on the test split,
-and `tune_report.py` writes tune.json, best_plan.yaml and the report.
+trials (the best one, or the fastest within `tune.tolerance` of it; with several objectives, the Pareto front) keep
+final/, each scored once on the test split, and `tune_report.py` writes tune.json, best_plan.yaml and the report.
 """
 
 from __future__ import annotations
