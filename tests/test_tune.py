@@ -231,6 +231,29 @@ def test_a_study_starts_from_the_presets_and_can_choose_the_fastest_near_the_bes
     assert "the fastest within 0.99 of the best score" in (tmp_path / "tune" / "report" / "index.html").read_text()
 
 
+def test_a_preset_becomes_a_trials_knobs_inside_the_space():
+    from thawing.config import TuneSpace
+    from thawing.study.tune_space import preset_params
+    from thawing.training.stages import preset
+
+    def count(train):
+        return 3 if train else 0  # the layers a stage's selectors pick (the model's own count in `thawing tune`)
+
+    space = TuneSpace(lora_rank=[4, 8])
+    lora = preset_params(preset("lora", 6), space, 6, ["score", "retention"], 0.05, count)
+    # its optional discriminative stage is left out (trials run none); rank 16 is not offered: the nearest, 8; no
+    # warm-up of its own: train.warmup's
+    assert lora == {"shape": "heads+lora", "epochs.heads": 4, "heads_lr": 3e-2, "epochs.lora": 3, "head_lr": 5e-4,
+                    "warmup": 0.05, "lora_rank": 8, "lora_lr": 5e-4, "distill": 0.0}
+    # a run of token tasks alone: the preset's token budget (20 epochs at 1e-4, warm-up 0.1), clipped into the space
+    space = TuneSpace(shapes=[["full"]], epochs={"full": (1, 8)})
+    full = preset_params(preset("full", 6, token_only=True), space, 6, ["score"], 0.05, count)
+    assert full == {"shape": "full", "epochs.full": 8, "head_lr": 1e-3, "warmup": 0.1, "encoder_lr": 1e-4,
+                    "layer_decay": 1.0}
+    with pytest.raises(ConfigError, match="no tuned plan has the stage"):
+        preset_params(preset("pairs", 6), TuneSpace(), 6, ["score"], 0.1, count)
+
+
 def test_choose_takes_the_fastest_trial_within_the_tolerance():
     study = optuna.create_study(direction="maximize")
     for score, seconds in ((0.80, 10.0), (0.78, 4.0), (0.70, 1.0)):
