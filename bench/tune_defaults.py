@@ -125,8 +125,16 @@ def main(argv: list[str] | None = None) -> dict:
                                  "plan": best["plan"], "dev_score": best["values"]["score"]}
         write_report(output, report)
     # 2. every candidate on every set, at the evaluation seed
+    # (a plan several tunes chose runs once, under the first set's name: the sampler is seeded, so every tune's first
+    # sampled trial is the same plan)
     plans: dict[str, str | list] = {"progressive": "progressive", "full": "full"}
-    plans.update({f"tuned:{name}": t["plan"] for name, t in report["tunes"].items()})
+    report["same_plan"] = {}
+    for name, t in report["tunes"].items():
+        same = next((c for c, plan in plans.items() if plan == t["plan"]), None)
+        if same is None:
+            plans[f"tuned:{name}"] = t["plan"]
+        else:
+            report["same_plan"][f"tuned:{name}"] = same
     for name in args.sets:
         config = set_config(name, mode, work / name, args.eval_seed)
         for candidate, plan in plans.items():
