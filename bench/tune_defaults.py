@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -111,10 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         config = set_config(name, mode, work / name, args.seed)
         tune_dir = work / name / "tune"
-        if tune_dir.exists():
-            import shutil
-
-            shutil.rmtree(tune_dir)
+        shutil.rmtree(tune_dir, ignore_errors=True)
         started = time.perf_counter()
         tune_config = {"trials": args.trials, "startup_trials": args.startup_trials, "tolerance": args.tolerance}
         tune = run_tune(parse_config({**config, "tune": tune_config}), tune_dir)
@@ -140,7 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
         for candidate, plan in plans.items():
             if candidate in report["runs"].get(name, {}):
                 continue
-            run = run_plan(config, plan, work / name / "runs" / candidate.replace(":", "-"))
+            run_dir = work / name / "runs" / candidate.replace(":", "-")
+            shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short starts again (runs are never overwritten)
+            run = run_plan(config, plan, run_dir)
             report["runs"].setdefault(name, {})[candidate] = run
             write_report(output, report)
     # 3. the mean dev rank, and the chosen plan against `full` on each mix's test split
