@@ -39,13 +39,15 @@ def base_config(mix: list[str], paths: dict[str, dict[str, Path]], seed: int, pr
 
 
 def plan_run(config: dict, schedule: str | list, work: Path) -> dict:
-    """One plan (a preset's name, or a stage list) trained on the same data: test score, stage time, retention."""
+    """One plan (a preset's name, or a stage list) trained on the same data: test score (None where a task has no
+    test split), dev score, stage time, retention."""
     from thawing.config import parse_config
     from thawing.training.loop import train
 
     run = train(parse_config({**config, "schedule": schedule}), run_dir=str(work))
     results, stages = run.read_json(run.results), run.read_json(run.stages)
-    return {"test_score": results["score"], "test": results["tasks"],
+    tested = all(split == "test" for split in results["splits"].values())
+    return {"test_score": results["score"] if tested else None, "test": results["tasks"] if tested else None,
             "dev_score": max(s["best_score"] for s in stages),
             "stage_s": round(sum(s["wall_s"] for s in stages), 2),
             "stsb_retention": ((results.get("probes") or {}).get("stsb") or {}).get("spearman_retention"),

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from quality import FULL, SOURCES, make_splits  # noqa: E402
-from tune import base_config, write_report  # noqa: E402
+from tune import base_config, plan_run, write_report  # noqa: E402
 
 SETS = [*FULL["datasets"], *FULL["mixes"]]  # five single-task sets, then both mixes
 
@@ -44,21 +44,6 @@ def set_config(name: str, mode: dict, work: Path, seed: int) -> dict:
         for task in config["tasks"].values():
             task["data"].pop("test", None)
     return config
-
-
-def run_plan(config: dict, plan: str | list, run_dir: Path) -> dict:
-    """One candidate on one set: its dev score (the best over its stages), its test score where the set has a test
-    split, and its stage time."""
-    from thawing.config import parse_config
-    from thawing.training.loop import train
-
-    run = train(parse_config({**config, "schedule": plan}), run_dir=str(run_dir))
-    results, stages = run.read_json(run.results), run.read_json(run.stages)
-    tested = all(split == "test" for split in results["splits"].values())
-    return {"dev_score": max(s["best_score"] for s in stages), "test_score": results["score"] if tested else None,
-            "stage_s": round(sum(s["wall_s"] for s in stages), 2),
-            "stages": [{k: s.get(k) for k in ("stage", "epochs_run", "stopped", "best_score", "wall_s")}
-                       for s in stages]}
 
 
 def ranks(runs: dict[str, dict[str, dict]], candidates: list[str]) -> dict[str, float]:
@@ -140,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             run_dir = work / name / "runs" / candidate.replace(":", "-")
             shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short starts again (runs are never overwritten)
-            run = run_plan(config, plan, run_dir)
+            run = plan_run(config, plan, run_dir)
             report["runs"].setdefault(name, {})[candidate] = run
             write_report(output, report)
     # 3. the mean dev rank, and the chosen plan against `full` on each mix's test split

@@ -259,10 +259,10 @@ def keep_chosen(study: Any, tune: RunDir, config: RunConfig) -> tuple[list[int],
     if not done:
         return [], None
     tolerance = config.tune.tolerance if config.tune else 0.0
-    chosen = sorted(study.best_trials, key=lambda t: t.number) if len(study.directions) > 1 else done
-    plan = choose(chosen, tolerance)
-    if len(study.directions) == 1:
-        chosen = [plan]
+    pareto = len(study.directions) > 1
+    candidates = sorted(study.best_trials, key=lambda t: t.number) if pareto else done
+    plan = choose(candidates, tolerance)
+    chosen = candidates if pareto else [plan]
     numbers = [t.number for t in chosen]
     for trial in study.get_trials(deepcopy=False):
         run = RunDir(tune.path / trial.user_attrs.get("run", f"missing-{trial.number}"))

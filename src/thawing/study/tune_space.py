@@ -96,19 +96,26 @@ def _rate(trial: Any, name: str, bounds: tuple[float, float]) -> float:
     return trial.suggest_float(name, *bounds, log=True)
 
 
+def knob_ranges(space: TuneSpace, num_layers: int, objectives: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Every numeric knob's range against the model: each stage's epochs, the layer counts, the rates, layer decay,
+    warm-up, and distill's where it is searched."""
+    ranges: dict[str, tuple[float, float]] = {f"epochs.{s}": r for s, r in space.epochs.items()}
+    ranges.update(layer_ranges(space, num_layers))
+    ranges.update({k: getattr(space, k) for k in ("heads_lr", "head_lr", "top_lr", "encoder_lr", "lora_lr",
+                                                  "layer_decay", "warmup")})
+    distill = distill_range(space, objectives)
+    if distill is not None:
+        ranges["distill"] = distill
+    return ranges
+
+
 def corner_params(space: TuneSpace, num_layers: int, objectives: Sequence[str], shape: Sequence[str],
                   high: bool) -> dict:
     """Every knob at its low (or high) end, for `shape`: a `FixedTrial`'s params, to resolve a shape's plan against
     the model before anything trains."""
     pick = 1 if high else 0
     params: dict[str, Any] = {"shape": shape_name(shape), "lora_rank": space.lora_rank[-pick]}
-    params.update({f"epochs.{s}": r[pick] for s, r in space.epochs.items()})
-    params.update({k: r[pick] for k, r in layer_ranges(space, num_layers).items()})
-    for name in ("heads_lr", "head_lr", "top_lr", "encoder_lr", "lora_lr", "layer_decay", "warmup"):
-        params[name] = getattr(space, name)[pick]
-    distill = distill_range(space, objectives)
-    if distill is not None:
-        params["distill"] = distill[pick]
+    params.update({k: r[pick] for k, r in knob_ranges(space, num_layers, objectives).items()})
     return params
 
 
@@ -143,21 +150,13 @@ def preset_params(stages: Sequence[StageConfig], space: TuneSpace, num_layers: i
             params.update(encoder_lr=stage.lr.encoder, layer_decay=stage.layer_decay)
             if stage.name == "discriminative":
                 params["discriminative_layers"] = count_layers(stage.train)
-    distill = distill_range(space, objectives)
-    if distill is not None:
+    ranges = knob_ranges(space, num_layers, objectives)
+    if "distill" in ranges:
         params["distill"] = 0.0
-    return _clipped({k: v for k, v in params.items() if v is not None}, space, num_layers, distill)
-
-
-def _clipped(params: dict, space: TuneSpace, num_layers: int, distill: tuple[float, float] | None) -> dict:
-    ranges: dict[str, tuple[float, float]] = {f"epochs.{s}": r for s, r in space.epochs.items()}
-    ranges.update(layer_ranges(space, num_layers))
-    ranges.update({k: getattr(space, k) for k in ("heads_lr", "head_lr", "top_lr", "encoder_lr", "lora_lr",
-                                                  "layer_decay", "warmup")})
-    if distill is not None:
-        ranges["distill"] = distill
     out = {}
     for name, value in params.items():
+        if value is None:
+            continue
         if name == "lora_rank":
             value = min(space.lora_rank, key=lambda r: abs(r - value))
         elif name in ranges:
